@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds Release (with the CUDA code compiled and
+# linked when nvcc is present) and an ASan+UBSan build, then runs every test: GoogleTest via
+# ctest on both builds, and pytest through the installed Python package.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+
+echo "== Release build"
+bash scripts/build.sh build
+echo "== Release tests"
+ctest --test-dir build --output-on-failure -j "$(nproc)"
+
+echo "== ASan + UBSan build (CPU only)"
+bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQA_SANITIZE=ON -DSQA_CUDA=OFF
+echo "== ASan + UBSan tests"
+SQA_TEST_SCALE=small ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)"
+
+if [ -f python/pyproject.toml ]; then
+  echo "== Python package"
+  python3 -m pip install -q --disable-pip-version-check ./python
+  python3 -m pytest -q python/tests
+fi

@@ -1,0 +1,16 @@
+// Subcommands of the `sqa` program. Each returns the process exit code; `args` holds the words
+// after the subcommand name.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sqa::cli {
+
+int cmd_info(const std::vector<std::string>& args);      // cmd_info.cpp
+int cmd_bench(const std::vector<std::string>& args);     // cmd_bench.cpp
+int cmd_train(const std::vector<std::string>& args);     // cmd_model.cpp
+int cmd_eval(const std::vector<std::string>& args);      // cmd_model.cpp
+int cmd_generate(const std::vector<std::string>& args);  // cmd_model.cpp
+
+}  // namespace sqa::cli
