@@ -91,7 +91,8 @@ SQA_API sqa_status sqa_attention_backward(const sqa_attention_backward_args* arg
 SQA_API sqa_status sqa_attention_forward_reference(const sqa_attention_args* args);
 SQA_API sqa_status sqa_attention_backward_reference(const sqa_attention_backward_args* args);
 
-/* FLOPs (multiply-add = 2) of the attention core; exact mask area for windows. */
+/* FLOPs (multiply-add = 2) of the attention core; exact mask area for windows. An invalid spec
+ * returns a negative value and sets sqa_last_error(). */
 SQA_API double sqa_attention_forward_flops(const sqa_attention_spec* spec, int64_t batch,
                                            int64_t seqlen_q, int64_t seqlen_k);
 SQA_API double sqa_attention_backward_flops(const sqa_attention_spec* spec, int64_t batch,

@@ -26,7 +26,9 @@ Args::Args(const std::vector<std::string>& argv, const std::set<std::string>& fl
   }
 }
 
-bool Args::has(const std::string& key) const { return values_.count(key) != 0; }
+bool Args::has(const std::string& key) const {
+  return values_.count(key) != 0;
+}
 
 std::string Args::get(const std::string& key, const std::string& fallback) const {
   auto it = values_.find(key);

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "core/ceilings.hpp"
 #include "sqa/commands.hpp"
 
 namespace {
@@ -30,6 +31,11 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenBLAS picks its kernels when it is loaded and mis-detects some VMs (e.g. as "Prescott",
+  // ~6x slower sgemm). Every subcommand's matmuls and the benchmark ceilings must run on the
+  // real kernels, so fix the core type first; this may restart the process once.
+  sqa::reexec_with_fast_openblas_core(argv);
+
   if (argc < 2 || std::string(argv[1]) == "help" || std::string(argv[1]) == "--help") {
     usage();
     return argc < 2 ? 2 : 0;

@@ -1,0 +1,83 @@
+// The contract between the fast path's planner (flash.cpp, baseline ISA) and its per-ISA tile
+// kernels (flash_kernels.hpp compiled once per SIMD path). The planner validates, cuts the work
+// into items, owns every buffer and runs the OpenMP loops; a kernel processes one item with raw
+// pointers only. Keeping std:: containers out of the ISA translation units means no inline
+// library function compiled with -mavx512f can be picked by the linker for baseline code.
+#pragma once
+
+#include <cstdint>
+
+#include "sqa/attention.hpp"
+
+namespace sqa::cpu::flash {
+
+// Tile sizes. kBlockQ query rows share one packed, transposed Q block; kBlockK keys form one
+// tile of the score matrix. Both multiples of 16 (the widest SIMD vector).
+inline constexpr int kBlockQ = 64;
+inline constexpr int kBlockK = 64;
+// Backward: kBlockKB keys per item (their dK/dV stay in cache), kBlockQB query rows per step.
+inline constexpr int kBlockKB = 64;
+inline constexpr int kBlockQB = 64;
+
+// One sequence of the batch (dense: b-th entry; varlen: rows from cu_seqlens).
+struct Sequence {
+  int64_t batch_index;  // for dense batch strides; 0 in varlen mode
+  int64_t q_row0, k_row0;
+  int64_t seqlen_q, seqlen_k;
+  int64_t global_row0;  // first row in the (all sequences) row numbering used by lse, D and dQ
+};
+
+// Forward item: attention head h, query rows [i0, i0 + rows) of one sequence, keys [k_lo, k_hi)
+// (a slice of the visible range when the keys are split across threads for decode).
+struct ForwardItem {
+  Sequence seq;
+  int h;
+  int64_t i0;
+  int rows;
+  int64_t k_lo, k_hi;
+  // Split-KV: >= 0 selects the partial slot that receives the unnormalised O, the row max m and
+  // the row sum l (log2 domain); -1 writes out and lse directly.
+  int64_t partial = -1;
+};
+
+struct ForwardContext {
+  const AttentionParams* params;
+  int padded_dim;           // head_dim rounded up to the SIMD width of the kernel
+  float* partial_out;       // [slot][kBlockQ][padded_dim]
+  float* partial_max;       // [slot][kBlockQ]
+  float* partial_sum;       // [slot][kBlockQ]
+};
+
+// Backward item: KV head kv, keys [j0, j0 + keys) of one sequence.
+struct BackwardItem {
+  Sequence seq;
+  int kv_head;
+  int64_t j0;
+  int keys;
+};
+
+struct BackwardContext {
+  const AttentionBackwardParams* params;
+  int padded_dim;
+  const float* delta;  // D = rowsum(dO * O): [attention head][global row]
+  int64_t total_rows;  // rows of the global numbering (lse, D)
+};
+
+// Per-thread scratch sizes in floats (the planner allocates, 64-byte aligned).
+int64_t forward_scratch_floats(int head_dim);
+int64_t backward_scratch_floats(int head_dim);
+
+struct Kernels {
+  const char* name;
+  int width;  // floats per SIMD vector
+  void (*forward_item)(const ForwardContext&, const ForwardItem&, float* scratch);
+  // dq_accumulator: this thread's fp32 dQ, [global row][num_query_heads][padded_dim].
+  void (*backward_item)(const BackwardContext&, const BackwardItem&, float* scratch,
+                        float* dq_accumulator);
+};
+
+const Kernels& avx512_kernels();
+const Kernels& avx2_kernels();
+const Kernels& portable_kernels();
+
+}  // namespace sqa::cpu::flash

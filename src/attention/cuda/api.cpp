@@ -1,0 +1,202 @@
+// CUDA backend entry points: validation (the CPU engine's rules plus what the kernels need),
+// head-layout and tile decisions, and dispatch to the per-head-dim kernels.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "attention/cuda/flash_fwd.hpp"
+#include "sqa/attention.hpp"
+#include "sqa/error.hpp"
+
+namespace sqa::cuda {
+namespace detail {
+
+void check_cuda(int status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " +
+                             cudaGetErrorString(static_cast<cudaError_t>(status)));
+  }
+}
+
+namespace {
+
+int multiprocessor_count() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (counts.size() <= static_cast<size_t>(device)) counts.resize(device + 1, 0);
+  if (counts[device] == 0) {
+    check_cuda(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute(multiprocessor count)");
+  }
+  return counts[device];
+}
+
+void require_device_pointer(const void* ptr, const char* name) {
+  cudaPointerAttributes attributes{};
+  const cudaError_t status = cudaPointerGetAttributes(&attributes, ptr);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();  // not a CUDA pointer at all: clear the error, report below
+    attributes.type = cudaMemoryTypeUnregistered;
+  }
+  require(attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged, name,
+          " must point to CUDA device memory for the CUDA backend (it is host memory)");
+}
+
+void require_aligned(const void* ptr, const char* name) {
+  require(reinterpret_cast<uintptr_t>(ptr) % 16 == 0, name,
+          " must be 16-byte aligned for the CUDA kernels (address ", ptr, ")");
+}
+
+void require_strides(const TensorStrides& s, const char* name, bool varlen) {
+  // The kernels move 16-byte chunks (8 elements of 16 bits): every row start must stay aligned.
+  const bool ok = (varlen || s.batch % 8 == 0) && s.row % 8 == 0 && s.head % 8 == 0;
+  require(ok, name, " strides (batch ", s.batch, ", row ", s.row, ", head ", s.head,
+          ") must be multiples of 8 elements (16 bytes) for the CUDA kernels");
+}
+
+FwdLauncher launcher_for(int head_dim) {
+  switch (head_dim) {
+    case 16: return run_flash_fwd_hdim16;
+    case 32: return run_flash_fwd_hdim32;
+    case 64: return run_flash_fwd_hdim64;
+    case 128: return run_flash_fwd_hdim128;
+    case 256: return run_flash_fwd_hdim256;
+    default: break;
+  }
+  throw Error(sqa::detail::concat("head_dim (", head_dim,
+                                  ") is not supported by the CUDA forward: it takes 16, 32, 64, "
+                                  "128 or 256"));
+}
+
+struct StreamBuffer {
+  void* ptr = nullptr;
+  cudaStream_t stream = nullptr;
+  StreamBuffer(size_t bytes, cudaStream_t s) : stream(s) {
+    check_cuda(cudaMallocAsync(&ptr, bytes, stream), "cudaMallocAsync(split-KV workspace)");
+  }
+  ~StreamBuffer() { (void)cudaFreeAsync(ptr, stream); }
+  StreamBuffer(const StreamBuffer&) = delete;
+  StreamBuffer& operator=(const StreamBuffer&) = delete;
+};
+
+}  // namespace
+}  // namespace detail
+
+bool available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+void attention_forward(const AttentionParams& params) {
+  using namespace detail;
+  params.validate();
+  require(params.device == Device::cuda, "cuda::attention_forward needs device = cuda");
+  require(params.dtype == DType::bf16 || params.dtype == DType::f16, "dtype (",
+          dtype_name(params.dtype), ") is not supported by the CUDA forward: it takes bf16 or f16");
+  const AttentionSpec& spec = params.spec;
+  const FwdLauncher launch = launcher_for(spec.head_dim);
+  const bool varlen = params.is_varlen();
+  require(params.seqlen_q <= INT32_MAX / 64 && params.seqlen_k <= INT32_MAX / 64,
+          "seqlen_q (", params.seqlen_q, ") and seqlen_k (", params.seqlen_k,
+          ") must stay below 2^25 for the CUDA kernels");
+  require(params.batch <= 65535, "batch (", params.batch, ") must be at most 65535 on CUDA");
+  require_strides(params.q_strides, "q", varlen);
+  require_strides(params.k_strides, "k", varlen);
+  require_strides(params.v_strides, "v", varlen);
+  require_strides(params.out_strides, "out", varlen);
+  const void* pointers[] = {params.q, params.k, params.v, params.out};
+  const char* names[] = {"q", "k", "v", "out"};
+  for (int i = 0; i < 4; ++i) {
+    require_aligned(pointers[i], names[i]);
+    require_device_pointer(pointers[i], names[i]);
+  }
+  if (params.lse != nullptr) require_device_pointer(params.lse, "lse");
+  if (varlen) {
+    require_device_pointer(params.cu_seqlens_q, "cu_seqlens_q");
+    require_device_pointer(params.cu_seqlens_k, "cu_seqlens_k");
+  }
+
+  const HeadLayout& heads = spec.heads;
+  FwdKernelParams p;
+  p.q = params.q;
+  p.k = params.k;
+  p.v = params.v;
+  p.out = params.out;
+  p.lse = params.lse;
+  // Varlen tensors are packed over tokens: the batch stride is unused.
+  p.q_batch = varlen ? 0 : params.q_strides.batch;
+  p.k_batch = varlen ? 0 : params.k_strides.batch;
+  p.v_batch = varlen ? 0 : params.v_strides.batch;
+  p.o_batch = varlen ? 0 : params.out_strides.batch;
+  p.q_row = params.q_strides.row;
+  p.k_row = params.k_strides.row;
+  p.v_row = params.v_strides.row;
+  p.o_row = params.out_strides.row;
+  p.q_head = params.q_strides.head;
+  p.k_head = params.k_strides.head;
+  p.v_head = params.v_strides.head;
+  p.o_head = params.out_strides.head;
+  p.cu_seqlens_q = params.cu_seqlens_q;
+  p.cu_seqlens_k = params.cu_seqlens_k;
+  p.batch = static_cast<int>(params.batch);
+  p.seqlen_q = static_cast<int>(params.seqlen_q);
+  p.seqlen_k = static_cast<int>(params.seqlen_k);
+  p.num_query_heads = heads.num_query_heads;
+  p.num_kv_heads = heads.num_kv_heads;
+  p.num_attention_heads = heads.num_attention_heads();
+  p.group_size = heads.group_size();
+  p.reverse = heads.is_reverse() ? 1 : 0;
+  p.window_left = spec.window.left;
+  p.window_right = spec.window.right;
+  p.scale_log2 = spec.scale() * 1.4426950408889634f;
+
+  // Decode (a few query rows against a long cache): pack the G query heads of a KV head into
+  // the tile's rows so the cache is read once per KV head, use 1-warp tiles, and split the keys
+  // over CTAs so the whole chip streams the cache.
+  const int G = heads.group_size();
+  p.pack = (!heads.is_reverse() && G > 1 && params.seqlen_q * G <= 64) ? G : 1;
+  p.num_head_groups = p.num_attention_heads / p.pack;
+  const bool decode = params.seqlen_q * p.pack <= 64;
+  const int block_m = fwd_block_m(spec.head_dim, decode);
+  const int64_t m_blocks = (params.seqlen_q * p.pack + block_m - 1) / block_m;
+  const int64_t ctas = m_blocks * p.num_head_groups * params.batch;
+  const int64_t key_blocks = (params.seqlen_k + fwd_block_n(spec.head_dim) - 1) /
+                             fwd_block_n(spec.head_dim);
+  int splits = 1;
+  if (decode && !varlen) {
+    const int64_t target = 8LL * multiprocessor_count();  // ~8 one-warp CTAs per SM
+    const int64_t want = (target + ctas - 1) / ctas;
+    splits = static_cast<int>(std::clamp<int64_t>(std::min(want, key_blocks / 4), 1, kMaxSplits));
+  }
+  p.num_splits = splits;
+  auto stream = static_cast<cudaStream_t>(params.stream);
+  if (splits > 1) {
+    p.accum_rows = params.batch * p.num_attention_heads * params.seqlen_q;
+    const size_t accum_floats = static_cast<size_t>(splits * p.accum_rows);
+    StreamBuffer workspace(accum_floats * (spec.head_dim + 1) * sizeof(float), stream);
+    p.out_accum = static_cast<float*>(workspace.ptr);
+    p.lse_accum = p.out_accum + accum_floats * spec.head_dim;
+    launch(p, params.dtype == DType::f16, decode, stream);
+    return;
+  }
+  launch(p, params.dtype == DType::f16, decode, stream);
+}
+
+void attention_backward(const AttentionBackwardParams& params) {
+  params.validate();
+  throw Error("the CUDA attention backward is not implemented yet (forward only in this build)");
+}
+
+}  // namespace sqa::cuda

@@ -1,0 +1,30 @@
+// Host-side interface between the CUDA backend's entry points (api.cpp, plain C++) and the
+// kernels (one .cu per head dim, so builds stay parallel and incremental).
+#pragma once
+
+#include "flash_params.hpp"
+
+namespace sqa::cuda::detail {
+
+// Tile shapes, shared by the launcher (templates) and the host heuristics (split-KV).
+//   prefill: 4 warps; 2 m16 tiles per warp up to D = 64, 1 above; BN = 64 (32 at D = 256)
+//   decode:  1 warp, one m16 tile, for a handful of query rows against a long cache
+constexpr int fwd_block_n(int head_dim) { return head_dim <= 128 ? 64 : 32; }
+constexpr int fwd_block_m(int head_dim, bool decode) {
+  return decode ? 16 : 16 * 4 * (head_dim <= 64 ? 2 : 1);
+}
+constexpr int kMaxSplits = 32;  // the combine kernel gives each split one lane
+
+// Launches the forward (and the split-KV combine when p.num_splits > 1) on `stream`
+// (a cudaStream_t). Throws std::runtime_error naming the CUDA call that failed.
+using FwdLauncher = void (*)(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
+void run_flash_fwd_hdim16(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
+void run_flash_fwd_hdim32(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
+void run_flash_fwd_hdim64(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
+void run_flash_fwd_hdim128(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
+void run_flash_fwd_hdim256(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
+
+// Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).
+void check_cuda(int status, const char* what);
+
+}  // namespace sqa::cuda::detail

@@ -1,0 +1,407 @@
+// FlashAttention-2-style forward for every SQA head layout (sm_80 warp MMA path, run on sm_90a).
+//
+// One CTA computes a BM x D output tile for one (row block, head group, sequence[, split]):
+//   S = Q K^T over key blocks of BN, online softmax in base 2, O += P V, then O / rowsum and
+//   lse = ln(sum_j exp(scale * s_j)). Q stays in registers (D <= 128) or is re-read from shared
+//   memory (D = 256, to fit the register file). K and V are single shared buffers loaded with
+//   cp.async in the FA2 order: V(j) streams in while S(j) is computed, K(j-1) while P(j) V(j) is.
+// Head layouts come through head_pair() semantics without materialising anything: a tile row
+// reads its query head from (h % H_q for rSQA, h otherwise) and the CTA's one KV head
+// (h for rSQA, h / G otherwise). Key blocks that the window hides for every row of the tile are
+// never visited; blocks that it hides partly are masked element by element.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "flash_common.cuh"
+#include "flash_params.hpp"
+
+namespace sqa::cuda::detail {
+
+// Row of the lse / split workspace for (sequence b, attention head h, local query row r):
+// dense (B, H_attn, N_q); varlen (H_attn, total_q).
+__device__ __forceinline__ int64_t lse_row(const FwdKernelParams& p, int b, int h, int64_t q_row0,
+                                           int r, int64_t total_q) {
+  if (p.cu_seqlens_q != nullptr) return static_cast<int64_t>(h) * total_q + q_row0 + r;
+  return (static_cast<int64_t>(b) * p.num_attention_heads + h) * p.seqlen_q + r;
+}
+
+template <typename T, int D, int kMT, int kNWarps, int BN>
+struct FwdTile {
+  static constexpr int kThreads = kNWarps * 32;
+  static constexpr int BM = 16 * kMT * kNWarps;  // query rows of the CTA
+  static constexpr int kStride = D + 8;  // padded shared row: ldmatrix rows hit distinct banks
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static constexpr bool kQInRegs = D <= 128;
+  static constexpr int kSmemBytes = (BM + 2 * BN) * kStride * static_cast<int>(sizeof(T));
+  static_assert(D % 16 == 0 && BN % 16 == 0, "tile shapes must be multiples of the MMA's k");
+};
+
+template <typename T, int D, int kMT, int kNWarps, int BN>
+__global__ void __launch_bounds__(kNWarps * 32)
+    flash_fwd_kernel(const FwdKernelParams p) {
+  using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
+  constexpr int BM = Tile::BM;
+  constexpr int kStride = Tile::kStride;
+  constexpr int kChunks = Tile::kChunks;
+  constexpr int kThreads = Tile::kThreads;
+  constexpr int kNT = BN / 8;  // 8-column tiles of S
+  constexpr int kDT = D / 8;   // 8-column tiles of O
+  constexpr int kKD = D / 16;  // k-steps of Q K^T
+  using M = Mma<T>;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * kStride;
+  T* sV = sK + BN * kStride;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  // Causal tiles further down do more work: launch them first so the tail of the grid is short.
+  const int m_block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
+  const int head_group = blockIdx.y;
+  const int b = blockIdx.z / p.num_splits;
+  const int split = blockIdx.z % p.num_splits;
+
+  int64_t q_row0 = 0, k_row0 = 0, total_q = 0;
+  int nq = p.seqlen_q, nk = p.seqlen_k;
+  if (p.cu_seqlens_q != nullptr) {
+    q_row0 = p.cu_seqlens_q[b];
+    nq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    k_row0 = p.cu_seqlens_k[b];
+    nk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+    total_q = p.cu_seqlens_q[p.batch];
+  }
+  const int pack = p.pack;
+  const int rows = nq * pack;
+  const int m0 = m_block * BM;
+  if (m0 >= rows) return;
+
+  // Keys that any row of this tile can see (bottom-right aligned window, spec.cpp visible_keys).
+  const int diag = nk - nq;
+  const int qrow_lo = m0 / pack;
+  const int qrow_hi = (min(rows, m0 + BM) - 1) / pack;
+  const int left = p.window_left, right = p.window_right;
+  int key_begin = 0, key_end = nk;
+  if (left >= 0) key_begin = max(0, qrow_lo + diag - left);
+  if (right >= 0) key_end = min(nk, qrow_hi + diag + right + 1);
+  int nb_begin = key_begin / BN;
+  int nb_end = key_end > key_begin ? (key_end + BN - 1) / BN : nb_begin;
+  if (p.num_splits > 1) {
+    const int per = (nb_end - nb_begin + p.num_splits - 1) / p.num_splits;
+    const int s_begin = min(nb_end, nb_begin + split * per);
+    nb_end = min(nb_end, s_begin + per);
+    nb_begin = s_begin;
+  }
+
+  const int h0 = head_group * pack;
+  const int kv_head = p.reverse ? h0 : h0 / p.group_size;
+  const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + q_row0 * p.q_row;
+  const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + k_row0 * p.k_row + kv_head * p.k_head;
+  const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + k_row0 * p.v_row + kv_head * p.v_head;
+
+  // Q tile: row i is query row (m0 + i) / pack of attention head h0 + (m0 + i) % pack.
+#pragma unroll
+  for (int idx = tid; idx < BM * kChunks; idx += kThreads) {
+    const int i = idx / kChunks, c = idx % kChunks;
+    const int m = m0 + i;
+    const bool valid = m < rows;
+    const T* src = q_base;
+    if (valid) {
+      const int h = h0 + m % pack;
+      const int qh = p.reverse ? h % p.num_query_heads : h;
+      src = q_base + static_cast<int64_t>(m / pack) * p.q_row + qh * p.q_head + c * 8;
+    }
+    cp_async_16(sQ + i * kStride + c * 8, src, valid);
+  }
+  auto load_kv = [&](T* dst, const T* base, int64_t row_stride, int nb) {
+#pragma unroll
+    for (int idx = tid; idx < BN * kChunks; idx += kThreads) {
+      const int j = idx / kChunks, c = idx % kChunks;
+      const int key = nb * BN + j;
+      const bool valid = key < nk;
+      cp_async_16(dst + j * kStride + c * 8, valid ? base + key * row_stride + c * 8 : base, valid);
+    }
+  };
+  if (nb_end > nb_begin) load_kv(sK, k_base, p.k_row, nb_end - 1);
+  cp_async_commit();
+
+  // Query row of each accumulator row this thread holds (rows g and g + 8 of each m-tile).
+  int qrow_of[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) qrow_of[mt][r] = (m0 + warp * 16 * kMT + mt * 16 + g + 8 * r) / pack;
+
+  float o[kMT][kDT][4];
+  float row_max[kMT][2], row_sum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+
+  const int warp_row = warp * 16 * kMT;
+  uint32_t qf[Tile::kQInRegs ? kMT : 1][Tile::kQInRegs ? kKD : 1][4];
+  auto load_q_frag = [&](uint32_t(&a)[4], int mt, int kk) {
+    const int row = warp_row + mt * 16 + (lane % 16);
+    const int col = kk * 16 + (lane / 16) * 8;
+    ldmatrix_x4(a, smem_addr(sQ + row * kStride + col));
+  };
+  const float scale_log2 = p.scale_log2;
+
+  for (int nb = nb_end - 1; nb >= nb_begin; --nb) {
+    cp_async_wait<0>();
+    __syncthreads();  // K(nb) landed; every warp is done reading V(nb + 1)
+    if (nb == nb_end - 1 && Tile::kQInRegs) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < kKD; ++kk) load_q_frag(qf[mt][kk], mt, kk);
+    }
+    load_kv(sV, v_base, p.v_row, nb);
+    cp_async_commit();
+
+    // S = Q K^T for this key block.
+    float s[kMT][kNT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kKD; ++kk) {
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if constexpr (Tile::kQInRegs) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mt][e] = qf[mt][kk][e];
+        } else {
+          load_q_frag(a[mt], mt, kk);
+        }
+      }
+#pragma unroll
+      for (int n2 = 0; n2 < BN / 16; ++n2) {
+        uint32_t bk[4];
+        const int key = n2 * 16 + (lane / 16) * 8 + (lane % 8);
+        const int dim = kk * 16 + ((lane / 8) % 2) * 8;
+        ldmatrix_x4(bk, smem_addr(sK + key * kStride + dim));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          M::run(s[mt][2 * n2], a[mt], bk[0], bk[1]);
+          M::run(s[mt][2 * n2 + 1], a[mt], bk[2], bk[3]);
+        }
+      }
+    }
+
+    // Mask only blocks that the window or the sequence end cuts for some row of the tile.
+    const int n0 = nb * BN;
+    const bool full = n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
+                      (right < 0 || n0 + BN - 1 <= qrow_lo + diag + right);
+    if (!full) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = n0 + nt * 8 + 2 * t + (e & 1);
+            const int qr = qrow_of[mt][e / 2] + diag;
+            const bool visible = col < nk && (left < 0 || col >= qr - left) &&
+                                 (right < 0 || col <= qr + right);
+            if (!visible) s[mt][nt][e] = -INFINITY;
+          }
+    }
+
+    // Online softmax (base 2): when the running max grows, rescale the sum and the output.
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[mt][r];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // A row that has seen no visible key yet keeps max -inf; offset 0 makes its p exactly 0.
+        const float m_use = mx == -INFINITY ? 0.0f : mx;
+        const float offset = m_use * scale_log2;
+        const float corr = fast_exp2(row_max[mt][r] * scale_log2 - offset);
+        row_max[mt][r] = mx;
+        row_sum[mt][r] *= corr;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[mt][dt][2 * r] *= corr;
+          o[mt][dt][2 * r + 1] *= corr;
+        }
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pe = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
+            s[mt][nt][2 * r + e] = pe;
+            sum += pe;
+          }
+        row_sum[mt][r] += sum;  // per-thread partial; reduced over the quad once at the end
+      }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V(nb) landed; every warp is done reading K(nb)
+    if (nb > nb_begin) load_kv(sK, k_base, p.k_row, nb - 1);
+    cp_async_commit();
+
+    // O += P V: the S accumulators are already laid out as the A fragments of the next MMA.
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t pa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        pa[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int d2 = 0; d2 < D / 16; ++d2) {
+        uint32_t bv[4];
+        const int key = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
+        const int dim = d2 * 16 + (lane / 16) * 8;
+        ldmatrix_x4_trans(bv, smem_addr(sV + key * kStride + dim));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          M::run(o[mt][2 * d2], pa[mt], bv[0], bv[1]);
+          M::run(o[mt][2 * d2 + 1], pa[mt], bv[2], bv[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: normalise, write lse, and write O (through shared memory for 16-byte stores).
+  float inv[kMT][2], lse_val[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[mt][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const bool any = sum > 0.0f;
+      inv[mt][r] = any ? 1.0f / sum : 0.0f;
+      // lse = ln(sum_j exp(scale s_j)) = (max * scale_log2 + log2(sum)) * ln 2.
+      lse_val[mt][r] = any ? (row_max[mt][r] * scale_log2 + __log2f(sum)) * 0.69314718055994531f
+                           : -INFINITY;
+    }
+
+  if (p.num_splits > 1) {
+    // Partial results stay fp32 for the combine kernel.
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int m = m0 + warp_row + mt * 16 + g + 8 * r;
+        if (m >= rows) continue;
+        const int64_t rid =
+            split * p.accum_rows + lse_row(p, b, h0 + m % pack, q_row0, m / pack, total_q);
+        float* dst = p.out_accum + rid * D;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          *reinterpret_cast<float2*>(dst + dt * 8 + 2 * t) =
+              make_float2(o[mt][dt][2 * r] * inv[mt][r], o[mt][dt][2 * r + 1] * inv[mt][r]);
+        }
+        if (t == 0) p.lse_accum[rid] = lse_val[mt][r];
+      }
+    return;
+  }
+
+  __syncthreads();  // every warp is done with sQ (D = 256 reads Q from it in the loop)
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = warp_row + mt * 16 + g + 8 * r;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<uint32_t*>(sQ + i * kStride + dt * 8 + 2 * t) =
+            M::pack(o[mt][dt][2 * r] * inv[mt][r], o[mt][dt][2 * r + 1] * inv[mt][r]);
+      }
+      const int m = m0 + i;
+      if (p.lse != nullptr && t == 0 && m < rows) {
+        p.lse[lse_row(p, b, h0 + m % pack, q_row0, m / pack, total_q)] = lse_val[mt][r];
+      }
+    }
+  __syncthreads();
+  T* o_base = static_cast<T*>(p.out) + b * p.o_batch + q_row0 * p.o_row;
+#pragma unroll
+  for (int idx = tid; idx < BM * kChunks; idx += kThreads) {
+    const int i = idx / kChunks, c = idx % kChunks;
+    const int m = m0 + i;
+    if (m >= rows) continue;
+    T* dst = o_base + static_cast<int64_t>(m / pack) * p.o_row + (h0 + m % pack) * p.o_head + c * 8;
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(sQ + i * kStride + c * 8);
+  }
+}
+
+// Merges the split-KV partial outputs: lse = log sum_s exp(lse_s), O = sum_s exp(lse_s - lse) O_s.
+// One warp per output row.
+template <typename T>
+__global__ void __launch_bounds__(128) flash_fwd_combine_kernel(const FwdKernelParams p, int head_dim) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + warp;
+  if (rid >= p.accum_rows) return;
+  const int S = p.num_splits;  // <= 32: one split per lane
+  const float l = lane < S ? p.lse_accum[lane * p.accum_rows + rid] : -INFINITY;
+  float mx = l;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  const float m_use = mx == -INFINITY ? 0.0f : mx;
+  float w = lane < S ? __expf(l - m_use) : 0.0f;
+  float sum = w;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  const bool any = sum > 0.0f;
+  w = any ? w / sum : 0.0f;
+
+  int64_t out_off;
+  int h;
+  if (p.cu_seqlens_q != nullptr) {
+    const int64_t total_q = p.cu_seqlens_q[p.batch];
+    h = static_cast<int>(rid / total_q);
+    out_off = (rid % total_q) * p.o_row + h * p.o_head;
+  } else {
+    const int64_t qrow = rid % p.seqlen_q;
+    h = static_cast<int>((rid / p.seqlen_q) % p.num_attention_heads);
+    const int64_t b = rid / (static_cast<int64_t>(p.seqlen_q) * p.num_attention_heads);
+    out_off = b * p.o_batch + qrow * p.o_row + h * p.o_head;
+  }
+  T* out = static_cast<T*>(p.out) + out_off;
+  for (int c0 = 0; c0 < head_dim; c0 += 32) {
+    const int c = c0 + lane;
+    float acc = 0.0f;
+    for (int s = 0; s < S; ++s) {
+      const float ws = __shfl_sync(0xffffffffu, w, s);  // every lane shuffles, then filters
+      if (ws != 0.0f && c < head_dim) acc += ws * p.out_accum[(s * p.accum_rows + rid) * head_dim + c];
+    }
+    if (c >= head_dim) continue;
+    if constexpr (std::is_same_v<T, __half>) {
+      out[c] = __float2half_rn(acc);
+    } else {
+      out[c] = __float2bfloat16_rn(acc);
+    }
+  }
+  if (lane == 0 && p.lse != nullptr) p.lse[rid] = any ? m_use + __logf(sum) : -INFINITY;
+}
+
+}  // namespace sqa::cuda::detail

@@ -1,0 +1,52 @@
+// Launch templates for the forward kernels; each flash_fwd_hdim*.cu instantiates one head dim.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "flash_fwd.hpp"
+#include "flash_fwd_kernel.cuh"
+
+namespace sqa::cuda::detail {
+
+template <typename T, int D, int kMT, int kNWarps, int BN>
+void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
+  using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
+  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN>;
+  constexpr int smem = Tile::kSmemBytes;
+  if constexpr (smem > 48 * 1024) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+               "cudaFuncSetAttribute(flash_fwd_kernel, max dynamic shared memory)");
+  }
+  const dim3 grid((p.seqlen_q * p.pack + Tile::BM - 1) / Tile::BM, p.num_head_groups,
+                  p.batch * p.num_splits);
+  kernel<<<grid, Tile::kThreads, smem, stream>>>(p);
+  check_cuda(cudaGetLastError(), "flash_fwd_kernel launch");
+  if (p.num_splits > 1) {
+    const auto blocks = static_cast<unsigned>((p.accum_rows + 3) / 4);
+    flash_fwd_combine_kernel<T><<<blocks, 128, 0, stream>>>(p, D);
+    check_cuda(cudaGetLastError(), "flash_fwd_combine_kernel launch");
+  }
+}
+
+template <int D>
+void run_flash_fwd(const FwdKernelParams& p, bool fp16, bool decode, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  static_assert(fwd_block_m(D, true) == 16 && fwd_block_m(D, false) == 64 * (D <= 64 ? 2 : 1));
+  constexpr int kMT = D <= 64 ? 2 : 1;
+  constexpr int BN = fwd_block_n(D);
+  if (fp16) {
+    if (decode) {
+      launch_flash_fwd<__half, D, 1, 1, BN>(p, stream);
+    } else {
+      launch_flash_fwd<__half, D, kMT, 4, BN>(p, stream);
+    }
+  } else {
+    if (decode) {
+      launch_flash_fwd<__nv_bfloat16, D, 1, 1, BN>(p, stream);
+    } else {
+      launch_flash_fwd<__nv_bfloat16, D, kMT, 4, BN>(p, stream);
+    }
+  }
+}
+
+}  // namespace sqa::cuda::detail

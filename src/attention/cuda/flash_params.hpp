@@ -1,0 +1,45 @@
+// Kernel-side parameters of the CUDA attention forward: plain data, filled on the host from
+// sqa::AttentionParams (api.cpp) and passed by value to the kernels.
+#pragma once
+
+#include <cstdint>
+
+namespace sqa::cuda::detail {
+
+struct FwdKernelParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // may be null
+  // (batch, row, head) strides in elements; the element stride is 1.
+  int64_t q_batch = 0, q_row = 0, q_head = 0;
+  int64_t k_batch = 0, k_row = 0, k_head = 0;
+  int64_t v_batch = 0, v_row = 0, v_head = 0;
+  int64_t o_batch = 0, o_row = 0, o_head = 0;
+  const int32_t* cu_seqlens_q = nullptr;  // varlen when non-null (device memory)
+  const int32_t* cu_seqlens_k = nullptr;
+  int batch = 0;
+  int seqlen_q = 0;  // dense length, or max length when varlen
+  int seqlen_k = 0;
+  int num_query_heads = 0;
+  int num_kv_heads = 0;
+  int num_attention_heads = 0;
+  int group_size = 1;  // G = H_q / H_kv, 1 for rSQA
+  int reverse = 0;     // rSQA: attention head h reads query head h % H_q and KV head h
+  // Heads packed into the tile's rows (GQA packing for decode): tile row m is query row m / pack
+  // of attention head head_group * pack + m % pack, all of which share one KV head. 1 = off.
+  int pack = 1;
+  int num_head_groups = 0;  // num_attention_heads / pack (grid.y)
+  int window_left = -1;
+  int window_right = -1;
+  float scale_log2 = 0.0f;  // softmax scale * log2(e): the kernels work in base 2
+  // Split-KV: each split handles a contiguous run of key blocks and writes fp32 partial outputs
+  // and lse to the workspace; a combine kernel merges them.
+  int num_splits = 1;
+  int64_t accum_rows = 0;  // rows per split in the workspace (= number of lse entries)
+  float* out_accum = nullptr;  // (num_splits, accum_rows, head_dim)
+  float* lse_accum = nullptr;  // (num_splits, accum_rows)
+};
+
+}  // namespace sqa::cuda::detail

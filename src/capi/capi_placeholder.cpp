@@ -1,1 +1,0 @@
-// The C API lands here.
