@@ -86,9 +86,9 @@ TokenCorpus load_corpus(const std::string& path, const Tokenizer& tokenizer,
 
 // Contiguous split (paper: train on the first part, validate on the next): documents
 // [0, train_fraction) go to train and [train_fraction, train_fraction + val_fraction) to
-// validation, with the cut at the document boundary nearest the token fraction (inside a
-// document when the corpus has too few documents for both sides). Fractions in (0, 1],
-// sum <= 1. Throws when either side would be empty.
+// validation. Each cut goes to the document boundary nearest the token fraction when one lies
+// within 1% of the corpus, else inside the document (a corpus of few, long documents).
+// Fractions in (0, 1], sum <= 1. Throws when either side would be empty.
 struct CorpusSplit {
   TokenCorpus train, validation;
 };

@@ -84,7 +84,7 @@ SQA_API sqa_status sqa_preset(const char* name, int32_t num_baseline_heads,
                               int32_t* num_query_heads, int32_t* num_kv_heads);
 SQA_API sqa_status sqa_validate_spec(const sqa_attention_spec* spec);
 
-/* Fastest backend for args->device. */
+/* Fastest backend for args->device (on the CPU, dtype f64 runs the float64 reference). */
 SQA_API sqa_status sqa_attention_forward(const sqa_attention_args* args);
 SQA_API sqa_status sqa_attention_backward(const sqa_attention_backward_args* args);
 /* CPU float64 oracle (dtype f32, bf16 or f64; host memory only). */

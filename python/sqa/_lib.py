@@ -92,7 +92,9 @@ def _candidates() -> list[str]:
     here = os.path.dirname(os.path.abspath(__file__))
     found = [os.path.join(here, "libsqa.so")]
     repo = os.path.dirname(os.path.dirname(here))
-    found += sorted(glob.glob(os.path.join(repo, "build*", "src", "capi", "libsqa.so")))
+    # Running from source: the most recently built library of the tree's build folders.
+    builds = glob.glob(os.path.join(repo, "build*", "src", "capi", "libsqa.so"))
+    found += sorted(builds, key=os.path.getmtime, reverse=True)
     return found
 
 

@@ -27,12 +27,13 @@ sqa_status fail(sqa_status status, std::string message) {
 }
 
 // A rule that the caller broke is INVALID_ARGUMENT; a valid request this build cannot serve
-// (CUDA not compiled in, f16 on the CPU) is UNSUPPORTED, so callers can fall back instead of
-// reporting a bug.
+// (CUDA not compiled in, f16 on the CPU, a kernel not implemented yet) is UNSUPPORTED, so callers
+// can fall back instead of reporting a bug.
 bool names_missing_support(std::string_view message) {
   return message.find("not built") != std::string_view::npos ||
          message.find("unsupported") != std::string_view::npos ||
          message.find("not supported") != std::string_view::npos ||
+         message.find("not implemented") != std::string_view::npos ||
          message.find("CUDA-only") != std::string_view::npos;
 }
 
@@ -148,9 +149,22 @@ void require_args(const Args* args) {
   sqa::require(args != nullptr, "args must be non-null");
 }
 
+// Asked once per process: the answer cannot change, and a device query on every call would
+// add latency to small (decode) launches.
+bool cuda_available_cached() {
+  static const bool available = [] {
+    try {
+      return sqa::cuda::available();
+    } catch (...) {
+      return false;
+    }
+  }();
+  return available;
+}
+
 // Reports a missing backend before any kernel is reached, with a message the user can act on.
 void require_backend(sqa::Device device, sqa::DType dtype) {
-  if (device == sqa::Device::cuda && !sqa::cuda::available()) {
+  if (device == sqa::Device::cuda && !cuda_available_cached()) {
     throw sqa::Error(
         "device SQA_DEVICE_CUDA is not supported here: the CUDA backend is not built into this "
         "copy of sqa, or no CUDA device is visible");
@@ -180,11 +194,7 @@ const char* sqa_last_error(void) {
 }
 
 int sqa_cuda_available(void) {
-  try {
-    return sqa::cuda::available() ? 1 : 0;
-  } catch (...) {
-    return 0;
-  }
+  return cuda_available_cached() ? 1 : 0;
 }
 
 const char* sqa_cpu_simd_path(void) {

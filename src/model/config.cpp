@@ -30,7 +30,7 @@ int get_int(const json& j, const std::string& key, const std::string& origin) {
           ") must be an integer");
   const auto x = v.get<int64_t>();
   require(x >= -1 && x <= (int64_t{1} << 30), origin, ": field '", key, "' (", x,
-          ") is out of range");
+          ") is out of range [-1, 2^30]");
   return static_cast<int>(x);
 }
 double get_double(const json& j, const std::string& key, const std::string& origin) {

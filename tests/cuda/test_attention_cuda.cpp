@@ -102,6 +102,55 @@ void cuda_forward_via_host(const AttentionParams& host) {
   if (host.lse) lse.copy_back(host.lse);
 }
 
+// The harness's backend callable for the CUDA backward.
+void cuda_backward_via_host(const AttentionBackwardParams& host) {
+  const AttentionParams& f = host.forward;
+  const AttentionSpec& spec = f.spec;
+  const int64_t esize = dtype_size(f.dtype);
+  const int64_t d = spec.head_dim;
+  const bool varlen = f.is_varlen();
+  const int64_t batch = varlen ? 1 : f.batch;
+  const int64_t rows_q = varlen ? f.cu_seqlens_q[f.batch] : f.seqlen_q;
+  const int64_t rows_k = varlen ? f.cu_seqlens_k[f.batch] : f.seqlen_k;
+  const int hq = spec.heads.num_query_heads, hkv = spec.heads.num_kv_heads;
+  const int ha = spec.heads.num_attention_heads();
+  const int64_t lse_count = varlen ? ha * rows_q : f.batch * ha * f.seqlen_q;
+
+  DeviceBuffer q(f.q, extent(f.q_strides, batch, rows_q, hq, d) * esize);
+  DeviceBuffer k(f.k, extent(f.k_strides, batch, rows_k, hkv, d) * esize);
+  DeviceBuffer v(f.v, extent(f.v_strides, batch, rows_k, hkv, d) * esize);
+  DeviceBuffer out(f.out, extent(f.out_strides, batch, rows_q, ha, d) * esize);
+  DeviceBuffer lse(f.lse, lse_count * 4);
+  DeviceBuffer dout(host.dout, extent(host.dout_strides, batch, rows_q, ha, d) * esize);
+  DeviceBuffer dq(host.dq, extent(host.dq_strides, batch, rows_q, hq, d) * esize);
+  DeviceBuffer dk(host.dk, extent(host.dk_strides, batch, rows_k, hkv, d) * esize);
+  DeviceBuffer dv(host.dv, extent(host.dv_strides, batch, rows_k, hkv, d) * esize);
+  const int64_t cu_bytes = varlen ? (f.batch + 1) * 4 : 0;
+  DeviceBuffer cu_q(f.cu_seqlens_q, cu_bytes), cu_k(f.cu_seqlens_k, cu_bytes);
+
+  AttentionBackwardParams g = host;
+  g.forward.device = Device::cuda;
+  g.forward.stream = nullptr;
+  g.forward.q = q.get();
+  g.forward.k = k.get();
+  g.forward.v = v.get();
+  g.forward.out = out.get();
+  g.forward.lse = static_cast<float*>(lse.get());
+  if (varlen) {
+    g.forward.cu_seqlens_q = static_cast<const int32_t*>(cu_q.get());
+    g.forward.cu_seqlens_k = static_cast<const int32_t*>(cu_k.get());
+  }
+  g.dout = dout.get();
+  g.dq = dq.get();
+  g.dk = dk.get();
+  g.dv = dv.get();
+  cuda::attention_backward(g);
+  cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  dq.copy_back(host.dq);
+  dk.copy_back(host.dk);
+  dv.copy_back(host.dv);
+}
+
 bool gpu_present() { return cuda::available(); }
 
 #define SKIP_WITHOUT_GPU() \
@@ -145,13 +194,15 @@ TEST(CudaForward, EveryLayoutHeadDimAndMask) {
   SKIP_WITHOUT_GPU();
   const std::vector<Window> windows = {Window::none(), Window::causal(), Window::sliding(100),
                                        Window{37, 5}};
-  const int64_t n = testing::small_scale() ? 200 : 700;
   uint64_t seed = 11;
   for (Variant v : all_variants()) {
     for (int d : {16, 32, 64, 128, 256}) {
+      // Long enough for several query and key blocks; shorter at large d to keep the float64
+      // reference quick.
+      const int64_t n = testing::small_scale() ? 200 : (d <= 32 ? 700 : 300);
       for (const Window& w : windows) {
         testing::HarnessCase c;
-        c.spec = make_spec(v, 8, d, w);
+        c.spec = make_spec(v, 4, d, w);
         c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
         c.batch = 2;
         c.seqlen_q = n;
@@ -199,6 +250,23 @@ TEST(CudaForward, LongCausalPeakySoftmax) {
   expect_forward_ok(c);
 }
 
+// Small cases for compute-sanitizer (memcheck, racecheck): every head dim, masks, varlen, and
+// the split-KV decode path, each with only a few CTAs so the checkers finish quickly.
+TEST(CudaForward, SanitizerSmoke) {
+  SKIP_WITHOUT_GPU();
+  testing::CaseLimits limits = cuda_limits();
+  limits.max_seqlen = 160;
+  limits.max_work = 2e5;
+  for (const auto& c : testing::generate_cases(limits, 10, 6006)) expect_forward_ok(c);
+  testing::HarnessCase c;
+  c.spec = make_spec(Variant::sqa, 8, 64, Window::none());
+  c.dtype = DType::bf16;
+  c.seqlen_q = 1;
+  c.seqlen_k = 2000;
+  c.seed = 12;
+  expect_forward_ok(c);
+}
+
 TEST(CudaForward, NullLseIsAllowed) {
   SKIP_WITHOUT_GPU();
   testing::HarnessCase c;
@@ -214,6 +282,56 @@ TEST(CudaForward, NullLseIsAllowed) {
   // The out check still applies; the lse buffer stays poisoned, which the harness reports.
   EXPECT_NE(r.message.find("lse"), std::string::npos) << r.message;
   EXPECT_EQ(r.message.find("out:"), std::string::npos) << r.message;
+}
+
+// ---- backward ------------------------------------------------------------------------------
+
+testing::CaseLimits cuda_backward_limits() {
+  testing::CaseLimits limits = cuda_limits();
+  limits.head_dims = {16, 32, 64, 128};
+  return limits;
+}
+
+void expect_backward_ok(const testing::HarnessCase& c) {
+  const testing::CheckResult r = testing::check_backward(c, cuda_backward_via_host);
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+TEST(CudaBackward, RandomSweepMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const auto cases = testing::generate_cases(cuda_backward_limits(), sweep_size() / 2, 7007);
+  for (const auto& c : cases) expect_backward_ok(c);
+}
+
+TEST(CudaBackward, EveryLayoutHeadDimAndMask) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Window> windows = {Window::none(), Window::causal(), Window{37, 5}};
+  uint64_t seed = 71;
+  for (Variant v : all_variants()) {
+    for (int d : {16, 32, 64, 128}) {
+      const int64_t n = testing::small_scale() ? 150 : (d <= 32 ? 400 : 200);
+      for (const Window& w : windows) {
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 4, d, w);
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = n;
+        c.seqlen_k = n + (seed % 3) * 29;
+        c.padding = (seed % 5 == 0) ? 8 : 0;
+        c.seed = seed++;
+        if (testing::small_scale() && d > 64) continue;
+        expect_backward_ok(c);
+      }
+    }
+  }
+}
+
+TEST(CudaBackward, SanitizerSmoke) {
+  SKIP_WITHOUT_GPU();
+  testing::CaseLimits limits = cuda_backward_limits();
+  limits.max_seqlen = 160;
+  limits.max_work = 2e5;
+  for (const auto& c : testing::generate_cases(limits, 8, 8008)) expect_backward_ok(c);
 }
 
 // ---- validation: the message names the value and the rule --------------------------------
@@ -261,6 +379,16 @@ TEST(CudaValidation, RejectsHostPointers) {
   SKIP_WITHOUT_GPU();
   expect_error([] { cuda::attention_forward(dummy_params(64, DType::bf16)); },
                {"q must point to CUDA device memory"});
+}
+
+TEST(CudaValidation, BackwardRejectsHeadDim256) {
+  AttentionBackwardParams g;
+  g.forward = dummy_params(256, DType::bf16);
+  static std::vector<unsigned char> buffer(1 << 20);
+  g.forward.lse = reinterpret_cast<float*>(buffer.data());
+  g.dout = g.dq = g.dk = g.dv = buffer.data();
+  g.set_contiguous_strides();
+  expect_error([&] { cuda::attention_backward(g); }, {"head_dim (256)", "16, 32, 64 or 128"});
 }
 
 }  // namespace

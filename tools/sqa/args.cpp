@@ -1,5 +1,6 @@
 #include "sqa/args.hpp"
 
+#include <cerrno>
 #include <cstdlib>
 
 #include "sqa/error.hpp"
@@ -19,23 +20,33 @@ Args::Args(const std::vector<std::string>& argv, const std::set<std::string>& fl
       values_[key.substr(0, eq)] = key.substr(eq + 1);
     } else if (flags.count(key)) {
       values_[key] = "1";
-    } else {
-      sqa::require(i + 1 < argv.size(), "option --", key, " needs a value");
+    } else if (i + 1 < argv.size() && argv[i + 1].rfind("--", 0) != 0) {
       values_[key] = argv[++i];
+    } else {
+      // Reported when the option is read or checked, so that an unknown option is named as
+      // unknown rather than as lacking a value.
+      missing_value_.insert(key);
     }
   }
 }
 
+void Args::check_value(const std::string& key) const {
+  sqa::require(missing_value_.count(key) == 0, "option --", key, " needs a value");
+}
+
 bool Args::has(const std::string& key) const {
+  check_value(key);
   return values_.count(key) != 0;
 }
 
 std::string Args::get(const std::string& key, const std::string& fallback) const {
+  check_value(key);
   auto it = values_.find(key);
   return it == values_.end() ? fallback : it->second;
 }
 
 std::string Args::require(const std::string& key) const {
+  check_value(key);
   auto it = values_.find(key);
   sqa::require(it != values_.end(), "missing required option --", key);
   return it->second;
@@ -43,9 +54,10 @@ std::string Args::require(const std::string& key) const {
 
 static long long parse_int(const std::string& key, const std::string& text) {
   char* end = nullptr;
+  errno = 0;
   const long long v = std::strtoll(text.c_str(), &end, 10);
-  sqa::require(!text.empty() && end && *end == '\0', "option --", key, " (", text,
-               ") must be an integer");
+  sqa::require(!text.empty() && end && *end == '\0' && errno != ERANGE, "option --", key, " (",
+               text, ") must be an integer");
   return v;
 }
 
@@ -92,6 +104,10 @@ void Args::reject_unknown(const std::set<std::string>& known) const {
   for (const auto& [key, value] : values_) {
     sqa::require(known.count(key) != 0, "unknown option --", key);
   }
+  for (const auto& key : missing_value_) {
+    sqa::require(known.count(key) != 0, "unknown option --", key);
+  }
+  for (const auto& key : missing_value_) check_value(key);
 }
 
 }  // namespace sqa::cli

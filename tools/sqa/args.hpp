@@ -26,12 +26,15 @@ class Args {
                                     const std::vector<std::string>& fallback) const;
   std::vector<long long> get_int_list(const std::string& key,
                                       const std::vector<long long>& fallback) const;
-  // Throws if any option given was not in `known` (call after reading the options).
+  // Throws if any option given was not in `known`, then if any option lacks its value.
   void reject_unknown(const std::set<std::string>& known) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
  private:
+  void check_value(const std::string& key) const;  // throws when --key was given no value
+
   std::map<std::string, std::string> values_;
+  std::set<std::string> missing_value_;
   std::vector<std::string> positional_;
 };
 

@@ -287,10 +287,12 @@ std::vector<Row> run_case(const BenchOptions& o, Variant v, int64_t seqlen_q, in
   require(out.all_finite() && lse.all_finite(), "variant ", variant_name(v), " N=", seqlen_k,
           ": the forward left non-finite values in out or lse");
   fwd.flops = attention_forward_flops(p.spec, o.batch, seqlen_q, seqlen_k);
-  // The bytes a decode step cannot avoid reading: every visible key and value row once.
-  fwd.kv_bytes = 2.0 * static_cast<double>(visible_pairs(p.spec.window, 1, seqlen_k)) *
-                 static_cast<double>(o.batch) * heads.num_kv_heads * o.head_dim *
-                 dtype_size(o.dtype);
+  if (seqlen_q == 1) {
+    // The bytes a decode step cannot avoid reading: every visible key and value row once.
+    fwd.kv_bytes = 2.0 * static_cast<double>(visible_pairs(p.spec.window, 1, seqlen_k)) *
+                   static_cast<double>(o.batch) * heads.num_kv_heads * o.head_dim *
+                   dtype_size(o.dtype);
+  }
   rows.push_back(fwd);
   if (!backward) return rows;
 
@@ -476,10 +478,7 @@ int bench_attention(const Args& args) {
   // A second sgemm measurement after the kernels: the ceiling is the better of the two, so a
   // noisy start cannot flatter the percentages.
   c.sgemm_end = measure_sgemm(o.sgemm_size, 3);
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const std::vector<Row> before(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(i));
-    finish_row(rows[i], c, before);
-  }
+  for (Row& r : rows) finish_row(r, c, rows);
   std::printf(
       "ceilings: sgemm %d^3 %.1f GFLOP/s (start %.1f, end %.1f; %d OpenBLAS threads, core %s);"
       " memcpy %.1f GB/s (bytes read + written, %zu MiB buffer, %d threads)\n",
@@ -508,8 +507,11 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::printf("usage: sqa bench attention [options]   (sqa bench attention --help)\n");
     return 0;
   }
-  require(words.size() == 1 && words[0] == "attention", "unknown benchmark '",
-          words.empty() ? "" : words[0], "': expected `sqa bench attention [options]`");
+  require(!words.empty(), "missing benchmark name: expected `sqa bench attention [options]`");
+  require(words[0] == "attention", "unknown benchmark '", words[0],
+          "': expected `sqa bench attention [options]`");
+  require(words.size() == 1, "unexpected argument '", words.size() > 1 ? words[1] : "",
+          "' after `sqa bench attention` (options start with --)");
   return bench_attention(args);
 }
 

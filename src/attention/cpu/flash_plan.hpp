@@ -42,10 +42,22 @@ struct ForwardItem {
 
 struct ForwardContext {
   const AttentionParams* params;
-  int padded_dim;           // head_dim rounded up to the SIMD width of the kernel
-  float* partial_out;       // [slot][kBlockQ][padded_dim]
-  float* partial_max;       // [slot][kBlockQ]
-  float* partial_sum;       // [slot][kBlockQ]
+  int padded_dim;    // head_dim rounded up to the SIMD width of the kernel
+  int partial_rows;  // rows per split-KV slot (the most rows of any split item)
+  float* partial_out;  // [slot][partial_rows][padded_dim]
+  float* partial_max;  // [slot][partial_rows]
+  float* partial_sum;  // [slot][partial_rows]
+};
+
+// Decode item: every attention head and every query row (at most kDecodeRows) of one sequence
+// against keys [k_lo, k_hi). The cache is read key-major (all heads of a key row, which are
+// adjacent in memory) so the reads stream sequentially instead of striding head by head.
+// Results go to partial slot `slot` ([heads][rows] entries) and are combined by log-sum-exp.
+inline constexpr int kDecodeRows = 2;
+struct DecodeItem {
+  Sequence seq;
+  int64_t k_lo, k_hi;
+  int64_t slot;
 };
 
 // Backward item: KV head kv, keys [j0, j0 + keys) of one sequence.
@@ -64,13 +76,16 @@ struct BackwardContext {
 };
 
 // Per-thread scratch sizes in floats (the planner allocates, 64-byte aligned).
-int64_t forward_scratch_floats(int head_dim);
-int64_t backward_scratch_floats(int head_dim);
+int64_t forward_scratch_floats(int padded_dim);
+int64_t backward_scratch_floats(int padded_dim);
+int64_t decode_scratch_floats(int padded_dim, int attention_heads, int kv_heads);
 
 struct Kernels {
   const char* name;
   int width;  // floats per SIMD vector
   void (*forward_item)(const ForwardContext&, const ForwardItem&, float* scratch);
+  // Uses ctx.partial_* with partial_rows = heads * kDecodeRows entries per slot.
+  void (*decode_item)(const ForwardContext&, const DecodeItem&, float* scratch);
   // dq_accumulator: this thread's fp32 dQ, [global row][num_query_heads][padded_dim].
   void (*backward_item)(const BackwardContext&, const BackwardItem&, float* scratch,
                         float* dq_accumulator);

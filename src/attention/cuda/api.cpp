@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -21,6 +22,12 @@ void check_cuda(int status, const char* what) {
     throw std::runtime_error(std::string(what) + ": " +
                              cudaGetErrorString(static_cast<cudaError_t>(status)));
   }
+}
+
+bool fwd_packed_exp() {
+  // Read on every call (cheap next to a launch) so a benchmark can switch paths in one process.
+  const char* mode = std::getenv("SQA_CUDA_EXP");
+  return mode == nullptr || std::string(mode) != "f32";
 }
 
 namespace {
@@ -87,6 +94,48 @@ struct StreamBuffer {
   StreamBuffer& operator=(const StreamBuffer&) = delete;
 };
 
+// Pointers, strides, shapes and head layout of the forward, in the kernels' form.
+FwdKernelParams kernel_params(const AttentionParams& params) {
+  const AttentionSpec& spec = params.spec;
+  const HeadLayout& heads = spec.heads;
+  const bool varlen = params.is_varlen();
+  FwdKernelParams p;
+  p.q = params.q;
+  p.k = params.k;
+  p.v = params.v;
+  p.out = params.out;
+  p.lse = params.lse;
+  // Varlen tensors are packed over tokens: the batch stride is unused.
+  p.q_batch = varlen ? 0 : params.q_strides.batch;
+  p.k_batch = varlen ? 0 : params.k_strides.batch;
+  p.v_batch = varlen ? 0 : params.v_strides.batch;
+  p.o_batch = varlen ? 0 : params.out_strides.batch;
+  p.q_row = params.q_strides.row;
+  p.k_row = params.k_strides.row;
+  p.v_row = params.v_strides.row;
+  p.o_row = params.out_strides.row;
+  p.q_head = params.q_strides.head;
+  p.k_head = params.k_strides.head;
+  p.v_head = params.v_strides.head;
+  p.o_head = params.out_strides.head;
+  p.cu_seqlens_q = params.cu_seqlens_q;
+  p.cu_seqlens_k = params.cu_seqlens_k;
+  p.batch = static_cast<int>(params.batch);
+  p.seqlen_q = static_cast<int>(params.seqlen_q);
+  p.seqlen_k = static_cast<int>(params.seqlen_k);
+  p.num_query_heads = heads.num_query_heads;
+  p.num_kv_heads = heads.num_kv_heads;
+  p.num_attention_heads = heads.num_attention_heads();
+  p.group_size = heads.group_size();
+  p.reverse = heads.is_reverse() ? 1 : 0;
+  p.window_left = spec.window.left;
+  p.window_right = spec.window.right;
+  p.scale_log2 = spec.scale() * 1.4426950408889634f;
+  p.pack = 1;
+  p.num_head_groups = p.num_attention_heads;
+  return p;
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -128,39 +177,8 @@ void attention_forward(const AttentionParams& params) {
     require_device_pointer(params.cu_seqlens_k, "cu_seqlens_k");
   }
 
+  FwdKernelParams p = kernel_params(params);
   const HeadLayout& heads = spec.heads;
-  FwdKernelParams p;
-  p.q = params.q;
-  p.k = params.k;
-  p.v = params.v;
-  p.out = params.out;
-  p.lse = params.lse;
-  // Varlen tensors are packed over tokens: the batch stride is unused.
-  p.q_batch = varlen ? 0 : params.q_strides.batch;
-  p.k_batch = varlen ? 0 : params.k_strides.batch;
-  p.v_batch = varlen ? 0 : params.v_strides.batch;
-  p.o_batch = varlen ? 0 : params.out_strides.batch;
-  p.q_row = params.q_strides.row;
-  p.k_row = params.k_strides.row;
-  p.v_row = params.v_strides.row;
-  p.o_row = params.out_strides.row;
-  p.q_head = params.q_strides.head;
-  p.k_head = params.k_strides.head;
-  p.v_head = params.v_strides.head;
-  p.o_head = params.out_strides.head;
-  p.cu_seqlens_q = params.cu_seqlens_q;
-  p.cu_seqlens_k = params.cu_seqlens_k;
-  p.batch = static_cast<int>(params.batch);
-  p.seqlen_q = static_cast<int>(params.seqlen_q);
-  p.seqlen_k = static_cast<int>(params.seqlen_k);
-  p.num_query_heads = heads.num_query_heads;
-  p.num_kv_heads = heads.num_kv_heads;
-  p.num_attention_heads = heads.num_attention_heads();
-  p.group_size = heads.group_size();
-  p.reverse = heads.is_reverse() ? 1 : 0;
-  p.window_left = spec.window.left;
-  p.window_right = spec.window.right;
-  p.scale_log2 = spec.scale() * 1.4426950408889634f;
 
   // Decode (a few query rows against a long cache): pack the G query heads of a KV head into
   // the tile's rows so the cache is read once per KV head, use 1-warp tiles, and split the keys
@@ -195,8 +213,79 @@ void attention_forward(const AttentionParams& params) {
 }
 
 void attention_backward(const AttentionBackwardParams& params) {
+  using namespace detail;
   params.validate();
-  throw Error("the CUDA attention backward is not implemented yet (forward only in this build)");
+  const AttentionParams& f = params.forward;
+  require(f.device == Device::cuda, "cuda::attention_backward needs device = cuda");
+  require(f.dtype == DType::bf16 || f.dtype == DType::f16, "dtype (", dtype_name(f.dtype),
+          ") is not supported by the CUDA backward: it takes bf16 or f16");
+  const AttentionSpec& spec = f.spec;
+  BwdLauncher launch = nullptr;
+  switch (spec.head_dim) {
+    case 16: launch = run_flash_bwd_hdim16; break;
+    case 32: launch = run_flash_bwd_hdim32; break;
+    case 64: launch = run_flash_bwd_hdim64; break;
+    case 128: launch = run_flash_bwd_hdim128; break;
+    default:
+      throw Error(sqa::detail::concat("head_dim (", spec.head_dim,
+                                      ") is not supported by the CUDA backward: it takes 16, 32, "
+                                      "64 or 128"));
+  }
+  const bool varlen = f.is_varlen();
+  require(f.seqlen_q <= INT32_MAX / 64 && f.seqlen_k <= INT32_MAX / 64, "seqlen_q (", f.seqlen_q,
+          ") and seqlen_k (", f.seqlen_k, ") must stay below 2^25 for the CUDA kernels");
+  require(f.batch <= 65535, "batch (", f.batch, ") must be at most 65535 on CUDA");
+  const TensorStrides* strides[] = {&f.q_strides,          &f.k_strides,         &f.v_strides,
+                                    &f.out_strides,        &params.dout_strides, &params.dq_strides,
+                                    &params.dk_strides,    &params.dv_strides};
+  const void* pointers[] = {f.q, f.k, f.v, f.out, params.dout, params.dq, params.dk, params.dv};
+  const char* names[] = {"q", "k", "v", "out", "dout", "dq", "dk", "dv"};
+  for (int i = 0; i < 8; ++i) {
+    require_strides(*strides[i], names[i], varlen);
+    require_aligned(pointers[i], names[i]);
+    require_device_pointer(pointers[i], names[i]);
+  }
+  require_device_pointer(f.lse, "lse");
+  if (varlen) {
+    require_device_pointer(f.cu_seqlens_q, "cu_seqlens_q");
+    require_device_pointer(f.cu_seqlens_k, "cu_seqlens_k");
+  }
+
+  BwdKernelParams g;
+  g.fwd = kernel_params(f);
+  g.dout = params.dout;
+  g.dq = params.dq;
+  g.dk = params.dk;
+  g.dv = params.dv;
+  g.do_batch = varlen ? 0 : params.dout_strides.batch;
+  g.dq_batch = varlen ? 0 : params.dq_strides.batch;
+  g.dk_batch = varlen ? 0 : params.dk_strides.batch;
+  g.dv_batch = varlen ? 0 : params.dv_strides.batch;
+  g.do_row = params.dout_strides.row;
+  g.dq_row = params.dq_strides.row;
+  g.dk_row = params.dk_strides.row;
+  g.dv_row = params.dv_strides.row;
+  g.do_head = params.dout_strides.head;
+  g.dq_head = params.dq_strides.head;
+  g.dk_head = params.dk_strides.head;
+  g.dv_head = params.dv_strides.head;
+  g.scale = spec.scale();
+  auto stream = static_cast<cudaStream_t>(f.stream);
+  // The lse layout's row count: dense B * H_attn * N_q; varlen H_attn * total_q (read once from
+  // the device, since cu_seqlens live there).
+  int64_t rows = f.batch * g.fwd.num_attention_heads * f.seqlen_q;
+  if (varlen) {
+    int32_t total_q = 0;
+    check_cuda(cudaMemcpyAsync(&total_q, f.cu_seqlens_q + f.batch, sizeof(total_q),
+                               cudaMemcpyDeviceToHost, stream),
+               "cudaMemcpyAsync(cu_seqlens_q[batch])");
+    check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    rows = static_cast<int64_t>(g.fwd.num_attention_heads) * total_q;
+  }
+  g.lse_rows = rows;
+  StreamBuffer workspace(static_cast<size_t>(std::max<int64_t>(rows, 1)) * sizeof(float), stream);
+  g.dsum = static_cast<float*>(workspace.ptr);
+  launch(g, f.dtype == DType::f16, stream);
 }
 
 }  // namespace sqa::cuda

@@ -24,6 +24,17 @@ void run_flash_fwd_hdim64(const FwdKernelParams& p, bool fp16, bool decode, void
 void run_flash_fwd_hdim128(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
 void run_flash_fwd_hdim256(const FwdKernelParams& p, bool fp16, bool decode, void* stream);
 
+// Backward (dsum, dK/dV, dQ kernels) on `stream`; head dims 16, 32, 64, 128.
+using BwdLauncher = void (*)(const BwdKernelParams& g, bool fp16, void* stream);
+void run_flash_bwd_hdim16(const BwdKernelParams& g, bool fp16, void* stream);
+void run_flash_bwd_hdim32(const BwdKernelParams& g, bool fp16, void* stream);
+void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
+void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
+
+// Whether the small-head-dim forward uses packed 16-bit exponentials (default) or the fp32 path
+// (environment SQA_CUDA_EXP=f32).
+bool fwd_packed_exp();
+
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).
 void check_cuda(int status, const char* what);
 

@@ -39,7 +39,10 @@ struct FwdTile {
   static_assert(D % 16 == 0 && BN % 16 == 0, "tile shapes must be multiples of the MMA's k");
 };
 
-template <typename T, int D, int kMT, int kNWarps, int BN>
+// kPackedExp: exponentials two at a time in 16-bit (ex2.*x2), written straight into the PV
+// operand, and the row sums taken by the tensor cores (P times a ones tile) instead of FADDs:
+// halves the MUFU work where the exp unit is the limit (small head dims).
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kPackedExp>
 __global__ void __launch_bounds__(kNWarps * 32)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
@@ -139,6 +142,7 @@ __global__ void __launch_bounds__(kNWarps * 32)
     for (int r = 0; r < 2; ++r) qrow_of[mt][r] = (m0 + warp * 16 * kMT + mt * 16 + g + 8 * r) / pack;
 
   float o[kMT][kDT][4];
+  float o_sum[kMT][4];  // kPackedExp: P times ones, every column is the row sum
   float row_max[kMT][2], row_sum[kMT][2];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -146,9 +150,12 @@ __global__ void __launch_bounds__(kNWarps * 32)
     for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o_sum[mt][e] = 0.0f;
     row_max[mt][0] = row_max[mt][1] = -INFINITY;
     row_sum[mt][0] = row_sum[mt][1] = 0.0f;
   }
+  uint32_t ps[kPackedExp ? kMT : 1][kPackedExp ? kNT : 1][2];  // packed P: (tile, row half)
 
   const int warp_row = warp * 16 * kMT;
   uint32_t qf[Tile::kQInRegs ? kMT : 1][Tile::kQInRegs ? kKD : 1][4];
@@ -240,21 +247,31 @@ __global__ void __launch_bounds__(kNWarps * 32)
         const float corr = fast_exp2(row_max[mt][r] * scale_log2 - offset);
         row_max[mt][r] = mx;
         row_sum[mt][r] *= corr;
+        o_sum[mt][2 * r] *= corr;
+        o_sum[mt][2 * r + 1] *= corr;
 #pragma unroll
         for (int dt = 0; dt < kDT; ++dt) {
           o[mt][dt][2 * r] *= corr;
           o[mt][dt][2 * r + 1] *= corr;
         }
-        float sum = 0.0f;
+        if constexpr (kPackedExp) {
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pe = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
-            s[mt][nt][2 * r + e] = pe;
-            sum += pe;
+          for (int nt = 0; nt < kNT; ++nt) {
+            ps[mt][nt][r] = M::exp2_pair(fmaf(s[mt][nt][2 * r], scale_log2, -offset),
+                                         fmaf(s[mt][nt][2 * r + 1], scale_log2, -offset));
           }
-        row_sum[mt][r] += sum;  // per-thread partial; reduced over the quad once at the end
+        } else {
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pe = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
+              s[mt][nt][2 * r + e] = pe;
+              sum += pe;
+            }
+          row_sum[mt][r] += sum;  // per-thread partial; reduced over the quad once at the end
+        }
       }
 
     cp_async_wait<0>();
@@ -268,10 +285,18 @@ __global__ void __launch_bounds__(kNWarps * 32)
       uint32_t pa[kMT][4];
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        pa[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        if constexpr (kPackedExp) {
+          pa[mt][0] = ps[mt][2 * kk][0];
+          pa[mt][1] = ps[mt][2 * kk][1];
+          pa[mt][2] = ps[mt][2 * kk + 1][0];
+          pa[mt][3] = ps[mt][2 * kk + 1][1];
+          M::run(o_sum[mt], pa[mt], M::kOnes, M::kOnes);
+        } else {
+          pa[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
       }
 #pragma unroll
       for (int d2 = 0; d2 < D / 16; ++d2) {
@@ -298,6 +323,7 @@ __global__ void __launch_bounds__(kNWarps * 32)
       float sum = row_sum[mt][r];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      if constexpr (kPackedExp) sum = o_sum[mt][2 * r];  // already summed over the quad
       const bool any = sum > 0.0f;
       inv[mt][r] = any ? 1.0f / sum : 0.0f;
       // lse = ln(sum_j exp(scale s_j)) = (max * scale_log2 + log2(sum)) * ln 2.

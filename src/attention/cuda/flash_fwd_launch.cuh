@@ -8,10 +8,10 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, int kMT, int kNWarps, int BN>
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kPackedExp = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
-  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN>;
+  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kPackedExp>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -28,24 +28,33 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   }
 }
 
-template <int D>
-void run_flash_fwd(const FwdKernelParams& p, bool fp16, bool decode, void* stream_ptr) {
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
+// Prefill at D <= 32 is exp-bound: it uses packed 16-bit exponentials unless
+// SQA_CUDA_EXP=f32 asks for the fp32 path (kept for A/B timing and as a fallback).
+template <typename T, int D>
+void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t stream) {
   static_assert(fwd_block_m(D, true) == 16 && fwd_block_m(D, false) == 64 * (D <= 64 ? 2 : 1));
   constexpr int kMT = D <= 64 ? 2 : 1;
   constexpr int BN = fwd_block_n(D);
-  if (fp16) {
-    if (decode) {
-      launch_flash_fwd<__half, D, 1, 1, BN>(p, stream);
+  if (decode) {
+    launch_flash_fwd<T, D, 1, 1, BN>(p, stream);
+  } else if constexpr (D <= 32) {
+    if (fwd_packed_exp()) {
+      launch_flash_fwd<T, D, kMT, 4, BN, true>(p, stream);
     } else {
-      launch_flash_fwd<__half, D, kMT, 4, BN>(p, stream);
+      launch_flash_fwd<T, D, kMT, 4, BN, false>(p, stream);
     }
   } else {
-    if (decode) {
-      launch_flash_fwd<__nv_bfloat16, D, 1, 1, BN>(p, stream);
-    } else {
-      launch_flash_fwd<__nv_bfloat16, D, kMT, 4, BN>(p, stream);
-    }
+    launch_flash_fwd<T, D, kMT, 4, BN>(p, stream);
+  }
+}
+
+template <int D>
+void run_flash_fwd(const FwdKernelParams& p, bool fp16, bool decode, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (fp16) {
+    run_flash_fwd_typed<__half, D>(p, decode, stream);
+  } else {
+    run_flash_fwd_typed<__nv_bfloat16, D>(p, decode, stream);
   }
 }
 

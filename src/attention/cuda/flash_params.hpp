@@ -42,4 +42,20 @@ struct FwdKernelParams {
   float* lse_accum = nullptr;  // (num_splits, accum_rows)
 };
 
+// Backward: the forward's parameters (q, k, v, out, lse, shapes, masks) plus the gradients.
+struct BwdKernelParams {
+  FwdKernelParams fwd;  // fwd.lse is required; pack = 1, num_splits = 1
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t do_batch = 0, do_row = 0, do_head = 0;
+  int64_t dq_batch = 0, dq_row = 0, dq_head = 0;
+  int64_t dk_batch = 0, dk_row = 0, dk_head = 0;
+  int64_t dv_batch = 0, dv_row = 0, dv_head = 0;
+  float scale = 0.0f;   // softmax scale (dQ = scale dS K, dK = scale dS^T Q)
+  float* dsum = nullptr;  // workspace, lse layout: D_i = dO_i . O_i
+  int64_t lse_rows = 0;   // entries of lse / dsum
+};
+
 }  // namespace sqa::cuda::detail

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Packs a CUDA build made here into one folder that travels to the GPU machine (run.sh --carry):
+# the test binary, libsqa.so and the non-system shared libraries they load.
+#   bench/gpu/pack.sh [BUILD_DIR=build-cuda] [DEST=build-cuda-carry]
+set -euo pipefail
+build=${1:-build-cuda}
+dest=${2:-build-cuda-carry}
+rm -rf "$dest"
+mkdir -p "$dest/bin" "$dest/lib"
+cp "$build/tests/test_attention_cuda" "$dest/bin/"
+cp -L "$build/src/capi/libsqa.so" "$dest/lib/libsqa.so"
+for so in $(ldd "$build/src/capi/libsqa.so" "$build/tests/test_attention_cuda" |
+            awk '/=>/ {print $3}' | grep -E 'openblas|gfortran|quadmath|gomp|cudart' | sort -u); do
+  cp -L "$so" "$dest/lib/"
+done
+du -sh "$dest"

@@ -1,0 +1,136 @@
+// Training on the CPU in fp32: AdamW, gradient clipping, the paper's learning-rate schedules,
+// gradient accumulation, evaluation, and checkpoints with exact resume.
+//
+// Determinism: dropout masks are a pure function of (seed, step, micro-batch, layer), the data
+// order is the BatchLoader's (seed, epoch) permutation, and every reduction runs in a fixed
+// order, so a run killed and resumed from a checkpoint continues bit-identically (same thread
+// count).
+//
+// Checkpoint folder (every file written atomically: temporary file, fsync, rename):
+//   checkpoint.safetensors  the resume state in ONE file, so it can never be half-written:
+//                           model tensors under their names (model.hpp), AdamW moments as
+//                           "optimizer.exp_avg.<name>" / "optimizer.exp_avg_sq.<name>", and
+//                           metadata "config" (config.json), "trainer_state" (JSON: step, seed,
+//                           optimiser and schedule settings, data loader state).
+//   model.safetensors       model tensors only: loads into a PyTorch module with the same names
+//   config.json             the model config
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sqa/data.hpp"
+#include "sqa/model.hpp"
+
+namespace sqa {
+
+struct OptimizerConfig {
+  double lr = 5e-4;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // PyTorch AdamW defaults
+  double weight_decay = 0.01;                     // on all parameters, as the paper
+  double grad_clip = 1.0;                         // max global L2 norm; <= 0 disables
+};
+
+// AdamW (decoupled weight decay, bias-corrected moments), as torch.optim.AdamW:
+//   w -= lr * wd * w;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+class AdamW {
+ public:
+  explicit AdamW(int64_t num_params = 0) : m_(static_cast<size_t>(num_params), 0.0f),
+                                           v_(m_.size(), 0.0f) {}
+  void step(float* weights, const float* grads, double lr, const OptimizerConfig& config);
+  int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }
+  std::vector<float>& exp_avg() { return m_; }
+  std::vector<float>& exp_avg_sq() { return v_; }
+
+ private:
+  std::vector<float> m_, v_;
+  int64_t t_ = 0;
+};
+
+// Global L2 norm of grads (fixed summation order); when > max_norm > 0, scales grads by
+// max_norm / norm. Returns the norm before clipping.
+double clip_grad_norm(float* grads, int64_t n, double max_norm);
+
+enum class Schedule {
+  warmup_cosine,  // paper dense: linear warm-up over warmup_fraction of the steps, cosine to 0
+  cosine,         // paper MoE: cosine from lr to 0, no warm-up
+  constant,
+};
+Schedule parse_schedule(const std::string& name);  // "warmup-cosine" | "cosine" | "constant"
+const char* schedule_name(Schedule s);
+// Learning rate for optimizer step `step` (0-based) of `total_steps`.
+double learning_rate(Schedule schedule, double base_lr, int64_t step, int64_t total_steps,
+                     double warmup_fraction);
+
+struct TrainConfig {
+  int64_t steps = 100;  // optimizer steps
+  int grad_accum = 1;   // micro-batches per optimizer step
+  OptimizerConfig optim;
+  Schedule schedule = Schedule::warmup_cosine;
+  double warmup_fraction = 0.25;
+  uint64_t seed = 1234;
+};
+
+struct StepResult {
+  int64_t step = 0;  // optimizer steps done after this one
+  double loss = 0;   // mean over the micro-batches of their mean cross-entropy
+  double aux_loss = 0;
+  double grad_norm = 0;  // before clipping
+  double lr = 0;
+  double tokens = 0;  // tokens processed (all positions, batch * context * grad_accum)
+  double seconds = 0;
+};
+
+struct EvalResult {
+  double loss = 0;        // mean cross-entropy per counted token
+  double perplexity = 0;  // exp(loss)
+  double accuracy = 0;    // next-token top-1 over counted tokens
+  double tokens = 0;      // counted tokens
+  double tokens_per_second = 0;
+  int64_t batches = 0;
+};
+
+// Evaluates `model` on up to max_batches (<= 0: all) of loader's eval batches, no dropout.
+EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_batches = 0);
+
+class Trainer {
+ public:
+  // Fresh run: weights initialised from config.seed.
+  Trainer(const ModelConfig& model_config, const TrainConfig& config, BatchLoader train_loader);
+
+  StepResult step();
+  int64_t steps_done() const { return optimizer_.steps(); }
+  const TrainConfig& config() const { return config_; }
+  Model<float>& model() { return *model_; }
+  BatchLoader& loader() { return loader_; }
+
+  // Writes the checkpoint folder (see above); creates the folder if needed.
+  void save_checkpoint(const std::string& dir) const;
+  // Restores weights, optimiser, step and loader state from dir/checkpoint.safetensors. The
+  // model config must match the checkpoint's; the training config is kept from this Trainer
+  // except what must match for an exact continuation (seed). Throws sqa::Error with the path
+  // and the rule on a corrupt, truncated or mismatching checkpoint, before changing anything.
+  void load_checkpoint(const std::string& dir);
+
+ private:
+  ModelConfig model_config_;
+  TrainConfig config_;
+  BatchLoader loader_;
+  std::unique_ptr<Model<float>> model_;
+  AdamW optimizer_;
+  Batch batch_;
+};
+
+// Model weights from a checkpoint folder (checkpoint.safetensors or model.safetensors) or a
+// .safetensors file next to a config.json. Returns the config; fills the model.
+ModelConfig load_model_config_for(const std::string& path);
+void load_model_weights(Model<float>& model, const std::string& path);
+// Writes model.safetensors (+ config.json) for export.
+void save_model(const Model<float>& model, const std::string& dir);
+
+}  // namespace sqa

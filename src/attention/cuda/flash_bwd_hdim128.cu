@@ -1,0 +1,10 @@
+// Backward kernels for head_dim 128 (bf16 and fp16).
+#include "flash_bwd_launch.cuh"
+
+namespace sqa::cuda::detail {
+
+void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream) {
+  run_flash_bwd<128>(g, fp16, stream);
+}
+
+}  // namespace sqa::cuda::detail

@@ -1,0 +1,481 @@
+// FlashAttention-2-style backward (sm_80 warp MMA path), recomputing P from the forward's lse:
+//   P = exp(scale S - lse), dV = P^T dO, dP = dO V^T, dS = P * (dP - D) with D_i = dO_i . O_i,
+//   dK = scale dS^T Q, dQ = scale dS K.
+// Three kernels, all deterministic (fixed reduction order, no atomics):
+//   dsum:  D per (sequence, attention head, query row), in the lse layout;
+//   dK/dV: one CTA per (key block, KV head); each warp owns 16 keys and accumulates their dK and
+//          dV in registers while looping over every attention head of the KV head's group (G
+//          heads for the GQA family, 1 for rSQA) and every query block that sees the keys;
+//   dQ:    one CTA per (query block, query head), looping over every attention head that reads
+//          the query head (1 for the GQA family, H_kv / H_q for rSQA, whose dQ sums the repeats)
+//          and every visible key block; it recomputes S and dP rather than reducing with atomics.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "flash_common.cuh"
+#include "flash_fwd_kernel.cuh"
+#include "flash_params.hpp"
+
+namespace sqa::cuda::detail {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(x);
+  } else {
+    return __bfloat162float(x);
+  }
+}
+
+struct SeqSpan {
+  int64_t q_row0 = 0, k_row0 = 0, total_q = 0;
+  int nq = 0, nk = 0;
+};
+
+__device__ __forceinline__ SeqSpan seq_span(const FwdKernelParams& p, int b) {
+  SeqSpan s;
+  s.nq = p.seqlen_q;
+  s.nk = p.seqlen_k;
+  if (p.cu_seqlens_q != nullptr) {
+    s.q_row0 = p.cu_seqlens_q[b];
+    s.nq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    s.k_row0 = p.cu_seqlens_k[b];
+    s.nk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+    s.total_q = p.cu_seqlens_q[p.batch];
+  }
+  return s;
+}
+
+__device__ __forceinline__ bool key_visible(int key, int qrow, int nk, int diag, int left, int right) {
+  const int qd = qrow + diag;
+  return key < nk && (left < 0 || key >= qd - left) && (right < 0 || key <= qd + right);
+}
+
+// D_i = dO_i . O_i for every row of the lse layout; one warp per row.
+template <typename T>
+__global__ void __launch_bounds__(128) flash_bwd_dsum_kernel(const BwdKernelParams g, int head_dim) {
+  const FwdKernelParams& p = g.fwd;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + warp;
+  if (rid >= g.lse_rows) return;
+  int64_t o_off, do_off;
+  if (p.cu_seqlens_q != nullptr) {
+    const int64_t total_q = p.cu_seqlens_q[p.batch];
+    const int64_t h = rid / total_q, tok = rid % total_q;
+    o_off = tok * p.o_row + h * p.o_head;
+    do_off = tok * g.do_row + h * g.do_head;
+  } else {
+    const int64_t qrow = rid % p.seqlen_q;
+    const int64_t h = (rid / p.seqlen_q) % p.num_attention_heads;
+    const int64_t b = rid / (static_cast<int64_t>(p.seqlen_q) * p.num_attention_heads);
+    o_off = b * p.o_batch + qrow * p.o_row + h * p.o_head;
+    do_off = b * g.do_batch + qrow * g.do_row + h * g.do_head;
+  }
+  const T* o = static_cast<const T*>(p.out) + o_off;
+  const T* dout = static_cast<const T*>(g.dout) + do_off;
+  float sum = 0.0f;
+  for (int c = lane; c < head_dim; c += 32) sum += to_float(o[c]) * to_float(dout[c]);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) g.dsum[rid] = sum;
+}
+
+// Copies `rows` rows of D elements (row r at base + r * row_stride) into a padded shared tile;
+// rows at or past `valid_rows` become zeros.
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile(T* dst, const T* base, int64_t row_stride, int row0,
+                                          int valid_rows, int tid) {
+  constexpr int kChunks = D / 8;
+  constexpr int kStride = D + 8;
+#pragma unroll
+  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
+    const int i = idx / kChunks, c = idx % kChunks;
+    const int row = row0 + i;
+    const bool valid = row < valid_rows;
+    cp_async_16(dst + i * kStride + c * 8, valid ? base + row * row_stride + c * 8 : base, valid);
+  }
+}
+
+template <typename T, int D, int BM, int kNWarps, bool kKVInRegs>
+struct BwdDkDvTile {
+  static constexpr int kThreads = kNWarps * 32;
+  static constexpr int BN = 16 * kNWarps;  // keys per CTA: 16 per warp
+  static constexpr int kStride = D + 8;
+  static constexpr int kSmemBytes =
+      (2 * BN + 4 * BM) * kStride * static_cast<int>(sizeof(T)) + 4 * BM * static_cast<int>(sizeof(float));
+};
+
+template <typename T, int D, int BM, int kNWarps, bool kKVInRegs>
+__global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdKernelParams g) {
+  using Tile = BwdDkDvTile<T, D, BM, kNWarps, kKVInRegs>;
+  constexpr int BN = Tile::BN;
+  constexpr int kStride = Tile::kStride;
+  constexpr int kThreads = Tile::kThreads;
+  constexpr int kQT = BM / 8;
+  constexpr int kDT = D / 8;
+  constexpr int kKD = D / 16;
+  using M = Mma<T>;
+  const FwdKernelParams& p = g.fwd;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + BN * kStride;
+  T* sQ = sV + BN * kStride;       // [2][BM * kStride]
+  T* sdO = sQ + 2 * BM * kStride;  // [2][BM * kStride]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * kStride);  // [2][BM]: lse * log2(e)
+  float* sD = sL + 2 * BM;                                       // [2][BM]: D
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g4 = lane / 4, t = lane % 4;
+  const int n_block = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+  const SeqSpan s = seq_span(p, b);
+  const int n0 = n_block * BN;
+  if (n0 >= s.nk) return;
+  const int diag = s.nk - s.nq, left = p.window_left, right = p.window_right;
+
+  const int h_first = p.reverse ? kv_head : kv_head * p.group_size;
+  const int h_count = p.reverse ? 1 : p.group_size;
+  // Query rows that see at least one of keys [n0, last_key].
+  const int last_key = min(n0 + BN, s.nk) - 1;
+  int q_lo = 0, q_hi = s.nq;
+  if (right >= 0) q_lo = max(0, n0 - diag - right);
+  if (left >= 0) q_hi = min(s.nq, last_key - diag + left + 1);
+  const int qb_begin = q_lo / BM;
+  const int nqb = q_hi > q_lo ? (q_hi + BM - 1) / BM - qb_begin : 0;
+  const int n_iter = h_count * nqb;
+
+  const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
+  const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
+  load_tile<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, s.nk, tid);
+  load_tile<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, s.nk, tid);
+
+  auto load_q_block = [&](int stage, int it) {
+    const int h = h_first + it / nqb;
+    const int m0 = (qb_begin + it % nqb) * BM;
+    const int qh = p.reverse ? h % p.num_query_heads : h;
+    const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
+    const T* do_base = static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
+    load_tile<T, D, BM, kThreads>(sQ + stage * BM * kStride, q_base, p.q_row, m0, s.nq, tid);
+    load_tile<T, D, BM, kThreads>(sdO + stage * BM * kStride, do_base, g.do_row, m0, s.nq, tid);
+    for (int i = tid; i < BM; i += kThreads) {
+      const int q = m0 + i;
+      const bool valid = q < s.nq;
+      const int64_t rid = valid ? lse_row(p, b, h, s.q_row0, q, s.total_q) : 0;
+      // Rows past the sequence get lse = +inf, so their P is exactly 0.
+      sL[stage * BM + i] = valid ? p.lse[rid] * kLog2e : INFINITY;
+      sD[stage * BM + i] = valid ? g.dsum[rid] : 0.0f;
+    }
+  };
+  if (n_iter > 0) load_q_block(0, 0);
+  cp_async_commit();
+
+  float dk[kDT][4], dv[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+  uint32_t kf[kKVInRegs ? kKD : 1][4], vf[kKVInRegs ? kKD : 1][4];
+  auto load_a = [&](uint32_t(&a)[4], const T* tile, int kk) {
+    ldmatrix_x4(a, smem_addr(tile + (warp * 16 + lane % 16) * kStride + kk * 16 + (lane / 16) * 8));
+  };
+  const float scale_log2 = p.scale_log2;
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int stage = it & 1;
+    if (it + 1 < n_iter) load_q_block(stage ^ 1, it + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (kKVInRegs && it == 0) {
+#pragma unroll
+      for (int kk = 0; kk < kKD; ++kk) {
+        load_a(kf[kk], sK, kk);
+        load_a(vf[kk], sV, kk);
+      }
+    }
+    const T* q_tile = sQ + stage * BM * kStride;
+    const T* do_tile = sdO + stage * BM * kStride;
+    const float* l_tile = sL + stage * BM;
+    const float* d_tile = sD + stage * BM;
+    const int m0 = (qb_begin + it % nqb) * BM;
+
+    // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
+    float st[kQT][4], dpt[kQT][4];
+#pragma unroll
+    for (int j = 0; j < kQT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kKD; ++kk) {
+      uint32_t ak[4], av[4];
+      if constexpr (kKVInRegs) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          ak[e] = kf[kk][e];
+          av[e] = vf[kk][e];
+        }
+      } else {
+        load_a(ak, sK, kk);
+        load_a(av, sV, kk);
+      }
+#pragma unroll
+      for (int n2 = 0; n2 < BM / 16; ++n2) {
+        const int row = n2 * 16 + (lane / 16) * 8 + (lane % 8);
+        const int col = kk * 16 + ((lane / 8) % 2) * 8;
+        uint32_t bq[4], bo[4];
+        ldmatrix_x4(bq, smem_addr(q_tile + row * kStride + col));
+        ldmatrix_x4(bo, smem_addr(do_tile + row * kStride + col));
+        M::run(st[2 * n2], ak, bq[0], bq[1]);
+        M::run(st[2 * n2 + 1], ak, bq[2], bq[3]);
+        M::run(dpt[2 * n2], av, bo[0], bo[1]);
+        M::run(dpt[2 * n2 + 1], av, bo[2], bo[3]);
+      }
+    }
+
+    // P^T = exp2(scale_log2 S^T - lse log2 e), dS^T = P^T (dP^T - D); masked entries are 0.
+    const int q_last = min(m0 + BM, s.nq) - 1;
+    const bool full = n0 + BN <= s.nk && m0 + BM <= s.nq &&
+                      (left < 0 || n0 >= q_last + diag - left) &&
+                      (right < 0 || n0 + BN - 1 <= m0 + diag + right);
+#pragma unroll
+    for (int j = 0; j < kQT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ql = j * 8 + 2 * t + (e & 1);
+        float pv = fast_exp2(st[j][e] * scale_log2 - l_tile[ql]);
+        if (!full) {
+          const int key = n0 + warp * 16 + g4 + 8 * (e / 2);
+          if (!key_visible(key, m0 + ql, s.nk, diag, left, right)) pv = 0.0f;
+        }
+        st[j][e] = pv;
+        dpt[j][e] = pv * (dpt[j][e] - d_tile[ql]);
+      }
+
+    // dV += P^T dO, dK += dS^T Q (the accumulators are already A fragments over query rows).
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      uint32_t pa[4], da[4];
+      pa[0] = M::pack(st[2 * kk][0], st[2 * kk][1]);
+      pa[1] = M::pack(st[2 * kk][2], st[2 * kk][3]);
+      pa[2] = M::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      pa[3] = M::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      da[0] = M::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
+      da[1] = M::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
+      da[2] = M::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      da[3] = M::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+      for (int d2 = 0; d2 < D / 16; ++d2) {
+        const int row = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
+        const int col = d2 * 16 + (lane / 16) * 8;
+        uint32_t bo[4], bq[4];
+        ldmatrix_x4_trans(bo, smem_addr(do_tile + row * kStride + col));
+        ldmatrix_x4_trans(bq, smem_addr(q_tile + row * kStride + col));
+        M::run(dv[2 * d2], pa, bo[0], bo[1]);
+        M::run(dv[2 * d2 + 1], pa, bo[2], bo[3]);
+        M::run(dk[2 * d2], da, bq[0], bq[1]);
+        M::run(dk[2 * d2 + 1], da, bq[2], bq[3]);
+      }
+    }
+    __syncthreads();  // this stage's tiles are refilled two iterations later
+  }
+  cp_async_wait<0>();
+
+  const float scale = g.scale;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = n0 + warp * 16 + g4 + 8 * r;
+    if (key >= s.nk) continue;
+    T* dk_row = static_cast<T*>(g.dk) + b * g.dk_batch + (s.k_row0 + key) * g.dk_row + kv_head * g.dk_head;
+    T* dv_row = static_cast<T*>(g.dv) + b * g.dv_batch + (s.k_row0 + key) * g.dv_row + kv_head * g.dv_head;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      *reinterpret_cast<uint32_t*>(dk_row + dt * 8 + 2 * t) =
+          M::pack(dk[dt][2 * r] * scale, dk[dt][2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv_row + dt * 8 + 2 * t) = M::pack(dv[dt][2 * r], dv[dt][2 * r + 1]);
+    }
+  }
+}
+
+template <typename T, int D, int BN, int kNWarps>
+struct BwdDqTile {
+  static constexpr int kThreads = kNWarps * 32;
+  static constexpr int BM = 16 * kNWarps;
+  static constexpr int kStride = D + 8;
+  static constexpr int kSmemBytes = (2 * BM + 4 * BN) * kStride * static_cast<int>(sizeof(T));
+};
+
+template <typename T, int D, int BN, int kNWarps>
+__global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dq_kernel(const BwdKernelParams g) {
+  using Tile = BwdDqTile<T, D, BN, kNWarps>;
+  constexpr int BM = Tile::BM;
+  constexpr int kStride = Tile::kStride;
+  constexpr int kThreads = Tile::kThreads;
+  constexpr int kNT = BN / 8;
+  constexpr int kDT = D / 8;
+  constexpr int kKD = D / 16;
+  using M = Mma<T>;
+  const FwdKernelParams& p = g.fwd;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sdO = sQ + BM * kStride;
+  T* sK = sdO + BM * kStride;  // [2][BN * kStride]
+  T* sV = sK + 2 * BN * kStride;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g4 = lane / 4, t = lane % 4;
+  const int m_block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
+  const int qh = blockIdx.y, b = blockIdx.z;
+  const SeqSpan s = seq_span(p, b);
+  const int m0 = m_block * BM;
+  if (m0 >= s.nq) return;
+  const int diag = s.nk - s.nq, left = p.window_left, right = p.window_right;
+  const int q_last = min(m0 + BM, s.nq) - 1;
+  int key_begin = 0, key_end = s.nk;
+  if (left >= 0) key_begin = max(0, m0 + diag - left);
+  if (right >= 0) key_end = min(s.nk, q_last + diag + right + 1);
+  const int nb_begin = key_begin / BN;
+  const int nkb = key_end > key_begin ? (key_end + BN - 1) / BN - nb_begin : 0;
+
+  // rSQA: query head qh is read by attention heads qh, qh + H_q, ...: its dQ sums them.
+  const int h_count = p.reverse ? p.num_kv_heads / p.num_query_heads : 1;
+  const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
+  load_tile<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, s.nq, tid);
+
+  float dq[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[dt][e] = 0.0f;
+  uint32_t qf[kKD][4], of[kKD][4];
+  auto load_a = [&](uint32_t(&a)[4], const T* tile, int kk) {
+    ldmatrix_x4(a, smem_addr(tile + (warp * 16 + lane % 16) * kStride + kk * 16 + (lane / 16) * 8));
+  };
+  const float scale_log2 = p.scale_log2;
+  int qrow[2];
+  qrow[0] = m0 + warp * 16 + g4;
+  qrow[1] = qrow[0] + 8;
+
+  for (int hi = 0; hi < h_count; ++hi) {
+    const int h = p.reverse ? qh + hi * p.num_query_heads : qh;
+    const int kv_head = p.reverse ? h : h / p.group_size;
+    const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
+    const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
+    const T* do_base = static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
+    __syncthreads();  // the previous head is done with sdO, sK, sV
+    load_tile<T, D, BM, kThreads>(sdO, do_base, g.do_row, m0, s.nq, tid);
+    if (nkb > 0) {
+      load_tile<T, D, BN, kThreads>(sK, k_base, p.k_row, nb_begin * BN, s.nk, tid);
+      load_tile<T, D, BN, kThreads>(sV, v_base, p.v_row, nb_begin * BN, s.nk, tid);
+    }
+    cp_async_commit();
+    float l2[2], dsum[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const bool valid = qrow[r] < s.nq;
+      const int64_t rid = valid ? lse_row(p, b, h, s.q_row0, qrow[r], s.total_q) : 0;
+      l2[r] = valid ? p.lse[rid] * kLog2e : INFINITY;
+      dsum[r] = valid ? g.dsum[rid] : 0.0f;
+    }
+
+    for (int it = 0; it < nkb; ++it) {
+      const int stage = it & 1;
+      const int nb = nb_begin + it;
+      if (it + 1 < nkb) {
+        load_tile<T, D, BN, kThreads>(sK + (stage ^ 1) * BN * kStride, k_base, p.k_row, (nb + 1) * BN,
+                                      s.nk, tid);
+        load_tile<T, D, BN, kThreads>(sV + (stage ^ 1) * BN * kStride, v_base, p.v_row, (nb + 1) * BN,
+                                      s.nk, tid);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      if (it == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kKD; ++kk) {
+          load_a(qf[kk], sQ, kk);
+          load_a(of[kk], sdO, kk);
+        }
+      }
+      const T* k_tile = sK + stage * BN * kStride;
+      const T* v_tile = sV + stage * BN * kStride;
+
+      // S = Q K^T and dP = dO V^T.
+      float sc[kNT][4], dp[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kKD; ++kk) {
+#pragma unroll
+        for (int n2 = 0; n2 < BN / 16; ++n2) {
+          const int row = n2 * 16 + (lane / 16) * 8 + (lane % 8);
+          const int col = kk * 16 + ((lane / 8) % 2) * 8;
+          uint32_t bk[4], bv[4];
+          ldmatrix_x4(bk, smem_addr(k_tile + row * kStride + col));
+          ldmatrix_x4(bv, smem_addr(v_tile + row * kStride + col));
+          M::run(sc[2 * n2], qf[kk], bk[0], bk[1]);
+          M::run(sc[2 * n2 + 1], qf[kk], bk[2], bk[3]);
+          M::run(dp[2 * n2], of[kk], bv[0], bv[1]);
+          M::run(dp[2 * n2 + 1], of[kk], bv[2], bv[3]);
+        }
+      }
+      const int n0 = nb * BN;
+      const bool full = n0 + BN <= s.nk && m0 + BM <= s.nq &&
+                        (left < 0 || n0 >= q_last + diag - left) &&
+                        (right < 0 || n0 + BN - 1 <= m0 + diag + right);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          float pv = fast_exp2(sc[nt][e] * scale_log2 - l2[r]);
+          if (!full) {
+            const int key = n0 + nt * 8 + 2 * t + (e & 1);
+            if (!key_visible(key, qrow[r], s.nk, diag, left, right)) pv = 0.0f;
+          }
+          dp[nt][e] = pv * (dp[nt][e] - dsum[r]);
+        }
+      // dQ += dS K.
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        uint32_t da[4];
+        da[0] = M::pack(dp[2 * kk][0], dp[2 * kk][1]);
+        da[1] = M::pack(dp[2 * kk][2], dp[2 * kk][3]);
+        da[2] = M::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+        da[3] = M::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+        for (int d2 = 0; d2 < D / 16; ++d2) {
+          const int row = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
+          const int col = d2 * 16 + (lane / 16) * 8;
+          uint32_t bk[4];
+          ldmatrix_x4_trans(bk, smem_addr(k_tile + row * kStride + col));
+          M::run(dq[2 * d2], da, bk[0], bk[1]);
+          M::run(dq[2 * d2 + 1], da, bk[2], bk[3]);
+        }
+      }
+      __syncthreads();  // this stage is refilled at the next iteration
+    }
+    cp_async_wait<0>();
+  }
+
+  const float scale = g.scale;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (qrow[r] >= s.nq) continue;
+    T* dq_row = static_cast<T*>(g.dq) + b * g.dq_batch + (s.q_row0 + qrow[r]) * g.dq_row + qh * g.dq_head;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      *reinterpret_cast<uint32_t*>(dq_row + dt * 8 + 2 * t) =
+          M::pack(dq[dt][2 * r] * scale, dq[dt][2 * r + 1] * scale);
+    }
+  }
+}
+
+}  // namespace sqa::cuda::detail

@@ -1,0 +1,54 @@
+// Launch templates for the backward kernels; each flash_bwd_hdim*.cu instantiates one head dim.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "flash_bwd_kernel.cuh"
+#include "flash_fwd.hpp"
+
+namespace sqa::cuda::detail {
+
+template <typename Kernel>
+void set_smem_limit(Kernel* kernel, int smem) {
+  if (smem > 48 * 1024) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+               "cudaFuncSetAttribute(backward kernel, max dynamic shared memory)");
+  }
+}
+
+// Tile shapes: dK/dV keeps K and V fragments in registers up to D = 32 and takes 32 query rows
+// per step at D = 128 (register file); dQ takes 32 keys per step at D = 128 for the same reason.
+template <typename T, int D>
+void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
+  const FwdKernelParams& p = g.fwd;
+  flash_bwd_dsum_kernel<T><<<static_cast<unsigned>((g.lse_rows + 3) / 4), 128, 0, stream>>>(g, D);
+  check_cuda(cudaGetLastError(), "flash_bwd_dsum_kernel launch");
+
+  constexpr int kBM = D <= 64 ? 64 : 32;
+  constexpr bool kKVInRegs = D <= 32;
+  using DkDv = BwdDkDvTile<T, D, kBM, 4, kKVInRegs>;
+  auto* dkdv = &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs>;
+  set_smem_limit(dkdv, DkDv::kSmemBytes);
+  const dim3 grid_kv((p.seqlen_k + DkDv::BN - 1) / DkDv::BN, p.num_kv_heads, p.batch);
+  dkdv<<<grid_kv, DkDv::kThreads, DkDv::kSmemBytes, stream>>>(g);
+  check_cuda(cudaGetLastError(), "flash_bwd_dkdv_kernel launch");
+
+  constexpr int kBN = D <= 64 ? 64 : 32;
+  using Dq = BwdDqTile<T, D, kBN, 4>;
+  auto* dq = &flash_bwd_dq_kernel<T, D, kBN, 4>;
+  set_smem_limit(dq, Dq::kSmemBytes);
+  const dim3 grid_q((p.seqlen_q + Dq::BM - 1) / Dq::BM, p.num_query_heads, p.batch);
+  dq<<<grid_q, Dq::kThreads, Dq::kSmemBytes, stream>>>(g);
+  check_cuda(cudaGetLastError(), "flash_bwd_dq_kernel launch");
+}
+
+template <int D>
+void run_flash_bwd(const BwdKernelParams& g, bool fp16, void* stream) {
+  if (fp16) {
+    run_flash_bwd_typed<__half, D>(g, static_cast<cudaStream_t>(stream));
+  } else {
+    run_flash_bwd_typed<__nv_bfloat16, D>(g, static_cast<cudaStream_t>(stream));
+  }
+}
+
+}  // namespace sqa::cuda::detail

@@ -1,1 +1,0 @@
-// Model sources are added to sqa_model by src/model/CMakeLists.txt.
