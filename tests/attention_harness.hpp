@@ -45,7 +45,7 @@ inline uint16_t float_to_f16_bits(float x) {
   std::memcpy(&f, &x, 4);
   const uint32_t sign = (f >> 16) & 0x8000u;
   const uint32_t absf = f & 0x7fffffffu;
-  if (absf > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (absf > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (absf >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
   if (absf < 0x38800000u) {
     // Subnormal half: round abs value to a multiple of 2^-24 (ties to even by nearbyint).
@@ -68,8 +68,8 @@ inline float f16_bits_to_float(uint16_t h) {
     if (sign) out = -out;
     return out;
   }
-  const uint32_t bits = exp == 31 ? (sign | 0x7f800000u | (man << 13))
-                                  : (sign | ((exp + 112u) << 23) | (man << 13));
+  const uint32_t bits =
+      exp == 31 ? (sign | 0x7f800000u | (man << 13)) : (sign | ((exp + 112u) << 23) | (man << 13));
   std::memcpy(&out, &bits, 4);
   return out;
 }
@@ -87,10 +87,14 @@ struct HostTensor {
   void* data() { return bytes.data(); }
   double get(int64_t i) const {
     switch (dtype) {
-      case DType::f32: return reinterpret_cast<const float*>(bytes.data())[i];
-      case DType::f64: return reinterpret_cast<const double*>(bytes.data())[i];
-      case DType::bf16: return bf16_to_float(reinterpret_cast<const bf16*>(bytes.data())[i]);
-      case DType::f16: return f16_bits_to_float(reinterpret_cast<const uint16_t*>(bytes.data())[i]);
+      case DType::f32:
+        return reinterpret_cast<const float*>(bytes.data())[i];
+      case DType::f64:
+        return reinterpret_cast<const double*>(bytes.data())[i];
+      case DType::bf16:
+        return bf16_to_float(reinterpret_cast<const bf16*>(bytes.data())[i]);
+      case DType::f16:
+        return f16_bits_to_float(reinterpret_cast<const uint16_t*>(bytes.data())[i]);
     }
     return 0.0;
   }
@@ -100,7 +104,9 @@ struct HostTensor {
       case DType::f32:
         reinterpret_cast<float*>(bytes.data())[i] = static_cast<float>(x);
         break;
-      case DType::f64: reinterpret_cast<double*>(bytes.data())[i] = x; break;
+      case DType::f64:
+        reinterpret_cast<double*>(bytes.data())[i] = x;
+        break;
       case DType::bf16:
         reinterpret_cast<bf16*>(bytes.data())[i] = float_to_bf16(static_cast<float>(x));
         break;
@@ -174,7 +180,9 @@ struct CaseLimits {
   double max_work = 0;
 };
 
-inline double default_max_work() { return small_scale() ? 1.5e6 : 2.5e7; }
+inline double default_max_work() {
+  return small_scale() ? 1.5e6 : 2.5e7;
+}
 
 namespace detail {
 
@@ -193,8 +201,7 @@ const T& pick(std::mt19937_64& rng, const std::vector<T>& v) {
 
 // Draws `count` random cases. The first cases are fixed corners (decode, N_q != N_k, every
 // preset) so that even a small sweep covers them; the rest are random.
-inline std::vector<HarnessCase> generate_cases(const CaseLimits& limits, int count,
-                                               uint64_t seed) {
+inline std::vector<HarnessCase> generate_cases(const CaseLimits& limits, int count, uint64_t seed) {
   std::mt19937_64 rng(seed);
   const double max_work = limits.max_work > 0 ? limits.max_work : default_max_work();
   const std::vector<Variant>& variants = all_variants();
@@ -221,23 +228,31 @@ inline std::vector<HarnessCase> generate_cases(const CaseLimits& limits, int cou
     }
     if (!limits.allow_reverse && heads.is_reverse()) continue;
     c.spec.heads = heads;
-    c.spec.head_dim = limits.head_dims.empty()
-                          ? static_cast<int>(detail::log_uniform(rng, 8, 256))
-                          : detail::pick(rng, limits.head_dims);
+    c.spec.head_dim = limits.head_dims.empty() ? static_cast<int>(detail::log_uniform(rng, 8, 256))
+                                               : detail::pick(rng, limits.head_dims);
     if (limits.allow_custom_scale && rng() % 4 == 0) {
       c.spec.softmax_scale = std::uniform_real_distribution<float>(0.05f, 0.5f)(rng);
     }
     switch (rng() % 6) {
-      case 0: c.spec.window = Window::none(); break;
-      case 1: c.spec.window = Window::causal(); break;
-      case 2: c.spec.window = Window::sliding(static_cast<int>(detail::log_uniform(rng, 1, 300)));
+      case 0:
+        c.spec.window = Window::none();
+        break;
+      case 1:
+        c.spec.window = Window::causal();
+        break;
+      case 2:
+        c.spec.window = Window::sliding(static_cast<int>(detail::log_uniform(rng, 1, 300)));
         break;
       case 3:
         c.spec.window = {static_cast<int>(detail::log_uniform(rng, 1, 300)) - 1,
                          static_cast<int>(detail::log_uniform(rng, 1, 300)) - 1};
         break;
-      case 4: c.spec.window = {-1, static_cast<int>(detail::log_uniform(rng, 1, 100))}; break;
-      default: c.spec.window = {static_cast<int>(detail::log_uniform(rng, 1, 100)), -1}; break;
+      case 4:
+        c.spec.window = {-1, static_cast<int>(detail::log_uniform(rng, 1, 100))};
+        break;
+      default:
+        c.spec.window = {static_cast<int>(detail::log_uniform(rng, 1, 100)), -1};
+        break;
     }
     c.dtype = detail::pick(rng, limits.dtypes);
     c.q_gain = rng() % 3 == 0 ? 4.0 : 1.0;
@@ -251,9 +266,8 @@ inline std::vector<HarnessCase> generate_cases(const CaseLimits& limits, int cou
         // Empty sequences are legal in a packed batch.
         const bool empty = rng() % 8 == 0;
         c.lengths_q.push_back(empty ? 0 : static_cast<int32_t>(detail::log_uniform(rng, 1, max_n)));
-        c.lengths_k.push_back(
-            rng() % 2 ? c.lengths_q.back()
-                      : static_cast<int32_t>(detail::log_uniform(rng, 1, max_n)));
+        c.lengths_k.push_back(rng() % 2 ? c.lengths_q.back()
+                                        : static_cast<int32_t>(detail::log_uniform(rng, 1, max_n)));
       }
       c.seqlen_q = std::max<int64_t>(1, *std::max_element(c.lengths_q.begin(), c.lengths_q.end()));
       c.seqlen_k = std::max<int64_t>(1, *std::max_element(c.lengths_k.begin(), c.lengths_k.end()));
@@ -275,8 +289,10 @@ inline std::vector<HarnessCase> generate_cases(const CaseLimits& limits, int cou
       if (!c.varlen && c.batch > 1) {
         --c.batch;
       } else if (!c.varlen && std::max(c.seqlen_q, c.seqlen_k) > 16) {
-        if (c.seqlen_q >= c.seqlen_k) c.seqlen_q = (c.seqlen_q + 1) / 2;
-        else c.seqlen_k = (c.seqlen_k + 1) / 2;
+        if (c.seqlen_q >= c.seqlen_k)
+          c.seqlen_q = (c.seqlen_q + 1) / 2;
+        else
+          c.seqlen_k = (c.seqlen_k + 1) / 2;
       } else if (c.varlen && c.batch > 1) {
         --c.batch;
         c.lengths_q.pop_back();
@@ -306,10 +322,10 @@ inline std::vector<HarnessCase> generate_cases(const CaseLimits& limits, int cou
 struct CaseBuffers {
   HarnessCase c;
   std::vector<int32_t> cu_q, cu_k;
-  int64_t rows_q = 0, rows_k = 0;  // rows per batch entry (dense) or total rows (varlen)
-  int64_t real_rows_q = 0, real_rows_k = 0;  // as rows_*, but 0 for an all-empty varlen batch
-  int64_t batch_dim = 1;           // leading dim: batch when dense, 1 when varlen
-  HostTensor q, k, v, out, dout, dq, dk, dv;          // backend dtype
+  int64_t rows_q = 0, rows_k = 0;             // rows per batch entry (dense) or total rows (varlen)
+  int64_t real_rows_q = 0, real_rows_k = 0;   // as rows_*, but 0 for an all-empty varlen batch
+  int64_t batch_dim = 1;                      // leading dim: batch when dense, 1 when varlen
+  HostTensor q, k, v, out, dout, dq, dk, dv;  // backend dtype
   HostTensor q64, k64, v64, out64, dout64, dq64, dk64, dv64;  // reference, f64
   std::vector<float> lse, lse_ref;
   TensorStrides q_st, kv_st, out_st;  // the same strides serve the gradients
@@ -431,10 +447,14 @@ struct Tolerances {
 // fp32 accumulation and from rounding the outputs to the dtype (bf16: 2^-9 relative).
 inline Tolerances default_tolerances(DType t) {
   switch (t) {
-    case DType::f32: return {2e-5, 2e-5, 1e-4};
-    case DType::f16: return {4e-3, 1e-3, 1e-2};
-    case DType::bf16: return {1.5e-2, 5e-3, 3e-2};
-    case DType::f64: return {1e-10, 1e-10, 1e-10};
+    case DType::f32:
+      return {2e-5, 2e-5, 1e-4};
+    case DType::f16:
+      return {4e-3, 1e-3, 1e-2};
+    case DType::bf16:
+      return {1.5e-2, 5e-3, 3e-2};
+    case DType::f64:
+      return {1e-10, 1e-10, 1e-10};
   }
   return {0, 0, 0};
 }
@@ -471,13 +491,16 @@ inline double compare_tensor(const CaseBuffers& cb, const char* name, const Host
     if (!real[static_cast<size_t>(i)] && !std::isnan(got.get(i))) ++touched_padding;
   int64_t count = 0;
   for (char x : real) count += x;
-  const double err = std::sqrt(diff2) / std::max({std::sqrt(ref2), floor * std::sqrt(static_cast<double>(count)), 1e-30});
+  const double err =
+      std::sqrt(diff2) /
+      std::max({std::sqrt(ref2), floor * std::sqrt(static_cast<double>(count)), 1e-30});
   std::ostringstream o;
   if (non_finite > 0) {
     o << "\n  " << name << ": " << non_finite << " non-finite elements (unwritten?), first at "
       << first_bad;
   }
-  if (touched_padding > 0) o << "\n  " << name << ": wrote " << touched_padding << " padding elements";
+  if (touched_padding > 0)
+    o << "\n  " << name << ": wrote " << touched_padding << " padding elements";
   if (!(err <= tol)) o << "\n  " << name << ": relative error " << err << " > tolerance " << tol;
   if (!o.str().empty()) {
     r.ok = false;
@@ -486,7 +509,9 @@ inline double compare_tensor(const CaseBuffers& cb, const char* name, const Host
   return err;
 }
 
-inline void poison_nan(HostTensor& t) { t.fill_nan(); }
+inline void poison_nan(HostTensor& t) {
+  t.fill_nan();
+}
 
 }  // namespace detail
 
@@ -510,8 +535,8 @@ inline CheckResult check_forward(const HarnessCase& hc, const ForwardFn& backend
   std::fill(cb.lse.begin(), cb.lse.end(), std::numeric_limits<float>::quiet_NaN());
   backend(cb.params(false));
   const int ha = hc.spec.heads.num_attention_heads();
-  r.err_out = detail::compare_tensor(cb, "out", cb.out, cb.out64, cb.out_st, cb.real_rows_q, ha, tol.out,
-                                     0.0, r);
+  r.err_out = detail::compare_tensor(cb, "out", cb.out, cb.out64, cb.out_st, cb.real_rows_q, ha,
+                                     tol.out, 0.0, r);
   double diff2 = 0, ref2 = 0;
   int64_t bad = 0;
   for (int64_t i = 0; i < cb.lse_count; ++i) {
@@ -528,11 +553,13 @@ inline CheckResult check_forward(const HarnessCase& hc, const ForwardFn& backend
     ref2 += y * y;
   }
   // lse is O(log N) and can be near 0: normalise by max(||ref||, sqrt(count)).
-  r.err_lse = std::sqrt(diff2) / std::max(std::sqrt(ref2), std::sqrt(static_cast<double>(
-                                                                std::max<int64_t>(1, cb.lse_count))));
+  r.err_lse =
+      std::sqrt(diff2) /
+      std::max(std::sqrt(ref2), std::sqrt(static_cast<double>(std::max<int64_t>(1, cb.lse_count))));
   if (bad > 0) {
     r.ok = false;
-    r.message += "\n  lse: " + std::to_string(bad) + " entries non-finite or not -inf where expected";
+    r.message +=
+        "\n  lse: " + std::to_string(bad) + " entries non-finite or not -inf where expected";
   }
   if (!(r.err_lse <= tol.lse)) {
     r.ok = false;
@@ -559,9 +586,12 @@ inline CheckResult check_backward(const HarnessCase& hc, const BackwardFn& backe
   detail::poison_nan(cb.dv);
   backend(cb.backward_params(false));
   const int hq = hc.spec.heads.num_query_heads, hkv = hc.spec.heads.num_kv_heads;
-  r.err_dq = detail::compare_tensor(cb, "dq", cb.dq, cb.dq64, cb.q_st, cb.real_rows_q, hq, tol.grad, kGradientFloor, r);
-  r.err_dk = detail::compare_tensor(cb, "dk", cb.dk, cb.dk64, cb.kv_st, cb.real_rows_k, hkv, tol.grad, kGradientFloor, r);
-  r.err_dv = detail::compare_tensor(cb, "dv", cb.dv, cb.dv64, cb.kv_st, cb.real_rows_k, hkv, tol.grad, kGradientFloor, r);
+  r.err_dq = detail::compare_tensor(cb, "dq", cb.dq, cb.dq64, cb.q_st, cb.real_rows_q, hq, tol.grad,
+                                    kGradientFloor, r);
+  r.err_dk = detail::compare_tensor(cb, "dk", cb.dk, cb.dk64, cb.kv_st, cb.real_rows_k, hkv,
+                                    tol.grad, kGradientFloor, r);
+  r.err_dv = detail::compare_tensor(cb, "dv", cb.dv, cb.dv64, cb.kv_st, cb.real_rows_k, hkv,
+                                    tol.grad, kGradientFloor, r);
   return r;
 }
 

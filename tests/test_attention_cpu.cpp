@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -56,7 +57,9 @@ class FastPath : public ::testing::TestWithParam<std::string> {
   }
 };
 
-int sweep_size() { return testing::small_scale() ? 14 : 70; }
+int sweep_size() {
+  return testing::small_scale() ? 14 : 70;
+}
 
 TEST_P(FastPath, SelectedByEnvironment) {
   ScopedSimd simd(GetParam().c_str());
@@ -105,6 +108,27 @@ TEST_P(FastPath, DecodeLongCacheSplitKv) {
   }
 }
 
+// Varlen decode: one or two query rows per sequence (and an empty one), windows, strided views.
+TEST_P(FastPath, DecodeVarlenRowsAndWindows) {
+  ScopedSimd simd(GetParam().c_str());
+  for (Window w : {Window::causal(), Window{40, 1}, Window::none()}) {
+    testing::HarnessCase c;
+    c.spec = make_spec(Variant::sqa, 8, 40, w);
+    c.dtype = w.is_none() ? DType::bf16 : DType::f32;
+    c.varlen = true;
+    c.batch = 4;
+    c.lengths_q = {1, 2, 0, 2};
+    c.lengths_k = {1500, 700, 9, 1};
+    c.seqlen_q = 2;
+    c.seqlen_k = 1500;
+    c.padding = 3;
+    c.seed = 12;
+    const testing::CheckResult r =
+        testing::check_forward(c, [](const AttentionParams& p) { cpu::attention_forward(p); });
+    EXPECT_TRUE(r.ok) << r.message;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Simd, FastPath, ::testing::Values("portable", "avx2", "avx512"),
                          [](const auto& info) { return info.param; });
 
@@ -126,6 +150,72 @@ TEST(FastPathDispatch, DefaultIsTheBestTheCpuHas) {
   EXPECT_EQ(std::string(cpu::simd_path()), best);
 }
 
+// The harness itself must catch broken backends: an unwritten head, a wrong element, a missing
+// lse, a missing gradient and a write into the padding of a strided output.
+TEST(Harness, CatchesBrokenBackends) {
+  testing::HarnessCase c;
+  c.spec = make_spec(Variant::gqa, 8, 16, Window::causal());
+  c.dtype = DType::f32;
+  c.batch = 2;
+  c.seqlen_q = 9;
+  c.seqlen_k = 13;
+  c.padding = 2;
+  c.seed = 4;
+  auto fast = [](const AttentionParams& p) { cpu::attention_forward(p); };
+  ASSERT_TRUE(testing::check_forward(c, fast).ok);
+  const int last_head = c.spec.heads.num_attention_heads() - 1;
+  auto element = [](const AttentionParams& p, int64_t b, int64_t r, int h) {
+    return static_cast<float*>(p.out) + b * p.out_strides.batch + r * p.out_strides.row +
+           h * p.out_strides.head;
+  };
+  EXPECT_FALSE(testing::check_forward(c,
+                                      [&](const AttentionParams& p) {
+                                        cpu::attention_forward(p);
+                                        element(p, 1, 8, last_head)[0] =
+                                            std::numeric_limits<float>::quiet_NaN();
+                                      })
+                   .ok)
+      << "an unwritten (still NaN) element";
+  EXPECT_FALSE(testing::check_forward(c,
+                                      [&](const AttentionParams& p) {
+                                        cpu::attention_forward(p);
+                                        element(p, 0, 3, 1)[5] *= 1.01f;
+                                      })
+                   .ok)
+      << "one element 1% off";
+  EXPECT_FALSE(testing::check_forward(c,
+                                      [&](const AttentionParams& p) {
+                                        AttentionParams q = p;
+                                        q.lse = nullptr;
+                                        cpu::attention_forward(q);
+                                      })
+                   .ok)
+      << "lse never written";
+  EXPECT_FALSE(testing::check_forward(c,
+                                      [&](const AttentionParams& p) {
+                                        cpu::attention_forward(p);
+                                        element(p, 0, 2, 0)[c.spec.head_dim] =
+                                            0.0f;  // padding after head 0
+                                      })
+                   .ok)
+      << "write into the padding";
+  auto fast_bwd = [](const AttentionBackwardParams& g) { cpu::attention_backward(g); };
+  ASSERT_TRUE(testing::check_backward(c, fast_bwd).ok);
+  EXPECT_FALSE(testing::check_backward(
+                   c,
+                   [&](const AttentionBackwardParams& g) {
+                     AttentionBackwardParams h = g;
+                     std::vector<float> scratch(static_cast<size_t>(1) << 16);
+                     h.dk = scratch.data();  // dK goes elsewhere: the real dk stays poisoned
+                     h.dk_strides.batch = 0;
+                     h.dk_strides.row = g.dk_strides.head;
+                     h.dk_strides.head = g.dk_strides.head;
+                     cpu::attention_backward(h);
+                   })
+                   .ok)
+      << "dk never written";
+}
+
 // Directional finite differences of the fast fp32 forward against the fast backward:
 // (L(x + e u) - L(x - e u)) / 2e = <dL/dx, u> with L = sum(dO * O), for a random direction u.
 TEST(FastPathGradients, MatchFiniteDifferencesOfFastForward) {
@@ -135,8 +225,9 @@ TEST(FastPathGradients, MatchFiniteDifferencesOfFastForward) {
     int d;
     int64_t nq, nk;
   };
-  for (const G& g : {G{{4, 2}, Window::causal(), 16, 37, 37}, G{{2, 4}, Window{5, 3}, 24, 20, 41},
-                     G{{3, 1}, Window::none(), 40, 1, 150}, G{{2, 2}, Window::sliding(9), 8, 70, 66}}) {
+  for (const G& g :
+       {G{{4, 2}, Window::causal(), 16, 37, 37}, G{{2, 4}, Window{5, 3}, 24, 20, 41},
+        G{{3, 1}, Window::none(), 40, 1, 150}, G{{2, 2}, Window::sliding(9), 8, 70, 66}}) {
     testing::HarnessCase hc;
     hc.spec.heads = g.heads;
     hc.spec.head_dim = g.d;
@@ -238,7 +329,8 @@ TEST(Validation, BadStrides) {
   ValidCase v;
   AttentionParams p = v.cb.params(false);
   p.k_strides.head = 15;  // head_dim is 16
-  expect_error([&] { cpu::attention_forward(p); }, {"k strides", "(row ", "head 15", "head_dim (16)"});
+  expect_error([&] { cpu::attention_forward(p); },
+               {"k strides", "(row ", "head 15", "head_dim (16)"});
   AttentionBackwardParams g = v.cb.backward_params(false);
   g.dq_strides.row = 3;
   expect_error([&] { cpu::attention_backward(g); }, {"dq strides", "row 3", "head_dim (16)"});
@@ -272,8 +364,9 @@ TEST(Validation, BadCuSeqlens) {
   expect_error([&] { cpu::attention_forward(params()); }, {"cu_seqlens_q[0] (1) must be 0"});
   cu_q = {0, 3, 5};
   cu_k = {0, 4, 2};
-  expect_error([&] { cpu::attention_forward(params()); },
-               {"cu_seqlens_k must be non-decreasing", "cu_seqlens_k[2] (2)", "cu_seqlens_k[1] (4)"});
+  expect_error(
+      [&] { cpu::attention_forward(params()); },
+      {"cu_seqlens_k must be non-decreasing", "cu_seqlens_k[2] (2)", "cu_seqlens_k[1] (4)"});
   cu_k = {0, 4, 12};  // second sequence 8 > max_seqlen_k 7
   expect_error([&] { cpu::attention_forward(params()); },
                {"sequence 1 has length 8", "cu_seqlens_k", "max_seqlen (7)"});

@@ -58,8 +58,8 @@ void check_gradients(const FdCase& f, uint64_t seed) {
     testing::HostTensor* x;
     testing::HostTensor* grad;
   };
-  for (Pair p : {Pair{"q", &cb.q64, &cb.dq64}, Pair{"k", &cb.k64, &cb.dk64},
-                 Pair{"v", &cb.v64, &cb.dv64}}) {
+  for (Pair p :
+       {Pair{"q", &cb.q64, &cb.dq64}, Pair{"k", &cb.k64, &cb.dk64}, Pair{"v", &cb.v64, &cb.dv64}}) {
     double max_err = 0, max_grad = 0;
     for (int64_t i = 0; i < p.x->size(); ++i) {
       const double x0 = p.x->get(i);
@@ -82,12 +82,12 @@ void check_gradients(const FdCase& f, uint64_t seed) {
 
 TEST(ReferenceGradients, MatchFiniteDifferences) {
   const std::vector<FdCase> cases = {
-      {{2, 2}, Window::none(), 4, 5, 5, false},     // MHA
-      {{4, 2}, Window::causal(), 3, 6, 4, false},   // GQA, N_q > N_k: rows without keys
-      {{2, 1}, Window::sliding(2), 5, 4, 7, false}, // MQA, window, N_q < N_k
-      {{1, 3}, Window::none(), 4, 3, 5, false},     // rSQA: dQ reduced over the repeats
-      {{2, 4}, Window{1, 2}, 3, 5, 5, true},        // rSQA, (left, right), varlen
-      {{3, 1}, Window{-1, 1}, 2, 1, 6, true},       // decode row, varlen
+      {{2, 2}, Window::none(), 4, 5, 5, false},      // MHA
+      {{4, 2}, Window::causal(), 3, 6, 4, false},    // GQA, N_q > N_k: rows without keys
+      {{2, 1}, Window::sliding(2), 5, 4, 7, false},  // MQA, window, N_q < N_k
+      {{1, 3}, Window::none(), 4, 3, 5, false},      // rSQA: dQ reduced over the repeats
+      {{2, 4}, Window{1, 2}, 3, 5, 5, true},         // rSQA, (left, right), varlen
+      {{3, 1}, Window{-1, 1}, 2, 1, 6, true},        // decode row, varlen
   };
   uint64_t seed = 17;
   for (const FdCase& f : cases) check_gradients(f, seed++);
@@ -127,7 +127,8 @@ TEST(ReferenceForward, MatchesDirectSoftmaxWithHeadPairs) {
       for (int c = 0; c < 3; ++c) {
         double o = 0;
         for (int j = 0; j <= last; ++j)
-          o += w[static_cast<size_t>(j)] / sum * cb.v64.get(j * cb.kv_st.row + kh * cb.kv_st.head + c);
+          o += w[static_cast<size_t>(j)] / sum *
+               cb.v64.get(j * cb.kv_st.row + kh * cb.kv_st.head + c);
         EXPECT_NEAR(cb.out64.get(i * cb.out_st.row + h * cb.out_st.head + c), o, 1e-12)
             << "head " << h << " row " << i;
       }

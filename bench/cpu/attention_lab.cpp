@@ -90,14 +90,22 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::atoll(argv[++i]) : 0LL; };
-    if (a == "--seq") opt.seq = next();
-    else if (a == "--heads") opt.heads = static_cast<int>(next());
-    else if (a == "--head-dim") opt.head_dim = static_cast<int>(next());
-    else if (a == "--repeats") opt.repeats = static_cast<int>(next());
-    else if (a == "--decode-keys") opt.decode_keys = next();
-    else if (a == "--causal") opt.causal = true;
-    else if (a == "--bf16") opt.bf16 = true;
-    else if (a == "--skip-backward") opt.backward = false;
+    if (a == "--seq")
+      opt.seq = next();
+    else if (a == "--heads")
+      opt.heads = static_cast<int>(next());
+    else if (a == "--head-dim")
+      opt.head_dim = static_cast<int>(next());
+    else if (a == "--repeats")
+      opt.repeats = static_cast<int>(next());
+    else if (a == "--decode-keys")
+      opt.decode_keys = next();
+    else if (a == "--causal")
+      opt.causal = true;
+    else if (a == "--bf16")
+      opt.bf16 = true;
+    else if (a == "--skip-backward")
+      opt.backward = false;
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;

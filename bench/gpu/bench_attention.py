@@ -151,15 +151,15 @@ def run_config(lib, cfg: dict, ceil: dict, quick: bool) -> dict:
         row["ours_ms"] = t * 1e3
         row["ours_tflops"] = flops / t / 1e12
         row["ours_pct_peak"] = 100 * row["ours_tflops"] / ceil["bf16_matmul_tflops"]
-        if d <= 32 and not cfg.get("decode"):
-            # A/B in the same process: the fp32-exp path against the default packed-exp path.
-            os.environ["SQA_CUDA_EXP"] = "f32"
-            try:
-                t = median_time(ours, warm, rep)
-            finally:
-                del os.environ["SQA_CUDA_EXP"]
-            row["ours_f32exp_ms"] = t * 1e3
-            row["ours_f32exp_tflops"] = flops / t / 1e12
+        if d <= 64 and not cfg.get("decode"):
+            # A/B in the same process: every prefill variant (flash_fwd_launch.cuh).
+            for variant in ("base", "ilp", "occ"):
+                os.environ["SQA_CUDA_FWD"] = variant
+                try:
+                    t = median_time(ours, warm, rep)
+                finally:
+                    del os.environ["SQA_CUDA_FWD"]
+                row[f"ours_{variant}_tflops"] = flops / t / 1e12
     except Exception as ex:  # report, keep going
         row["ours_error"] = str(ex)[:300]
 
@@ -375,13 +375,14 @@ def markdown(meta: dict, rows: list) -> str:
              f"copy {meta['ceilings']['copy_TBps']:.2f} TB/s (read+write).", "",
              "## Forward", "",
              "| group | layout | H_q/H_kv | d | N_q/N_k | ours ms | ours TFLOP/s | % peak | "
-             "ours fp32-exp TFLOP/s | FA2 TFLOP/s | cuDNN TFLOP/s | vs best peer | err vs peer | target |",
+             "base/ilp/occ TFLOP/s | FA2 TFLOP/s | cuDNN TFLOP/s | vs best peer | err vs peer | target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['group']} | {r['name']} | {r['hq']}/{r['hkv']} | {r['d']} | {r['nq']}/{r['nk']} | "
             f"{fmt(r.get('ours_ms'), '.3f')} | {fmt(r.get('ours_tflops'))} | "
-            f"{fmt(r.get('ours_pct_peak'))} | {fmt(r.get('ours_f32exp_tflops'))} | "
+            f"{fmt(r.get('ours_pct_peak'))} | "
+            f"{'/'.join(fmt(r.get(f'ours_{v}_tflops'), '.0f') for v in ('base', 'ilp', 'occ'))} | "
             f"{fmt(r.get('fa2_tflops'))} | "
             f"{fmt(r.get('cudnn_tflops'))} | {fmt(r.get('speedup_vs_best_peer'), '.2f')}x | "
             f"{fmt(r.get('rel_err_vs_peer'), '.1e')} | {r.get('verdict', '')} |")

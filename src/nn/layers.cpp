@@ -1,6 +1,7 @@
 // CPU layer kernels (see include/sqa/nn.hpp). Matmuls go to OpenBLAS; the elementwise parts
 // are OpenMP loops over rows.
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,27 +19,76 @@ uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-template <>
-void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                 const float* B, float beta, float* C) {
-  if (M == 0 || N == 0) return;
-  const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+namespace {
+
+void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
-              static_cast<blasint>(N));
+              static_cast<blasint>(ldc));
 }
-
-template <>
-void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
-                  const double* A, const double* B, double beta, double* C) {
-  if (M == 0 || N == 0) return;
-  const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+               int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
-              static_cast<blasint>(N));
+              static_cast<blasint>(ldc));
 }
+
+// OpenBLAS (pthreads build) and OpenMP each keep their own worker threads; mixed, OpenMP's
+// workers spin while OpenBLAS's run and the two fight over the cores (80% of the time went to
+// libgomp spinning on a 2-core machine). So the model runs OpenBLAS single-threaded and splits
+// each product over the OpenMP threads itself: every thread owns a block of rows (or columns)
+// of C. The split depends only on the thread count, so results are reproducible.
+void single_threaded_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
+
+}  // namespace
+
+template <typename Real>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const Real* A,
+          const Real* B, Real beta, Real* C) {
+  if (M == 0 || N == 0) return;
+  single_threaded_blas();
+  const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  // Small products are not worth a parallel region.
+  if (threads == 1 || static_cast<double>(M) * N * K < 3.0e5) {
+    blas_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+    return;
+  }
+  const bool split_rows = M >= N || M >= 64 * threads;
+  const int64_t extent = split_rows ? M : N;
+  // Blocks in multiples of 16 rows/columns keep the BLAS micro-kernels on full tiles.
+  const int64_t unit = 16;
+  const int64_t units = (extent + unit - 1) / unit;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t b0 = std::min(extent, units * t / nt * unit);
+    const int64_t b1 = std::min(extent, units * (t + 1) / nt * unit);
+    if (b1 > b0) {
+      if (split_rows) {
+        const Real* a = ta ? A + b0 : A + b0 * K;
+        blas_gemm(ta, tb, b1 - b0, N, K, alpha, a, lda, B, ldb, beta, C + b0 * N, N);
+      } else {
+        const Real* b = tb ? B + b0 * K : B + b0;
+        blas_gemm(ta, tb, M, b1 - b0, K, alpha, A, lda, b, ldb, beta, C + b0, N);
+      }
+    }
+  }
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
+                          const float*, float, float*);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
+                           const double*, double, double*);
 
 template <typename Real>
 void linear_forward(Real* out, const Real* in, const Real* weight, const Real* bias, int64_t rows,

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -248,6 +249,21 @@ TEST(CudaForward, LongCausalPeakySoftmax) {
   c.q_gain = 6.0;
   c.seed = 9;
   expect_forward_ok(c);
+}
+
+// Every prefill kernel variant (SQA_CUDA_FWD, flash_fwd_launch.cuh), not only the default one.
+TEST(CudaForward, EveryKernelVariantMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  testing::CaseLimits limits = cuda_limits();
+  limits.head_dims = {16, 32, 64};
+  for (const char* variant : {"base", "ilp", "occ"}) {
+    setenv("SQA_CUDA_FWD", variant, 1);
+    for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
+      const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+      EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << ": " << r.message;
+    }
+  }
+  unsetenv("SQA_CUDA_FWD");
 }
 
 // Small cases for compute-sanitizer (memcheck, racecheck): every head dim, masks, varlen, and

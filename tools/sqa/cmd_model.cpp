@@ -1,21 +1,392 @@
-#include <cstdio>
+// `sqa train`, `sqa eval`, `sqa generate`: the model engine from the command line.
+#include <omp.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/ceilings.hpp"
+#include "sqa/args.hpp"
 #include "sqa/commands.hpp"
+#include "sqa/data.hpp"
+#include "sqa/error.hpp"
+#include "sqa/io.hpp"
+#include "sqa/model.hpp"
+#include "sqa/tokenizer.hpp"
+#include "sqa/train.hpp"
 
 namespace sqa::cli {
 namespace {
-int not_yet(const char* name) {
-  std::fprintf(stderr, "sqa %s: not implemented yet\n", name);
-  return 1;
+
+using json = nlohmann::json;
+
+std::string format_duration(double s) {
+  char buf[32];
+  if (s < 0 || !std::isfinite(s)) return "?";
+  const long t = std::lround(s);
+  if (t >= 3600) {
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  }
+  return buf;
 }
+
+BatchMode parse_mode(const std::string& m) {
+  require(m == "pack" || m == "pad", "option --mode (", m, ") must be 'pack' or 'pad'");
+  return m == "pad" ? BatchMode::pad : BatchMode::pack;
+}
+
+// The tokenizer: --tokenizer FILE, else DIR/tokenizer.json from an earlier run or a model
+// folder, else trained on `documents` with the model's vocab size.
+Tokenizer get_tokenizer(const Args& a, const std::string& fallback_file,
+                        const std::vector<std::string>* documents, int vocab_size) {
+  if (a.has("tokenizer")) return Tokenizer::load(a.get("tokenizer", ""));
+  if (is_regular_file(fallback_file)) return Tokenizer::load(fallback_file);
+  require(documents != nullptr, "no tokenizer: give --tokenizer FILE (expected '",
+          fallback_file, "')");
+  BpeTrainOptions o;
+  o.vocab_size = vocab_size;
+  std::fprintf(stderr, "training a byte-level BPE tokenizer (vocab %d) on %zu documents\n",
+               vocab_size, documents->size());
+  return Tokenizer::train(*documents, o);
+}
+
+TextOptions text_options(const Args& a) {
+  TextOptions t;
+  const std::string split = a.get("split-docs", "separator");
+  if (split == "separator") {
+    t.split = TextSplit::separator;
+  } else if (split == "file") {
+    t.split = TextSplit::file;
+  } else if (split == "paragraph") {
+    t.split = TextSplit::paragraph;
+  } else if (split == "line") {
+    t.split = TextSplit::line;
+  } else {
+    throw Error(detail::concat("option --split-docs (", split,
+                               ") must be separator, file, paragraph or line"));
+  }
+  return t;
+}
+
 }  // namespace
-int cmd_train(const std::vector<std::string>&) {
-  return not_yet("train");
+
+int cmd_train(const std::vector<std::string>& argv) {
+  const Args a(argv, {"resume", "count-pad", "no-shuffle", "quiet"});
+  a.reject_unknown({"config", "data", "out", "steps", "batch", "context", "accum", "lr",
+                    "schedule", "warmup", "seed", "tokenizer", "vocab-size", "eval-every",
+                    "eval-batches", "ckpt-every", "resume", "val-fraction", "mode", "count-pad",
+                    "weight-decay", "grad-clip", "log-every", "ceiling-size", "split-docs",
+                    "no-shuffle", "quiet", "dropout"});
+  ModelConfig cfg = load_config(a.require("config"));
+  const std::string data = a.require("data");
+  const std::string out = a.require("out");
+  if (a.has("vocab-size")) {
+    cfg.vocab_size = static_cast<int>(a.get_int("vocab-size", cfg.vocab_size));
+    cfg.validate();
+  }
+  if (a.has("dropout")) {
+    cfg.ffn_dropout = a.get_double("dropout", cfg.ffn_dropout);
+    cfg.validate();
+  }
+  std::filesystem::create_directories(out);
+
+  // Data: tokenizer (given, from an earlier run in --out, or trained now), corpus, split.
+  const std::string tok_file = out + "/tokenizer.json";
+  std::vector<std::string> documents;
+  const bool shard = is_token_shard(data);
+  Tokenizer tokenizer;
+  TokenCorpus corpus;
+  if (shard) {
+    corpus = read_token_shard(data);
+  } else {
+    documents = load_documents(data, text_options(a));
+    require(!documents.empty(), "no documents found in --data '", data, "'");
+    tokenizer = get_tokenizer(a, tok_file, &documents, cfg.vocab_size);
+    if (!is_regular_file(tok_file)) tokenizer.save(tok_file);
+    corpus = tokenize_documents(tokenizer, documents);
+    corpus.vocab_size = tokenizer.vocab_size();
+    documents.clear();
+  }
+  require(corpus.vocab_size <= cfg.vocab_size, "the tokenizer's vocabulary (", corpus.vocab_size,
+          ") is larger than the model's vocab_size (", cfg.vocab_size, "); pass --vocab-size");
+  const double val_fraction = a.get_double("val-fraction", 0.05);
+  require(val_fraction > 0 && val_fraction < 1, "option --val-fraction (", val_fraction,
+          ") must be in (0, 1)");
+  CorpusSplit split = split_corpus(corpus, 1.0 - val_fraction, val_fraction);
+
+  BatchOptions bo;
+  bo.batch_size = static_cast<int>(a.get_int("batch", 8));
+  bo.context = static_cast<int>(a.get_int("context", std::min(cfg.max_seq_len, 128)));
+  bo.mode = parse_mode(a.get("mode", "pack"));
+  bo.count_pad_in_loss = a.flag("count-pad");
+  bo.shuffle = !a.flag("no-shuffle");
+  const int32_t eos = shard ? 0 : tokenizer.eos_id();
+  const int32_t pad = shard ? 1 : tokenizer.pad_id();
+  bo.eos_id = eos >= 0 ? eos : 0;
+  bo.pad_id = pad >= 0 ? pad : bo.eos_id;
+
+  TrainConfig tc;
+  tc.steps = a.get_int("steps", 200);
+  tc.grad_accum = static_cast<int>(a.get_int("accum", 1));
+  tc.optim.lr = a.get_double("lr", 5e-4);
+  tc.optim.weight_decay = a.get_double("weight-decay", 0.01);
+  tc.optim.grad_clip = a.get_double("grad-clip", 1.0);
+  tc.schedule = parse_schedule(a.get("schedule", "warmup-cosine"));
+  tc.warmup_fraction = a.get_double("warmup", 0.25);
+  tc.seed = static_cast<uint64_t>(a.get_int("seed", 1234));
+  bo.seed = tc.seed;
+  const int64_t eval_every = a.get_int("eval-every", std::max<int64_t>(tc.steps / 4, 1));
+  const int64_t eval_batches = a.get_int("eval-batches", 8);
+  const int64_t ckpt_every = a.get_int("ckpt-every", std::max<int64_t>(tc.steps / 4, 1));
+  const int64_t log_every = a.get_int("log-every", std::max<int64_t>(tc.steps / 50, 1));
+  const bool quiet = a.flag("quiet");
+
+  BatchLoader val_loader(std::move(split.validation), [&] {
+    BatchOptions v = bo;
+    v.shuffle = false;
+    return v;
+  }());
+  Trainer trainer(cfg, tc, BatchLoader(std::move(split.train), bo));
+  if (a.flag("resume") && is_regular_file(out + "/checkpoint.safetensors")) {
+    trainer.load_checkpoint(out);
+    std::fprintf(stderr, "resumed from %s/checkpoint.safetensors at step %lld\n", out.c_str(),
+                 static_cast<long long>(trainer.steps_done()));
+  }
+
+  // In-run ceiling: the sgemm rate of this machine now, the denominator of MFU.
+  const SgemmCeiling ceiling = measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 3);
+  const double step_flops =
+      training_flops(cfg, bo.batch_size, bo.context) * static_cast<double>(tc.grad_accum);
+  std::printf("model %s: %lld parameters, variant per layer 0: H_q=%d H_kv=%d; data: %lld train "
+              "tokens, %lld val tokens; batch %d x %d x accum %d; sgemm ceiling %.1f GFLOP/s "
+              "(%d threads, %s)\n",
+              cfg.name.empty() ? "?" : cfg.name.c_str(),
+              static_cast<long long>(count_parameters(cfg)), cfg.layers[0].heads.num_query_heads,
+              cfg.layers[0].heads.num_kv_heads,
+              static_cast<long long>(trainer.loader().corpus().num_tokens()),
+              static_cast<long long>(val_loader.corpus().num_tokens()), bo.batch_size,
+              bo.context, tc.grad_accum, ceiling.gflops, ceiling.threads,
+              ceiling.corename.c_str());
+  std::fflush(stdout);
+
+  std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
+  double window_time = 0, window_tokens = 0, total_time = 0, total_tokens = 0;
+  double window_loss = 0;
+  int64_t window_steps = 0, timed_steps = 0;
+  double last_loss = 0;
+  EvalResult last_eval;
+  bool have_eval = false;
+  auto run_eval = [&](int64_t step) {
+    last_eval = evaluate(trainer.model(), val_loader, eval_batches);
+    have_eval = true;
+    std::printf("step %6lld | val loss %.4f | ppl %.3f | acc %.2f%% | %.0f tok/s\n",
+                static_cast<long long>(step), last_eval.loss, last_eval.perplexity,
+                100 * last_eval.accuracy, last_eval.tokens_per_second);
+    std::fflush(stdout);
+    metrics << json{{"step", step},
+                    {"val_loss", last_eval.loss},
+                    {"val_ppl", last_eval.perplexity},
+                    {"val_acc", last_eval.accuracy}}
+                   .dump()
+            << "\n";
+  };
+  while (trainer.steps_done() < tc.steps) {
+    const StepResult r = trainer.step();
+    last_loss = r.loss;
+    window_time += r.seconds;
+    window_tokens += r.tokens;
+    window_loss += r.loss;
+    ++window_steps;
+    // The first step warms caches and allocates buffers; leave it out of the averages.
+    if (r.step > 1 || tc.steps == 1) {
+      total_time += r.seconds;
+      total_tokens += r.tokens;
+      ++timed_steps;
+    }
+    const bool last = r.step == tc.steps;
+    if (r.step % log_every == 0 || last) {
+      const double tps = window_tokens / window_time;
+      const double mfu = step_flops * window_steps / window_time / (ceiling.gflops * 1e9);
+      const double eta = (tc.steps - r.step) * window_time / window_steps;
+      if (!quiet) {
+        std::printf("step %6lld/%lld | loss %.4f | lr %.2e | gnorm %.2f | %.0f tok/s | MFU "
+                    "%.1f%% | ETA %s\n",
+                    static_cast<long long>(r.step), static_cast<long long>(tc.steps),
+                    window_loss / window_steps, r.lr, r.grad_norm, tps, 100 * mfu,
+                    format_duration(eta).c_str());
+        std::fflush(stdout);
+      }
+      metrics << json{{"step", r.step},   {"loss", window_loss / window_steps},
+                      {"lr", r.lr},       {"grad_norm", r.grad_norm},
+                      {"tokens_per_s", tps}, {"mfu", mfu}}
+                     .dump()
+              << "\n";
+      window_time = window_tokens = window_loss = 0;
+      window_steps = 0;
+    }
+    if (r.step % eval_every == 0 || last) run_eval(r.step);
+    if (r.step % ckpt_every == 0 || last) trainer.save_checkpoint(out);
+  }
+  if (!is_regular_file(out + "/tokenizer.json") && !shard) tokenizer.save(out + "/tokenizer.json");
+  const double tps = timed_steps > 0 ? total_tokens / total_time : 0.0;
+  const double mfu = timed_steps > 0 ? step_flops * timed_steps / total_time / (ceiling.gflops * 1e9)
+                                     : 0.0;
+  json summary{{"config", cfg.name},
+               {"parameters", count_parameters(cfg)},
+               {"steps", trainer.steps_done()},
+               {"batch", bo.batch_size},
+               {"context", bo.context},
+               {"grad_accum", tc.grad_accum},
+               {"final_train_loss", last_loss},
+               {"train_tokens_per_s", tps},
+               {"train_seconds", total_time},
+               {"mfu", mfu},
+               {"sgemm_gflops", ceiling.gflops},
+               {"threads", omp_get_max_threads()},
+               {"model_gflop_per_step", step_flops / 1e9}};
+  if (have_eval) {
+    summary["val_loss"] = last_eval.loss;
+    summary["val_ppl"] = last_eval.perplexity;
+    summary["val_acc"] = last_eval.accuracy;
+  }
+  write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
+  std::printf("done: %lld steps, %.0f tok/s, MFU %.1f%% of %.1f GFLOP/s sgemm; checkpoint in %s\n",
+              static_cast<long long>(trainer.steps_done()), tps, 100 * mfu, ceiling.gflops,
+              out.c_str());
+  return 0;
 }
-int cmd_eval(const std::vector<std::string>&) {
-  return not_yet("eval");
+
+int cmd_eval(const std::vector<std::string>& argv) {
+  const Args a(argv, {"count-pad"});
+  a.reject_unknown({"model", "data", "tokenizer", "batch", "context", "max-batches", "mode",
+                    "count-pad", "split-docs", "val-fraction", "json"});
+  const std::string model_dir = a.require("model");
+  const ModelConfig cfg = load_model_config_for(model_dir);
+  Model<float> model(cfg);
+  load_model_weights(model, model_dir);
+  const std::string data = a.require("data");
+  Tokenizer tokenizer;
+  TokenCorpus corpus;
+  const bool shard = is_token_shard(data);
+  if (shard) {
+    corpus = read_token_shard(data);
+  } else {
+    tokenizer = get_tokenizer(a, model_dir + "/tokenizer.json", nullptr, cfg.vocab_size);
+    corpus = load_corpus(data, tokenizer, text_options(a));
+  }
+  // --val-fraction F: evaluate the same tail split `sqa train` held out; default all data.
+  if (a.has("val-fraction")) {
+    const double f = a.get_double("val-fraction", 0.05);
+    corpus = split_corpus(corpus, 1.0 - f, f).validation;
+  }
+  BatchOptions bo;
+  bo.batch_size = static_cast<int>(a.get_int("batch", 8));
+  bo.context = static_cast<int>(a.get_int("context", std::min(cfg.max_seq_len, 128)));
+  bo.mode = parse_mode(a.get("mode", "pack"));
+  bo.count_pad_in_loss = a.flag("count-pad");
+  bo.shuffle = false;
+  const int32_t eos = shard ? 0 : tokenizer.eos_id();
+  const int32_t pad = shard ? 1 : tokenizer.pad_id();
+  bo.eos_id = eos >= 0 ? eos : 0;
+  bo.pad_id = pad >= 0 ? pad : bo.eos_id;
+  const BatchLoader loader(std::move(corpus), bo);
+  const EvalResult r = evaluate(model, loader, a.get_int("max-batches", 0));
+  std::printf("eval %s: %lld batches, %.0f tokens | loss %.4f | ppl %.3f | acc %.2f%% | %.0f "
+              "tok/s\n",
+              model_dir.c_str(), static_cast<long long>(r.batches), r.tokens, r.loss,
+              r.perplexity, 100 * r.accuracy, r.tokens_per_second);
+  if (a.has("json")) {
+    write_file_atomic(a.get("json", ""), json{{"loss", r.loss},
+                                              {"perplexity", r.perplexity},
+                                              {"accuracy", r.accuracy},
+                                              {"tokens", r.tokens},
+                                              {"tokens_per_s", r.tokens_per_second}}
+                                                 .dump(2) +
+                                             "\n");
+  }
+  return 0;
 }
-int cmd_generate(const std::vector<std::string>&) {
-  return not_yet("generate");
+
+int cmd_generate(const std::vector<std::string>& argv) {
+  const Args a(argv);
+  a.reject_unknown({"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p",
+                    "seed"});
+  const std::string model_dir = a.require("model");
+  const ModelConfig cfg = load_model_config_for(model_dir);
+  require(cfg.causal, "sqa generate needs a decoder (causal) model; this config is an encoder");
+  Model<float> model(cfg);
+  load_model_weights(model, model_dir);
+  const Tokenizer tokenizer = get_tokenizer(a, model_dir + "/tokenizer.json", nullptr, 0);
+  const std::string prompt = a.get("prompt", "");
+  const int64_t max_new = a.get_int("tokens", 100);
+  const double temperature = a.get_double("temperature", 0.8);
+  const int64_t top_k = a.get_int("top-k", 40);
+  const double top_p = a.get_double("top-p", 0.95);
+  require(temperature >= 0, "option --temperature (", temperature, ") must be >= 0 (0 = greedy)");
+  require(top_p > 0 && top_p <= 1, "option --top-p (", top_p, ") must be in (0, 1]");
+  require(max_new >= 1, "option --tokens (", max_new, ") must be at least 1");
+  std::vector<int32_t> ids = tokenizer.encode(prompt);
+  if (ids.empty()) ids.push_back(tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0);
+  const int64_t total = std::min<int64_t>(cfg.max_seq_len, static_cast<int64_t>(ids.size()) + max_new);
+  require(static_cast<int64_t>(ids.size()) < total, "the prompt (", ids.size(),
+          " tokens) fills the context (", cfg.max_seq_len, ")");
+  std::mt19937_64 rng(static_cast<uint64_t>(a.get_int("seed", 1)));
+  const auto t0 = now_seconds();
+  model.decode_reset(total);
+  const float* logits = model.decode_step(ids.data(), static_cast<int64_t>(ids.size()));
+  const size_t prompt_len = ids.size();
+  std::vector<std::pair<float, int32_t>> cand;
+  while (static_cast<int64_t>(ids.size()) < total) {
+    int32_t next = 0;
+    const int V = cfg.vocab_size;
+    if (temperature == 0) {
+      next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+    } else {
+      cand.clear();
+      for (int v = 0; v < V; ++v) cand.emplace_back(logits[v], v);
+      std::sort(cand.begin(), cand.end(), [](auto& x, auto& y) {
+        return x.first > y.first || (x.first == y.first && x.second < y.second);
+      });
+      if (top_k > 0 && top_k < V) cand.resize(static_cast<size_t>(top_k));
+      // Softmax at the temperature, then keep the smallest prefix with mass >= top_p.
+      std::vector<double> p(cand.size());
+      double sum = 0;
+      for (size_t i = 0; i < cand.size(); ++i) {
+        p[i] = std::exp((cand[i].first - cand[0].first) / temperature);
+        sum += p[i];
+      }
+      double acc = 0;
+      size_t keep = cand.size();
+      for (size_t i = 0; i < cand.size(); ++i) {
+        acc += p[i] / sum;
+        if (acc >= top_p) {
+          keep = i + 1;
+          break;
+        }
+      }
+      std::discrete_distribution<size_t> dist(p.begin(), p.begin() + static_cast<long>(keep));
+      next = cand[dist(rng)].second;
+    }
+    ids.push_back(next);
+    if (next == tokenizer.eos_id()) break;
+    if (static_cast<int64_t>(ids.size()) >= total) break;
+    logits = model.decode_step(&next, 1);
+  }
+  const double secs = now_seconds() - t0;
+  const std::vector<int32_t> generated(ids.begin() + static_cast<long>(prompt_len), ids.end());
+  std::printf("%s%s\n", prompt.c_str(), tokenizer.decode(generated).c_str());
+  std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tok/s, KV cache)\n", generated.size(),
+               secs, generated.size() / secs);
+  return 0;
 }
+
 }  // namespace sqa::cli

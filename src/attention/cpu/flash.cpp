@@ -23,7 +23,9 @@ using flash::kBlockKB;
 using flash::kBlockQ;
 using flash::kBlockQB;
 
-int rank(std::string_view path) { return path == "avx512" ? 2 : path == "avx2" ? 1 : 0; }
+int rank(std::string_view path) {
+  return path == "avx512" ? 2 : path == "avx2" ? 1 : 0;
+}
 
 const char* best_path() {
   __builtin_cpu_init();
@@ -58,7 +60,9 @@ void check_dtype(DType t) {
           ") is not supported by the CPU fast path: it takes f32 or bf16 (f16 is CUDA-only)");
 }
 
-int padded(int head_dim, int width) { return (head_dim + width - 1) / width * width; }
+int padded(int head_dim, int width) {
+  return (head_dim + width - 1) / width * width;
+}
 
 std::vector<flash::Sequence> sequences(const AttentionParams& p) {
   std::vector<flash::Sequence> out;
@@ -90,11 +94,100 @@ struct Scratch {
   }
 };
 
+void store_out(const AttentionParams& p, int64_t offset, float x) {
+  if (p.dtype == DType::bf16) {
+    static_cast<bf16*>(p.out)[offset] = float_to_bf16(x);
+  } else {
+    static_cast<float*>(p.out)[offset] = x;
+  }
+}
+
+int64_t lse_index(const AttentionParams& p, const flash::Sequence& s, int h, int64_t r) {
+  return p.is_varlen() ? h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
+                       : (s.batch_index * p.spec.heads.num_attention_heads() + h) * p.seqlen_q + r;
+}
+
+// Decode (every sequence has at most kDecodeRows query rows): items are key slices of one
+// sequence covering all heads; each thread streams its slices of the cache, then the slices are
+// combined by log-sum-exp: m = max m_s, l = sum l_s 2^(m_s - m), O = sum O_s 2^(m_s - m) / l.
+void decode_forward(const AttentionParams& p, const flash::Kernels& kernels, int dp,
+                    const std::vector<flash::Sequence>& seqs) {
+  constexpr int64_t kSlice = 8 * kBlockK;
+  const int heads = p.spec.heads.num_attention_heads();
+  const int threads = omp_get_max_threads();
+  std::vector<flash::DecodeItem> items;
+  std::vector<int64_t> first_slot(seqs.size()), slices(seqs.size());
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    const flash::Sequence& s = seqs[b];
+    first_slot[b] = static_cast<int64_t>(items.size());
+    if (s.seqlen_q == 0) continue;
+    const KeyRange first = visible_keys(p.spec.window, 0, s.seqlen_q, s.seqlen_k);
+    const KeyRange last = visible_keys(p.spec.window, s.seqlen_q - 1, s.seqlen_q, s.seqlen_k);
+    const int64_t lo = first.begin, hi = std::max(first.begin, last.end);
+    const int64_t n = std::max<int64_t>(1, (hi - lo + kSlice - 1) / kSlice);
+    slices[b] = n;
+    for (int64_t sl = 0; sl < n; ++sl) {
+      items.push_back({s, lo + sl * kSlice, std::min(hi, lo + (sl + 1) * kSlice),
+                       static_cast<int64_t>(items.size())});
+    }
+  }
+  const int partial_rows = heads * flash::kDecodeRows;
+  const size_t slots = items.size();
+  std::vector<float> partial_out(slots * static_cast<size_t>(partial_rows * dp));
+  std::vector<float> partial_max(slots * static_cast<size_t>(partial_rows));
+  std::vector<float> partial_sum(slots * static_cast<size_t>(partial_rows));
+  const flash::ForwardContext ctx{
+      &p, dp, partial_rows, partial_out.data(), partial_max.data(), partial_sum.data()};
+  Scratch scratch(threads, flash::decode_scratch_floats(dp, heads, p.spec.heads.num_kv_heads));
+  const int64_t n = static_cast<int64_t>(items.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    kernels.decode_item(ctx, items[static_cast<size_t>(i)], scratch.thread(omp_get_thread_num()));
+  }
+  const int d = p.spec.head_dim;
+  std::vector<float> row(static_cast<size_t>(d));
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    const flash::Sequence& s = seqs[b];
+    const int rows = static_cast<int>(s.seqlen_q);
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < rows; ++i) {
+        const int64_t e = h * rows + i;  // entry inside a slot
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t sl = 0; sl < slices[b]; ++sl)
+          m = std::max(m,
+                       partial_max[static_cast<size_t>((first_slot[b] + sl) * partial_rows + e)]);
+        const float m_safe = std::isinf(m) ? 0.0f : m;
+        float l = 0.0f;
+        std::fill(row.begin(), row.end(), 0.0f);
+        for (int64_t sl = 0; sl < slices[b]; ++sl) {
+          const size_t at = static_cast<size_t>((first_slot[b] + sl) * partial_rows + e);
+          const float w = std::exp2(partial_max[at] - m_safe);
+          l += w * partial_sum[at];
+          const float* po = &partial_out[at * static_cast<size_t>(dp)];
+          for (int c = 0; c < d; ++c) row[static_cast<size_t>(c)] += w * po[c];
+        }
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const int64_t off = s.batch_index * p.out_strides.batch +
+                            (s.q_row0 + i) * p.out_strides.row + h * p.out_strides.head;
+        for (int c = 0; c < d; ++c) store_out(p, off + c, row[static_cast<size_t>(c)] * inv);
+        if (p.lse) {
+          p.lse[lse_index(p, s, h, i)] = l > 0.0f ? (m + std::log2(l)) * 0.6931471805599453f
+                                                  : -std::numeric_limits<float>::infinity();
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 namespace flash {
 int64_t forward_scratch_floats(int dp) {
   return 2LL * dp * kBlockQ + kBlockK * kBlockQ + 2LL * kBlockK * dp + 5LL * kBlockQ;
+}
+int64_t decode_scratch_floats(int dp, int heads, int kv_heads) {
+  const int64_t nr = static_cast<int64_t>(heads) * kDecodeRows;
+  return 2 * nr * dp + nr * kBlockK + 2 * nr + 2LL * kv_heads * dp + heads;
 }
 int64_t backward_scratch_floats(int dp) {
   return 3LL * dp * kBlockKB + 2LL * kBlockQB * dp + 2LL * kBlockQB * kBlockKB +
@@ -102,7 +195,9 @@ int64_t backward_scratch_floats(int dp) {
 }
 }  // namespace flash
 
-const char* simd_path() { return select_kernels().name; }
+const char* simd_path() {
+  return select_kernels().name;
+}
 
 void attention_forward(const AttentionParams& p) {
   p.validate();
@@ -112,15 +207,13 @@ void attention_forward(const AttentionParams& p) {
   const int heads = p.spec.heads.num_attention_heads();
   const int threads = omp_get_max_threads();
 
-  // Decode-shaped problems (every sequence has at most two query rows) are bound by the bytes of
-  // K and V: cut the keys into short slices and order the items slice-major, so that the threads
-  // walk the cache (rows of all heads interleaved in memory) nearly sequentially while one slice
-  // is hot, instead of striding through it one head at a time. The slices are combined by
-  // log-sum-exp.
   const std::vector<flash::Sequence> seqs = sequences(p);
   bool decode = true;
-  for (const flash::Sequence& s : seqs) decode = decode && s.seqlen_q <= 2;
-  constexpr int64_t kDecodeSlice = 8 * kBlockK;
+  for (const flash::Sequence& s : seqs) decode = decode && s.seqlen_q <= flash::kDecodeRows;
+  if (decode) {
+    decode_forward(p, kernels, dp, seqs);
+    return;
+  }
 
   std::vector<flash::ForwardItem> items;
   for (const flash::Sequence& s : seqs) {
@@ -142,23 +235,20 @@ void attention_forward(const AttentionParams& p) {
   };
   std::vector<Group> groups;
   const int64_t wanted = 8LL * threads;
-  if (decode || static_cast<int64_t>(items.size()) < wanted) {
-    // Slice-major order: item (slice s, head h) follows (s, h - 1).
+  if (static_cast<int64_t>(items.size()) < wanted) {
+    // Slice-major order: item (slice s, head h) follows (s, h - 1), so heads sharing a KV head
+    // read the same slice while it is in cache.
     std::vector<std::vector<flash::ForwardItem>> by_slice;
     int64_t slot = 0;
     for (const flash::ForwardItem& it : items) {
       const int64_t keys = it.k_hi - it.k_lo;
       const int64_t tiles = (keys + kBlockK - 1) / kBlockK;
-      int64_t slices;
-      if (decode) {
-        slices = (keys + kDecodeSlice - 1) / kDecodeSlice;
-      } else {
-        const int64_t by_threads = (wanted + static_cast<int64_t>(items.size()) - 1) /
-                                   static_cast<int64_t>(items.size());
-        slices = std::min<int64_t>(by_threads, keys / (4 * kBlockK));
-      }
+      const int64_t by_threads =
+          (wanted + static_cast<int64_t>(items.size()) - 1) / static_cast<int64_t>(items.size());
+      int64_t slices = std::min<int64_t>(by_threads, keys / (4 * kBlockK));
       slices = std::clamp<int64_t>(slices, 1, std::max<int64_t>(tiles, 1));
-      if (static_cast<int64_t>(by_slice.size()) < slices) by_slice.resize(static_cast<size_t>(slices));
+      if (static_cast<int64_t>(by_slice.size()) < slices)
+        by_slice.resize(static_cast<size_t>(slices));
       if (slices == 1) {
         by_slice[0].push_back(it);
         continue;
@@ -187,7 +277,7 @@ void attention_forward(const AttentionParams& p) {
   }
   std::vector<size_t> order(items.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  if (!decode) {
+  if (groups.empty()) {
     // Largest first (causal blocks differ in cost), so the dynamic schedule ends balanced.
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
       return (items[a].k_hi - items[a].k_lo) * items[a].rows >
@@ -202,8 +292,8 @@ void attention_forward(const AttentionParams& p) {
   std::vector<float> partial_out(static_cast<size_t>(slots * partial_rows * dp));
   std::vector<float> partial_max(static_cast<size_t>(slots * partial_rows));
   std::vector<float> partial_sum(static_cast<size_t>(slots * partial_rows));
-  const flash::ForwardContext ctx{&p, dp, partial_rows, partial_out.data(), partial_max.data(),
-                                  partial_sum.data()};
+  const flash::ForwardContext ctx{
+      &p, dp, partial_rows, partial_out.data(), partial_max.data(), partial_sum.data()};
   Scratch scratch(threads, flash::forward_scratch_floats(dp));
   const int64_t n = static_cast<int64_t>(items.size());
 #pragma omp parallel for schedule(dynamic, 1)
@@ -230,7 +320,8 @@ void attention_forward(const AttentionParams& p) {
       std::fill(row.begin(), row.end(), 0.0f);
       for (int sl = 0; sl < g.slices; ++sl) {
         const int64_t slot = group_first_slot[gi] + sl;
-        const float weight = std::exp2(partial_max[static_cast<size_t>(slot * partial_rows + i)] - m_safe);
+        const float weight =
+            std::exp2(partial_max[static_cast<size_t>(slot * partial_rows + i)] - m_safe);
         l += weight * partial_sum[static_cast<size_t>(slot * partial_rows + i)];
         const float* po = &partial_out[static_cast<size_t>((slot * partial_rows + i) * dp)];
         for (int c = 0; c < d; ++c) row[static_cast<size_t>(c)] += weight * po[c];
@@ -248,9 +339,9 @@ void attention_forward(const AttentionParams& p) {
         }
       }
       if (p.lse) {
-        const int64_t index = p.is_varlen()
-                                  ? w.h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
-                                  : (s.batch_index * heads + w.h) * p.seqlen_q + r;
+        const int64_t index =
+            p.is_varlen() ? w.h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
+                          : (s.batch_index * heads + w.h) * p.seqlen_q + r;
         p.lse[index] = l > 0.0f ? (m + std::log2(l)) * 0.6931471805599453f
                                 : -std::numeric_limits<float>::infinity();
       }
@@ -273,7 +364,8 @@ void attention_backward(const AttentionBackwardParams& g) {
   const int64_t total_rows = p.is_varlen() ? p.cu_seqlens_q[p.batch] : p.batch * p.seqlen_q;
 
   auto load = [bf](const void* base, int64_t i) {
-    return bf ? bf16_to_float(static_cast<const bf16*>(base)[i]) : static_cast<const float*>(base)[i];
+    return bf ? bf16_to_float(static_cast<const bf16*>(base)[i])
+              : static_cast<const float*>(base)[i];
   };
   // D = rowsum(dO * O) per attention head and row (FlashAttention-2).
   std::vector<float> delta(static_cast<size_t>(heads * std::max<int64_t>(total_rows, 1)));
@@ -286,7 +378,8 @@ void attention_backward(const AttentionBackwardParams& g) {
         const int64_t go = s.batch_index * g.dout_strides.batch +
                            (s.q_row0 + r) * g.dout_strides.row + h * g.dout_strides.head;
         double acc = 0.0;
-        for (int c = 0; c < d; ++c) acc += static_cast<double>(load(p.out, o + c)) * load(g.dout, go + c);
+        for (int c = 0; c < d; ++c)
+          acc += static_cast<double>(load(p.out, o + c)) * load(g.dout, go + c);
         delta[static_cast<size_t>(h * total_rows + s.global_row0 + r)] = static_cast<float>(acc);
       }
     }
@@ -296,7 +389,8 @@ void attention_backward(const AttentionBackwardParams& g) {
   for (const flash::Sequence& s : seqs) {
     for (int kv = 0; kv < p.spec.heads.num_kv_heads; ++kv) {
       for (int64_t j0 = 0; j0 < s.seqlen_k; j0 += kBlockKB) {
-        items.push_back({s, kv, j0, static_cast<int>(std::min<int64_t>(kBlockKB, s.seqlen_k - j0))});
+        items.push_back(
+            {s, kv, j0, static_cast<int>(std::min<int64_t>(kBlockKB, s.seqlen_k - j0))});
       }
     }
   }

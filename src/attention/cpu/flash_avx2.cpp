@@ -1,5 +1,6 @@
 // The fast path's tile kernels built for the avx2 path; this file alone is compiled with the
-// path's -m flags (src/attention/cpu/CMakeLists.txt). Register tile: 16 ymm registers: 6 x 2 accumulators + 2 B vectors + 1 broadcast.
+// path's -m flags (src/attention/cpu/CMakeLists.txt). Register tile: 16 ymm registers: 6 x 2
+// accumulators + 2 B vectors + 1 broadcast.
 #define SQA_SIMD_WIDTH 8
 #define SQA_SIMD_MR 6
 #define SQA_SIMD_NV 2

@@ -47,16 +47,34 @@ typedef uint16_t vh_u __attribute__((vector_size(2 * W), aligned(2), may_alias))
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+inline int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+inline int round_up(int x, int m) {
+  return (x + m - 1) / m * m;
+}
 
-inline vf vload(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
-inline void vstore(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
-inline vi vload_i(const int32_t* p) { return *reinterpret_cast<const vi_u*>(p); }
-inline vf vsplat(float x) { return vf{} + x; }
-inline vi vsplat_i(int32_t x) { return vi{} + x; }
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-inline vf vneg_inf() { return vsplat(-__builtin_inff()); }
+inline vf vload(const float* p) {
+  return *reinterpret_cast<const vf_u*>(p);
+}
+inline void vstore(float* p, vf v) {
+  *reinterpret_cast<vf_u*>(p) = v;
+}
+inline vi vload_i(const int32_t* p) {
+  return *reinterpret_cast<const vi_u*>(p);
+}
+inline vf vsplat(float x) {
+  return vf{} + x;
+}
+inline vi vsplat_i(int32_t x) {
+  return vi{} + x;
+}
+inline vf vmax(vf a, vf b) {
+  return a > b ? a : b;
+}
+inline vf vneg_inf() {
+  return vsplat(-__builtin_inff());
+}
 inline vf vload_bf16(const uint16_t* p) {
   const vh h = *reinterpret_cast<const vh_u*>(p);
   return reinterpret_cast<vf>(__builtin_convertvector(h, vu) << 16);
@@ -144,15 +162,31 @@ inline void gemm_rows(int M, int K, const float* a, int64_t sam, int64_t sak, co
   const float* at = a + m0 * sam;
   float* ct = c + m0 * ldc;
   switch (M - m0) {
-    case 0: break;
-    case 1: gemm_tile<1, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    case 2: gemm_tile<2, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    case 3: gemm_tile<3, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    case 4: gemm_tile<4, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    case 5: gemm_tile<5, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    case 6: gemm_tile<6, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    case 7: gemm_tile<7, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc); break;
-    default: break;
+    case 0:
+      break;
+    case 1:
+      gemm_tile<1, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    case 2:
+      gemm_tile<2, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    case 3:
+      gemm_tile<3, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    case 4:
+      gemm_tile<4, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    case 5:
+      gemm_tile<5, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    case 6:
+      gemm_tile<6, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    case 7:
+      gemm_tile<7, NV, kAccumulate>(K, at, sam, sak, b, ldb, ct, ldc);
+      break;
+    default:
+      break;
   }
 }
 
@@ -164,11 +198,19 @@ inline void gemm(int M, int N, int K, const float* a, int64_t sam, int64_t sak, 
   for (; n0 + kNV * W <= N; n0 += kNV * W)
     gemm_rows<kNV, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc);
   switch ((N - n0) / W) {
-    case 0: break;
-    case 1: gemm_rows<1, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc); break;
-    case 2: gemm_rows<2, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc); break;
-    case 3: gemm_rows<3, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc); break;
-    default: break;
+    case 0:
+      break;
+    case 1:
+      gemm_rows<1, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc);
+      break;
+    case 2:
+      gemm_rows<2, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc);
+      break;
+    case 3:
+      gemm_rows<3, kAccumulate>(M, K, a, sam, sak, b + n0, ldb, c + n0, ldc);
+      break;
+    default:
+      break;
   }
 }
 
@@ -237,14 +279,14 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
   const bool dot = rows <= 2;
   const float qscale = p.spec.scale() * kLog2e;
 
-  float* qt = scratch;                               // gemm: d x kBlockQ; dot: rows x dp
+  float* qt = scratch;                                  // gemm: d x kBlockQ; dot: rows x dp
   float* st = qt + static_cast<int64_t>(dp) * kBlockQ;  // kBlockK x kBlockQ, S^T then P^T
-  float* o = st + kBlockK * kBlockQ;                 // kBlockQ x dp
-  float* kp = o + static_cast<int64_t>(kBlockQ) * dp;  // kBlockK x dp
+  float* o = st + kBlockK * kBlockQ;                    // kBlockQ x dp
+  float* kp = o + static_cast<int64_t>(kBlockQ) * dp;   // kBlockK x dp
   float* vp = kp + static_cast<int64_t>(kBlockK) * dp;  // kBlockK x dp
   float* m = vp + static_cast<int64_t>(kBlockK) * dp;   // running max (log2 domain)
-  float* l = m + kBlockQ;                            // running sum
-  float* alpha = l + kBlockQ;                        // rescale factor of this tile
+  float* l = m + kBlockQ;                               // running sum
+  float* alpha = l + kBlockQ;                           // rescale factor of this tile
   int32_t* begin = reinterpret_cast<int32_t*>(alpha + kBlockQ);  // visible keys [begin, end)
   int32_t* end = begin + kBlockQ;
 
@@ -376,9 +418,9 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
               o + i * dp);
     if (p.lse) {
       const int64_t r = it.i0 + i;
-      const int64_t index = p.is_varlen()
-                                ? it.h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
-                                : (s.batch_index * heads + it.h) * p.seqlen_q + r;
+      const int64_t index =
+          p.is_varlen() ? it.h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
+                        : (s.batch_index * heads + it.h) * p.seqlen_q + r;
       p.lse[index] = l[i] > 0.0f ? (m[i] + std::log2(l[i])) * kLn2 : -__builtin_inff();
     }
   }
@@ -398,14 +440,14 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
   const int nr = heads * rows;  // score rows: (head, query row)
   const float qscale = p.spec.scale() * kLog2e;
 
-  float* q = scratch;                               // [nr][dp], pre-scaled
-  float* o = q + static_cast<int64_t>(nr) * dp;     // [nr][dp]
-  float* sc = o + static_cast<int64_t>(nr) * dp;    // [nr][kBlockK] scores, then P
+  float* q = scratch;                             // [nr][dp], pre-scaled
+  float* o = q + static_cast<int64_t>(nr) * dp;   // [nr][dp]
+  float* sc = o + static_cast<int64_t>(nr) * dp;  // [nr][kBlockK] scores, then P
   float* m = sc + static_cast<int64_t>(nr) * kBlockK;
   float* l = m + nr;
-  float* krow = l + nr;                             // [kv_heads][dp] converted K row
+  float* krow = l + nr;  // [kv_heads][dp] converted K row
   float* vrow = krow + static_cast<int64_t>(kv_heads) * dp;
-  int kvh[256];                                     // KV head of each attention head
+  int32_t* kvh = reinterpret_cast<int32_t*>(vrow + static_cast<int64_t>(kv_heads) * dp);
   int64_t begin[kDecodeRows], end[kDecodeRows];
 
   for (int h = 0; h < heads; ++h) {
@@ -499,7 +541,8 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
         for (int i = 0; i < rows; ++i) {
           const int r = h * rows + i;
           const vf pj = vsplat(sc[r * kBlockK + j]);
-          for (int c = 0; c < dp; c += W) vstore(o + r * dp + c, vload(o + r * dp + c) + pj * vload(vv + c));
+          for (int c = 0; c < dp; c += W)
+            vstore(o + r * dp + c, vload(o + r * dp + c) + pj * vload(vv + c));
         }
       }
     }
@@ -556,18 +599,18 @@ void backward_item(const BackwardContext& ctx, const BackwardItem& it, float* sc
   const int heads = p.spec.heads.num_attention_heads();
   constexpr int BK = kBlockKB, BQ = kBlockQB;
 
-  float* kt = scratch;                            // d x BK, scaled by scale * log2(e)
-  float* vt = kt + static_cast<int64_t>(d) * BK;  // d x BK
-  float* kp = vt + static_cast<int64_t>(d) * BK;  // BK x dp
-  float* qp = kp + static_cast<int64_t>(BK) * dp;  // BQ x dp
-  float* dop = qp + static_cast<int64_t>(BQ) * dp;  // BQ x dp
-  float* sp = dop + static_cast<int64_t>(BQ) * dp;  // BQ x BK: S, then P
-  float* dsp = sp + BQ * BK;                      // BQ x BK: dP, then dS
-  float* dk = dsp + BQ * BK;                      // BK x dp
-  float* dv = dk + static_cast<int64_t>(BK) * dp;  // BK x dp
+  float* kt = scratch;                                  // d x BK, scaled by scale * log2(e)
+  float* vt = kt + static_cast<int64_t>(d) * BK;        // d x BK
+  float* kp = vt + static_cast<int64_t>(d) * BK;        // BK x dp
+  float* qp = kp + static_cast<int64_t>(BK) * dp;       // BQ x dp
+  float* dop = qp + static_cast<int64_t>(BQ) * dp;      // BQ x dp
+  float* sp = dop + static_cast<int64_t>(BQ) * dp;      // BQ x BK: S, then P
+  float* dsp = sp + BQ * BK;                            // BQ x BK: dP, then dS
+  float* dk = dsp + BQ * BK;                            // BK x dp
+  float* dv = dk + static_cast<int64_t>(BK) * dp;       // BK x dp
   float* row_buf = dv + static_cast<int64_t>(BK) * dp;  // dp
-  float* lse2 = row_buf + dp;                     // BQ
-  float* delta = lse2 + BQ;                       // BQ
+  float* lse2 = row_buf + dp;                           // BQ
+  float* delta = lse2 + BQ;                             // BQ
   int32_t* begin = reinterpret_cast<int32_t*>(delta + BQ);
   int32_t* end = begin + BQ;
 
@@ -587,8 +630,7 @@ void backward_item(const BackwardContext& ctx, const BackwardItem& it, float* sc
   for (int64_t i = 0; i < static_cast<int64_t>(BK) * dp; ++i) dk[i] = dv[i] = 0.0f;
 
   const int64_t row_lo = first_row_seeing_from(p.spec.window, it.j0, s.seqlen_q, s.seqlen_k);
-  const int64_t row_hi =
-      end_row_seeing_upto(p.spec.window, it.j0 + bc - 1, s.seqlen_q, s.seqlen_k);
+  const int64_t row_hi = end_row_seeing_upto(p.spec.window, it.j0 + bc - 1, s.seqlen_q, s.seqlen_k);
   for (int h = 0; h < heads; ++h) {
     const HeadPair pair = head_pair(p.spec.heads, h);
     if (pair.kv_head != it.kv_head) continue;

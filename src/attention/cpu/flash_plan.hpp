@@ -42,8 +42,8 @@ struct ForwardItem {
 
 struct ForwardContext {
   const AttentionParams* params;
-  int padded_dim;    // head_dim rounded up to the SIMD width of the kernel
-  int partial_rows;  // rows per split-KV slot (the most rows of any split item)
+  int padded_dim;      // head_dim rounded up to the SIMD width of the kernel
+  int partial_rows;    // rows per split-KV slot (the most rows of any split item)
   float* partial_out;  // [slot][partial_rows][padded_dim]
   float* partial_max;  // [slot][partial_rows]
   float* partial_sum;  // [slot][partial_rows]

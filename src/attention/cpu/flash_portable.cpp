@@ -1,5 +1,6 @@
 // The fast path's tile kernels built for the portable path; this file alone is compiled with the
-// path's -m flags (src/attention/cpu/CMakeLists.txt). Register tile: baseline x86-64 SSE2 (16 xmm registers) or any target GCC vectorises.
+// path's -m flags (src/attention/cpu/CMakeLists.txt). Register tile: baseline x86-64 SSE2 (16 xmm
+// registers) or any target GCC vectorises.
 #define SQA_SIMD_WIDTH 4
 #define SQA_SIMD_MR 4
 #define SQA_SIMD_NV 2

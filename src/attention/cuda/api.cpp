@@ -24,10 +24,15 @@ void check_cuda(int status, const char* what) {
   }
 }
 
-bool fwd_packed_exp() {
+FwdVariant fwd_variant() {
   // Read on every call (cheap next to a launch) so a benchmark can switch paths in one process.
-  const char* mode = std::getenv("SQA_CUDA_EXP");
-  return mode == nullptr || std::string(mode) != "f32";
+  const char* mode = std::getenv("SQA_CUDA_FWD");
+  if (mode == nullptr || *mode == '\0') return FwdVariant::automatic;
+  const std::string m(mode);
+  if (m == "base") return FwdVariant::base;
+  if (m == "ilp") return FwdVariant::ilp;
+  if (m == "occ") return FwdVariant::occ;
+  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m, ") must be base, ilp or occ, or unset"));
 }
 
 namespace {

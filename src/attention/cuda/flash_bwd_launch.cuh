@@ -21,8 +21,10 @@ void set_smem_limit(Kernel* kernel, int smem) {
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;
-  flash_bwd_dsum_kernel<T><<<static_cast<unsigned>((g.lse_rows + 3) / 4), 128, 0, stream>>>(g, D);
-  check_cuda(cudaGetLastError(), "flash_bwd_dsum_kernel launch");
+  if (g.lse_rows > 0) {  // a varlen batch of empty query sequences has no rows at all
+    flash_bwd_dsum_kernel<T><<<static_cast<unsigned>((g.lse_rows + 3) / 4), 128, 0, stream>>>(g, D);
+    check_cuda(cudaGetLastError(), "flash_bwd_dsum_kernel launch");
+  }
 
   constexpr int kBM = D <= 64 ? 64 : 32;
   constexpr bool kKVInRegs = D <= 32;

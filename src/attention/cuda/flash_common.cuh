@@ -19,16 +19,7 @@ struct Mma;
 
 template <>
 struct Mma<__nv_bfloat16> {
-  // Two exponentials in one MUFU instruction, straight into the 16-bit PV operand. The argument
-  // is rounded to bf16 first (8 significant bits): an error of at most 2^-9 |x| ln 2 relative on
-  // exp2(x), which matters only where |x| is large and p is already tiny.
-  static __device__ __forceinline__ uint32_t exp2_pair(float lo, float hi) {
-    __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
-    uint32_t in = *reinterpret_cast<uint32_t*>(&x), out;
-    asm("ex2.approx.ftz.bf16x2 %0, %1;\n" : "=r"(out) : "r"(in));
-    return out;
-  }
-  static constexpr uint32_t kOnes = 0x3F803F80u;  // (1.0, 1.0)
+  static constexpr uint32_t kOnes = 0x3F803F80u;  // (1.0, 1.0): B operand that sums rows
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
     asm volatile(
@@ -46,14 +37,7 @@ struct Mma<__nv_bfloat16> {
 
 template <>
 struct Mma<__half> {
-  // Two exponentials in one MUFU instruction, straight into the 16-bit PV operand.
-  static __device__ __forceinline__ uint32_t exp2_pair(float lo, float hi) {
-    __half2 x = __floats2half2_rn(lo, hi);
-    uint32_t in = *reinterpret_cast<uint32_t*>(&x), out;
-    asm("ex2.approx.f16x2 %0, %1;\n" : "=r"(out) : "r"(in));
-    return out;
-  }
-  static constexpr uint32_t kOnes = 0x3C003C00u;  // (1.0, 1.0)
+  static constexpr uint32_t kOnes = 0x3C003C00u;  // (1.0, 1.0): B operand that sums rows
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
     asm volatile(

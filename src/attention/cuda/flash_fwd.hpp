@@ -10,6 +10,7 @@ namespace sqa::cuda::detail {
 //   prefill: 4 warps; 2 m16 tiles per warp up to D = 64, 1 above; BN = 64 (32 at D = 256)
 //   decode:  1 warp, one m16 tile, for a handful of query rows against a long cache
 constexpr int fwd_block_n(int head_dim) { return head_dim <= 128 ? 64 : 32; }
+// Rows of the decode tile (the prefill tile depends on the variant; see the launcher).
 constexpr int fwd_block_m(int head_dim, bool decode) {
   return decode ? 16 : 16 * 4 * (head_dim <= 64 ? 2 : 1);
 }
@@ -31,9 +32,10 @@ void run_flash_bwd_hdim32(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 
-// Whether the small-head-dim forward uses packed 16-bit exponentials (default) or the fp32 path
-// (environment SQA_CUDA_EXP=f32).
-bool fwd_packed_exp();
+// Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp or occ; unset: the
+// default per head dim). See flash_fwd_launch.cuh.
+enum class FwdVariant { automatic, base, ilp, occ };
+FwdVariant fwd_variant();
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).
 void check_cuda(int status, const char* what);

@@ -39,11 +39,12 @@ struct FwdTile {
   static_assert(D % 16 == 0 && BN % 16 == 0, "tile shapes must be multiples of the MMA's k");
 };
 
-// kPackedExp: exponentials two at a time in 16-bit (ex2.*x2), written straight into the PV
-// operand, and the row sums taken by the tensor cores (P times a ones tile) instead of FADDs:
-// halves the MUFU work where the exp unit is the limit (small head dims).
-template <typename T, int D, int kMT, int kNWarps, int BN, bool kPackedExp>
-__global__ void __launch_bounds__(kNWarps * 32)
+// kTuned (small head dims, where the softmax's instruction latency is the limit rather than the
+// tensor cores): max as a tree instead of a serial chain, row sums by the tensor cores (P times a
+// ones tile: exact fp32 sums of the same rounded P that feeds P V, no FADD chain), and a register
+// cap for more resident warps.
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks>
+__global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
   constexpr int BM = Tile::BM;
@@ -54,6 +55,8 @@ __global__ void __launch_bounds__(kNWarps * 32)
   constexpr int kDT = D / 8;   // 8-column tiles of O
   constexpr int kKD = D / 16;  // k-steps of Q K^T
   using M = Mma<T>;
+  // Tensor-core row sums cost one extra MMA per D / 8 of P V: worth it only at small D.
+  constexpr bool kMmaRowSum = kTuned && D <= 32;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -142,7 +145,7 @@ __global__ void __launch_bounds__(kNWarps * 32)
     for (int r = 0; r < 2; ++r) qrow_of[mt][r] = (m0 + warp * 16 * kMT + mt * 16 + g + 8 * r) / pack;
 
   float o[kMT][kDT][4];
-  float o_sum[kMT][4];  // kPackedExp: P times ones, every column is the row sum
+  float o_sum[kMT][4];  // kMmaRowSum: P times ones, every column is the row sum
   float row_max[kMT][2], row_sum[kMT][2];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -155,7 +158,6 @@ __global__ void __launch_bounds__(kNWarps * 32)
     row_max[mt][0] = row_max[mt][1] = -INFINITY;
     row_sum[mt][0] = row_sum[mt][1] = 0.0f;
   }
-  uint32_t ps[kPackedExp ? kMT : 1][kPackedExp ? kNT : 1][2];  // packed P: (tile, row half)
 
   const int warp_row = warp * 16 * kMT;
   uint32_t qf[Tile::kQInRegs ? kMT : 1][Tile::kQInRegs ? kKD : 1][4];
@@ -237,8 +239,19 @@ __global__ void __launch_bounds__(kNWarps * 32)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float mx = row_max[mt][r];
+        if constexpr (kTuned) {
+          float part[kNT];
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+          for (int nt = 0; nt < kNT; ++nt) part[nt] = fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]);
+#pragma unroll
+          for (int w = kNT / 2; w > 0; w /= 2)
+#pragma unroll
+            for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
+          mx = fmaxf(mx, part[0]);
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+        }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         // A row that has seen no visible key yet keeps max -inf; offset 0 makes its p exactly 0.
@@ -254,12 +267,13 @@ __global__ void __launch_bounds__(kNWarps * 32)
           o[mt][dt][2 * r] *= corr;
           o[mt][dt][2 * r + 1] *= corr;
         }
-        if constexpr (kPackedExp) {
+        if constexpr (kMmaRowSum) {
 #pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-            ps[mt][nt][r] = M::exp2_pair(fmaf(s[mt][nt][2 * r], scale_log2, -offset),
-                                         fmaf(s[mt][nt][2 * r + 1], scale_log2, -offset));
-          }
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              s[mt][nt][2 * r + e] = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
+            }
         } else {
           float sum = 0.0f;
 #pragma unroll
@@ -285,18 +299,11 @@ __global__ void __launch_bounds__(kNWarps * 32)
       uint32_t pa[kMT][4];
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        if constexpr (kPackedExp) {
-          pa[mt][0] = ps[mt][2 * kk][0];
-          pa[mt][1] = ps[mt][2 * kk][1];
-          pa[mt][2] = ps[mt][2 * kk + 1][0];
-          pa[mt][3] = ps[mt][2 * kk + 1][1];
-          M::run(o_sum[mt], pa[mt], M::kOnes, M::kOnes);
-        } else {
-          pa[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-          pa[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-          pa[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-          pa[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-        }
+        pa[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        if constexpr (kMmaRowSum) M::run(o_sum[mt], pa[mt], M::kOnes, M::kOnes);
       }
 #pragma unroll
       for (int d2 = 0; d2 < D / 16; ++d2) {
@@ -323,7 +330,7 @@ __global__ void __launch_bounds__(kNWarps * 32)
       float sum = row_sum[mt][r];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if constexpr (kPackedExp) sum = o_sum[mt][2 * r];  // already summed over the quad
+      if constexpr (kMmaRowSum) sum = o_sum[mt][2 * r];  // already summed over the quad
       const bool any = sum > 0.0f;
       inv[mt][r] = any ? 1.0f / sum : 0.0f;
       // lse = ln(sum_j exp(scale s_j)) = (max * scale_log2 + log2(sum)) * ln 2.

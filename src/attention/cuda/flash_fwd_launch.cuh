@@ -8,10 +8,10 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, int kMT, int kNWarps, int BN, bool kPackedExp = false>
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
-  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kPackedExp>;
+  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -28,24 +28,33 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   }
 }
 
-// Prefill at D <= 32 is exp-bound: it uses packed 16-bit exponentials unless
-// SQA_CUDA_EXP=f32 asks for the fp32 path (kept for A/B timing and as a fallback).
+// Prefill variants (SQA_CUDA_FWD selects one, for A/B timing in one process):
+//   base: 2 m-tiles per warp, plain softmax, no register cap (the default at D >= 64);
+//   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
+//   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
+//         SM: latency hiding by more resident warps (the default at D <= 32).
 template <typename T, int D>
 void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t stream) {
-  static_assert(fwd_block_m(D, true) == 16 && fwd_block_m(D, false) == 64 * (D <= 64 ? 2 : 1));
+  static_assert(fwd_block_m(D, true) == 16);
   constexpr int kMT = D <= 64 ? 2 : 1;
   constexpr int BN = fwd_block_n(D);
   if (decode) {
     launch_flash_fwd<T, D, 1, 1, BN>(p, stream);
-  } else if constexpr (D <= 32) {
-    if (fwd_packed_exp()) {
-      launch_flash_fwd<T, D, kMT, 4, BN, true>(p, stream);
-    } else {
-      launch_flash_fwd<T, D, kMT, 4, BN, false>(p, stream);
-    }
-  } else {
-    launch_flash_fwd<T, D, kMT, 4, BN>(p, stream);
+    return;
   }
+  if constexpr (D <= 64) {
+    FwdVariant v = fwd_variant();
+    if (v == FwdVariant::automatic) v = D <= 32 ? FwdVariant::occ : FwdVariant::base;
+    if (v == FwdVariant::occ) {
+      launch_flash_fwd<T, D, 1, 4, BN, true, D <= 32 ? 4 : 3>(p, stream);
+      return;
+    }
+    if (v == FwdVariant::ilp) {
+      launch_flash_fwd<T, D, kMT, 4, BN, true>(p, stream);
+      return;
+    }
+  }
+  launch_flash_fwd<T, D, kMT, 4, BN>(p, stream);
 }
 
 template <int D>
