@@ -97,6 +97,17 @@ def mode_info(sqa, _):
     # On x86 with AVX2 or AVX-512 the core must not be OpenBLAS's slow generic guess.
     if " avx2" in out or "avx512f" in out:
         check("core Prescott" not in out, f"OpenBLAS still on Prescott:\n{out}")
+    config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "paper",
+                          "dense-sqa.json")
+    if os.path.exists(config):
+        rc, out, err = run(sqa, ["info", "--config", config])
+        check(rc == 0, f"sqa info --config exited {rc}: {err}")
+        lines = [l for l in out.splitlines() if l.startswith("parameters:")]
+        check(len(lines) == 1 and int(lines[0].split()[1].replace(",", "")) > 0,
+              f"sqa info --config prints no parameter count:\n{out}")
+        check("H_q=8 H_kv=4" in out, f"dense-sqa layers should be H_q=8 H_kv=4:\n{out}")
+    rc, out, err = run(sqa, ["info", "--config", "/nonexistent/config.json"])
+    check(rc != 0 and "/nonexistent/config.json" in err, f"info --config missing: {err}")
     rc, out, err = run(sqa, ["info", "--bogus"])
     check(rc != 0 and "unknown option --bogus" in err, f"info --bogus: rc {rc}, stderr {err}")
 

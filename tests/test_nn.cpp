@@ -80,8 +80,8 @@ TEST(NnGrad, RmsNorm) {
     };
     loss();
     Vec dx(rows * dim, 0.0), dw(dim, 0.0);
-    sqa::nn::rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(),
-                              rows, dim);
+    sqa::nn::rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(), rows,
+                              dim);
     EXPECT_LT(fd_error(x, dx, loss), kTol);
     EXPECT_LT(fd_error(w, dw, loss), kTol);
   }

@@ -51,10 +51,12 @@ std::vector<float> random_floats(std::mt19937_64& rng, size_t n) {
 
 TEST(SafeTensors, RoundTripEveryDType) {
   std::mt19937_64 rng(21);
-  const std::vector<TensorDType> dtypes = {
-      TensorDType::f64, TensorDType::f32, TensorDType::f16, TensorDType::bf16, TensorDType::i64,
-      TensorDType::i32, TensorDType::i16, TensorDType::i8,  TensorDType::u8,   TensorDType::boolean};
-  const std::vector<std::vector<int64_t>> shapes = {{}, {0}, {1}, {7}, {3, 5}, {2, 0, 4}, {2, 3, 4}};
+  const std::vector<TensorDType> dtypes = {TensorDType::f64,    TensorDType::f32, TensorDType::f16,
+                                           TensorDType::bf16,   TensorDType::i64, TensorDType::i32,
+                                           TensorDType::i16,    TensorDType::i8,  TensorDType::u8,
+                                           TensorDType::boolean};
+  const std::vector<std::vector<int64_t>> shapes = {{},     {0},       {1},      {7},
+                                                    {3, 5}, {2, 0, 4}, {2, 3, 4}};
   SafeTensorsWriter writer;
   std::map<std::string, std::string> expected_bytes;
   std::map<std::string, std::pair<TensorDType, std::vector<int64_t>>> expected_meta;
@@ -63,8 +65,8 @@ TEST(SafeTensors, RoundTripEveryDType) {
     for (const auto& shape : shapes) {
       int64_t numel = 1;
       for (int64_t d : shape) numel *= d;
-      std::string bytes = test::random_bytes(rng, static_cast<size_t>(numel) *
-                                                      static_cast<size_t>(tensor_dtype_size(dtype)));
+      std::string bytes = test::random_bytes(
+          rng, static_cast<size_t>(numel) * static_cast<size_t>(tensor_dtype_size(dtype)));
       if (dtype == TensorDType::boolean)
         for (char& c : bytes) c = static_cast<char>(c & 1);
       const std::string name = "layers." + std::to_string(index++) + ".w";
@@ -94,7 +96,8 @@ TEST(SafeTensors, RoundTripEveryDType) {
   // Writing what we read gives the same bytes (tensor order and header are stable).
   SafeTensorsWriter again;
   for (const auto& [k, v] : file.metadata()) again.set_metadata(k, v);
-  for (const TensorView& view : file.tensors()) again.add(view.name, view.dtype, view.shape, view.data, view.nbytes);
+  for (const TensorView& view : file.tensors())
+    again.add(view.name, view.dtype, view.shape, view.data, view.nbytes);
   EXPECT_EQ(again.serialize(), serialized);
 }
 
@@ -117,7 +120,8 @@ TEST(SafeTensors, FloatConversionsOnWriteAndRead) {
   for (size_t i = 0; i < values.size(); ++i) {
     EXPECT_EQ(bf[i], bf16_to_float(float_to_bf16(values[i])));
     EXPECT_LE(std::abs(bf[i] - values[i]), std::abs(values[i]) * (1.0f / 256)) << i;
-    EXPECT_LE(std::abs(half[i] - values[i]), std::max(std::abs(values[i]) * (1.0f / 2048), 6e-8f)) << i;
+    EXPECT_LE(std::abs(half[i] - values[i]), std::max(std::abs(values[i]) * (1.0f / 2048), 6e-8f))
+        << i;
   }
   EXPECT_EQ(file.at("ints").to_i64(), ints);
   expect_error([&] { (void)file.at("ints").to_f32(); }, {"ints", "I64", "float"});
@@ -139,7 +143,8 @@ TEST(SafeTensors, HalfPrecisionExact) {
   }
   // Sorted positive finite halves for the nearest-value check.
   std::vector<double> grid;
-  for (uint32_t bits = 0; bits < 0x7c00; ++bits) grid.push_back(f16_to_float(static_cast<uint16_t>(bits)));
+  for (uint32_t bits = 0; bits < 0x7c00; ++bits)
+    grid.push_back(f16_to_float(static_cast<uint16_t>(bits)));
   std::mt19937_64 rng(23);
   const int samples = test::small_scale() ? 20000 : 200000;
   for (int i = 0; i < samples; ++i) {
@@ -193,7 +198,8 @@ TEST(SafeTensors, EveryTruncationIsAnError) {
   writer.set_metadata("format", "pt");
   const std::string bytes = writer.serialize();
   for (size_t length = 0; length < bytes.size(); ++length) {
-    const std::string message = error_of([&] { SafeTensorsFile::parse(bytes.substr(0, length), "cut.st"); });
+    const std::string message =
+        error_of([&] { SafeTensorsFile::parse(bytes.substr(0, length), "cut.st"); });
     ASSERT_FALSE(message.empty()) << "prefix of " << length << " bytes was accepted";
     EXPECT_NE(message.find("cut.st"), std::string::npos) << message;
   }
@@ -273,20 +279,22 @@ TEST(SafeTensors, CorruptHeadersGiveSpecificErrors) {
   std::memcpy(huge.data(), &giant, 8);
   expect_error([&] { SafeTensorsFile::parse(huge + "{}", "giant.st"); }, {"exceeds the limit"});
   // Offsets given out of order in the JSON are fine; tensors come back in offset order.
-  const SafeTensorsFile reordered = SafeTensorsFile::parse(make_file(
-      R"({"late":{"dtype":"U8","shape":[8],"data_offsets":[8,16]},)"
-      R"("early":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
-      data));
+  const SafeTensorsFile reordered = SafeTensorsFile::parse(
+      make_file(R"({"late":{"dtype":"U8","shape":[8],"data_offsets":[8,16]},)"
+                R"("early":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})",
+                data));
   EXPECT_EQ(reordered.names(), (std::vector<std::string>{"early", "late"}));
 }
 
 TEST(SafeTensors, WriterRejectsBadInput) {
   SafeTensorsWriter writer;
   const float x[4] = {1, 2, 3, 4};
-  expect_error([&] { writer.add("w", TensorDType::f32, {3}, x, sizeof(x)); }, {"'w'", "[3]", "12 bytes", "16"});
+  expect_error([&] { writer.add("w", TensorDType::f32, {3}, x, sizeof(x)); },
+               {"'w'", "[3]", "12 bytes", "16"});
   writer.add("w", TensorDType::f32, {4}, x, sizeof(x));
   expect_error([&] { writer.add("w", TensorDType::f32, {4}, x, sizeof(x)); }, {"'w'", "twice"});
-  expect_error([&] { writer.add("__metadata__", TensorDType::f32, {4}, x, sizeof(x)); }, {"reserved"});
+  expect_error([&] { writer.add("__metadata__", TensorDType::f32, {4}, x, sizeof(x)); },
+               {"reserved"});
   expect_error([&] { writer.add_f32("i", {4}, x, TensorDType::i32); }, {"'i'", "I32"});
   EXPECT_EQ(parse_tensor_dtype("BF16"), TensorDType::bf16);
   expect_error([] { parse_tensor_dtype("bf16"); }, {"bf16", "BF16"});

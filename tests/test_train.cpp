@@ -27,8 +27,8 @@ bool small_scale() {
 }
 
 std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() /
-                     ("sqa_test_train_" + std::to_string(::getpid()) + "_" + name);
+  const fs::path p =
+      fs::temp_directory_path() / ("sqa_test_train_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();
@@ -168,7 +168,8 @@ TEST(Trainer, GradientAccumulationMatchesLargerBatch) {
   EXPECT_NEAR(ra.grad_norm, rb.grad_norm, 1e-4 * rb.grad_norm);
   double diff = 0;
   for (size_t i = 0; i < ta.model().weights().size(); ++i) {
-    diff = std::max(diff, static_cast<double>(std::abs(ta.model().weights()[i] - tb.model().weights()[i])));
+    diff = std::max(
+        diff, static_cast<double>(std::abs(ta.model().weights()[i] - tb.model().weights()[i])));
   }
   EXPECT_LT(diff, 1e-4);
 }
@@ -203,9 +204,29 @@ void run_resume_check(const std::string& extra) {
   fs::remove_all(dir);
 }
 
-TEST(Checkpoint, ResumeIsBitIdentical) { run_resume_check(""); }
+TEST(Checkpoint, ResumeIsBitIdentical) {
+  run_resume_check("");
+}
 TEST(Checkpoint, ResumeIsBitIdenticalMoe) {
   run_resume_check(R"("num_experts": 4, "moe_intermediate_size": 16)");
+}
+
+// Two identical runs at a context long enough for several attention key blocks per thread give
+// bitwise identical weights (no reduction whose order depends on thread timing).
+TEST(Trainer, RunsAreBitReproducible) {
+  const sqa::ModelConfig mc = small_model(R"("max_position_embeddings": 512)");
+  auto loader = [] {
+    sqa::BatchOptions o;
+    o.batch_size = 2;
+    o.context = 320;
+    o.eos_id = 0;
+    o.seed = 5;
+    return sqa::BatchLoader(make_corpus(32, 200, 3), o);
+  };
+  sqa::Trainer a(mc, train_config(3), loader()), b(mc, train_config(3), loader());
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(a.step().loss, b.step().loss);
+  EXPECT_EQ(0, std::memcmp(a.model().weights().data(), b.model().weights().data(),
+                           a.model().weights().size() * sizeof(float)));
 }
 
 TEST(Checkpoint, CorruptOrTruncatedFailsClearlyAndChangesNothing) {

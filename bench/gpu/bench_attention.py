@@ -111,6 +111,7 @@ def ceilings() -> dict:
 
 # ---- one config -------------------------------------------------------------------------------
 
+VARIANTS = ("base", "ilp", "occ")
 PEERS = {"fa2": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
@@ -153,7 +154,7 @@ def run_config(lib, cfg: dict, ceil: dict, quick: bool) -> dict:
         row["ours_pct_peak"] = 100 * row["ours_tflops"] / ceil["bf16_matmul_tflops"]
         if d <= 64 and not cfg.get("decode"):
             # A/B in the same process: every prefill variant (flash_fwd_launch.cuh).
-            for variant in ("base", "ilp", "occ"):
+            for variant in VARIANTS:
                 os.environ["SQA_CUDA_FWD"] = variant
                 try:
                     t = median_time(ours, warm, rep)
@@ -254,6 +255,14 @@ def run_config(lib, cfg: dict, ceil: dict, quick: bool) -> dict:
     if cfg.get("decode"):
         kv_bytes = 2 * k.numel() * k.element_size()
         row["kv_bytes"] = kv_bytes
+        # Split-KV sweep: CTAs per SM that the split count aims for (default 8).
+        for per_sm in (4, 16, 32):
+            os.environ["SQA_CUDA_DECODE_CTAS_PER_SM"] = str(per_sm)
+            try:
+                t = median_time(ours, warm, rep)
+            finally:
+                del os.environ["SQA_CUDA_DECODE_CTAS_PER_SM"]
+            row[f"ours_TBps_{per_sm}_per_sm"] = kv_bytes / t / 1e12
         if "ours_ms" in row:
             row["ours_TBps"] = kv_bytes / (row["ours_ms"] / 1e3) / 1e12
             row["ours_pct_copy_bw"] = 100 * row["ours_TBps"] / ceil["copy_TBps"]
@@ -277,6 +286,9 @@ def configs(quick: bool) -> list:
         c.append(dict(group=group, name=name, hq=hq, hkv=hkv, d=d, nq=n, nk=nk or n,
                       causal=causal, batch=batch, target=target, decode=decode, bwd=bwd))
 
+    # Decode first: the memory-bound kernel is the one most sensitive to a warm, throttled card.
+    add("F decode N_q=1 N_k=128k B16 d64", "sqa", 8, 4, 64, 1, False, ">= 70% copy BW",
+        nk=131072, batch=16, decode=True)
     n200 = 50_000 if quick else 200_000
     for name, hq, hkv in [("mha", 16, 16), ("xsqa", 4, 4)]:
         add("A d16 N200k non-causal", name, hq, hkv, 16, n200, False, "2.0x peer")
@@ -295,8 +307,6 @@ def configs(quick: bool) -> list:
     for name, hq, hkv in [("rsqa", 4, 8), ("ssqa-equiv", 8, 8)]:
         add("E rSQA vs H_kv query heads d64 N32k causal", name, hq, hkv, 64, 32768, True,
             "rSQA time <= equivalent", bwd=True)
-    add("F decode N_q=1 N_k=128k B16 d64", "sqa", 8, 4, 64, 1, False, ">= 70% copy BW",
-        nk=131072, batch=16, decode=True)
     return c
 
 
@@ -382,7 +392,7 @@ def markdown(meta: dict, rows: list) -> str:
             f"| {r['group']} | {r['name']} | {r['hq']}/{r['hkv']} | {r['d']} | {r['nq']}/{r['nk']} | "
             f"{fmt(r.get('ours_ms'), '.3f')} | {fmt(r.get('ours_tflops'))} | "
             f"{fmt(r.get('ours_pct_peak'))} | "
-            f"{'/'.join(fmt(r.get(f'ours_{v}_tflops'), '.0f') for v in ('base', 'ilp', 'occ'))} | "
+            f"{'/'.join(fmt(r.get(f'ours_{v}_tflops'), '.0f') for v in VARIANTS)} | "
             f"{fmt(r.get('fa2_tflops'))} | "
             f"{fmt(r.get('cudnn_tflops'))} | {fmt(r.get('speedup_vs_best_peer'), '.2f')}x | "
             f"{fmt(r.get('rel_err_vs_peer'), '.1e')} | {r.get('verdict', '')} |")

@@ -80,5 +80,7 @@ fi
 echo "== benchmark vs SDPA"
 PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-400} python3 bench/gpu/bench_attention.py --lib "$lib" --out "$out" $quick \
   ${only:+--only "$only"} >"$out/bench.log" 2>&1 || status=1
+# Clocks and throttle reasons after the heavy runs (a throttled card explains slow rows).
+nvidia-smi -q -d PERFORMANCE,CLOCK >>"$out/env.txt" 2>&1
 tail -60 "$out/bench.log"
 exit $status

@@ -106,8 +106,8 @@ struct BatchOptions {
   int batch_size = 8;
   int context = 128;  // tokens per row; each window holds context + 1 tokens
   BatchMode mode = BatchMode::pack;
-  int32_t eos_id = -1;    // required for pack mode and when append_eos
-  int32_t pad_id = -1;    // required for pad mode
+  int32_t eos_id = -1;     // required for pack mode and when append_eos
+  int32_t pad_id = -1;     // required for pad mode
   bool append_eos = true;  // EOS after each document
   // Paper-faithful: pad targets count in loss and accuracy (mask 1). Default: mask 0.
   bool count_pad_in_loss = false;
@@ -120,9 +120,9 @@ struct BatchOptions {
 struct Batch {
   int batch_size = 0;  // rows actually filled (eval_batch's last batch may be short)
   int context = 0;
-  std::vector<int32_t> inputs;   // (batch_size, context)
-  std::vector<int32_t> targets;  // (batch_size, context)
-  std::vector<float> loss_mask;  // (batch_size, context), 1 = counted
+  std::vector<int32_t> inputs;    // (batch_size, context)
+  std::vector<int32_t> targets;   // (batch_size, context)
+  std::vector<float> loss_mask;   // (batch_size, context), 1 = counted
   double counted_tokens() const;  // sum of loss_mask
 };
 
@@ -132,9 +132,9 @@ struct Batch {
 struct LoaderState {
   uint64_t seed = 0;
   uint64_t epoch = 0;
-  uint64_t position = 0;     // windows already handed out in this epoch
-  uint64_t rng_state = 0;    // the generator seed of this epoch's permutation
-  uint64_t num_windows = 0;  // checked on restore
+  uint64_t position = 0;            // windows already handed out in this epoch
+  uint64_t rng_state = 0;           // the generator seed of this epoch's permutation
+  uint64_t num_windows = 0;         // checked on restore
   uint64_t corpus_fingerprint = 0;  // checked on restore
   std::string to_json() const;
   static LoaderState from_json(const std::string& text);  // throws naming the field
@@ -169,7 +169,7 @@ class BatchLoader {
 
   TokenCorpus corpus_;
   BatchOptions options_;
-  std::vector<int32_t> stream_;       // pack mode: documents joined with EOS
+  std::vector<int32_t> stream_;         // pack mode: documents joined with EOS
   std::vector<int64_t> doc_of_window_;  // pad mode: non-empty documents
   int64_t num_windows_ = 0;
   uint64_t fingerprint_ = 0;

@@ -46,12 +46,12 @@ struct LayerConfig {
 struct ModelConfig {
   bool causal = true;  // "architecture": "decoder" (causal) or "encoder" (bidirectional)
   int vocab_size = 0;
-  int d_model = 0;              // hidden_size
-  int num_layers = 0;           // num_hidden_layers
-  int num_baseline_heads = 0;   // num_attention_heads: H of the comparable MHA
-  int head_dim = 0;             // d_head; default d_model / H
-  int ff_dim = 0;               // intermediate_size (dense FFN)
-  int max_seq_len = 0;          // max_position_embeddings
+  int d_model = 0;                  // hidden_size
+  int num_layers = 0;               // num_hidden_layers
+  int num_baseline_heads = 0;       // num_attention_heads: H of the comparable MHA
+  int head_dim = 0;                 // d_head; default d_model / H
+  int ff_dim = 0;                   // intermediate_size (dense FFN)
+  int max_seq_len = 0;              // max_position_embeddings
   std::vector<LayerConfig> layers;  // one per layer
   Activation activation = Activation::swiglu;
   double rope_theta = 10000.0;
@@ -62,13 +62,13 @@ struct ModelConfig {
   bool lm_head_bias = true;
   // MoE FFN (num_experts > 0): router linear without bias, softmax, top-k, renormalise.
   int num_experts = 0;
-  int top_k = 2;             // num_experts_per_tok
-  int expert_ff_dim = 0;     // moe_intermediate_size
+  int top_k = 2;          // num_experts_per_tok
+  int expert_ff_dim = 0;  // moe_intermediate_size
   AuxLoss aux_loss = AuxLoss::paper;
   double aux_loss_coef = 0.01;
   Init init = Init::pytorch;
-  double init_std = 0.02;    // initializer_range, for Init::normal
-  std::string name;          // free text, e.g. "dense-sqa"
+  double init_std = 0.02;  // initializer_range, for Init::normal
+  std::string name;        // free text, e.g. "dense-sqa"
 
   bool is_moe() const { return num_experts > 0; }
   // Throws sqa::Error naming the field, the value and the rule.
@@ -107,10 +107,10 @@ double training_flops(const ModelConfig& config, int64_t batch, int64_t seqlen);
 double forward_flops(const ModelConfig& config, int64_t batch, int64_t seqlen);
 
 struct LossStats {
-  double loss = 0;        // mean cross-entropy over counted tokens
-  double aux_loss = 0;    // MoE aux loss (summed over layers)
-  double tokens = 0;      // counted (mask-weighted) tokens
-  double correct = 0;     // next-token top-1 hits among counted tokens
+  double loss = 0;      // mean cross-entropy over counted tokens
+  double aux_loss = 0;  // MoE aux loss (summed over layers)
+  double tokens = 0;    // counted (mask-weighted) tokens
+  double correct = 0;   // next-token top-1 hits among counted tokens
 };
 
 // The CPU model in precision Real (float for training, double for gradient checks).
@@ -141,10 +141,16 @@ class Model {
   LossStats forward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
                     int64_t batch, int64_t seqlen, bool training, uint64_t dropout_seed = 0,
                     double loss_scale = 1.0);
-  // Accumulates d(loss_scale * (loss + aux_loss)) / d(weights) into grads().
+  // Accumulates d(loss_scale * (loss + aux_loss)) / d(weights) into grads(). Needs a forward
+  // with targets and training = true (for gradients without dropout, set ffn_dropout to 0).
   void backward();
   // Logits of the last forward, (batch*seqlen, vocab).
   const Real* logits() const;
+
+  // Bit-reproducible backward (default on): exact resume needs it. Off lets the CPU attention
+  // backward use every thread, at the price of run-to-run differences in the last bits.
+  void set_deterministic(bool on) { deterministic_ = on; }
+  bool deterministic() const { return deterministic_; }
 
   // KV-cache decoding: start a sequence, then feed tokens; returns the logits of the last
   // token fed (vocab). Positions continue from the cache length.
@@ -157,6 +163,7 @@ class Model {
   std::vector<ParamSpec> params_;
   std::vector<Real> weights_, grads_;
   std::unique_ptr<State> state_;
+  bool deterministic_ = true;
 };
 
 extern template class Model<float>;

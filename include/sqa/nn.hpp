@@ -72,8 +72,7 @@ struct CrossEntropyResult {
 };
 template <typename Real>
 CrossEntropyResult cross_entropy(Real* dlogits, const Real* logits, const int32_t* targets,
-                                 const float* mask, int64_t rows, int64_t vocab,
-                                 double grad_scale);
+                                 const float* mask, int64_t rows, int64_t vocab, double grad_scale);
 
 // 64-bit mixing hash (splitmix64 finaliser), used for counter-based randomness.
 uint64_t mix64(uint64_t x);

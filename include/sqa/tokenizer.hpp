@@ -60,9 +60,9 @@ class Tokenizer {
   // Throws sqa::Error for ids outside [0, vocab_size).
   std::string decode(std::span<const int32_t> ids) const;
 
-  int vocab_size() const;             // highest id + 1
+  int vocab_size() const;  // highest id + 1
   int num_merges() const;
-  std::string id_to_token(int32_t id) const;  // the vocab string (byte-level characters)
+  std::string id_to_token(int32_t id) const;          // the vocab string (byte-level characters)
   int32_t token_to_id(std::string_view token) const;  // -1 when absent
   bool is_special(int32_t id) const;
   // Conventional specials, -1 when absent: eos "<|endoftext|>" | "</s>" | "<eos>";

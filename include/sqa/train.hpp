@@ -39,13 +39,15 @@ struct OptimizerConfig {
 //   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 class AdamW {
  public:
-  explicit AdamW(int64_t num_params = 0) : m_(static_cast<size_t>(num_params), 0.0f),
-                                           v_(m_.size(), 0.0f) {}
+  explicit AdamW(int64_t num_params = 0)
+      : m_(static_cast<size_t>(num_params), 0.0f), v_(m_.size(), 0.0f) {}
   void step(float* weights, const float* grads, double lr, const OptimizerConfig& config);
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }
   std::vector<float>& exp_avg() { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }
+  const std::vector<float>& exp_avg() const { return m_; }
+  const std::vector<float>& exp_avg_sq() const { return v_; }
 
  private:
   std::vector<float> m_, v_;

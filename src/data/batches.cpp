@@ -103,8 +103,9 @@ BatchLoader::BatchLoader(TokenCorpus corpus, const BatchOptions& options)
     require(num_windows_ > 0, "the corpus has ", stream_.size(),
             " tokens (with EOS), fewer than one window of context + 1 = ", window);
   } else {
-    require(options_.pad_id >= 0, "pad-to-length mode needs a pad token id (pad_id = ",
-            options_.pad_id, "; the tokenizer has no <pad>?)");
+    require(options_.pad_id >= 0,
+            "pad-to-length mode needs a pad token id (pad_id = ", options_.pad_id,
+            "; the tokenizer has no <pad>?)");
     for (int64_t d = 0; d < corpus_.num_docs(); ++d)
       if (!corpus_.doc(d).empty()) doc_of_window_.push_back(d);
     num_windows_ = static_cast<int64_t>(doc_of_window_.size());
@@ -152,8 +153,8 @@ void BatchLoader::fill_window(int64_t window, int row, Batch& out) const {
   // Pad mode: the document (+ EOS), truncated to context + 1 tokens, then padding. A target is
   // padding by its position, so a pad id equal to EOS is still handled correctly.
   const auto ids = corpus_.doc(doc_of_window_[static_cast<size_t>(window)]);
-  const int64_t real = std::min<int64_t>(static_cast<int64_t>(ids.size()) + (options_.append_eos ? 1 : 0),
-                                         int64_t{context} + 1);
+  const int64_t real = std::min<int64_t>(
+      static_cast<int64_t>(ids.size()) + (options_.append_eos ? 1 : 0), int64_t{context} + 1);
   const auto token_at = [&](int64_t p) -> int32_t {
     if (p >= real) return options_.pad_id;
     return p < static_cast<int64_t>(ids.size()) ? ids[static_cast<size_t>(p)] : options_.eos_id;
@@ -173,7 +174,8 @@ Batch BatchLoader::next() {
 }
 
 void BatchLoader::next(Batch& out) {
-  const size_t cells = static_cast<size_t>(options_.batch_size) * static_cast<size_t>(options_.context);
+  const size_t cells =
+      static_cast<size_t>(options_.batch_size) * static_cast<size_t>(options_.context);
   out.batch_size = options_.batch_size;
   out.context = options_.context;
   out.inputs.resize(cells);
@@ -221,20 +223,20 @@ LoaderState BatchLoader::state() const {
 }
 
 void BatchLoader::restore(const LoaderState& state) {
-  require(state.num_windows == static_cast<uint64_t>(num_windows_),
-          "data loader state has ", state.num_windows, " windows but this data gives ",
-          num_windows_, " (different data, context or mode?)");
-  require(state.corpus_fingerprint == fingerprint_,
-          "data loader state fingerprint ", state.corpus_fingerprint,
-          " does not match this data (", fingerprint_, "): different corpus, context or mode");
+  require(state.num_windows == static_cast<uint64_t>(num_windows_), "data loader state has ",
+          state.num_windows, " windows but this data gives ", num_windows_,
+          " (different data, context or mode?)");
+  require(state.corpus_fingerprint == fingerprint_, "data loader state fingerprint ",
+          state.corpus_fingerprint, " does not match this data (", fingerprint_,
+          "): different corpus, context or mode");
   require(state.seed == options_.seed, "data loader state seed ", state.seed,
           " differs from the configured seed ", options_.seed);
   require(state.position <= state.num_windows, "data loader state position ", state.position,
           " is past the ", state.num_windows, " windows of an epoch");
   start_epoch(state.epoch);
   require(state.rng_state == rng_state_, "data loader state rng_state ", state.rng_state,
-          " does not match epoch ", state.epoch, " of seed ", state.seed, " (expected ",
-          rng_state_, ")");
+          " does not match epoch ", state.epoch, " of seed ", state.seed, " (expected ", rng_state_,
+          ")");
   position_ = state.position;
 }
 

@@ -183,8 +183,8 @@ TokenCorpus read_token_shard(const std::string& path) {
   corpus.tokens.resize(num_tokens);
   const size_t data = kShardHeader + 8 * (num_docs + 1);
   for (uint64_t i = 0; i < num_tokens; ++i) {
-    const uint32_t id = width == 2 ? get<uint16_t>(bytes, data + 2 * i)
-                                   : get<uint32_t>(bytes, data + 4 * i);
+    const uint32_t id =
+        width == 2 ? get<uint16_t>(bytes, data + 2 * i) : get<uint32_t>(bytes, data + 4 * i);
     require(id <= static_cast<uint32_t>(std::numeric_limits<int32_t>::max()) &&
                 (vocab_size == 0 || id < vocab_size),
             where, ": token ", i, " has id ", id, ", outside the vocabulary of ", vocab_size);
@@ -205,7 +205,8 @@ TokenCorpus load_corpus(const std::string& path, const Tokenizer& tokenizer,
         files.push_back(entry.path().string());
     }
     std::sort(files.begin(), files.end());
-    const bool all_shards = !files.empty() && std::all_of(files.begin(), files.end(), is_token_shard);
+    const bool all_shards =
+        !files.empty() && std::all_of(files.begin(), files.end(), is_token_shard);
     if (all_shards) {
       TokenCorpus corpus;
       for (const std::string& file : files) {
@@ -243,8 +244,11 @@ CorpusSplit split_corpus(const TokenCorpus& corpus, double train_fraction, doubl
   int64_t train_end = cut_at(train_fraction);
   int64_t val_end = cut_at(train_fraction + val_fraction);
   // Never let snapping empty a side that the raw fractions would fill.
-  if (train_end <= 0) train_end = std::min<int64_t>(total, std::max<int64_t>(1, std::llround(train_fraction * total)));
-  if (val_end <= train_end) val_end = std::min(total, train_end + std::max<int64_t>(1, std::llround(val_fraction * total)));
+  if (train_end <= 0)
+    train_end =
+        std::min<int64_t>(total, std::max<int64_t>(1, std::llround(train_fraction * total)));
+  if (val_end <= train_end)
+    val_end = std::min(total, train_end + std::max<int64_t>(1, std::llround(val_fraction * total)));
   require(train_end > 0 && val_end > train_end, "split of a corpus of ", total,
           " tokens with train_fraction ", train_fraction, " and val_fraction ", val_fraction,
           " leaves an empty side");

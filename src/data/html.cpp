@@ -86,8 +86,8 @@ size_t find_closing(std::string_view html, size_t from, const std::string& name)
 }
 
 bool is_void(const std::string& name) {
-  static const char* const kVoid[] = {"br",   "hr",    "img",   "input", "meta",   "link", "area",
-                                      "base", "col",   "embed", "source", "track", "wbr",  "param"};
+  static const char* const kVoid[] = {"br",   "hr",  "img",   "input",  "meta",  "link", "area",
+                                      "base", "col", "embed", "source", "track", "wbr",  "param"};
   return std::any_of(std::begin(kVoid), std::end(kVoid), [&](const char* v) { return name == v; });
 }
 
@@ -105,7 +105,7 @@ bool has_class(const std::string& classes, std::string_view wanted) {
 
 // Elements whose whole content is not prose: code, navigation chrome, permalink marks.
 bool skipped(const Tag& tag) {
-  static const char* const kNames[] = {"script", "style",    "head",   "nav",  "svg",
+  static const char* const kNames[] = {"script", "style",    "head",     "nav",    "svg",
                                        "form",   "noscript", "template", "button", "select"};
   if (std::any_of(std::begin(kNames), std::end(kNames),
                   [&](const char* n) { return tag.name == n; }))
@@ -117,10 +117,10 @@ bool skipped(const Tag& tag) {
 }
 
 int newlines_for(const std::string& name) {
-  static const char* const kParagraph[] = {"p",  "div",   "h1",      "h2",  "h3",         "h4",
-                                           "h5", "h6",    "pre",     "ul",  "ol",         "dl",
-                                           "table", "section", "article", "blockquote", "main",
-                                           "header", "aside", "figure", "hr", "body"};
+  static const char* const kParagraph[] = {
+      "p",    "div",    "h1",    "h2",     "h3",    "h4",      "h5",      "h6",
+      "pre",  "ul",     "ol",    "dl",     "table", "section", "article", "blockquote",
+      "main", "header", "aside", "figure", "hr",    "body"};
   static const char* const kLine[] = {"br", "li", "tr", "dt", "dd", "caption", "figcaption"};
   const auto match = [&](const char* n) { return name == n; };
   if (std::any_of(std::begin(kParagraph), std::end(kParagraph), match)) return 2;
@@ -152,17 +152,17 @@ size_t decode_entity(std::string_view html, size_t i, std::string& out) {
   static const struct {
     const char* name;
     uint32_t cp;
-  } kNamed[] = {{"amp", '&'},      {"lt", '<'},       {"gt", '>'},       {"quot", '"'},
-                {"apos", '\''},    {"nbsp", ' '},     {"copy", 0xA9},    {"reg", 0xAE},
-                {"trade", 0x2122}, {"mdash", 0x2014}, {"ndash", 0x2013}, {"hellip", 0x2026},
-                {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C}, {"rdquo", 0x201D},
-                {"laquo", 0xAB},   {"raquo", 0xBB},   {"middot", 0xB7},  {"bull", 0x2022},
-                {"deg", 0xB0},     {"plusmn", 0xB1},  {"times", 0xD7},   {"divide", 0xF7},
-                {"sect", 0xA7},    {"para", 0xB6},    {"larr", 0x2190},  {"rarr", 0x2192},
-                {"uarr", 0x2191},  {"darr", 0x2193},  {"harr", 0x2194},  {"le", 0x2264},
-                {"ge", 0x2265},    {"ne", 0x2260},    {"euro", 0x20AC},  {"pound", 0xA3},
-                {"cent", 0xA2},    {"yen", 0xA5},     {"shy", 0xAD},     {"zwj", 0x200D},
-                {"zwnj", 0x200C},  {"thinsp", 0x2009}, {"ensp", 0x2002}, {"emsp", 0x2003}};
+  } kNamed[] = {{"amp", '&'},      {"lt", '<'},        {"gt", '>'},       {"quot", '"'},
+                {"apos", '\''},    {"nbsp", ' '},      {"copy", 0xA9},    {"reg", 0xAE},
+                {"trade", 0x2122}, {"mdash", 0x2014},  {"ndash", 0x2013}, {"hellip", 0x2026},
+                {"lsquo", 0x2018}, {"rsquo", 0x2019},  {"ldquo", 0x201C}, {"rdquo", 0x201D},
+                {"laquo", 0xAB},   {"raquo", 0xBB},    {"middot", 0xB7},  {"bull", 0x2022},
+                {"deg", 0xB0},     {"plusmn", 0xB1},   {"times", 0xD7},   {"divide", 0xF7},
+                {"sect", 0xA7},    {"para", 0xB6},     {"larr", 0x2190},  {"rarr", 0x2192},
+                {"uarr", 0x2191},  {"darr", 0x2193},   {"harr", 0x2194},  {"le", 0x2264},
+                {"ge", 0x2265},    {"ne", 0x2260},     {"euro", 0x20AC},  {"pound", 0xA3},
+                {"cent", 0xA2},    {"yen", 0xA5},      {"shy", 0xAD},     {"zwj", 0x200D},
+                {"zwnj", 0x200C},  {"thinsp", 0x2009}, {"ensp", 0x2002},  {"emsp", 0x2003}};
   const size_t semi = html.find(';', i + 1);
   if (semi == std::string_view::npos || semi - i > 12) {
     out += '&';

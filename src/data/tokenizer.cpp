@@ -248,7 +248,8 @@ struct Tokenizer::Impl {
       byte_id[b] = it == ids.end() ? -1 : it->second;
     }
     added_flag.assign(vocab.size(), 0);
-    for (const Added& token : added) added_flag[static_cast<size_t>(token.id)] = token.special ? 2 : 1;
+    for (const Added& token : added)
+      added_flag[static_cast<size_t>(token.id)] = token.special ? 2 : 1;
     // Longest first, so that "<|a|>b" wins over a shorter "<|a|>" at the same position.
     std::stable_sort(added.begin(), added.end(), [](const Added& x, const Added& y) {
       return x.content.size() > y.content.size();
@@ -396,8 +397,12 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   return out;
 }
 
-int Tokenizer::vocab_size() const { return static_cast<int>(impl_->vocab.size()); }
-int Tokenizer::num_merges() const { return static_cast<int>(impl_->merges.size()); }
+int Tokenizer::vocab_size() const {
+  return static_cast<int>(impl_->vocab.size());
+}
+int Tokenizer::num_merges() const {
+  return static_cast<int>(impl_->merges.size());
+}
 
 std::string Tokenizer::id_to_token(int32_t id) const {
   require(id >= 0 && static_cast<size_t>(id) < impl_->vocab.size(), "token id ", id,
@@ -504,7 +509,9 @@ Tokenizer Tokenizer::train(std::span<const std::string> documents, const BpeTrai
   struct Entry {
     int64_t count;
     uint64_t key;
-    bool operator<(const Entry& o) const { return count != o.count ? count < o.count : key > o.key; }
+    bool operator<(const Entry& o) const {
+      return count != o.count ? count < o.count : key > o.key;
+    }
   };
   std::priority_queue<Entry> heap;
   for (const auto& [key, count] : pair_count) heap.push({count, key});
@@ -526,8 +533,8 @@ Tokenizer Tokenizer::train(std::span<const std::string> documents, const BpeTrai
     const std::string joined =
         impl.vocab[static_cast<size_t>(a)] + impl.vocab[static_cast<size_t>(b)];
     const auto existing = impl.ids.find(joined);
-    const int32_t new_id = existing != impl.ids.end() ? existing->second
-                                                      : static_cast<int32_t>(impl.vocab.size());
+    const int32_t new_id =
+        existing != impl.ids.end() ? existing->second : static_cast<int32_t>(impl.vocab.size());
     if (existing == impl.ids.end()) impl.set_token(new_id, joined);
     impl.merges.emplace_back(a, b);
     ++merge;
@@ -554,7 +561,8 @@ Tokenizer Tokenizer::train(std::span<const std::string> documents, const BpeTrai
         }
       }
       if (!changed) continue;
-      for (size_t i = 0; i + 1 < word.size(); ++i) delta.emplace_back(pair_key(word[i], word[i + 1]), -c);
+      for (size_t i = 0; i + 1 < word.size(); ++i)
+        delta.emplace_back(pair_key(word[i], word[i + 1]), -c);
       for (size_t i = 0; i + 1 < merged.size(); ++i) {
         const uint64_t key = pair_key(merged[i], merged[i + 1]);
         delta.emplace_back(key, c);
@@ -626,9 +634,8 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
               (model["dropout"].is_number() && model["dropout"].get<double>() == 0.0),
           origin, ": model.dropout must be null (BPE dropout is a training-time option)");
 
-  require(!root.contains("normalizer") || root["normalizer"].is_null(), origin,
-          ": normalizer ", root.value("normalizer", json()).dump(),
-          " is not supported (only null)");
+  require(!root.contains("normalizer") || root["normalizer"].is_null(), origin, ": normalizer ",
+          root.value("normalizer", json()).dump(), " is not supported (only null)");
 
   Tokenizer result;
   Impl& impl = *result.impl_;
@@ -636,8 +643,8 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
   const auto read_byte_level = [&](const char* key) {
     if (!root.contains(key) || root[key].is_null()) return;
     const json& part = root[key];
-    require(part.is_object() && part.value("type", std::string()) == "ByteLevel", origin, ": ",
-            key, " ", part.dump(), " is not supported (only ByteLevel or null)");
+    require(part.is_object() && part.value("type", std::string()) == "ByteLevel", origin, ": ", key,
+            " ", part.dump(), " is not supported (only ByteLevel or null)");
     if (std::string(key) == "pre_tokenizer") {
       impl.add_prefix_space = part.value("add_prefix_space", false);
       require(part.value("use_regex", true), origin,
@@ -656,10 +663,11 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
             origin, ": model.vocab['", it.key(), "'] = ", it.value().dump(),
             " must be a non-negative integer id");
     const auto id = it.value().get<int32_t>();
-    require(static_cast<size_t>(id) >= impl.vocab.size() || impl.vocab[static_cast<size_t>(id)].empty(),
-            origin, ": model.vocab id ", id, " is used by both '", it.key(), "' and '",
-            static_cast<size_t>(id) < impl.vocab.size() ? impl.vocab[static_cast<size_t>(id)] : "",
-            "'");
+    require(
+        static_cast<size_t>(id) >= impl.vocab.size() || impl.vocab[static_cast<size_t>(id)].empty(),
+        origin, ": model.vocab id ", id, " is used by both '", it.key(), "' and '",
+        static_cast<size_t>(id) < impl.vocab.size() ? impl.vocab[static_cast<size_t>(id)] : "",
+        "'");
     impl.set_token(id, it.key());
   }
   if (root.contains("added_tokens") && !root["added_tokens"].is_null()) {
@@ -680,8 +688,8 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
       added.rstrip = token.value("rstrip", false);
       added.normalized = token.value("normalized", false);
       const auto existing = impl.ids.find(added.content);
-      require(existing == impl.ids.end() || existing->second == added.id, origin,
-              ": added token '", added.content, "' has id ", added.id, " but the vocab says ",
+      require(existing == impl.ids.end() || existing->second == added.id, origin, ": added token '",
+              added.content, "' has id ", added.id, " but the vocab says ",
               existing == impl.ids.end() ? -1 : existing->second);
       impl.set_token(added.id, added.content);
       impl.added.push_back(added);
@@ -720,7 +728,9 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
   return result;
 }
 
-Tokenizer Tokenizer::load(const std::string& path) { return from_json(read_file(path), path); }
+Tokenizer Tokenizer::load(const std::string& path) {
+  return from_json(read_file(path), path);
+}
 
 std::string Tokenizer::to_json() const {
   using nlohmann::ordered_json;
@@ -774,6 +784,8 @@ std::string Tokenizer::to_json() const {
   return root.dump(2);
 }
 
-void Tokenizer::save(const std::string& path) const { write_file_atomic(path, to_json() + "\n"); }
+void Tokenizer::save(const std::string& path) const {
+  write_file_atomic(path, to_json() + "\n");
+}
 
 }  // namespace sqa

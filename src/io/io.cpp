@@ -16,7 +16,9 @@
 namespace sqa {
 namespace {
 
-std::string errno_text(int code) { return std::strerror(code); }
+std::string errno_text(int code) {
+  return std::strerror(code);
+}
 
 std::string parent_folder(const std::string& path) {
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
@@ -93,8 +95,8 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
     temp_path_ = (target.parent_path() / ("." + target.filename().string() + suffix)).string();
     fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ < 0 && errno != EEXIST) {
-      throw Error(detail::concat("cannot write '", path, "': creating temporary file '",
-                                 temp_path_, "' failed: ", errno_text(errno)));
+      throw Error(detail::concat("cannot write '", path, "': creating temporary file '", temp_path_,
+                                 "' failed: ", errno_text(errno)));
     }
   }
   require(fd_ >= 0, "cannot write '", path, "': no free temporary file name");

@@ -29,9 +29,9 @@ struct DTypeInfo {
   int size;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {TensorDType::f64, "F64", 8}, {TensorDType::f32, "F32", 4},  {TensorDType::f16, "F16", 2},
-    {TensorDType::bf16, "BF16", 2}, {TensorDType::i64, "I64", 8}, {TensorDType::i32, "I32", 4},
-    {TensorDType::i16, "I16", 2}, {TensorDType::i8, "I8", 1},    {TensorDType::u8, "U8", 1},
+    {TensorDType::f64, "F64", 8},      {TensorDType::f32, "F32", 4}, {TensorDType::f16, "F16", 2},
+    {TensorDType::bf16, "BF16", 2},    {TensorDType::i64, "I64", 8}, {TensorDType::i32, "I32", 4},
+    {TensorDType::i16, "I16", 2},      {TensorDType::i8, "I8", 1},   {TensorDType::u8, "U8", 1},
     {TensorDType::boolean, "BOOL", 1},
 };
 
@@ -73,7 +73,9 @@ T load_le(const uint8_t* p) {
 
 }  // namespace
 
-std::string_view tensor_dtype_name(TensorDType dtype) { return info(dtype).name; }
+std::string_view tensor_dtype_name(TensorDType dtype) {
+  return info(dtype).name;
+}
 
 TensorDType parse_tensor_dtype(std::string_view name) {
   for (const DTypeInfo& entry : kDTypes)
@@ -83,28 +85,39 @@ TensorDType parse_tensor_dtype(std::string_view name) {
                              "BOOL"));
 }
 
-int tensor_dtype_size(TensorDType dtype) { return info(dtype).size; }
+int tensor_dtype_size(TensorDType dtype) {
+  return info(dtype).size;
+}
 
 TensorDType to_tensor_dtype(DType dtype) {
   switch (dtype) {
-    case DType::f32: return TensorDType::f32;
-    case DType::bf16: return TensorDType::bf16;
-    case DType::f16: return TensorDType::f16;
-    case DType::f64: return TensorDType::f64;
+    case DType::f32:
+      return TensorDType::f32;
+    case DType::bf16:
+      return TensorDType::bf16;
+    case DType::f16:
+      return TensorDType::f16;
+    case DType::f64:
+      return TensorDType::f64;
   }
   throw Error("invalid DType value");
 }
 
 DType to_dtype(TensorDType dtype) {
   switch (dtype) {
-    case TensorDType::f32: return DType::f32;
-    case TensorDType::bf16: return DType::bf16;
-    case TensorDType::f16: return DType::f16;
-    case TensorDType::f64: return DType::f64;
-    default: break;
+    case TensorDType::f32:
+      return DType::f32;
+    case TensorDType::bf16:
+      return DType::bf16;
+    case TensorDType::f16:
+      return DType::f16;
+    case TensorDType::f64:
+      return DType::f64;
+    default:
+      break;
   }
-  throw Error(detail::concat("safetensors dtype ", tensor_dtype_name(dtype),
-                             " has no floating sqa dtype"));
+  throw Error(
+      detail::concat("safetensors dtype ", tensor_dtype_name(dtype), " has no floating sqa dtype"));
 }
 
 // IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
@@ -136,7 +149,7 @@ uint16_t float_to_f16(float value) {
   const uint32_t wide = std::bit_cast<uint32_t>(value);
   const auto sign = static_cast<uint16_t>((wide >> 16) & 0x8000u);
   const uint32_t abs = wide & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN stays quiet
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN stays quiet
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
   if (abs < 0x38800000u) {
     // Below the smallest normal half (2^-14): subnormal, value / 2^-24 rounded to even.
@@ -190,13 +203,24 @@ std::vector<int64_t> TensorView::to_i64() const {
   std::vector<int64_t> out(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     switch (dtype) {
-      case TensorDType::i64: out[i] = load_le<int64_t>(data + 8 * i); break;
-      case TensorDType::i32: out[i] = load_le<int32_t>(data + 4 * i); break;
-      case TensorDType::i16: out[i] = load_le<int16_t>(data + 2 * i); break;
-      case TensorDType::i8: out[i] = static_cast<int8_t>(data[i]); break;
+      case TensorDType::i64:
+        out[i] = load_le<int64_t>(data + 8 * i);
+        break;
+      case TensorDType::i32:
+        out[i] = load_le<int32_t>(data + 4 * i);
+        break;
+      case TensorDType::i16:
+        out[i] = load_le<int16_t>(data + 2 * i);
+        break;
+      case TensorDType::i8:
+        out[i] = static_cast<int8_t>(data[i]);
+        break;
       case TensorDType::u8:
-      case TensorDType::boolean: out[i] = data[i]; break;
-      default: break;
+      case TensorDType::boolean:
+        out[i] = data[i];
+        break;
+      default:
+        break;
     }
   }
   return out;
@@ -223,8 +247,7 @@ SafeTensorsFile SafeTensorsFile::parse(std::string bytes, const std::string& ori
   // Duplicate tensor names are legal JSON but ambiguous; catch them while parsing.
   std::set<std::string> seen;
   std::string duplicate;
-  const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event,
-                                               json& parsed) {
+  const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
     if (depth == 1 && event == json::parse_event_t::key && parsed.is_string()) {
       if (!seen.insert(parsed.get<std::string>()).second && duplicate.empty())
         duplicate = parsed.get<std::string>();
@@ -266,8 +289,7 @@ SafeTensorsFile SafeTensorsFile::parse(std::string bytes, const std::string& ori
     require(entry.is_object(), tensor, ": entry must be an object, got ", entry.dump());
     for (auto field = entry.begin(); field != entry.end(); ++field) {
       require(field.key() == "dtype" || field.key() == "shape" || field.key() == "data_offsets",
-              tensor, ": unknown field '", field.key(),
-              "' (allowed: dtype, shape, data_offsets)");
+              tensor, ": unknown field '", field.key(), "' (allowed: dtype, shape, data_offsets)");
     }
     require(entry.contains("dtype") && entry["dtype"].is_string(), tensor,
             ": 'dtype' must be a string");
@@ -281,8 +303,7 @@ SafeTensorsFile SafeTensorsFile::parse(std::string bytes, const std::string& ori
     require(entry.contains("shape") && entry["shape"].is_array(), tensor,
             ": 'shape' must be an array of non-negative integers");
     for (const json& dim : entry["shape"]) {
-      require(dim.is_number_unsigned() ||
-                  (dim.is_number_integer() && dim.get<int64_t>() >= 0),
+      require(dim.is_number_unsigned() || (dim.is_number_integer() && dim.get<int64_t>() >= 0),
               tensor, ": shape entry ", dim.dump(), " must be a non-negative integer");
       require(dim.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
               tensor, ": shape entry ", dim.dump(), " is too large");
@@ -292,24 +313,22 @@ SafeTensorsFile SafeTensorsFile::parse(std::string bytes, const std::string& ori
                 entry["data_offsets"].size() == 2,
             tensor, ": 'data_offsets' must be an array [begin, end]");
     for (const json& offset : entry["data_offsets"]) {
-      require(offset.is_number_unsigned() ||
-                  (offset.is_number_integer() && offset.get<int64_t>() >= 0),
-              tensor, ": data offset ", offset.dump(), " must be a non-negative integer");
+      require(
+          offset.is_number_unsigned() || (offset.is_number_integer() && offset.get<int64_t>() >= 0),
+          tensor, ": data offset ", offset.dump(), " must be a non-negative integer");
     }
     const auto begin = entry["data_offsets"][0].get<uint64_t>();
     const auto end = entry["data_offsets"][1].get<uint64_t>();
-    require(begin <= end, tensor, ": data_offsets [", begin, ", ", end,
-            "] must have begin <= end");
+    require(begin <= end, tensor, ": data_offsets [", begin, ", ", end, "] must have begin <= end");
     require(end <= data_size, tensor, ": data_offsets end ", end,
             " is past the end of the data block (", data_size, " bytes; truncated file?)");
     uint64_t numel = 0;
-    require(checked_numel(view.shape, numel) &&
-                numel <= std::numeric_limits<uint64_t>::max() / 8,
+    require(checked_numel(view.shape, numel) && numel <= std::numeric_limits<uint64_t>::max() / 8,
             tensor, ": shape ", shape_text(view.shape), " overflows");
     const uint64_t expected = numel * static_cast<uint64_t>(tensor_dtype_size(view.dtype));
     require(expected == end - begin, tensor, ": shape ", shape_text(view.shape), " of ",
-            tensor_dtype_name(view.dtype), " needs ", expected, " bytes but data_offsets [",
-            begin, ", ", end, "] span ", end - begin);
+            tensor_dtype_name(view.dtype), " needs ", expected, " bytes but data_offsets [", begin,
+            ", ", end, "] span ", end - begin);
     view.nbytes = static_cast<size_t>(end - begin);
     spans.push_back({begin, end, file.tensors_.size()});
     file.tensors_.push_back(std::move(view));
@@ -352,7 +371,9 @@ std::vector<std::string> SafeTensorsFile::names() const {
   return out;
 }
 
-bool SafeTensorsFile::contains(const std::string& name) const { return index_.count(name) != 0; }
+bool SafeTensorsFile::contains(const std::string& name) const {
+  return index_.count(name) != 0;
+}
 
 const TensorView& SafeTensorsFile::at(const std::string& name) const {
   const auto it = index_.find(name);
@@ -383,12 +404,11 @@ void SafeTensorsWriter::add(const std::string& name, TensorDType dtype,
   for (const Entry& entry : entries_)
     require(entry.name != name, "safetensors tensor '", name, "' is added twice");
   uint64_t numel = 0;
-  require(checked_numel(shape, numel), "safetensors tensor '", name, "': shape ",
-          shape_text(shape), " must have non-negative entries without overflow");
-  require(numel * static_cast<uint64_t>(tensor_dtype_size(dtype)) == nbytes,
-          "safetensors tensor '", name, "': shape ", shape_text(shape), " of ",
-          tensor_dtype_name(dtype), " needs ", numel * tensor_dtype_size(dtype),
-          " bytes, got ", nbytes);
+  require(checked_numel(shape, numel), "safetensors tensor '", name, "': shape ", shape_text(shape),
+          " must have non-negative entries without overflow");
+  require(numel * static_cast<uint64_t>(tensor_dtype_size(dtype)) == nbytes, "safetensors tensor '",
+          name, "': shape ", shape_text(shape), " of ", tensor_dtype_name(dtype), " needs ",
+          numel * tensor_dtype_size(dtype), " bytes, got ", nbytes);
   Entry entry{name, dtype, shape, std::string(static_cast<const char*>(data), nbytes)};
   entries_.push_back(std::move(entry));
 }
@@ -402,7 +422,9 @@ void SafeTensorsWriter::add_f32(const std::string& name, const std::vector<int64
   char* out = bytes.data();
   for (size_t i = 0; i < n; ++i) {
     switch (dtype) {
-      case TensorDType::f32: std::memcpy(out + 4 * i, &values[i], 4); break;
+      case TensorDType::f32:
+        std::memcpy(out + 4 * i, &values[i], 4);
+        break;
       case TensorDType::bf16: {
         const uint16_t bits = float_to_bf16(values[i]).bits;
         std::memcpy(out + 2 * i, &bits, 2);
@@ -418,7 +440,8 @@ void SafeTensorsWriter::add_f32(const std::string& name, const std::vector<int64
         std::memcpy(out + 8 * i, &wide, 8);
         break;
       }
-      default: break;
+      default:
+        break;
     }
   }
   add(name, dtype, shape, bytes.data(), bytes.size());
@@ -470,6 +493,8 @@ std::string SafeTensorsWriter::serialize() const {
   return out;
 }
 
-void SafeTensorsWriter::save(const std::string& path) const { write_file_atomic(path, serialize()); }
+void SafeTensorsWriter::save(const std::string& path) const {
+  write_file_atomic(path, serialize());
+}
 
 }  // namespace sqa

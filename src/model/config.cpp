@@ -13,12 +13,17 @@ namespace {
 
 using json = nlohmann::json;
 
-const char* activation_name(Activation a) { return a == Activation::gelu ? "gelu" : "swiglu"; }
+const char* activation_name(Activation a) {
+  return a == Activation::gelu ? "gelu" : "swiglu";
+}
 const char* aux_loss_name(AuxLoss a) {
   switch (a) {
-    case AuxLoss::none: return "none";
-    case AuxLoss::paper: return "paper";
-    case AuxLoss::switch_: return "switch";
+    case AuxLoss::none:
+      return "none";
+    case AuxLoss::paper:
+      return "paper";
+    case AuxLoss::switch_:
+      return "switch";
   }
   return "?";
 }
@@ -26,8 +31,7 @@ const char* aux_loss_name(AuxLoss a) {
 // Reads an integer field, naming the field and the origin on a type error.
 int get_int(const json& j, const std::string& key, const std::string& origin) {
   const json& v = j.at(key);
-  require(v.is_number_integer(), origin, ": field '", key, "' (", v.dump(),
-          ") must be an integer");
+  require(v.is_number_integer(), origin, ": field '", key, "' (", v.dump(), ") must be an integer");
   const auto x = v.get<int64_t>();
   require(x >= -1 && x <= (int64_t{1} << 30), origin, ": field '", key, "' (", x,
           ") is out of range [-1, 2^30]");
@@ -77,14 +81,36 @@ LayerConfig parse_layer(const json& j, const LayerConfig& base, int baseline_hea
   return layer;
 }
 
-const std::set<std::string> kKnownKeys = {
-    "model_type", "name", "architecture", "vocab_size", "hidden_size", "num_hidden_layers",
-    "num_attention_heads", "head_dim", "attention_variant", "num_query_heads",
-    "num_key_value_heads", "sliding_window", "layer_types", "intermediate_size", "hidden_act",
-    "max_position_embeddings", "rope_theta", "rms_norm_eps", "ffn_dropout", "final_norm",
-    "tie_word_embeddings", "lm_head_bias", "num_experts", "num_experts_per_tok",
-    "moe_intermediate_size", "router_aux_loss", "router_aux_loss_coef", "initializer",
-    "initializer_range", "parameter_count"};
+const std::set<std::string> kKnownKeys = {"model_type",
+                                          "name",
+                                          "architecture",
+                                          "vocab_size",
+                                          "hidden_size",
+                                          "num_hidden_layers",
+                                          "num_attention_heads",
+                                          "head_dim",
+                                          "attention_variant",
+                                          "num_query_heads",
+                                          "num_key_value_heads",
+                                          "sliding_window",
+                                          "layer_types",
+                                          "intermediate_size",
+                                          "hidden_act",
+                                          "max_position_embeddings",
+                                          "rope_theta",
+                                          "rms_norm_eps",
+                                          "ffn_dropout",
+                                          "final_norm",
+                                          "tie_word_embeddings",
+                                          "lm_head_bias",
+                                          "num_experts",
+                                          "num_experts_per_tok",
+                                          "moe_intermediate_size",
+                                          "router_aux_loss",
+                                          "router_aux_loss_coef",
+                                          "initializer",
+                                          "initializer_range",
+                                          "parameter_count"};
 const std::set<std::string> kLayerKeys = {"attention_variant", "num_query_heads",
                                           "num_key_value_heads", "sliding_window"};
 
@@ -136,8 +162,7 @@ void ModelConfig::validate() const {
   }
   require(rope_theta > 0, "rope_theta (", rope_theta, ") must be > 0");
   require(norm_eps > 0, "rms_norm_eps (", norm_eps, ") must be > 0");
-  require(ffn_dropout >= 0 && ffn_dropout < 1, "ffn_dropout (", ffn_dropout,
-          ") must be in [0, 1)");
+  require(ffn_dropout >= 0 && ffn_dropout < 1, "ffn_dropout (", ffn_dropout, ") must be in [0, 1)");
   require(init_std > 0, "initializer_range (", init_std, ") must be > 0");
   if (is_moe()) {
     require(top_k >= 1 && top_k <= num_experts, "num_experts_per_tok (", top_k,
@@ -373,8 +398,8 @@ int64_t count_active_parameters(const ModelConfig& c) {
     n += p.numel();
   }
   if (c.is_moe()) {
-    const int64_t fc1_out = c.activation == Activation::swiglu ? 2 * c.expert_ff_dim
-                                                               : c.expert_ff_dim;
+    const int64_t fc1_out =
+        c.activation == Activation::swiglu ? 2 * c.expert_ff_dim : c.expert_ff_dim;
     const int64_t expert = fc1_out * (c.d_model + 1) + c.d_model * c.expert_ff_dim + c.d_model;
     n += static_cast<int64_t>(c.num_layers) * c.top_k * expert;
   }

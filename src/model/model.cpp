@@ -11,6 +11,10 @@
 //           literally);
 //   switch: E * sum_e f_e * P_e, f_e = |{t chose e}| / BT (sums to top_k, as HF's
 //           load_balancing_loss_func), P_e = mean_t p_te.
+#include "sqa/model.hpp"
+
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -18,7 +22,6 @@
 
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
-#include "sqa/model.hpp"
 #include "sqa/nn.hpp"
 
 namespace sqa {
@@ -160,14 +163,16 @@ void Model<Real>::init_weights(uint64_t seed) {
     const int64_t n = p.numel();
     // Counter-based: element i of parameter p depends only on (seed, name, i).
     uint64_t name_hash = 1469598103934665603ULL;
-    for (char c : p.name) name_hash = (name_hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+    for (char c : p.name)
+      name_hash = (name_hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
     const uint64_t pseed = nn::mix64(seed ^ name_hash);
     auto uniform = [&](int64_t i, uint64_t stream) {
       const uint64_t r = nn::mix64(pseed ^ nn::mix64(static_cast<uint64_t>(i) * 2 + stream));
       return (static_cast<double>(r >> 11) + 0.5) * 0x1.0p-53;  // (0, 1)
     };
     auto normal = [&](int64_t i) {  // Box-Muller
-      return std::sqrt(-2.0 * std::log(uniform(i, 0))) * std::cos(6.283185307179586 * uniform(i, 1));
+      return std::sqrt(-2.0 * std::log(uniform(i, 0))) *
+             std::cos(6.283185307179586 * uniform(i, 1));
     };
     const bool is_norm = p.name.find("norm.weight") != std::string::npos;
     const bool is_bias = p.name.size() > 5 && p.name.compare(p.name.size() - 5, 5, ".bias") == 0;
@@ -255,8 +260,8 @@ void ffn_backward(const ModelConfig& c, const Real* W, Real* G, const FfnOffsets
 
 // MoE forward over `rows` tokens of xn (rows, d) into out (rows, d). Returns the aux loss.
 template <typename Real>
-double moe_forward(const ModelConfig& c, const Real* W, const LayerOffsets& lo,
-                   LayerActs<Real>& a, const Real* xn, Real* out, int64_t rows) {
+double moe_forward(const ModelConfig& c, const Real* W, const LayerOffsets& lo, LayerActs<Real>& a,
+                   const Real* xn, Real* out, int64_t rows) {
   const int64_t d = c.d_model, E = c.num_experts, K = c.top_k;
   resize(a.probs, rows * E);
   resize(a.gate_w, rows * K);
@@ -402,14 +407,14 @@ void moe_backward(const ModelConfig& c, const Real* W, Real* G, const LayerOffse
       dlogit[static_cast<size_t>(t * E + e)] = p[e] * (dp[static_cast<size_t>(e)] - pdp);
     }
   }
-  nn::linear_backward<Real>(dxn, G + lo.router, nullptr, dlogit.data(), xn, W + lo.router, rows,
-                            d, E, true);
+  nn::linear_backward<Real>(dxn, G + lo.router, nullptr, dlogit.data(), xn, W + lo.router, rows, d,
+                            E, true);
 }
 
 template <typename Real>
 AttentionParams attention_params(const ModelConfig& c, int layer, int64_t batch, int64_t nq,
-                                 int64_t nk, const Real* q, const Real* k, const Real* v,
-                                 Real* out, float* lse) {
+                                 int64_t nk, const Real* q, const Real* k, const Real* v, Real* out,
+                                 float* lse) {
   AttentionParams p;
   p.spec = c.attention_spec(layer);
   p.dtype = dtype_of<Real>();
@@ -434,12 +439,45 @@ void run_attention(const AttentionParams& p) {
     cpu::attention_forward(p);
   }
 }
+// Exact resume needs a bit-reproducible backward. The fast CPU backward sums per-thread dQ
+// partials whose split follows a dynamic schedule, so with several threads dQ can differ in the
+// last bit from run to run. Deterministic mode therefore hands whole sequences to threads
+// (static schedule): each sequence's backward runs on one thread (the kernel's own parallel
+// region is nested, hence serial), and its result depends on nothing else.
 template <typename Real>
-void run_attention_backward(const AttentionBackwardParams& g) {
+void run_attention_backward(AttentionBackwardParams& g, bool deterministic) {
+  g.deterministic = deterministic;
   if constexpr (sizeof(Real) == 8) {
     cpu::attention_backward_reference(g);
   } else {
-    cpu::attention_backward(g);
+    if (!deterministic) {
+      cpu::attention_backward(g);
+      return;
+    }
+    const AttentionParams& f = g.forward;
+    const int64_t heads = f.spec.heads.num_attention_heads();
+    auto at = [](const void* base, int64_t offset) {
+      return static_cast<const void*>(static_cast<const float*>(base) + offset);
+    };
+    auto at_mut = [](void* base, int64_t offset) {
+      return static_cast<void*>(static_cast<float*>(base) + offset);
+    };
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < f.batch; ++b) {
+      AttentionBackwardParams one = g;
+      AttentionParams& o = one.forward;
+      o.batch = 1;
+      o.q = at(f.q, b * f.q_strides.batch);
+      o.k = at(f.k, b * f.k_strides.batch);
+      o.v = at(f.v, b * f.v_strides.batch);
+      o.out = at_mut(f.out, b * f.out_strides.batch);
+      o.lse = f.lse + b * heads * f.seqlen_q;
+      one.dout = at(g.dout, b * g.dout_strides.batch);
+      one.dq = at_mut(g.dq, b * g.dq_strides.batch);
+      one.dk = at_mut(g.dk, b * g.dk_strides.batch);
+      one.dv = at_mut(g.dv, b * g.dv_strides.batch);
+      cpu::attention_backward(one);
+    }
   }
 }
 
@@ -454,8 +492,8 @@ LossStats Model<Real>::forward(const int32_t* tokens, const int32_t* targets,
   const ModelConfig& c = config_;
   State& s = *state_;
   require(B >= 1 && T >= 1, "batch (", B, ") and seqlen (", T, ") must be at least 1");
-  require(T <= c.max_seq_len, "seqlen (", T, ") exceeds max_position_embeddings (",
-          c.max_seq_len, ")");
+  require(T <= c.max_seq_len, "seqlen (", T, ") exceeds max_position_embeddings (", c.max_seq_len,
+          ")");
   const int64_t BT = B * T, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
   for (int64_t i = 0; i < BT; ++i) {
     require(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " at position ", i,
@@ -477,7 +515,7 @@ LossStats Model<Real>::forward(const int32_t* tokens, const int32_t* targets,
   s.xs.resize(static_cast<size_t>(c.num_layers + 1));
   s.acts.resize(static_cast<size_t>(c.num_layers));
   for (auto& x : s.xs) resize(x, BT * d);
-  // (BT, d) embedding lookup.
+    // (BT, d) embedding lookup.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < BT; ++i) {
     const Real* row = W + s.embed + static_cast<int64_t>(tokens[i]) * d;
@@ -541,10 +579,11 @@ LossStats Model<Real>::forward(const int32_t* tokens, const int32_t* targets,
     double weight = 0;
     for (int64_t i = 0; i < BT; ++i) weight += loss_mask ? loss_mask[i] : 1.0;
     s.ce_weight = weight;
-    resize(s.dlogits, BT * V);
+    // The gradient of the loss is only needed for a training step (evaluation skips it).
+    if (training) resize(s.dlogits, BT * V);
     const nn::CrossEntropyResult ce =
-        nn::cross_entropy(s.dlogits.data(), s.logits.data(), targets, loss_mask, BT, V,
-                          weight > 0 ? loss_scale / weight : 0.0);
+        nn::cross_entropy(training ? s.dlogits.data() : nullptr, s.logits.data(), targets,
+                          loss_mask, BT, V, weight > 0 ? loss_scale / weight : 0.0);
     stats.loss = weight > 0 ? ce.loss_sum / weight : 0.0;
     stats.tokens = ce.weight_sum;
     stats.correct = ce.correct;
@@ -556,7 +595,8 @@ template <typename Real>
 void Model<Real>::backward() {
   const ModelConfig& c = config_;
   State& s = *state_;
-  require(s.has_targets && s.B > 0, "backward() needs a forward() with targets first");
+  require(s.has_targets && s.training && s.B > 0,
+          "backward() needs a forward() with targets and training = true first");
   const int64_t B = s.B, T = s.T, BT = B * T, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
   const Real* W = weights_.data();
   Real* G = grads_.data();
@@ -592,12 +632,12 @@ void Model<Real>::backward() {
       moe_backward(c, W, G, lo, a, a.xn2.data(), s.dtmp.data(), s.dn.data(), BT, s.loss_scale,
                    s.dff_y, s.dq, s.dff_a, s.dff_h);
     } else {
-      ffn_backward(c, W, G, lo.ffn, a.dense, a.xn2.data(), s.dtmp.data(), s.dn.data(), BT,
-                   c.ff_dim, s.dff_a, s.dff_h);
+      ffn_backward(c, W, G, lo.ffn, a.dense, a.xn2.data(), s.dtmp.data(), s.dn.data(), BT, c.ff_dim,
+                   s.dff_a, s.dff_h);
     }
     // dx becomes d x_mid: the residual plus the norm's input gradient.
-    nn::rmsnorm_backward(s.dx.data(), G + lo.ffn_norm, s.dn.data(), a.x_mid.data(),
-                         W + lo.ffn_norm, a.rstd2.data(), BT, d);
+    nn::rmsnorm_backward(s.dx.data(), G + lo.ffn_norm, s.dn.data(), a.x_mid.data(), W + lo.ffn_norm,
+                         a.rstd2.data(), BT, d);
     // Attention branch: x_mid = x + o_proj(att).
     resize(s.datt, BT * ha * dh);
     nn::linear_backward(s.datt.data(), G + lo.o_w, G + lo.o_b, s.dx.data(), a.att.data(),
@@ -613,18 +653,18 @@ void Model<Real>::backward() {
     g.dk = s.dk.data();
     g.dv = s.dv.data();
     g.set_contiguous_strides();
-    run_attention_backward<Real>(g);
+    run_attention_backward<Real>(g, deterministic_);
     nn::rope_apply(s.dq.data(), B, T, hq, dh, c.rope_theta, 0, true);
     nn::rope_apply(s.dk.data(), B, T, hkv, dh, c.rope_theta, 0, true);
-    nn::linear_backward<Real>(s.dn.data(), G + lo.q, nullptr, s.dq.data(), a.xn1.data(),
-                              W + lo.q, BT, d, hq * dh, false);
-    nn::linear_backward<Real>(s.dn.data(), G + lo.k, nullptr, s.dk.data(), a.xn1.data(),
-                              W + lo.k, BT, d, hkv * dh, true);
-    nn::linear_backward<Real>(s.dn.data(), G + lo.v, nullptr, s.dv.data(), a.xn1.data(),
-                              W + lo.v, BT, d, hkv * dh, true);
+    nn::linear_backward<Real>(s.dn.data(), G + lo.q, nullptr, s.dq.data(), a.xn1.data(), W + lo.q,
+                              BT, d, hq * dh, false);
+    nn::linear_backward<Real>(s.dn.data(), G + lo.k, nullptr, s.dk.data(), a.xn1.data(), W + lo.k,
+                              BT, d, hkv * dh, true);
+    nn::linear_backward<Real>(s.dn.data(), G + lo.v, nullptr, s.dv.data(), a.xn1.data(), W + lo.v,
+                              BT, d, hkv * dh, true);
     nn::rmsnorm_backward(s.dx.data(), G + lo.attn_norm, s.dn.data(),
-                         s.xs[static_cast<size_t>(l)].data(), W + lo.attn_norm, a.rstd1.data(),
-                         BT, d);
+                         s.xs[static_cast<size_t>(l)].data(), W + lo.attn_norm, a.rstd1.data(), BT,
+                         d);
   }
   // Embedding: scatter-add rows; threaded over columns so each sum runs in token order.
   Real* dE = G + s.embed;
@@ -662,8 +702,8 @@ const Real* Model<Real>::decode_step(const int32_t* tokens, int64_t n) {
   const ModelConfig& c = config_;
   State& s = *state_;
   require(s.cache_max > 0, "decode_step() needs decode_reset() first");
-  require(n >= 1 && s.cache_len + n <= s.cache_max, "decoding ", n, " tokens after ",
-          s.cache_len, " would exceed the cache length (", s.cache_max, ")");
+  require(n >= 1 && s.cache_len + n <= s.cache_max, "decoding ", n, " tokens after ", s.cache_len,
+          " would exceed the cache length (", s.cache_max, ")");
   const int64_t d = c.d_model, dh = c.head_dim, V = c.vocab_size, pos = s.cache_len;
   const int64_t nk = pos + n;
   const Real* W = weights_.data();
@@ -692,17 +732,16 @@ const Real* Model<Real>::decode_step(const int32_t* tokens, int64_t n) {
                         c.norm_eps);
     nn::linear_forward<Real>(a.q.data(), a.xn1.data(), W + lo.q, nullptr, n, d, hq * dh);
     // New keys and values go straight into the cache rows [pos, pos + n).
-    nn::linear_forward<Real>(kc + pos * hkv * dh, a.xn1.data(), W + lo.k, nullptr, n, d,
-                             hkv * dh);
-    nn::linear_forward<Real>(vc + pos * hkv * dh, a.xn1.data(), W + lo.v, nullptr, n, d,
-                             hkv * dh);
+    nn::linear_forward<Real>(kc + pos * hkv * dh, a.xn1.data(), W + lo.k, nullptr, n, d, hkv * dh);
+    nn::linear_forward<Real>(vc + pos * hkv * dh, a.xn1.data(), W + lo.v, nullptr, n, d, hkv * dh);
     nn::rope_apply(a.q.data(), 1, n, hq, dh, c.rope_theta, pos, false);
     nn::rope_apply(kc + pos * hkv * dh, 1, n, hkv, dh, c.rope_theta, pos, false);
     // Bottom-right aligned mask (spec.hpp): the n new queries are the last n positions.
     run_attention<Real>(
         attention_params<Real>(c, l, 1, n, nk, a.q.data(), kc, vc, a.att.data(), nullptr));
     nn::linear_forward(s.dec_tmp.data(), a.att.data(), W + lo.o_w, W + lo.o_b, n, ha * dh, d);
-    for (int64_t i = 0; i < n * d; ++i) s.dec_x[static_cast<size_t>(i)] += s.dec_tmp[static_cast<size_t>(i)];
+    for (int64_t i = 0; i < n * d; ++i)
+      s.dec_x[static_cast<size_t>(i)] += s.dec_tmp[static_cast<size_t>(i)];
     nn::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), s.dec_x.data(), W + lo.ffn_norm, n, d,
                         c.norm_eps);
     if (c.is_moe()) {
@@ -711,7 +750,8 @@ const Real* Model<Real>::decode_step(const int32_t* tokens, int64_t n) {
       ffn_forward(c, W, lo.ffn, a.dense, a.xn2.data(), n, c.ff_dim);
       std::copy(a.dense.y.begin(), a.dense.y.end(), s.dec_tmp.begin());
     }
-    for (int64_t i = 0; i < n * d; ++i) s.dec_x[static_cast<size_t>(i)] += s.dec_tmp[static_cast<size_t>(i)];
+    for (int64_t i = 0; i < n * d; ++i)
+      s.dec_x[static_cast<size_t>(i)] += s.dec_tmp[static_cast<size_t>(i)];
   }
   s.cache_len += n;
   // Only the last token's logits are needed.

@@ -42,11 +42,9 @@ void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, 
 // each product over the OpenMP threads itself: every thread owns a block of rows (or columns)
 // of C. The split depends only on the thread count, so results are reproducible.
 void single_threaded_blas() {
-  static const bool done = [] {
-    openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)done;
+  // Checked on every product (a cheap getter) so that a caller may raise the count for its own
+  // measurement (e.g. the trainer's closing sgemm ceiling) in between.
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
 }  // namespace
@@ -85,10 +83,36 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, Real alpha, const R
   }
 }
 
-template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*,
-                          const float*, float, float*);
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, const float*,
+                          float, float*);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                            const double*, double, double*);
+
+// out[c] += sum_r a[r, c] (* b[r, c] * scale[r] when b is given): the bias and norm-weight
+// gradients. Threads own blocks of columns and walk the rows in order, so the summation order
+// is fixed (reproducible) and the reads are contiguous.
+template <typename Real>
+void column_sums_add(Real* out, const Real* a, const Real* b, const Real* scale, int64_t rows,
+                     int64_t cols) {
+  constexpr int64_t kBlock = 64;
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kBlock, c1 = std::min(cols, c0 + kBlock);
+    Real acc[kBlock] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      const Real* ar = a + r * cols;
+      if (b) {
+        const Real* br = b + r * cols;
+        const Real sr = scale[r];
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += ar[c] * br[c] * sr;
+      } else {
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += ar[c];
+      }
+    }
+    for (int64_t c = c0; c < c1; ++c) out[c] += acc[c - c0];
+  }
+}
 
 template <typename Real>
 void linear_forward(Real* out, const Real* in, const Real* weight, const Real* bias, int64_t rows,
@@ -109,14 +133,7 @@ void linear_backward(Real* din, Real* dweight, Real* dbias, const Real* dout, co
   if (rows == 0) return;
   // dW (out, in) += dout^T (out, rows) . in (rows, in)
   gemm<Real>(true, false, out_dim, in_dim, rows, Real(1), dout, in, Real(1), dweight);
-  if (dbias) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < out_dim; ++o) {
-      Real s = 0;
-      for (int64_t r = 0; r < rows; ++r) s += dout[r * out_dim + o];
-      dbias[o] += s;
-    }
-  }
+  if (dbias) column_sums_add<Real>(dbias, dout, nullptr, nullptr, rows, out_dim);
   // din (rows, in) = dout (rows, out) . W (out, in)
   if (din) {
     gemm<Real>(false, false, rows, in_dim, out_dim, Real(1), dout, weight,
@@ -155,13 +172,7 @@ void rmsnorm_backward(Real* din, Real* dweight, const Real* dout, const Real* in
     const Real c = s * s * s * dot / static_cast<Real>(dim);
     for (int64_t i = 0; i < dim; ++i) dx[i] += s * weight[i] * dy[i] - c * x[i];
   }
-  // Weight gradient: column sums, threaded over columns so the sum order is fixed.
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < dim; ++i) {
-    Real s = 0;
-    for (int64_t r = 0; r < rows; ++r) s += dout[r * dim + i] * in[r * dim + i] * rstd[r];
-    dweight[i] += s;
-  }
+  column_sums_add(dweight, dout, in, rstd, rows, dim);
 }
 
 template <typename Real>
@@ -289,22 +300,23 @@ CrossEntropyResult cross_entropy(Real* dlogits, const Real* logits, const int32_
         argmax = i;
       }
     }
+    // One exp per logit, in Real (expf for float): kept in dz when the gradient is wanted and
+    // rescaled in place, so the softmax is computed once.
+    Real* e = dlogits ? dlogits + r * vocab : nullptr;
     double sum = 0;
-    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(z[i] - zmax));
+    for (int64_t i = 0; i < vocab; ++i) {
+      const Real x = std::exp(z[i] - zmax);
+      if (e) e[i] = x;
+      sum += static_cast<double>(x);
+    }
     const double lse = static_cast<double>(zmax) + std::log(sum);
     row_loss[static_cast<size_t>(r)] = lse - static_cast<double>(z[target]);
     row_hit[static_cast<size_t>(r)] = argmax == target ? 1 : 0;
-    if (dlogits) {
-      Real* dz = dlogits + r * vocab;
+    if (e) {
       const double g = grad_scale * w;
-      if (g == 0.0) {
-        std::fill(dz, dz + vocab, Real(0));
-        continue;
-      }
-      for (int64_t i = 0; i < vocab; ++i) {
-        dz[i] = static_cast<Real>(g * std::exp(static_cast<double>(z[i]) - lse));
-      }
-      dz[target] -= static_cast<Real>(g);
+      const Real k = static_cast<Real>(g / sum);
+      for (int64_t i = 0; i < vocab; ++i) e[i] *= k;
+      e[target] -= static_cast<Real>(g);
     }
   }
   CrossEntropyResult result;
@@ -318,23 +330,23 @@ CrossEntropyResult cross_entropy(Real* dlogits, const Real* logits, const int32_
   return result;
 }
 
-#define SQA_NN_INSTANTIATE(Real)                                                                \
-  template void linear_forward<Real>(Real*, const Real*, const Real*, const Real*, int64_t,     \
-                                     int64_t, int64_t);                                        \
-  template void linear_backward<Real>(Real*, Real*, Real*, const Real*, const Real*,            \
-                                      const Real*, int64_t, int64_t, int64_t, bool);            \
-  template void rmsnorm_forward<Real>(Real*, Real*, const Real*, const Real*, int64_t, int64_t, \
-                                      double);                                                  \
-  template void rmsnorm_backward<Real>(Real*, Real*, const Real*, const Real*, const Real*,     \
-                                       const Real*, int64_t, int64_t);                          \
-  template void rope_apply<Real>(Real*, int64_t, int64_t, int64_t, int64_t, double, int64_t,    \
-                                 bool);                                                         \
-  template void swiglu_forward<Real>(Real*, const Real*, int64_t, int64_t);                     \
-  template void swiglu_backward<Real>(Real*, const Real*, const Real*, int64_t, int64_t);       \
-  template void gelu_forward<Real>(Real*, const Real*, int64_t);                                \
-  template void gelu_backward<Real>(Real*, const Real*, const Real*, int64_t);                  \
-  template void dropout_apply<Real>(Real*, int64_t, double, uint64_t);                          \
-  template CrossEntropyResult cross_entropy<Real>(Real*, const Real*, const int32_t*,           \
+#define SQA_NN_INSTANTIATE(Real)                                                                  \
+  template void linear_forward<Real>(Real*, const Real*, const Real*, const Real*, int64_t,       \
+                                     int64_t, int64_t);                                           \
+  template void linear_backward<Real>(Real*, Real*, Real*, const Real*, const Real*, const Real*, \
+                                      int64_t, int64_t, int64_t, bool);                           \
+  template void rmsnorm_forward<Real>(Real*, Real*, const Real*, const Real*, int64_t, int64_t,   \
+                                      double);                                                    \
+  template void rmsnorm_backward<Real>(Real*, Real*, const Real*, const Real*, const Real*,       \
+                                       const Real*, int64_t, int64_t);                            \
+  template void rope_apply<Real>(Real*, int64_t, int64_t, int64_t, int64_t, double, int64_t,      \
+                                 bool);                                                           \
+  template void swiglu_forward<Real>(Real*, const Real*, int64_t, int64_t);                       \
+  template void swiglu_backward<Real>(Real*, const Real*, const Real*, int64_t, int64_t);         \
+  template void gelu_forward<Real>(Real*, const Real*, int64_t);                                  \
+  template void gelu_backward<Real>(Real*, const Real*, const Real*, int64_t);                    \
+  template void dropout_apply<Real>(Real*, int64_t, double, uint64_t);                            \
+  template CrossEntropyResult cross_entropy<Real>(Real*, const Real*, const int32_t*,             \
                                                   const float*, int64_t, int64_t, double);
 
 SQA_NN_INSTANTIATE(float)

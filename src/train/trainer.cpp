@@ -3,8 +3,8 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "sqa/error.hpp"
@@ -37,7 +37,8 @@ std::span<const float> view(const std::vector<float>& v, const ParamSpec& p) {
 
 // Per-step dropout seed: a pure function of the run seed, the step and the micro-batch.
 uint64_t dropout_seed(uint64_t seed, int64_t step, int micro) {
-  return nn::mix64(seed ^ nn::mix64(static_cast<uint64_t>(step) * 4096 + static_cast<uint64_t>(micro)));
+  return nn::mix64(seed ^
+                   nn::mix64(static_cast<uint64_t>(step) * 4096 + static_cast<uint64_t>(micro)));
 }
 
 }  // namespace
@@ -88,15 +89,18 @@ Schedule parse_schedule(const std::string& name) {
   if (name == "warmup-cosine") return Schedule::warmup_cosine;
   if (name == "cosine") return Schedule::cosine;
   if (name == "constant") return Schedule::constant;
-  throw Error(detail::concat("unknown schedule '", name,
-                             "': expected warmup-cosine, cosine or constant"));
+  throw Error(
+      detail::concat("unknown schedule '", name, "': expected warmup-cosine, cosine or constant"));
 }
 
 const char* schedule_name(Schedule s) {
   switch (s) {
-    case Schedule::warmup_cosine: return "warmup-cosine";
-    case Schedule::cosine: return "cosine";
-    case Schedule::constant: return "constant";
+    case Schedule::warmup_cosine:
+      return "warmup-cosine";
+    case Schedule::cosine:
+      return "cosine";
+    case Schedule::constant:
+      return "constant";
   }
   return "?";
 }
@@ -150,9 +154,10 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& config,
   require(loader_.options().context <= model_config_.max_seq_len, "context (",
           loader_.options().context, ") exceeds max_position_embeddings (",
           model_config_.max_seq_len, ")");
-  require(loader_.corpus().vocab_size <= 0 || loader_.corpus().vocab_size <= model_config_.vocab_size,
-          "the data's vocabulary (", loader_.corpus().vocab_size,
-          ") is larger than the model's vocab_size (", model_config_.vocab_size, ")");
+  require(
+      loader_.corpus().vocab_size <= 0 || loader_.corpus().vocab_size <= model_config_.vocab_size,
+      "the data's vocabulary (", loader_.corpus().vocab_size,
+      ") is larger than the model's vocab_size (", model_config_.vocab_size, ")");
   model_ = std::make_unique<Model<float>>(model_config_);
   model_->init_weights(config_.seed);
   optimizer_ = AdamW(static_cast<int64_t>(model_->weights().size()));
@@ -169,10 +174,9 @@ StepResult Trainer::step() {
   const double scale = 1.0 / config_.grad_accum;
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
     loader_.next(batch_);
-    const LossStats s =
-        m.forward(batch_.inputs.data(), batch_.targets.data(), batch_.loss_mask.data(),
-                  batch_.batch_size, batch_.context, true, dropout_seed(config_.seed, step, micro),
-                  scale);
+    const LossStats s = m.forward(batch_.inputs.data(), batch_.targets.data(),
+                                  batch_.loss_mask.data(), batch_.batch_size, batch_.context, true,
+                                  dropout_seed(config_.seed, step, micro), scale);
     m.backward();
     r.loss += s.loss * scale;
     r.aux_loss += s.aux_loss * scale;
@@ -191,7 +195,7 @@ void Trainer::save_checkpoint(const std::string& dir) const {
   const Model<float>& m = *model_;
   SafeTensorsWriter all;
   for (const ParamSpec& p : m.params()) all.add_f32(p.name, p.shape, view(m.weights(), p));
-  auto& opt = const_cast<AdamW&>(optimizer_);
+  const AdamW& opt = optimizer_;
   for (const ParamSpec& p : m.params()) {
     all.add_f32("optimizer.exp_avg." + p.name, p.shape, view(opt.exp_avg(), p));
     all.add_f32("optimizer.exp_avg_sq." + p.name, p.shape, view(opt.exp_avg_sq(), p));

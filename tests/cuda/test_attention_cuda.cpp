@@ -21,7 +21,8 @@ namespace sqa {
 namespace {
 
 void cuda_ok(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+  if (status != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
 }
 
 // Elements spanned by a (batch, row, head, d) view: the furthest element + 1.
@@ -36,7 +37,8 @@ class DeviceBuffer {
   DeviceBuffer(const void* host, int64_t bytes) : bytes_(std::max<int64_t>(bytes, 16)) {
     cuda_ok(cudaMalloc(&ptr_, static_cast<size_t>(bytes_)), "cudaMalloc");
     if (host != nullptr && bytes > 0) {
-      cuda_ok(cudaMemcpy(ptr_, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+      cuda_ok(cudaMemcpy(ptr_, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice),
+              "cudaMemcpy H2D");
     }
     copy_bytes_ = bytes;
   }
@@ -46,7 +48,8 @@ class DeviceBuffer {
   void* get() const { return ptr_; }
   void copy_back(void* host) const {
     if (copy_bytes_ > 0) {
-      cuda_ok(cudaMemcpy(host, ptr_, static_cast<size_t>(copy_bytes_), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+      cuda_ok(cudaMemcpy(host, ptr_, static_cast<size_t>(copy_bytes_), cudaMemcpyDeviceToHost),
+              "cudaMemcpy D2H");
     }
   }
 
@@ -68,7 +71,8 @@ void cuda_forward_via_host(const AttentionParams& host) {
   const int ha = spec.heads.num_attention_heads();
   const int64_t lse_count = varlen ? ha * rows_q : host.batch * ha * host.seqlen_q;
 
-  DeviceBuffer q(host.q, extent(host.q_strides, batch, rows_q, spec.heads.num_query_heads, d) * esize);
+  DeviceBuffer q(host.q,
+                 extent(host.q_strides, batch, rows_q, spec.heads.num_query_heads, d) * esize);
   DeviceBuffer k(host.k, extent(host.k_strides, batch, rows_k, spec.heads.num_kv_heads, d) * esize);
   DeviceBuffer v(host.v, extent(host.v_strides, batch, rows_k, spec.heads.num_kv_heads, d) * esize);
   // The output's host copy is NaN-poisoned: sending it down keeps padding poisoned as well.
@@ -152,7 +156,9 @@ void cuda_backward_via_host(const AttentionBackwardParams& host) {
   dv.copy_back(host.dv);
 }
 
-bool gpu_present() { return cuda::available(); }
+bool gpu_present() {
+  return cuda::available();
+}
 
 #define SKIP_WITHOUT_GPU() \
   if (!gpu_present()) GTEST_SKIP() << "no CUDA device present"
@@ -165,7 +171,9 @@ testing::CaseLimits cuda_limits() {
   return limits;
 }
 
-int sweep_size() { return testing::small_scale() ? 24 : 240; }
+int sweep_size() {
+  return testing::small_scale() ? 24 : 240;
+}
 
 void expect_forward_ok(const testing::HarnessCase& c) {
   const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
@@ -382,7 +390,8 @@ TEST(CudaValidation, RejectsUnsupportedHeadDim) {
 }
 
 TEST(CudaValidation, RejectsUnsupportedDtype) {
-  expect_error([] { cuda::attention_forward(dummy_params(64, DType::f32)); }, {"f32", "bf16 or f16"});
+  expect_error([] { cuda::attention_forward(dummy_params(64, DType::f32)); },
+               {"f32", "bf16 or f16"});
 }
 
 TEST(CudaValidation, RejectsMisalignedStrides) {

@@ -479,7 +479,10 @@ int bench_attention(const Args& args) {
   // Second measurements after the kernels: each ceiling is the better of its two, so a noisy
   // start cannot flatter the percentages.
   c.sgemm_end = measure_sgemm(o.sgemm_size, 3);
-  if (show_decode) c.memcpy_end = measure_memcpy(static_cast<size_t>(o.memcpy_mib) << 20, 5);
+  if (show_decode) {
+    settle();
+    c.memcpy_end = measure_memcpy(static_cast<size_t>(o.memcpy_mib) << 20, 5);
+  }
   for (Row& r : rows) finish_row(r, c, rows);
   char memcpy_end[32] = "not measured";
   if (show_decode) std::snprintf(memcpy_end, sizeof(memcpy_end), "%.1f", c.memcpy_end.gbps);

@@ -2,8 +2,10 @@
 // bug report can be tied to a build, a CPU, a SIMD path and a BLAS kernel family.
 #include <omp.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "core/build_info.hpp"
@@ -13,6 +15,7 @@
 #include "sqa/attention.hpp"
 #include "sqa/commands.hpp"
 #include "sqa/error.hpp"
+#include "sqa/model.hpp"
 
 namespace sqa::cli {
 
@@ -22,9 +25,43 @@ const char* on_off(bool on) {
   return on ? "on" : "off";
 }
 
-void print_config_summary(const std::string& path) {
-  // Hook for the model configs: the parameter count comes from the model library once it lands.
-  std::printf("config:     %s: model configs not built yet\n", path.c_str());
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+// `--config FILE`: the model the config describes and its parameter count, from the model
+// library (the same count the trainer and the checkpoints use).
+void print_config_summary(const std::string& path, const ModelConfig& c) {
+  std::printf("config:     %s%s%s\n", path.c_str(), c.name.empty() ? "" : ": ", c.name.c_str());
+  std::printf(
+      "            %s, %d layers, d_model %d, H %d, head_dim %d, vocab %d, max_seq_len %d\n",
+      c.causal ? "decoder" : "encoder", c.num_layers, c.d_model, c.num_baseline_heads, c.head_dim,
+      c.vocab_size, c.max_seq_len);
+  for (int i = 0; i < c.num_layers; ++i) {
+    const AttentionSpec spec = c.attention_spec(i);
+    std::printf("            layer %d attention: %s\n", i, spec.to_string().c_str());
+    // Layers usually share one layout; print the first, then only those that differ.
+    int same = 0;
+    while (i + 1 + same < c.num_layers &&
+           c.attention_spec(i + 1 + same).to_string() == spec.to_string()) {
+      ++same;
+    }
+    if (same > 0) std::printf("            layers %d-%d: same\n", i + 1, i + same);
+    i += same;
+  }
+  if (c.is_moe()) {
+    std::printf("            MoE: %d experts, top-%d, expert ff %d\n", c.num_experts, c.top_k,
+                c.expert_ff_dim);
+  } else {
+    std::printf("            ffn: %d\n", c.ff_dim);
+  }
+  std::printf("parameters: %s (active per token: %s)\n", with_commas(count_parameters(c)).c_str(),
+              with_commas(count_active_parameters(c)).c_str());
 }
 
 }  // namespace
@@ -34,6 +71,10 @@ int cmd_info(const std::vector<std::string>& argv) {
   args.reject_unknown({"config"});
   require(args.positional().empty(), "sqa info takes no positional arguments (got '",
           args.positional().empty() ? "" : args.positional().front(), "')");
+
+  // Load the config first so that a bad file fails before anything is printed.
+  std::optional<ModelConfig> config;
+  if (args.has("config")) config = load_config(args.get("config", ""));
 
   const BuildInfo& build = build_info();
   std::printf("sqa %s\n", build.version.c_str());
@@ -69,7 +110,7 @@ int cmd_info(const std::vector<std::string>& argv) {
                                   : build.cuda ? "compiled in, no usable device"
                                                : "not compiled in");
 
-  if (args.has("config")) print_config_summary(args.get("config", ""));
+  if (config) print_config_summary(args.get("config", ""), *config);
   return sgemm_error < 1e-5 ? 0 : 1;
 }
 

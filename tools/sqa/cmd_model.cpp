@@ -1,12 +1,16 @@
 // `sqa train`, `sqa eval`, `sqa generate`: the model engine from the command line.
+#include <cblas.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <set>
 #include <string>
@@ -50,8 +54,8 @@ Tokenizer get_tokenizer(const Args& a, const std::string& fallback_file,
                         const std::vector<std::string>* documents, int vocab_size) {
   if (a.has("tokenizer")) return Tokenizer::load(a.get("tokenizer", ""));
   if (is_regular_file(fallback_file)) return Tokenizer::load(fallback_file);
-  require(documents != nullptr, "no tokenizer: give --tokenizer FILE (expected '",
-          fallback_file, "')");
+  require(documents != nullptr, "no tokenizer: give --tokenizer FILE (expected '", fallback_file,
+          "')");
   BpeTrainOptions o;
   o.vocab_size = vocab_size;
   std::fprintf(stderr, "training a byte-level BPE tokenizer (vocab %d) on %zu documents\n",
@@ -77,18 +81,70 @@ TextOptions text_options(const Args& a) {
   return t;
 }
 
+// libgomp's default wait policy spins idle workers at every barrier. On a dedicated machine that
+// is a little faster; on a shared one (CI runners, several jobs on 2 cores) a worker that loses
+// its core stalls every parallel region while the other spins, and training ran 5-9x slower
+// in our measurements. The policy is read once when libgomp loads, so the program re-executes
+// itself with OMP_WAIT_POLICY=passive unless the user chose a policy.
+void reexec_with_passive_omp_wait(const char* command, const std::vector<std::string>& argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("SQA_OMP_REEXEC") != nullptr) {
+    return;
+  }
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::setenv("SQA_OMP_REEXEC", "1", 1);
+  std::vector<std::string> words = {"sqa", command};
+  words.insert(words.end(), argv.begin(), argv.end());
+  std::vector<char*> ptrs;
+  for (auto& w : words) ptrs.push_back(w.data());
+  ptrs.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::execv("/proc/self/exe", ptrs.data());
+  // exec failed: carry on with the default policy.
+}
+
 }  // namespace
 
 int cmd_train(const std::vector<std::string>& argv) {
-  const Args a(argv, {"resume", "count-pad", "no-shuffle", "quiet"});
-  a.reject_unknown({"config", "data", "out", "steps", "batch", "context", "accum", "lr",
-                    "schedule", "warmup", "seed", "tokenizer", "vocab-size", "eval-every",
-                    "eval-batches", "ckpt-every", "resume", "val-fraction", "mode", "count-pad",
-                    "weight-decay", "grad-clip", "log-every", "ceiling-size", "split-docs",
-                    "no-shuffle", "quiet", "dropout"});
+  reexec_with_passive_omp_wait("train", argv);
+  const Args a(argv, {"resume", "count-pad", "no-shuffle", "quiet", "nondeterministic"});
+  a.reject_unknown({"nondeterministic",
+                    "stop-at",
+                    "config",
+                    "data",
+                    "out",
+                    "steps",
+                    "batch",
+                    "context",
+                    "accum",
+                    "lr",
+                    "schedule",
+                    "warmup",
+                    "seed",
+                    "tokenizer",
+                    "vocab-size",
+                    "eval-every",
+                    "eval-batches",
+                    "ckpt-every",
+                    "resume",
+                    "val-fraction",
+                    "mode",
+                    "count-pad",
+                    "weight-decay",
+                    "grad-clip",
+                    "log-every",
+                    "ceiling-size",
+                    "split-docs",
+                    "no-shuffle",
+                    "quiet",
+                    "dropout"});
   ModelConfig cfg = load_config(a.require("config"));
   const std::string data = a.require("data");
   const std::string out = a.require("out");
+  require(cfg.causal,
+          "sqa train trains next-token prediction, which needs a decoder; this "
+          "config is an encoder (architecture 'encoder'), whose masked-LM objective the CLI "
+          "does not offer yet");
   if (a.has("vocab-size")) {
     cfg.vocab_size = static_cast<int>(a.get_int("vocab-size", cfg.vocab_size));
     cfg.validate();
@@ -98,6 +154,10 @@ int cmd_train(const std::vector<std::string>& argv) {
     cfg.validate();
   }
   std::filesystem::create_directories(out);
+  // In-run ceiling: the sgemm rate of this machine now (all OpenBLAS threads), the denominator
+  // of MFU. Measured before the model's first product switches OpenBLAS to one thread per
+  // caller (src/nn/layers.cpp).
+  const SgemmCeiling ceiling = measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 5);
 
   // Data: tokenizer (given, from an earlier run in --out, or trained now), corpus, split.
   const std::string tok_file = out + "/tokenizer.json";
@@ -156,33 +216,35 @@ int cmd_train(const std::vector<std::string>& argv) {
     return v;
   }());
   Trainer trainer(cfg, tc, BatchLoader(std::move(split.train), bo));
+  // --nondeterministic: all threads in the attention backward (faster at long contexts; a
+  // resumed run then matches a straight one only approximately).
+  trainer.model().set_deterministic(!a.flag("nondeterministic"));
   if (a.flag("resume") && is_regular_file(out + "/checkpoint.safetensors")) {
     trainer.load_checkpoint(out);
     std::fprintf(stderr, "resumed from %s/checkpoint.safetensors at step %lld\n", out.c_str(),
                  static_cast<long long>(trainer.steps_done()));
   }
 
-  // In-run ceiling: the sgemm rate of this machine now, the denominator of MFU.
-  const SgemmCeiling ceiling = measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 3);
   const double step_flops =
       training_flops(cfg, bo.batch_size, bo.context) * static_cast<double>(tc.grad_accum);
-  std::printf("model %s: %lld parameters, variant per layer 0: H_q=%d H_kv=%d; data: %lld train "
-              "tokens, %lld val tokens; batch %d x %d x accum %d; sgemm ceiling %.1f GFLOP/s "
-              "(%d threads, %s)\n",
-              cfg.name.empty() ? "?" : cfg.name.c_str(),
-              static_cast<long long>(count_parameters(cfg)), cfg.layers[0].heads.num_query_heads,
-              cfg.layers[0].heads.num_kv_heads,
-              static_cast<long long>(trainer.loader().corpus().num_tokens()),
-              static_cast<long long>(val_loader.corpus().num_tokens()), bo.batch_size,
-              bo.context, tc.grad_accum, ceiling.gflops, ceiling.threads,
-              ceiling.corename.c_str());
+  std::printf(
+      "model %s: %lld parameters, variant per layer 0: H_q=%d H_kv=%d; data: %lld train "
+      "tokens, %lld val tokens; batch %d x %d x accum %d; sgemm ceiling %.1f GFLOP/s "
+      "(%d threads, %s)\n",
+      cfg.name.empty() ? "?" : cfg.name.c_str(), static_cast<long long>(count_parameters(cfg)),
+      cfg.layers[0].heads.num_query_heads, cfg.layers[0].heads.num_kv_heads,
+      static_cast<long long>(trainer.loader().corpus().num_tokens()),
+      static_cast<long long>(val_loader.corpus().num_tokens()), bo.batch_size, bo.context,
+      tc.grad_accum, ceiling.gflops, ceiling.threads, ceiling.corename.c_str());
   std::fflush(stdout);
 
   std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
   double window_time = 0, window_tokens = 0, total_time = 0, total_tokens = 0;
   double window_loss = 0;
   int64_t window_steps = 0, timed_steps = 0;
-  double last_loss = 0;
+  // The reported final training loss is the mean of the last (up to) 10 steps: one batch's
+  // loss alone is too noisy to compare two models by.
+  std::vector<double> recent_losses;
   EvalResult last_eval;
   bool have_eval = false;
   auto run_eval = [&](int64_t step) {
@@ -197,11 +259,15 @@ int cmd_train(const std::vector<std::string>& argv) {
                     {"val_ppl", last_eval.perplexity},
                     {"val_acc", last_eval.accuracy}}
                    .dump()
-            << "\n";
+            << std::endl;  // flushed: a killed run keeps its log
   };
-  while (trainer.steps_done() < tc.steps) {
+  // --stop-at N: leave after step N with a checkpoint, as a run killed there (tests, time boxes);
+  // --resume continues it.
+  const int64_t stop_at = std::min<int64_t>(tc.steps, a.get_int("stop-at", tc.steps));
+  while (trainer.steps_done() < stop_at) {
     const StepResult r = trainer.step();
-    last_loss = r.loss;
+    recent_losses.push_back(r.loss);
+    if (recent_losses.size() > 10) recent_losses.erase(recent_losses.begin());
     window_time += r.seconds;
     window_tokens += r.tokens;
     window_loss += r.loss;
@@ -212,24 +278,25 @@ int cmd_train(const std::vector<std::string>& argv) {
       total_tokens += r.tokens;
       ++timed_steps;
     }
-    const bool last = r.step == tc.steps;
+    const bool last = r.step == tc.steps || r.step == stop_at;
     if (r.step % log_every == 0 || last) {
       const double tps = window_tokens / window_time;
       const double mfu = step_flops * window_steps / window_time / (ceiling.gflops * 1e9);
       const double eta = (tc.steps - r.step) * window_time / window_steps;
       if (!quiet) {
-        std::printf("step %6lld/%lld | loss %.4f | lr %.2e | gnorm %.2f | %.0f tok/s | MFU "
-                    "%.1f%% | ETA %s\n",
-                    static_cast<long long>(r.step), static_cast<long long>(tc.steps),
-                    window_loss / window_steps, r.lr, r.grad_norm, tps, 100 * mfu,
-                    format_duration(eta).c_str());
+        std::printf(
+            "step %6lld/%lld | loss %.4f | lr %.2e | gnorm %.2f | %.0f tok/s | MFU "
+            "%.1f%% | ETA %s\n",
+            static_cast<long long>(r.step), static_cast<long long>(tc.steps),
+            window_loss / window_steps, r.lr, r.grad_norm, tps, 100 * mfu,
+            format_duration(eta).c_str());
         std::fflush(stdout);
       }
-      metrics << json{{"step", r.step},   {"loss", window_loss / window_steps},
-                      {"lr", r.lr},       {"grad_norm", r.grad_norm},
+      metrics << json{{"step", r.step},      {"loss", window_loss / window_steps},
+                      {"lr", r.lr},          {"grad_norm", r.grad_norm},
                       {"tokens_per_s", tps}, {"mfu", mfu}}
                      .dump()
-              << "\n";
+              << std::endl;
       window_time = window_tokens = window_loss = 0;
       window_steps = 0;
     }
@@ -237,22 +304,34 @@ int cmd_train(const std::vector<std::string>& argv) {
     if (r.step % ckpt_every == 0 || last) trainer.save_checkpoint(out);
   }
   if (!is_regular_file(out + "/tokenizer.json") && !shard) tokenizer.save(out + "/tokenizer.json");
+  // The ceiling again at the end (all threads), and MFU against the better of the two: on a
+  // shared machine the first measurement may have been taken while something else ran.
+  openblas_set_num_threads(omp_get_max_threads());
+  const SgemmCeiling end_ceiling =
+      measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 5);
+  const double best_gflops = std::max(ceiling.gflops, end_ceiling.gflops);
   const double tps = timed_steps > 0 ? total_tokens / total_time : 0.0;
-  const double mfu = timed_steps > 0 ? step_flops * timed_steps / total_time / (ceiling.gflops * 1e9)
-                                     : 0.0;
-  json summary{{"config", cfg.name},
-               {"parameters", count_parameters(cfg)},
-               {"steps", trainer.steps_done()},
-               {"batch", bo.batch_size},
-               {"context", bo.context},
-               {"grad_accum", tc.grad_accum},
-               {"final_train_loss", last_loss},
-               {"train_tokens_per_s", tps},
-               {"train_seconds", total_time},
-               {"mfu", mfu},
-               {"sgemm_gflops", ceiling.gflops},
-               {"threads", omp_get_max_threads()},
-               {"model_gflop_per_step", step_flops / 1e9}};
+  const double mfu =
+      timed_steps > 0 ? step_flops * timed_steps / total_time / (best_gflops * 1e9) : 0.0;
+  json summary{
+      {"config", cfg.name},
+      {"parameters", count_parameters(cfg)},
+      {"steps", trainer.steps_done()},
+      {"batch", bo.batch_size},
+      {"context", bo.context},
+      {"grad_accum", tc.grad_accum},
+      {"final_train_loss", recent_losses.empty()
+                               ? 0.0
+                               : std::accumulate(recent_losses.begin(), recent_losses.end(), 0.0) /
+                                     static_cast<double>(recent_losses.size())},
+      {"train_tokens_per_s", tps},
+      {"train_seconds", total_time},
+      {"mfu", mfu},
+      {"sgemm_gflops", best_gflops},
+      {"sgemm_gflops_start", ceiling.gflops},
+      {"sgemm_gflops_end", end_ceiling.gflops},
+      {"threads", omp_get_max_threads()},
+      {"model_gflop_per_step", step_flops / 1e9}};
   if (have_eval) {
     summary["val_loss"] = last_eval.loss;
     summary["val_ppl"] = last_eval.perplexity;
@@ -260,12 +339,13 @@ int cmd_train(const std::vector<std::string>& argv) {
   }
   write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
   std::printf("done: %lld steps, %.0f tok/s, MFU %.1f%% of %.1f GFLOP/s sgemm; checkpoint in %s\n",
-              static_cast<long long>(trainer.steps_done()), tps, 100 * mfu, ceiling.gflops,
+              static_cast<long long>(trainer.steps_done()), tps, 100 * mfu, best_gflops,
               out.c_str());
   return 0;
 }
 
 int cmd_eval(const std::vector<std::string>& argv) {
+  reexec_with_passive_omp_wait("eval", argv);
   const Args a(argv, {"count-pad"});
   a.reject_unknown({"model", "data", "tokenizer", "batch", "context", "max-batches", "mode",
                     "count-pad", "split-docs", "val-fraction", "json"});
@@ -300,10 +380,11 @@ int cmd_eval(const std::vector<std::string>& argv) {
   bo.pad_id = pad >= 0 ? pad : bo.eos_id;
   const BatchLoader loader(std::move(corpus), bo);
   const EvalResult r = evaluate(model, loader, a.get_int("max-batches", 0));
-  std::printf("eval %s: %lld batches, %.0f tokens | loss %.4f | ppl %.3f | acc %.2f%% | %.0f "
-              "tok/s\n",
-              model_dir.c_str(), static_cast<long long>(r.batches), r.tokens, r.loss,
-              r.perplexity, 100 * r.accuracy, r.tokens_per_second);
+  std::printf(
+      "eval %s: %lld batches, %.0f tokens | loss %.4f | ppl %.3f | acc %.2f%% | %.0f "
+      "tok/s\n",
+      model_dir.c_str(), static_cast<long long>(r.batches), r.tokens, r.loss, r.perplexity,
+      100 * r.accuracy, r.tokens_per_second);
   if (a.has("json")) {
     write_file_atomic(a.get("json", ""), json{{"loss", r.loss},
                                               {"perplexity", r.perplexity},
@@ -318,8 +399,8 @@ int cmd_eval(const std::vector<std::string>& argv) {
 
 int cmd_generate(const std::vector<std::string>& argv) {
   const Args a(argv);
-  a.reject_unknown({"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p",
-                    "seed"});
+  a.reject_unknown(
+      {"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p", "seed"});
   const std::string model_dir = a.require("model");
   const ModelConfig cfg = load_model_config_for(model_dir);
   require(cfg.causal, "sqa generate needs a decoder (causal) model; this config is an encoder");
@@ -336,7 +417,8 @@ int cmd_generate(const std::vector<std::string>& argv) {
   require(max_new >= 1, "option --tokens (", max_new, ") must be at least 1");
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back(tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0);
-  const int64_t total = std::min<int64_t>(cfg.max_seq_len, static_cast<int64_t>(ids.size()) + max_new);
+  const int64_t total =
+      std::min<int64_t>(cfg.max_seq_len, static_cast<int64_t>(ids.size()) + max_new);
   require(static_cast<int64_t>(ids.size()) < total, "the prompt (", ids.size(),
           " tokens) fills the context (", cfg.max_seq_len, ")");
   std::mt19937_64 rng(static_cast<uint64_t>(a.get_int("seed", 1)));

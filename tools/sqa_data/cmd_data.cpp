@@ -11,8 +11,8 @@
 //   st-copy    IN OUT [--dtype F32|BF16|F16]     read and rewrite a safetensors file
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -59,8 +59,8 @@ int corpus(const Args& args) {
       skip = skip || name.starts_with("_") || name.starts_with(".");
     }
     const std::string file = relative.filename().string();
-    skip = skip || file.starts_with("genindex") || file == "py-modindex.html" ||
-           file == "search.html";
+    skip =
+        skip || file.starts_with("genindex") || file == "py-modindex.html" || file == "search.html";
     if (!skip) pages.push_back(entry.path());
   }
   std::sort(pages.begin(), pages.end());
@@ -109,8 +109,9 @@ int tokenize(const Args& args) {
   const TokenCorpus corpus = load_corpus(args.require("data"), tok, text);
   write_token_shard(args.require("out"), corpus);
   std::printf("tokenize: %lld documents, %lld tokens -> %s (%.1f s)\n",
-              static_cast<long long>(corpus.num_docs()), static_cast<long long>(corpus.num_tokens()),
-              args.require("out").c_str(), seconds_since(start));
+              static_cast<long long>(corpus.num_docs()),
+              static_cast<long long>(corpus.num_tokens()), args.require("out").c_str(),
+              seconds_since(start));
   return 0;
 }
 
@@ -125,7 +126,8 @@ int encode(const Args& args) {
 int decode(const Args& args) {
   args.reject_unknown({"tokenizer", "ids"});
   const Tokenizer tok = Tokenizer::load(args.require("tokenizer"));
-  const auto ids = nlohmann::json::parse(read_file(args.require("ids"))).get<std::vector<int32_t>>();
+  const auto ids =
+      nlohmann::json::parse(read_file(args.require("ids"))).get<std::vector<int32_t>>();
   const std::string text = tok.decode(ids);
   std::fwrite(text.data(), 1, text.size(), stdout);
   return 0;
@@ -150,8 +152,8 @@ int st_info(const Args& args) {
 
 int st_copy(const Args& args) {
   args.reject_unknown({"dtype"});
-  require(args.positional().size() == 2, "st-copy takes IN and OUT, got ",
-          args.positional().size(), " paths");
+  require(args.positional().size() == 2, "st-copy takes IN and OUT, got ", args.positional().size(),
+          " paths");
   const SafeTensorsFile file = SafeTensorsFile::load(args.positional()[0]);
   SafeTensorsWriter writer;
   for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);

@@ -187,7 +187,7 @@ int64_t forward_scratch_floats(int dp) {
 }
 int64_t decode_scratch_floats(int dp, int heads, int kv_heads) {
   const int64_t nr = static_cast<int64_t>(heads) * kDecodeRows;
-  return 2 * nr * dp + nr * kBlockK + 2 * nr + 2LL * kv_heads * dp + heads;
+  return 2 * nr * dp + nr * kBlockK + 2 * nr + (1LL + kBlockK) * kv_heads * dp + heads;
 }
 int64_t backward_scratch_floats(int dp) {
   return 3LL * dp * kBlockKB + 2LL * kBlockQB * dp + 2LL * kBlockQB * kBlockKB +
@@ -217,8 +217,10 @@ void attention_forward(const AttentionParams& p) {
 
   std::vector<flash::ForwardItem> items;
   for (const flash::Sequence& s : seqs) {
-    for (int64_t i0 = 0; i0 < s.seqlen_q; i0 += kBlockQ) {
-      for (int h = 0; h < heads; ++h) {
+    // Head-major: consecutive items (and the heads of one GQA group, which are adjacent) reuse
+    // the same K/V while it is in cache; all heads' K/V together may not fit in L3.
+    for (int h = 0; h < heads; ++h) {
+      for (int64_t i0 = 0; i0 < s.seqlen_q; i0 += kBlockQ) {
         const int rows = static_cast<int>(std::min<int64_t>(kBlockQ, s.seqlen_q - i0));
         // Rows' visible ranges are monotone, so the block's keys are [first.begin, last.end).
         const KeyRange first = visible_keys(p.spec.window, i0, s.seqlen_q, s.seqlen_k);

@@ -445,9 +445,9 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
   float* sc = o + static_cast<int64_t>(nr) * dp;  // [nr][kBlockK] scores, then P
   float* m = sc + static_cast<int64_t>(nr) * kBlockK;
   float* l = m + nr;
-  float* krow = l + nr;  // [kv_heads][dp] converted K row
-  float* vrow = krow + static_cast<int64_t>(kv_heads) * dp;
-  int32_t* kvh = reinterpret_cast<int32_t*>(vrow + static_cast<int64_t>(kv_heads) * dp);
+  float* krow = l + nr;                                      // [kv_heads][dp] converted K row
+  float* vbuf = krow + static_cast<int64_t>(kv_heads) * dp;  // [kBlockK][kv_heads][dp]
+  int32_t* kvh = reinterpret_cast<int32_t*>(vbuf + static_cast<int64_t>(kBlockK) * kv_heads * dp);
   int64_t begin[kDecodeRows], end[kDecodeRows];
 
   for (int h = 0; h < heads; ++h) {
@@ -482,6 +482,13 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
           load_row(p.k, bf, row_offset(p.k_strides, s, s.k_row0, j0 + j, g), d, dp, 1.0f,
                    krow + g * dp);
         kr = krow;
+      }
+      if (in_place) {
+        // Fetch this key's V row (all heads) now, in the same sequential order as K.
+        const float* vr =
+            static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0 + j, 0);
+        const int64_t span = (kv_heads - 1) * p.v_strides.head + d;
+        for (int64_t x = 0; x < span; x += 16) __builtin_prefetch(vr + x);
       }
       const int64_t kh_stride = in_place ? p.k_strides.head : dp;
       for (int h = 0; h < heads; ++h) {
@@ -524,27 +531,26 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
       if (alpha != 1.0f)
         for (int c = 0; c < dp; c += W) vstore(o + r * dp + c, vload(o + r * dp + c) * alpha);
     }
-    // O += P V, key-major so V streams like K.
-    for (int j = 0; j < bc; ++j) {
-      const float* vr;
-      if (in_place) {
-        vr = static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0 + j, 0);
-      } else {
+    // O += P V per head as a small GEMM over the tile (O stays in registers across the keys).
+    // The V rows were prefetched key-major during the scores, so this reads from cache.
+    const float* vt;
+    int64_t vrow_stride, vhead_stride;
+    if (in_place) {
+      vt = static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0, 0);
+      vrow_stride = p.v_strides.row;
+      vhead_stride = p.v_strides.head;
+    } else {
+      for (int j = 0; j < bc; ++j)
         for (int g = 0; g < kv_heads; ++g)
           load_row(p.v, bf, row_offset(p.v_strides, s, s.k_row0, j0 + j, g), d, dp, 1.0f,
-                   vrow + g * dp);
-        vr = vrow;
-      }
-      const int64_t vh_stride = in_place ? p.v_strides.head : dp;
-      for (int h = 0; h < heads; ++h) {
-        const float* vv = vr + kvh[h] * vh_stride;
-        for (int i = 0; i < rows; ++i) {
-          const int r = h * rows + i;
-          const vf pj = vsplat(sc[r * kBlockK + j]);
-          for (int c = 0; c < dp; c += W)
-            vstore(o + r * dp + c, vload(o + r * dp + c) + pj * vload(vv + c));
-        }
-      }
+                   vbuf + (static_cast<int64_t>(j) * kv_heads + g) * dp);
+      vt = vbuf;
+      vrow_stride = static_cast<int64_t>(kv_heads) * dp;
+      vhead_stride = dp;
+    }
+    for (int h = 0; h < heads; ++h) {
+      gemm<true>(rows, dp, bc, sc + h * rows * kBlockK, kBlockK, 1, vt + kvh[h] * vhead_stride,
+                 vrow_stride, o + static_cast<int64_t>(h) * rows * dp, dp);
     }
   }
   const int64_t slot = it.slot * ctx.partial_rows;

@@ -76,12 +76,18 @@ void require_strides(const TensorStrides& s, const char* name, bool varlen) {
 
 FwdLauncher launcher_for(int head_dim) {
   switch (head_dim) {
-    case 16: return run_flash_fwd_hdim16;
-    case 32: return run_flash_fwd_hdim32;
-    case 64: return run_flash_fwd_hdim64;
-    case 128: return run_flash_fwd_hdim128;
-    case 256: return run_flash_fwd_hdim256;
-    default: break;
+    case 16:
+      return run_flash_fwd_hdim16;
+    case 32:
+      return run_flash_fwd_hdim32;
+    case 64:
+      return run_flash_fwd_hdim64;
+    case 128:
+      return run_flash_fwd_hdim128;
+    case 256:
+      return run_flash_fwd_hdim256;
+    default:
+      break;
   }
   throw Error(sqa::detail::concat("head_dim (", head_dim,
                                   ") is not supported by the CUDA forward: it takes 16, 32, 64, "
@@ -162,8 +168,8 @@ void attention_forward(const AttentionParams& params) {
   const AttentionSpec& spec = params.spec;
   const FwdLauncher launch = launcher_for(spec.head_dim);
   const bool varlen = params.is_varlen();
-  require(params.seqlen_q <= INT32_MAX / 64 && params.seqlen_k <= INT32_MAX / 64,
-          "seqlen_q (", params.seqlen_q, ") and seqlen_k (", params.seqlen_k,
+  require(params.seqlen_q <= INT32_MAX / 64 && params.seqlen_k <= INT32_MAX / 64, "seqlen_q (",
+          params.seqlen_q, ") and seqlen_k (", params.seqlen_k,
           ") must stay below 2^25 for the CUDA kernels");
   require(params.batch <= 65535, "batch (", params.batch, ") must be at most 65535 on CUDA");
   require_strides(params.q_strides, "q", varlen);
@@ -195,11 +201,14 @@ void attention_forward(const AttentionParams& params) {
   const int block_m = fwd_block_m(spec.head_dim, decode);
   const int64_t m_blocks = (params.seqlen_q * p.pack + block_m - 1) / block_m;
   const int64_t ctas = m_blocks * p.num_head_groups * params.batch;
-  const int64_t key_blocks = (params.seqlen_k + fwd_block_n(spec.head_dim) - 1) /
-                             fwd_block_n(spec.head_dim);
+  const int64_t key_blocks =
+      (params.seqlen_k + fwd_block_n(spec.head_dim) - 1) / fwd_block_n(spec.head_dim);
   int splits = 1;
   if (decode && !varlen) {
-    const int64_t target = 8LL * multiprocessor_count();  // ~8 one-warp CTAs per SM
+    // ~8 one-warp CTAs per SM; SQA_CUDA_DECODE_CTAS_PER_SM overrides it (benchmark sweeps).
+    const char* per_sm_env = std::getenv("SQA_CUDA_DECODE_CTAS_PER_SM");
+    const int64_t per_sm = per_sm_env ? std::clamp<int64_t>(std::atoll(per_sm_env), 1, 64) : 8;
+    const int64_t target = per_sm * multiprocessor_count();
     const int64_t want = (target + ctas - 1) / ctas;
     splits = static_cast<int>(std::clamp<int64_t>(std::min(want, key_blocks / 4), 1, kMaxSplits));
   }
@@ -227,10 +236,18 @@ void attention_backward(const AttentionBackwardParams& params) {
   const AttentionSpec& spec = f.spec;
   BwdLauncher launch = nullptr;
   switch (spec.head_dim) {
-    case 16: launch = run_flash_bwd_hdim16; break;
-    case 32: launch = run_flash_bwd_hdim32; break;
-    case 64: launch = run_flash_bwd_hdim64; break;
-    case 128: launch = run_flash_bwd_hdim128; break;
+    case 16:
+      launch = run_flash_bwd_hdim16;
+      break;
+    case 32:
+      launch = run_flash_bwd_hdim32;
+      break;
+    case 64:
+      launch = run_flash_bwd_hdim64;
+      break;
+    case 128:
+      launch = run_flash_bwd_hdim128;
+      break;
     default:
       throw Error(sqa::detail::concat("head_dim (", spec.head_dim,
                                       ") is not supported by the CUDA backward: it takes 16, 32, "
@@ -240,9 +257,9 @@ void attention_backward(const AttentionBackwardParams& params) {
   require(f.seqlen_q <= INT32_MAX / 64 && f.seqlen_k <= INT32_MAX / 64, "seqlen_q (", f.seqlen_q,
           ") and seqlen_k (", f.seqlen_k, ") must stay below 2^25 for the CUDA kernels");
   require(f.batch <= 65535, "batch (", f.batch, ") must be at most 65535 on CUDA");
-  const TensorStrides* strides[] = {&f.q_strides,          &f.k_strides,         &f.v_strides,
-                                    &f.out_strides,        &params.dout_strides, &params.dq_strides,
-                                    &params.dk_strides,    &params.dv_strides};
+  const TensorStrides* strides[] = {&f.q_strides,       &f.k_strides,         &f.v_strides,
+                                    &f.out_strides,     &params.dout_strides, &params.dq_strides,
+                                    &params.dk_strides, &params.dv_strides};
   const void* pointers[] = {f.q, f.k, f.v, f.out, params.dout, params.dq, params.dk, params.dv};
   const char* names[] = {"q", "k", "v", "out", "dout", "dq", "dk", "dv"};
   for (int i = 0; i < 8; ++i) {

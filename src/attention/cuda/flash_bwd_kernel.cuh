@@ -51,14 +51,16 @@ __device__ __forceinline__ SeqSpan seq_span(const FwdKernelParams& p, int b) {
   return s;
 }
 
-__device__ __forceinline__ bool key_visible(int key, int qrow, int nk, int diag, int left, int right) {
+__device__ __forceinline__ bool key_visible(int key, int qrow, int nk, int diag, int left,
+                                            int right) {
   const int qd = qrow + diag;
   return key < nk && (left < 0 || key >= qd - left) && (right < 0 || key <= qd + right);
 }
 
 // D_i = dO_i . O_i for every row of the lse layout; one warp per row.
 template <typename T>
-__global__ void __launch_bounds__(128) flash_bwd_dsum_kernel(const BwdKernelParams g, int head_dim) {
+__global__ void __launch_bounds__(128)
+    flash_bwd_dsum_kernel(const BwdKernelParams g, int head_dim) {
   const FwdKernelParams& p = g.fwd;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + warp;
@@ -106,8 +108,8 @@ struct BwdDkDvTile {
   static constexpr int kThreads = kNWarps * 32;
   static constexpr int BN = 16 * kNWarps;  // keys per CTA: 16 per warp
   static constexpr int kStride = D + 8;
-  static constexpr int kSmemBytes =
-      (2 * BN + 4 * BM) * kStride * static_cast<int>(sizeof(T)) + 4 * BM * static_cast<int>(sizeof(float));
+  static constexpr int kSmemBytes = (2 * BN + 4 * BM) * kStride * static_cast<int>(sizeof(T)) +
+                                    4 * BM * static_cast<int>(sizeof(float));
 };
 
 template <typename T, int D, int BM, int kNWarps, bool kKVInRegs>
@@ -125,8 +127,8 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + BN * kStride;
-  T* sQ = sV + BN * kStride;       // [2][BM * kStride]
-  T* sdO = sQ + 2 * BM * kStride;  // [2][BM * kStride]
+  T* sQ = sV + BN * kStride;                                     // [2][BM * kStride]
+  T* sdO = sQ + 2 * BM * kStride;                                // [2][BM * kStride]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BM * kStride);  // [2][BM]: lse * log2(e)
   float* sD = sL + 2 * BM;                                       // [2][BM]: D
 
@@ -149,8 +151,10 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   const int nqb = q_hi > q_lo ? (q_hi + BM - 1) / BM - qb_begin : 0;
   const int n_iter = h_count * nqb;
 
-  const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
-  const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
+  const T* k_base =
+      static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
+  const T* v_base =
+      static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
   load_tile<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, s.nk, tid);
   load_tile<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, s.nk, tid);
 
@@ -158,8 +162,10 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
     const int h = h_first + it / nqb;
     const int m0 = (qb_begin + it % nqb) * BM;
     const int qh = p.reverse ? h % p.num_query_heads : h;
-    const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
-    const T* do_base = static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
+    const T* q_base =
+        static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
+    const T* do_base =
+        static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
     load_tile<T, D, BM, kThreads>(sQ + stage * BM * kStride, q_base, p.q_row, m0, s.nq, tid);
     load_tile<T, D, BM, kThreads>(sdO + stage * BM * kStride, do_base, g.do_row, m0, s.nq, tid);
     for (int i = tid; i < BM; i += kThreads) {
@@ -256,7 +262,7 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
         dpt[j][e] = pv * (dpt[j][e] - d_tile[ql]);
       }
 
-    // dV += P^T dO, dK += dS^T Q (the accumulators are already A fragments over query rows).
+      // dV += P^T dO, dK += dS^T Q (the accumulators are already A fragments over query rows).
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
       uint32_t pa[4], da[4];
@@ -290,13 +296,16 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   for (int r = 0; r < 2; ++r) {
     const int key = n0 + warp * 16 + g4 + 8 * r;
     if (key >= s.nk) continue;
-    T* dk_row = static_cast<T*>(g.dk) + b * g.dk_batch + (s.k_row0 + key) * g.dk_row + kv_head * g.dk_head;
-    T* dv_row = static_cast<T*>(g.dv) + b * g.dv_batch + (s.k_row0 + key) * g.dv_row + kv_head * g.dv_head;
+    T* dk_row =
+        static_cast<T*>(g.dk) + b * g.dk_batch + (s.k_row0 + key) * g.dk_row + kv_head * g.dk_head;
+    T* dv_row =
+        static_cast<T*>(g.dv) + b * g.dv_batch + (s.k_row0 + key) * g.dv_row + kv_head * g.dv_head;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
       *reinterpret_cast<uint32_t*>(dk_row + dt * 8 + 2 * t) =
           M::pack(dk[dt][2 * r] * scale, dk[dt][2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv_row + dt * 8 + 2 * t) = M::pack(dv[dt][2 * r], dv[dt][2 * r + 1]);
+      *reinterpret_cast<uint32_t*>(dv_row + dt * 8 + 2 * t) =
+          M::pack(dv[dt][2 * r], dv[dt][2 * r + 1]);
     }
   }
 }
@@ -364,9 +373,12 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dq_kernel(const BwdKer
   for (int hi = 0; hi < h_count; ++hi) {
     const int h = p.reverse ? qh + hi * p.num_query_heads : qh;
     const int kv_head = p.reverse ? h : h / p.group_size;
-    const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
-    const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
-    const T* do_base = static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
+    const T* k_base =
+        static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
+    const T* v_base =
+        static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
+    const T* do_base =
+        static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
     __syncthreads();  // the previous head is done with sdO, sK, sV
     load_tile<T, D, BM, kThreads>(sdO, do_base, g.do_row, m0, s.nq, tid);
     if (nkb > 0) {
@@ -387,10 +399,10 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dq_kernel(const BwdKer
       const int stage = it & 1;
       const int nb = nb_begin + it;
       if (it + 1 < nkb) {
-        load_tile<T, D, BN, kThreads>(sK + (stage ^ 1) * BN * kStride, k_base, p.k_row, (nb + 1) * BN,
-                                      s.nk, tid);
-        load_tile<T, D, BN, kThreads>(sV + (stage ^ 1) * BN * kStride, v_base, p.v_row, (nb + 1) * BN,
-                                      s.nk, tid);
+        load_tile<T, D, BN, kThreads>(sK + (stage ^ 1) * BN * kStride, k_base, p.k_row,
+                                      (nb + 1) * BN, s.nk, tid);
+        load_tile<T, D, BN, kThreads>(sV + (stage ^ 1) * BN * kStride, v_base, p.v_row,
+                                      (nb + 1) * BN, s.nk, tid);
       }
       cp_async_commit();
       cp_async_wait<1>();
@@ -442,7 +454,7 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dq_kernel(const BwdKer
           }
           dp[nt][e] = pv * (dp[nt][e] - dsum[r]);
         }
-      // dQ += dS K.
+        // dQ += dS K.
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
         uint32_t da[4];
@@ -469,7 +481,8 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dq_kernel(const BwdKer
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (qrow[r] >= s.nq) continue;
-    T* dq_row = static_cast<T*>(g.dq) + b * g.dq_batch + (s.q_row0 + qrow[r]) * g.dq_row + qh * g.dq_head;
+    T* dq_row =
+        static_cast<T*>(g.dq) + b * g.dq_batch + (s.q_row0 + qrow[r]) * g.dq_row + qh * g.dq_head;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
       *reinterpret_cast<uint32_t*>(dq_row + dt * 8 + 2 * t) =

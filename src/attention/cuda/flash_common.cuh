@@ -2,9 +2,9 @@
 // (mma.sync m16n8k16, ldmatrix, cp.async) that run on sm_90a, and the 16-bit element types.
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4), which the kernels rely on:
-//   A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 8+2t..), a3 = (g+8, 8+2t..)
-//   B (16x8, k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 8+2t.., n g)
-//   C (16x8, fp32):       c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+//   A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 8+2t..), a3 = (g+8,
+//   8+2t..) B (16x8, k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 8+2t.., n g) C (16x8, fp32):
+//   c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -71,11 +71,13 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
 // 16-byte global->shared copy; when !valid the destination is zero-filled and nothing is read,
 // so rows past the sequence end become zeros (never garbage that could turn 0 * x into NaN).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-               "l"(gmem), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n");
+}
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {

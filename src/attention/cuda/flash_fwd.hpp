@@ -9,7 +9,9 @@ namespace sqa::cuda::detail {
 // Tile shapes, shared by the launcher (templates) and the host heuristics (split-KV).
 //   prefill: 4 warps; 2 m16 tiles per warp up to D = 64, 1 above; BN = 64 (32 at D = 256)
 //   decode:  1 warp, one m16 tile, for a handful of query rows against a long cache
-constexpr int fwd_block_n(int head_dim) { return head_dim <= 128 ? 64 : 32; }
+constexpr int fwd_block_n(int head_dim) {
+  return head_dim <= 128 ? 64 : 32;
+}
 // Rows of the decode tile (the prefill tile depends on the variant; see the launcher).
 constexpr int fwd_block_m(int head_dim, bool decode) {
   return decode ? 16 : 16 * 4 * (head_dim <= 64 ? 2 : 1);

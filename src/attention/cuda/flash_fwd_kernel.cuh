@@ -108,8 +108,10 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   const int h0 = head_group * pack;
   const int kv_head = p.reverse ? h0 : h0 / p.group_size;
   const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + q_row0 * p.q_row;
-  const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + k_row0 * p.k_row + kv_head * p.k_head;
-  const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + k_row0 * p.v_row + kv_head * p.v_head;
+  const T* k_base =
+      static_cast<const T*>(p.k) + b * p.k_batch + k_row0 * p.k_row + kv_head * p.k_head;
+  const T* v_base =
+      static_cast<const T*>(p.v) + b * p.v_batch + k_row0 * p.v_row + kv_head * p.v_head;
 
   // Q tile: row i is query row (m0 + i) / pack of attention head h0 + (m0 + i) % pack.
 #pragma unroll
@@ -142,7 +144,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) qrow_of[mt][r] = (m0 + warp * 16 * kMT + mt * 16 + g + 8 * r) / pack;
+    for (int r = 0; r < 2; ++r)
+      qrow_of[mt][r] = (m0 + warp * 16 * kMT + mt * 16 + g + 8 * r) / pack;
 
   float o[kMT][kDT][4];
   float o_sum[kMT][4];  // kMmaRowSum: P times ones, every column is the row sum
@@ -227,8 +230,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
           for (int e = 0; e < 4; ++e) {
             const int col = n0 + nt * 8 + 2 * t + (e & 1);
             const int qr = qrow_of[mt][e / 2] + diag;
-            const bool visible = col < nk && (left < 0 || col >= qr - left) &&
-                                 (right < 0 || col <= qr + right);
+            const bool visible =
+                col < nk && (left < 0 || col >= qr - left) && (right < 0 || col <= qr + right);
             if (!visible) s[mt][nt][e] = -INFINITY;
           }
     }
@@ -250,7 +253,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
           mx = fmaxf(mx, part[0]);
         } else {
 #pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+          for (int nt = 0; nt < kNT; ++nt)
+            mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -334,8 +338,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       const bool any = sum > 0.0f;
       inv[mt][r] = any ? 1.0f / sum : 0.0f;
       // lse = ln(sum_j exp(scale s_j)) = (max * scale_log2 + log2(sum)) * ln 2.
-      lse_val[mt][r] = any ? (row_max[mt][r] * scale_log2 + __log2f(sum)) * 0.69314718055994531f
-                           : -INFINITY;
+      lse_val[mt][r] =
+          any ? (row_max[mt][r] * scale_log2 + __log2f(sum)) * 0.69314718055994531f : -INFINITY;
     }
 
   if (p.num_splits > 1) {
@@ -390,7 +394,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
 // Merges the split-KV partial outputs: lse = log sum_s exp(lse_s), O = sum_s exp(lse_s - lse) O_s.
 // One warp per output row.
 template <typename T>
-__global__ void __launch_bounds__(128) flash_fwd_combine_kernel(const FwdKernelParams p, int head_dim) {
+__global__ void __launch_bounds__(128)
+    flash_fwd_combine_kernel(const FwdKernelParams p, int head_dim) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + warp;
   if (rid >= p.accum_rows) return;
@@ -425,7 +430,8 @@ __global__ void __launch_bounds__(128) flash_fwd_combine_kernel(const FwdKernelP
     float acc = 0.0f;
     for (int s = 0; s < S; ++s) {
       const float ws = __shfl_sync(0xffffffffu, w, s);  // every lane shuffles, then filters
-      if (ws != 0.0f && c < head_dim) acc += ws * p.out_accum[(s * p.accum_rows + rid) * head_dim + c];
+      if (ws != 0.0f && c < head_dim)
+        acc += ws * p.out_accum[(s * p.accum_rows + rid) * head_dim + c];
     }
     if (c >= head_dim) continue;
     if constexpr (std::is_same_v<T, __half>) {

@@ -29,22 +29,25 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 }
 
 // Prefill variants (SQA_CUDA_FWD selects one, for A/B timing in one process):
-//   base: 2 m-tiles per warp, plain softmax, no register cap (the default at D >= 64);
+//   base: 2 m-tiles per warp, plain softmax, no register cap;
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
-//         SM: latency hiding by more resident warps (the default at D <= 32).
+//         SM: latency hiding by more resident warps.
+// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): occ at D = 16 (+5%), base above.
+// Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
+// flight to stream the cache.
 template <typename T, int D>
 void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t stream) {
   static_assert(fwd_block_m(D, true) == 16);
   constexpr int kMT = D <= 64 ? 2 : 1;
   constexpr int BN = fwd_block_n(D);
   if (decode) {
-    launch_flash_fwd<T, D, 1, 1, BN>(p, stream);
+    launch_flash_fwd<T, D, 1, 1, BN, false, 10>(p, stream);
     return;
   }
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
-    if (v == FwdVariant::automatic) v = D <= 32 ? FwdVariant::occ : FwdVariant::base;
+    if (v == FwdVariant::automatic) v = D == 16 ? FwdVariant::occ : FwdVariant::base;
     if (v == FwdVariant::occ) {
       launch_flash_fwd<T, D, 1, 4, BN, true, D <= 32 ? 4 : 3>(p, stream);
       return;

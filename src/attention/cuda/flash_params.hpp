@@ -37,7 +37,7 @@ struct FwdKernelParams {
   // Split-KV: each split handles a contiguous run of key blocks and writes fp32 partial outputs
   // and lse to the workspace; a combine kernel merges them.
   int num_splits = 1;
-  int64_t accum_rows = 0;  // rows per split in the workspace (= number of lse entries)
+  int64_t accum_rows = 0;      // rows per split in the workspace (= number of lse entries)
   float* out_accum = nullptr;  // (num_splits, accum_rows, head_dim)
   float* lse_accum = nullptr;  // (num_splits, accum_rows)
 };
@@ -53,7 +53,7 @@ struct BwdKernelParams {
   int64_t dq_batch = 0, dq_row = 0, dq_head = 0;
   int64_t dk_batch = 0, dk_row = 0, dk_head = 0;
   int64_t dv_batch = 0, dv_row = 0, dv_head = 0;
-  float scale = 0.0f;   // softmax scale (dQ = scale dS K, dK = scale dS^T Q)
+  float scale = 0.0f;     // softmax scale (dQ = scale dS K, dK = scale dS^T Q)
   float* dsum = nullptr;  // workspace, lse layout: D_i = dO_i . O_i
   int64_t lse_rows = 0;   // entries of lse / dsum
 };

@@ -4,7 +4,9 @@
 
 namespace sqa::cuda {
 
-bool available() { return false; }
+bool available() {
+  return false;
+}
 
 void attention_forward(const AttentionParams&) {
   throw Error("the CUDA backend is not built into this copy of sqa");
