@@ -14,4 +14,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check numpy ml_dtypes pytest scikit-build-core
+python3 -m pip install -q --disable-pip-version-check numpy ml_dtypes pytest scikit-build-core safetensors tokenizers

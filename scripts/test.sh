@@ -3,6 +3,8 @@
 # linked when nvcc is present) and an ASan+UBSan build, then runs every test: GoogleTest via
 # ctest on both builds, and pytest through the installed Python package.
 set -euo pipefail
+# Idle OpenMP/OpenBLAS workers sleep instead of spinning, so parallel ctest jobs do not starve each other.
+export OMP_WAIT_POLICY=passive
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
