@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Builds the generated parts of docs/results.md and its PNG plots from bench/results/ JSON.
+
+    python3 bench/paper/report.py                # newest result files of each kind
+    python3 bench/paper/report.py --check        # exit 1 if docs/results.md is out of date
+
+docs/results.md keeps hand-written text (setup notes, discussion) outside the marker pairs
+`<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`; only the text between a pair is
+rewritten, so the discussion stays where it is written. Inputs (newest by file name):
+  bench/results/*-table1-*.json, *-table2-*.json   bench/paper/quality.py --json
+  bench/results/*-table3-sqa*.json                  bench/paper/table3.sh, sqa side
+  bench/results/*-table3-torch*.json                bench/torch_reference.py bench, same run
+Plots (docs/img/*.png) need matplotlib; without it the tables are still written.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+RESULTS = os.path.join(ROOT, "bench", "results")
+DOC = os.path.join(ROOT, "docs", "results.md")
+IMG = os.path.join(ROOT, "docs", "img")
+
+# Table 3 of the paper: seconds per forward step on one A100 40GB (paper.md).
+PAPER_TABLE3 = {
+    1024: dict(xsqa=0.0570, sqa=0.0642, ssqa=0.0669, swsqa=0.0759, mqa=0.0760, gqa=0.0785,
+               mha=0.0869),
+    4096: dict(xsqa=0.0637, sqa=0.0750, ssqa=0.0793, swsqa=0.0794, mqa=0.1001, gqa=0.1027,
+               mha=0.1114),
+    32768: dict(xsqa=0.1348, sqa=0.1991, ssqa=0.2117, swsqa=0.1871, mqa=0.3612, gqa=0.3637,
+                mha=0.3727),
+    131072: dict(xsqa=0.3759, sqa=0.6308, ssqa=0.6630, swsqa=0.7531, mqa=1.2530, gqa=1.2558,
+                 mha=1.2648),
+    200000: dict(xsqa=0.8194, sqa=1.4116, ssqa=1.4824, swsqa=1.1871, mqa=2.8555, gqa=2.8596,
+                 mha=2.8734),
+}
+TABLE3_VARIANTS = ["xsqa", "sqa", "ssqa", "swsqa", "mqa", "gqa", "mha"]
+LABEL = dict(mha="MHA", gqa="GQA", mqa="MQA", sqa="SQA", ssqa="sSQA", xsqa="xSQA",
+             xsmqa="xSMQA", swsqa="SW-SQA(128)", lsqa="lSQA", rsqa="rSQA")
+
+
+def newest(pattern):
+    files = sorted(glob.glob(os.path.join(RESULTS, pattern)))
+    return files[-1] if files else None
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def mean_std(values):
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def fmt(ms, digits):
+    m, s = ms
+    if math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}")
+
+
+def quality_section(path, plots):
+    r = json.load(open(path))
+    lines = [f"Source: `{rel(path)}` (commit {r['commit']}, {r['date']}, device {r['device']}). "
+             f"{r['tokens_per_run']:,} training tokens per run ({r['steps']} steps × batch "
+             f"{r['batch']} × context {r['context']}), lr {r['lr']}, {r['schedule']} schedule "
+             f"(warm-up {r['warmup']:.0%}), seeds {', '.join(map(str, r['seeds']))}; data "
+             f"`{r['data']}`. Mean ± sample std over seeds.", "",
+             "| model | params | seeds | val loss | ppl | acc % | train s/run | paper loss | "
+             "paper ppl | paper acc % |", "|---|---:|---:|---|---|---|---:|---:|---:|---:|"]
+    names, losses, errs = [], [], []
+    for row in r["rows"]:
+        runs = row["runs"]
+        loss = mean_std([x["val_loss"] for x in runs])
+        p = row["paper"]
+        lines.append(
+            f"| {LABEL.get(row['variant'], row['variant'])} | "
+            f"{runs[0]['parameters'] if runs else 0:,} | {len(runs)} | {fmt(loss, 4)} | "
+            f"{fmt(mean_std([x['val_ppl'] for x in runs]), 2)} | "
+            f"{fmt(mean_std([100 * x['val_acc'] for x in runs]), 2)} | "
+            f"{mean_std([x['train_seconds'] for x in runs])[0]:.0f} | {p['val_loss']} | "
+            f"{p['val_ppl']} | {p['val_acc_pct']} |")
+        if runs:
+            names.append(LABEL.get(row["variant"], row["variant"]))
+            losses.append(loss[0])
+            errs.append(0 if math.isnan(loss[1]) else loss[1])
+    if plots and names:
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.bar(names, losses, yerr=errs, capsize=4, color="#4c72b0")
+        lo = min(l - e for l, e in zip(losses, errs))
+        hi = max(l + e for l, e in zip(losses, errs))
+        ax.set_ylim(lo - (hi - lo) * 0.5 - 1e-3, hi + (hi - lo) * 0.3 + 1e-3)
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"Table {r['table']} ({r['kind']}): mean ± std over "
+                     f"{len(r['seeds'])} seeds")
+        fig.tight_layout()
+        name = f"table{r['table']}-loss.png"
+        fig.savefig(os.path.join(IMG, name), dpi=120)
+        plt.close(fig)
+        lines += ["", f"![Table {r['table']} validation loss](img/{name})"]
+    return "\n".join(lines)
+
+
+def table3_section(sqa_path, torch_path, plots):
+    sqa = json.load(open(sqa_path)) if sqa_path else {"results": []}
+    ref = json.load(open(torch_path)) if torch_path else {"results": []}
+
+    def find(report, variant, kind, T):
+        for x in report["results"]:
+            v = x["variant"].replace("-", "")
+            if v == variant and x["kind"] == kind and x["seqlen"] == T and "error" not in x:
+                return x
+        return None
+
+    lines = []
+    head = [f"sqa: `{rel(sqa_path)}`" if sqa_path else "sqa: no result file yet",
+            f"PyTorch reference: `{rel(torch_path)}`" if torch_path else
+            "PyTorch: no result file yet"]
+    lines.append("Sources: " + "; ".join(head) + ". Seconds per forward step (median), bf16; "
+                 "speed-up = MHA time / time in the same row.")
+    lines += ["", "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
+              " | xSQA vs MHA |", "|---|---|" + "---:|" * (len(TABLE3_VARIANTS) + 1)]
+    for T, paper in PAPER_TABLE3.items():
+        batch = {1024: 128, 4096: 32, 32768: 4, 131072: 1, 200000: 1}[T]
+        for label, report in (("sqa (H200)", sqa), ("PyTorch (H200)", ref)):
+            cells = [find(report, v, "forward", T) for v in TABLE3_VARIANTS]
+            text = [f"{c['median_s']:.4f}" if c else "-" for c in cells]
+            x, m = cells[0], cells[-1]
+            sp = f"{m['median_s'] / x['median_s']:.2f}x" if x and m else "-"
+            lines.append(f"| {T:,} × {batch} | {label} | " + " | ".join(text) + f" | {sp} |")
+        lines.append(f"| {T:,} × {batch} | paper (A100) | " +
+                     " | ".join(f"{paper[v]:.4f}" for v in TABLE3_VARIANTS) +
+                     f" | {paper['mha'] / paper['xsqa']:.2f}x |")
+    train_rows = []
+    for label, report, kind in (("sqa (H200)", sqa, "train"),
+                                ("PyTorch eager (H200)", ref, "train_eager"),
+                                ("PyTorch compile (H200)", ref, "train_compile")):
+        sizes = sorted({x["seqlen"] for x in report["results"] if x["kind"] == kind})
+        for T in sizes:
+            cells = [find(report, v, kind, T) for v in TABLE3_VARIANTS]
+            if any(cells):
+                b = next(c for c in cells if c)["batch"]
+                train_rows.append(f"| {T:,} × {b} | {label} | " + " | ".join(
+                    f"{c['tokens_per_s'] / 1e6:.3f}" if c else "-" for c in cells) + " |")
+    if train_rows:
+        lines += ["", "Training step (forward + backward + AdamW), million tokens/s:", "",
+                  "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) + " |",
+                  "|---|---|" + "---:|" * len(TABLE3_VARIANTS)] + train_rows
+    if plots and (sqa["results"] or ref["results"]):
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for v, color in zip(("xsqa", "sqa", "mha"), ("#55a868", "#4c72b0", "#c44e52")):
+            Ts = sorted(PAPER_TABLE3)
+            ax.plot(Ts, [PAPER_TABLE3[T][v] for T in Ts], ":", color=color,
+                    label=f"{LABEL[v]} paper A100")
+            for label, report, style in (("sqa H200", sqa, "-o"), ("PyTorch H200", ref, "--s")):
+                pts = [(T, find(report, v, "forward", T)) for T in Ts]
+                pts = [(T, c["median_s"]) for T, c in pts if c]
+                if pts:
+                    ax.plot(*zip(*pts), style, color=color, label=f"{LABEL[v]} {label}",
+                            markersize=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (batch per the paper)")
+        ax.set_ylabel("seconds per forward step")
+        ax.legend(fontsize=7, ncol=3)
+        ax.set_title("Table 3: dense model forward, bf16")
+        fig.tight_layout()
+        fig.savefig(os.path.join(IMG, "table3-forward.png"), dpi=120)
+        plt.close(fig)
+        lines += ["", "![Table 3 forward time](img/table3-forward.png)"]
+    return "\n".join(lines)
+
+
+def replace_block(text, name, body):
+    start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    block = f"{start}\n{body}\n{end}"
+    if not pattern.search(text):
+        sys.exit(f"docs/results.md has no '{start}' ... '{end}' pair")
+    return pattern.sub(lambda _: block, text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if the document would change")
+    p.add_argument("--no-plots", action="store_true")
+    a = p.parse_args()
+    plots = not a.no_plots and not a.check
+    if plots:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+        except ImportError:
+            print("report: matplotlib missing, writing tables only", file=sys.stderr)
+            plots = False
+    os.makedirs(IMG, exist_ok=True)
+    text = open(DOC).read()
+    new = text
+    new = replace_block(new, "table3", table3_section(newest("*-table3-sqa*.json"),
+                                                      newest("*-table3-torch*.json"), plots))
+    for t in (1, 2):
+        path = newest(f"*-table{t}-*.json")
+        body = quality_section(path, plots) if path else "No result file yet."
+        new = replace_block(new, f"table{t}", body)
+    if a.check:
+        return 1 if new != text else 0
+    with open(DOC, "w") as f:
+        f.write(new)
+    print(f"wrote {rel(DOC)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
