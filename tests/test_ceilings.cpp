@@ -9,20 +9,12 @@
 #include "core/ceilings.hpp"
 #include "core/cpu_info.hpp"
 #include "sqa/error.hpp"
+#include "test_util.hpp"
 
 namespace sqa {
 namespace {
 
-template <typename Fn>
-void expect_error(Fn fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    FAIL() << "expected sqa::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << msg;
-  }
-}
+using test::expect_error;
 
 TEST(Ceilings, CoreTypeFollowsCpuFeatures) {
   CpuInfo cpu;

@@ -10,20 +10,13 @@
 #include "sqa/data.hpp"
 #include "sqa/error.hpp"
 #include "sqa/io.hpp"
+#include "test_util.hpp"
 
 namespace sqa {
 namespace {
 
+using test::error_of;
 using test::ScratchDir;
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // Random documents of random lengths (some empty), ids in [2, vocab).
 TokenCorpus random_corpus(std::mt19937_64& rng, int docs, int max_len, int vocab) {

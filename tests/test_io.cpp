@@ -8,20 +8,13 @@
 #include "data/data_test_util.hpp"
 #include "sqa/error.hpp"
 #include "sqa/io.hpp"
+#include "test_util.hpp"
 
 namespace sqa {
 namespace {
 
+using test::error_of;
 using test::ScratchDir;
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Io, RoundTripsArbitraryBytes) {
   ScratchDir dir;

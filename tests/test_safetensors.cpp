@@ -12,27 +12,14 @@
 #include "sqa/error.hpp"
 #include "sqa/io.hpp"
 #include "sqa/safetensors.hpp"
+#include "test_util.hpp"
 
 namespace sqa {
 namespace {
 
+using test::error_of;
+using test::expect_error;
 using test::ScratchDir;
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-void expect_error(const std::function<void()>& action, std::vector<std::string> parts) {
-  const std::string message = error_of(action);
-  ASSERT_FALSE(message.empty()) << "no sqa::Error thrown; expected one mentioning " << parts[0];
-  for (const std::string& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-}
 
 // A file from a raw header JSON and data block.
 std::string make_file(const std::string& header, const std::string& data) {

@@ -5,21 +5,12 @@
 
 #include "sqa/error.hpp"
 #include "sqa/spec.hpp"
+#include "test_util.hpp"
 
 namespace sqa {
 namespace {
 
-// Expects `fn` to throw sqa::Error whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    FAIL() << "expected sqa::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << msg;
-  }
-}
+using test::expect_error;
 
 TEST(Spec, PresetsMatchPaperTableForH16) {
   struct Row {
@@ -77,9 +68,9 @@ TEST(Spec, FlopsFollowPaperFormula) {
   const AttentionSpec mha = make_spec(Variant::mha, 16, 16);
   const AttentionSpec xsqa = make_spec(Variant::xsqa, 16, 16);
   EXPECT_DOUBLE_EQ(attention_forward_flops(mha, 1, 1024, 1024), 4.0 * 1024 * 1024 * 16 * 16);
-  EXPECT_DOUBLE_EQ(attention_forward_flops(mha, 1, 1024, 1024) /
-                       attention_forward_flops(xsqa, 1, 1024, 1024),
-                   4.0);
+  EXPECT_DOUBLE_EQ(
+      attention_forward_flops(mha, 1, 1024, 1024) / attention_forward_flops(xsqa, 1, 1024, 1024),
+      4.0);
   EXPECT_DOUBLE_EQ(attention_backward_flops(mha, 2, 64, 64),
                    2.5 * attention_forward_flops(mha, 2, 64, 64));
   // 2 N d_model d_head (2 H_q + 2 H_kv)

@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "data/utf8.hpp"
 #include "sqa/data.hpp"
 
 namespace sqa {
@@ -128,24 +129,6 @@ int newlines_for(const std::string& name) {
   return 0;
 }
 
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
 // Decodes the entity at html[i] == '&' into out; returns the index after it, or i + 1 (and
 // appends '&') when it is not a recognised entity.
 size_t decode_entity(std::string_view html, size_t i, std::string& out) {
@@ -189,13 +172,13 @@ size_t decode_entity(std::string_view html, size_t i, std::string& out) {
     }
     if (hex && body.size() == 2) ok = false;
     if (ok && cp != 0 && !(cp >= 0xD800 && cp <= 0xDFFF)) {
-      append_utf8(out, cp == 0xA0 ? ' ' : cp);
+      utf8::append(out, cp == 0xA0 ? ' ' : cp);
       return semi + 1;
     }
   } else {
     for (const auto& entity : kNamed) {
       if (body == entity.name) {
-        append_utf8(out, entity.cp);
+        utf8::append(out, entity.cp);
         return semi + 1;
       }
     }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "data/unicode_tables.hpp"
+#include "data/utf8.hpp"
 #include "sqa/error.hpp"
 #include "sqa/io.hpp"
 
@@ -17,24 +18,6 @@ namespace {
 
 uint64_t pair_key(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
-}
-
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // Decodes one UTF-8 code point at text[i]; returns its length in bytes. Invalid or truncated
@@ -98,7 +81,7 @@ struct ByteMap {
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
       to_char[b] = printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + extra++);
-      append_utf8(to_utf8[b], to_char[b]);
+      utf8::append(to_utf8[b], to_char[b]);
     }
   }
   // Byte for a byte-level character, -1 when it is not one.
