@@ -13,8 +13,8 @@ TensorStrides contiguous(bool varlen, int64_t rows, int64_t heads, int64_t head_
 }
 
 void check_strides(const char* name, const TensorStrides& s, int64_t head_dim) {
-  require(s.head >= head_dim && s.row >= head_dim, name, " strides (row ", s.row, ", head ",
-          s.head, ") must be at least head_dim (", head_dim,
+  require(s.head >= head_dim && s.row >= head_dim, name, " strides (row ", s.row, ", head ", s.head,
+          ") must be at least head_dim (", head_dim,
           "): the elements of one head must be contiguous");
 }
 

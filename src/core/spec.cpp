@@ -72,23 +72,32 @@ std::string AttentionSpec::to_string() const {
 }
 
 const std::vector<Variant>& all_variants() {
-  static const std::vector<Variant> variants = {Variant::mha,  Variant::gqa,  Variant::mqa,
-                                                Variant::sqa,  Variant::ssqa, Variant::xsqa,
+  static const std::vector<Variant> variants = {Variant::mha,   Variant::gqa,  Variant::mqa,
+                                                Variant::sqa,   Variant::ssqa, Variant::xsqa,
                                                 Variant::xsmqa, Variant::lsqa, Variant::rsqa};
   return variants;
 }
 
 std::string_view variant_name(Variant v) {
   switch (v) {
-    case Variant::mha: return "mha";
-    case Variant::gqa: return "gqa";
-    case Variant::mqa: return "mqa";
-    case Variant::sqa: return "sqa";
-    case Variant::ssqa: return "ssqa";
-    case Variant::xsqa: return "xsqa";
-    case Variant::xsmqa: return "xsmqa";
-    case Variant::lsqa: return "lsqa";
-    case Variant::rsqa: return "rsqa";
+    case Variant::mha:
+      return "mha";
+    case Variant::gqa:
+      return "gqa";
+    case Variant::mqa:
+      return "mqa";
+    case Variant::sqa:
+      return "sqa";
+    case Variant::ssqa:
+      return "ssqa";
+    case Variant::xsqa:
+      return "xsqa";
+    case Variant::xsmqa:
+      return "xsmqa";
+    case Variant::lsqa:
+      return "lsqa";
+    case Variant::rsqa:
+      return "rsqa";
   }
   return "?";
 }
@@ -108,15 +117,31 @@ HeadLayout preset_layout(Variant v, int h) {
             ") divisible by ", divisor);
   };
   switch (v) {
-    case Variant::mha: return {h, h};
-    case Variant::gqa: need(4); return {h, h / 4};
-    case Variant::mqa: return {h, 1};
-    case Variant::sqa: need(4); return {h / 2, h / 4};
-    case Variant::ssqa: need(2); return {h / 2, h / 2};
-    case Variant::xsqa: need(4); return {h / 4, h / 4};
-    case Variant::xsmqa: need(4); return {h / 4, 1};
-    case Variant::lsqa: need(4); return {3 * h / 4, h / 4};
-    case Variant::rsqa: need(4); return {h / 4, h / 2};
+    case Variant::mha:
+      return {h, h};
+    case Variant::gqa:
+      need(4);
+      return {h, h / 4};
+    case Variant::mqa:
+      return {h, 1};
+    case Variant::sqa:
+      need(4);
+      return {h / 2, h / 4};
+    case Variant::ssqa:
+      need(2);
+      return {h / 2, h / 2};
+    case Variant::xsqa:
+      need(4);
+      return {h / 4, h / 4};
+    case Variant::xsmqa:
+      need(4);
+      return {h / 4, 1};
+    case Variant::lsqa:
+      need(4);
+      return {3 * h / 4, h / 4};
+    case Variant::rsqa:
+      need(4);
+      return {h / 4, h / 2};
   }
   throw Error("unreachable variant");
 }
