@@ -12,5 +12,6 @@ int cmd_bench(const std::vector<std::string>& args);     // cmd_bench.cpp
 int cmd_train(const std::vector<std::string>& args);     // cmd_model.cpp
 int cmd_eval(const std::vector<std::string>& args);      // cmd_model.cpp
 int cmd_generate(const std::vector<std::string>& args);  // cmd_model.cpp
+int cmd_dump(const std::vector<std::string>& args);      // cmd_dump.cpp
 
 }  // namespace sqa::cli

@@ -21,6 +21,7 @@ const Command kCommands[] = {
     {"train", sqa::cli::cmd_train, "train a model: --config FILE --data PATH --out DIR"},
     {"eval", sqa::cli::cmd_eval, "evaluate a checkpoint: loss, perplexity, accuracy"},
     {"generate", sqa::cli::cmd_generate, "sample text from a checkpoint with a KV cache"},
+    {"dump", sqa::cli::cmd_dump, "logits and gradients at given weights (PyTorch comparison)"},
 };
 
 void usage() {
