@@ -16,4 +16,8 @@ void attention_backward(const AttentionBackwardParams&) {
   throw Error("the CUDA backend is not built into this copy of sqa");
 }
 
+const char* chosen_backend(const AttentionParams&, bool) {
+  return "none";
+}
+
 }  // namespace sqa::cuda

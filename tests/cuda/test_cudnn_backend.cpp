@@ -1,0 +1,226 @@
+// The cuDNN backend (src/attention/cuda/cudnn_backend.cpp) against the float64 reference through
+// the op-level harness (fresh inputs, outputs NaN-poisoned first), forward and backward, every
+// layout cuDNN takes (H_q a multiple of H_kv), masks, d = 64 and 128; plus the routing rules of
+// the automatic choice and the errors of an explicit one. GPU tests skip cleanly without a GPU.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "attention_harness.hpp"
+#include "cuda/cuda_via_host.hpp"
+#include "sqa/attention.hpp"
+#include "sqa/error.hpp"
+
+namespace sqa {
+namespace {
+
+using testing::cuda_host::cuda_backward_via_host;
+using testing::cuda_host::cuda_forward_via_host;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device present"
+
+// Sets SQA_CUDA_BACKEND for one scope (the tests also set the params field directly).
+class ScopedBackendEnv {
+ public:
+  explicit ScopedBackendEnv(const char* value) { setenv("SQA_CUDA_BACKEND", value, 1); }
+  ~ScopedBackendEnv() { unsetenv("SQA_CUDA_BACKEND"); }
+};
+
+void forward_on(CudaBackend backend, const AttentionParams& host) {
+  AttentionParams p = host;
+  p.cuda_backend = backend;
+  cuda_forward_via_host(p);
+}
+
+void backward_on(CudaBackend backend, const AttentionBackwardParams& host) {
+  AttentionBackwardParams g = host;
+  g.forward.cuda_backend = backend;
+  cuda_backward_via_host(g);
+}
+
+// Layouts cuDNN serves: H_q a multiple of H_kv (MHA, GQA, MQA and the SQA family but rSQA).
+std::vector<Variant> cudnn_variants() {
+  std::vector<Variant> out;
+  for (Variant v : all_variants()) {
+    if (v != Variant::rsqa) out.push_back(v);
+  }
+  return out;
+}
+
+testing::HarnessCase make_case(Variant v, int d, const Window& w, int64_t nq, int64_t nk,
+                               uint64_t seed) {
+  testing::HarnessCase c;
+  c.spec = make_spec(v, 8, d, w);
+  c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+  c.batch = 2;
+  c.seqlen_q = nq;
+  c.seqlen_k = nk;
+  c.q_gain = (seed % 4 == 0) ? 4.0 : 1.0;
+  c.seed = seed;
+  return c;
+}
+
+const std::vector<Window>& windows() {
+  static const std::vector<Window> w = {Window::none(), Window::causal(), Window::sliding(100)};
+  return w;
+}
+
+TEST(CudnnForward, EveryLayoutMaskAndHeadDim) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 31;
+  const int64_t n = testing::small_scale() ? 160 : 300;
+  for (Variant v : cudnn_variants()) {
+    for (int d : {64, 128}) {
+      for (const Window& w : windows()) {
+        // N_k >= N_q: masks are bottom-right aligned, no row is left without keys.
+        const testing::HarnessCase c = make_case(v, d, w, n, n + (seed % 3) * 37, seed);
+        ++seed;
+        const testing::CheckResult r = testing::check_forward(
+            c, [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
+        EXPECT_TRUE(r.ok) << r.message;
+      }
+    }
+  }
+}
+
+TEST(CudnnForward, StridedViewsAndNullLse) {
+  SKIP_WITHOUT_GPU();
+  testing::HarnessCase c = make_case(Variant::sqa, 64, Window::causal(), 200, 256, 41);
+  c.padding = 8;  // heads of a fused buffer: row and head strides stay multiples of 8
+  testing::CheckResult r = testing::check_forward(
+      c, [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
+  EXPECT_TRUE(r.ok) << r.message;
+  // Without an lse buffer the output is still right; the harness's lse stays poisoned.
+  c.padding = 0;
+  r = testing::check_forward(c, [](const AttentionParams& host) {
+    AttentionParams p = host;
+    p.lse = nullptr;
+    forward_on(CudaBackend::cudnn, p);
+  });
+  EXPECT_NE(r.message.find("lse"), std::string::npos) << r.message;
+  EXPECT_EQ(r.message.find("out:"), std::string::npos) << r.message;
+}
+
+TEST(CudnnBackward, EveryLayoutMaskAndHeadDim) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 71;
+  // N_k a multiple of 128: cuDNN before 9.16 needs it for the backward (see cudnn_backend.cpp).
+  const int64_t nk = testing::small_scale() ? 128 : 256;
+  for (Variant v : cudnn_variants()) {
+    for (int d : {64, 128}) {
+      for (const Window& w : windows()) {
+        const int64_t nq = (seed % 2) ? nk : nk - 56;
+        const testing::HarnessCase c = make_case(v, d, w, nq, nk, seed);
+        ++seed;
+        const testing::CheckResult r = testing::check_backward(
+            c, [](const AttentionBackwardParams& g) { backward_on(CudaBackend::cudnn, g); });
+        EXPECT_TRUE(r.ok) << r.message;
+      }
+    }
+  }
+}
+
+TEST(CudnnBackward, StridedViews) {
+  SKIP_WITHOUT_GPU();
+  testing::HarnessCase c = make_case(Variant::gqa, 128, Window::none(), 128, 256, 91);
+  c.padding = 8;
+  const testing::CheckResult r = testing::check_backward(
+      c, [](const AttentionBackwardParams& g) { backward_on(CudaBackend::cudnn, g); });
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+// ---- routing ------------------------------------------------------------------------------
+
+AttentionParams routing_params(Variant v, int d, int64_t nq, int64_t nk, const Window& w) {
+  AttentionParams p;
+  p.spec = make_spec(v, 16, d, w);
+  p.dtype = DType::bf16;
+  p.device = Device::cuda;
+  p.batch = 1;
+  p.seqlen_q = nq;
+  p.seqlen_k = nk;
+  p.set_contiguous_strides();
+  // Host memory: enough for validate(); the rules under test reject before any device access.
+  static std::vector<unsigned char> buffer(1 << 16);
+  p.q = p.k = p.v = p.out = buffer.data();
+  return p;
+}
+
+TEST(CudnnRouting, AutoTakesCudnnWhereItIsFaster) {
+  SKIP_WITHOUT_GPU();
+  const Window causal = Window::causal();
+  for (int d : {64, 128}) {
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, d, 4096, 4096, causal), false),
+                 "cudnn");
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, d, 4096, 4096, causal), true),
+                 "cudnn");
+  }
+  // Ours: small head dims, rSQA, decode, masks cuDNN does not take.
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 16, 4096, 4096, causal), false),
+               "own");
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::rsqa, 64, 4096, 4096, causal), false),
+               "own");
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 64, 1, 8192, causal), false),
+               "own");
+  EXPECT_STREQ(
+      cuda::chosen_backend(routing_params(Variant::sqa, 64, 4096, 4096, Window{37, 5}), false),
+      "own");
+  {
+    ScopedBackendEnv env("own");
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 128, 4096, 4096, causal), false),
+                 "own");
+  }
+  {
+    ScopedBackendEnv env("cudnn");
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 16, 4096, 4096, causal), false),
+                 "cudnn");
+  }
+}
+
+// The automatic path falls back to our kernels for what cuDNN cannot take and stays correct.
+TEST(CudnnRouting, AutoFallbackMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  testing::HarnessCase c = make_case(Variant::rsqa, 64, Window::causal(), 256, 256, 7);
+  testing::CheckResult r = testing::check_forward(
+      c, [](const AttentionParams& p) { forward_on(CudaBackend::automatic, p); });
+  EXPECT_TRUE(r.ok) << r.message;
+  c = make_case(Variant::sqa, 64, Window{37, 5}, 256, 256, 8);
+  r = testing::check_backward(
+      c, [](const AttentionBackwardParams& g) { backward_on(CudaBackend::automatic, g); });
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+template <typename Fn>
+std::string error_of(Fn fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no sqa::Error)";
+}
+
+TEST(CudnnRouting, ExplicitCudnnNamesTheRule) {
+  // Rejected before any device access, so this runs on the CPU-only CI machine too.
+  AttentionParams p = routing_params(Variant::rsqa, 64, 256, 256, Window::causal());
+  p.cuda_backend = CudaBackend::cudnn;
+  const std::string msg = error_of([&] { cuda::attention_forward(p); });
+  const bool named =
+      msg.find("rSQA") != std::string::npos && msg.find("multiple of H_kv") != std::string::npos;
+  const bool not_built = msg.find("without cuDNN") != std::string::npos;
+  EXPECT_TRUE(named || not_built) << msg;
+}
+
+TEST(CudnnRouting, RejectsUnknownEnvValue) {
+  ScopedBackendEnv env("fast");
+  const AttentionParams p = routing_params(Variant::sqa, 64, 256, 256, Window::causal());
+  const std::string msg = error_of([&] { cuda::attention_forward(p); });
+  EXPECT_NE(msg.find("SQA_CUDA_BACKEND (fast)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("own, cudnn or auto"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace sqa
