@@ -20,6 +20,11 @@ namespace sqa {
 
 enum class Device { cpu, cuda };
 
+// Which implementation serves a CUDA call. automatic: cuDNN's fused attention where it is faster
+// and supports the layout (src/attention/cuda/cudnn_backend.cpp), this project's kernels
+// elsewhere; the environment variable SQA_CUDA_BACKEND=own|cudnn|auto overrides automatic.
+enum class CudaBackend { automatic, own, cudnn };
+
 struct TensorStrides {
   int64_t batch = 0;  // ignored in varlen mode
   int64_t row = 0;    // token
@@ -45,6 +50,7 @@ struct AttentionParams {
   float* lse = nullptr;  // optional in the forward (may be null), required by the backward
 
   TensorStrides q_strides, k_strides, v_strides, out_strides;
+  CudaBackend cuda_backend = CudaBackend::automatic;  // the backward reads forward.cuda_backend
 
   bool is_varlen() const { return cu_seqlens_q != nullptr; }
   // Fills the strides for contiguous tensors in the layouts above.
@@ -88,6 +94,9 @@ namespace cuda {
 bool available();  // compiled with CUDA and a device is present
 void attention_forward(const AttentionParams& params);
 void attention_backward(const AttentionBackwardParams& params);
+// The implementation a call with these params runs on: "cudnn" or "own" (for benchmarks and
+// tests; may build and cache the cuDNN plan to find out).
+const char* chosen_backend(const AttentionParams& params, bool backward);
 }  // namespace cuda
 
 }  // namespace sqa

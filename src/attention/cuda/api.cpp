@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/cuda/cudnn_backend.hpp"
 #include "attention/cuda/flash_fwd.hpp"
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
@@ -165,6 +166,7 @@ void attention_forward(const AttentionParams& params) {
   require(params.device == Device::cuda, "cuda::attention_forward needs device = cuda");
   require(params.dtype == DType::bf16 || params.dtype == DType::f16, "dtype (",
           dtype_name(params.dtype), ") is not supported by the CUDA forward: it takes bf16 or f16");
+  if (cudnn_forward_if_chosen(params)) return;  // cudnn_backend.hpp: explicit choice or auto
   const AttentionSpec& spec = params.spec;
   const FwdLauncher launch = launcher_for(spec.head_dim);
   const bool varlen = params.is_varlen();
@@ -233,6 +235,7 @@ void attention_backward(const AttentionBackwardParams& params) {
   require(f.device == Device::cuda, "cuda::attention_backward needs device = cuda");
   require(f.dtype == DType::bf16 || f.dtype == DType::f16, "dtype (", dtype_name(f.dtype),
           ") is not supported by the CUDA backward: it takes bf16 or f16");
+  if (cudnn_backward_if_chosen(params)) return;
   const AttentionSpec& spec = f.spec;
   BwdLauncher launch = nullptr;
   switch (spec.head_dim) {
