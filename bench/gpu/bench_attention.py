@@ -8,7 +8,7 @@ FLOP count (sqa_attention_forward_flops: exact mask area). The in-run ceilings (
 against the peer's output (relative error), so a fast wrong kernel cannot pass.
 
 Usage: python3 bench/gpu/bench_attention.py --lib build-cuda/src/capi/libsqa.so --out DIR
-       [--quick] [--only SUBSTRING]
+       [--quick] [--only SUBSTRING[,SUBSTRING...]] (groups whose name contains any of them)
 Writes DIR/bench.json and DIR/bench.md and prints the table.
 """
 
@@ -111,7 +111,7 @@ def ceilings() -> dict:
 
 # ---- one config -------------------------------------------------------------------------------
 
-VARIANTS = ("base", "ilp", "occ")
+VARIANTS = ("base", "ilp", "occ", "pipe", "wide")
 PEERS = {"fa2": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
@@ -183,6 +183,14 @@ def run_config(lib, cfg: dict, ceil: dict, quick: bool) -> dict:
             t = median_time(ours_fb, 1, 3 if quick or long_run else 5)
             row["ours_fb_ms"] = t * 1e3
             row["ours_fb_tflops"] = bflops / t / 1e12
+            # The deterministic scheme (separate dQ kernel) next to the default (atomic dQ).
+            bargs.deterministic = 1
+            try:
+                t = median_time(ours_fb, 1, 3)
+            finally:
+                bargs.deterministic = 0
+            row["ours_fb_det_ms"] = t * 1e3
+            row["ours_fb_det_tflops"] = bflops / t / 1e12
         except Exception as ex:
             row["ours_fb_error"] = str(ex)[:300]
 
@@ -385,7 +393,7 @@ def markdown(meta: dict, rows: list) -> str:
              f"copy {meta['ceilings']['copy_TBps']:.2f} TB/s (read+write).", "",
              "## Forward", "",
              "| group | layout | H_q/H_kv | d | N_q/N_k | ours ms | ours TFLOP/s | % peak | "
-             "base/ilp/occ TFLOP/s | FA2 TFLOP/s | cuDNN TFLOP/s | vs best peer | err vs peer | target |",
+             "base/ilp/occ/pipe/wide TFLOP/s | FA2 TFLOP/s | cuDNN TFLOP/s | vs best peer | err vs peer | target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
@@ -396,10 +404,11 @@ def markdown(meta: dict, rows: list) -> str:
             f"{fmt(r.get('fa2_tflops'))} | "
             f"{fmt(r.get('cudnn_tflops'))} | {fmt(r.get('speedup_vs_best_peer'), '.2f')}x | "
             f"{fmt(r.get('rel_err_vs_peer'), '.1e')} | {r.get('verdict', '')} |")
-    lines += ["", "## Forward + backward (TFLOP/s over 3.5x the forward FLOPs)", "",
-              "| group | layout | H_q/H_kv | d | ours ms | ours TFLOP/s | % peak | FA2 TFLOP/s | "
+    lines += ["", "## Forward + backward (TFLOP/s over 3.5x the forward FLOPs; default = atomic dQ)", "",
+              "| group | layout | H_q/H_kv | d | ours ms | ours TFLOP/s | % peak | "
+              "deterministic TFLOP/s | FA2 TFLOP/s | "
               "cuDNN TFLOP/s | vs best peer | dq/dk/dv err vs FA2 | target |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r.get("bwd"):
             continue
@@ -408,6 +417,7 @@ def markdown(meta: dict, rows: list) -> str:
         lines.append(
             f"| {r['group']} | {r['name']} | {r['hq']}/{r['hkv']} | {r['d']} | "
             f"{fmt(r.get('ours_fb_ms'), '.3f')} | {fmt(r.get('ours_fb_tflops'))} | {fmt(pct)} | "
+            f"{fmt(r.get('ours_fb_det_tflops'))} | "
             f"{fmt(r.get('fa2_fb_tflops'))} | {fmt(r.get('cudnn_fb_tflops'))} | "
             f"{fmt(r.get('fb_speedup_vs_best_peer'), '.2f')}x | {errs} | {r.get('fb_verdict', '')} |")
     return "\n".join(lines) + "\n"
@@ -434,7 +444,7 @@ def main() -> int:
     print(json.dumps(meta), flush=True)
     rows = []
     for cfg in configs(a.quick):
-        if a.only and a.only not in cfg["group"]:
+        if a.only and not any(part in cfg["group"] for part in a.only.split(",")):
             continue
         row = run_config(lib, cfg, meta["ceilings"], a.quick)
         rows.append(row)

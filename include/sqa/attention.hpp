@@ -67,7 +67,10 @@ struct AttentionBackwardParams {
   void* dk = nullptr;
   void* dv = nullptr;
   TensorStrides dout_strides, dq_strides, dk_strides, dv_strides;
-  bool deterministic = false;  // CUDA: fixed reduction order for dK/dV/dQ
+  // CUDA: true runs the fixed-order scheme (separate dQ kernel, bit-identical from run to run);
+  // false (default) runs FA2's scheme, dQ summed with fp32 atomics (faster; dQ may differ from
+  // run to run in the last bits). dK and dV are deterministic either way.
+  bool deterministic = false;
 
   void set_contiguous_strides();
   void validate() const;

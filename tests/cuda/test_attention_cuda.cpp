@@ -264,7 +264,7 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  for (const char* variant : {"base", "ilp", "occ"}) {
+  for (const char* variant : {"base", "ilp", "occ", "pipe", "wide"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
@@ -289,6 +289,19 @@ TEST(CudaForward, SanitizerSmoke) {
   c.seqlen_k = 2000;
   c.seed = 12;
   expect_forward_ok(c);
+  // The two-stage variants' buffer hand-over (one barrier per key block) under racecheck too.
+  limits.head_dims = {16, 32};
+  for (const char* variant : {"pipe", "wide"}) {
+    setenv("SQA_CUDA_FWD", variant, 1);
+    for (const auto& vc : testing::generate_cases(limits, 3, 6116)) expect_forward_ok(vc);
+    testing::HarnessCase long_case;
+    long_case.spec = make_spec(Variant::xsqa, 4, 16, Window::causal());
+    long_case.dtype = DType::bf16;
+    long_case.seqlen_q = long_case.seqlen_k = 400;
+    long_case.seed = 13;
+    expect_forward_ok(long_case);
+  }
+  unsetenv("SQA_CUDA_FWD");
 }
 
 TEST(CudaForward, NullLseIsAllowed) {
@@ -345,6 +358,48 @@ TEST(CudaBackward, EveryLayoutHeadDimAndMask) {
         c.seed = seed++;
         if (testing::small_scale() && d > 64) continue;
         expect_backward_ok(c);
+      }
+    }
+  }
+}
+
+// The default scheme (above) adds dQ with atomics; the deterministic one runs a separate dQ
+// kernel. It must match the reference on every kind of layout and repeat bit for bit.
+TEST(CudaBackward, DeterministicSchemeMatchesReferenceAndRepeatsExactly) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 91;
+  for (Variant v : {Variant::mha, Variant::gqa, Variant::xsmqa, Variant::rsqa}) {
+    for (int d : {16, 64, 128}) {
+      for (const Window& w : {Window::none(), Window::causal()}) {
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 4, d, w);
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = testing::small_scale() ? 130 : 260;
+        c.seqlen_k = c.seqlen_q + (seed % 3) * 29;
+        c.seed = seed++;
+        bool repeats = true;
+        const testing::CheckResult r =
+            testing::check_backward(c, [&](const AttentionBackwardParams& host) {
+              AttentionBackwardParams g = host;
+              g.deterministic = true;
+              const AttentionParams& f = g.forward;
+              const HeadLayout& heads = f.spec.heads;
+              const int64_t esize = dtype_size(f.dtype);
+              const int64_t dq_bytes =
+                  extent(g.dq_strides, f.batch, f.seqlen_q, heads.num_query_heads, d) * esize;
+              const int64_t dk_bytes =
+                  extent(g.dk_strides, f.batch, f.seqlen_k, heads.num_kv_heads, d) * esize;
+              cuda_backward_via_host(g);
+              const auto* dq = static_cast<const unsigned char*>(g.dq);
+              const auto* dk = static_cast<const unsigned char*>(g.dk);
+              const std::vector<unsigned char> dq1(dq, dq + dq_bytes), dk1(dk, dk + dk_bytes);
+              cuda_backward_via_host(g);
+              repeats =
+                  std::equal(dq1.begin(), dq1.end(), dq) && std::equal(dk1.begin(), dk1.end(), dk);
+            });
+        EXPECT_TRUE(r.ok) << r.message;
+        EXPECT_TRUE(repeats) << "deterministic backward differs between two runs, d = " << d;
       }
     }
   }

@@ -33,7 +33,10 @@ FwdVariant fwd_variant() {
   if (m == "base") return FwdVariant::base;
   if (m == "ilp") return FwdVariant::ilp;
   if (m == "occ") return FwdVariant::occ;
-  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m, ") must be base, ilp or occ, or unset"));
+  if (m == "pipe") return FwdVariant::pipe;
+  if (m == "wide") return FwdVariant::wide;
+  throw Error(
+      sqa::detail::concat("SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe or wide, or unset"));
 }
 
 namespace {
@@ -308,8 +311,15 @@ void attention_backward(const AttentionBackwardParams& params) {
     rows = static_cast<int64_t>(g.fwd.num_attention_heads) * total_q;
   }
   g.lse_rows = rows;
-  StreamBuffer workspace(static_cast<size_t>(std::max<int64_t>(rows, 1)) * sizeof(float), stream);
-  g.dsum = static_cast<float*>(workspace.ptr);
+  // Scheme (flash_bwd_kernel.cuh): deterministic runs the separate dQ kernel; the default adds
+  // dQ with fp32 atomics into a workspace of (rows / H_attn) * H_q rows of head_dim floats.
+  g.deterministic = params.deterministic ? 1 : 0;
+  g.dq_rows = g.deterministic ? 0 : rows / g.fwd.num_attention_heads * g.fwd.num_query_heads;
+  const size_t dsum_floats = static_cast<size_t>(std::max<int64_t>(rows, 1));
+  const size_t dq_floats = static_cast<size_t>(g.dq_rows) * spec.head_dim;
+  StreamBuffer workspace((dsum_floats + dq_floats) * sizeof(float), stream);
+  g.dq_accum = static_cast<float*>(workspace.ptr);  // first: cudaMallocAsync aligns it
+  g.dsum = g.dq_accum + dq_floats;
   launch(g, f.dtype == DType::f16, stream);
 }
 

@@ -1,11 +1,16 @@
 // FlashAttention-2-style backward (sm_80 warp MMA path), recomputing P from the forward's lse:
 //   P = exp(scale S - lse), dV = P^T dO, dP = dO V^T, dS = P * (dP - D) with D_i = dO_i . O_i,
 //   dK = scale dS^T Q, dQ = scale dS K.
-// Three kernels, all deterministic (fixed reduction order, no atomics):
+// Two schemes share the dsum and dK/dV kernels:
 //   dsum:  D per (sequence, attention head, query row), in the lse layout;
 //   dK/dV: one CTA per (key block, KV head); each warp owns 16 keys and accumulates their dK and
 //          dV in registers while looping over every attention head of the KV head's group (G
-//          heads for the GQA family, 1 for rSQA) and every query block that sees the keys;
+//          heads for the GQA family, 1 for rSQA) and every query block that sees the keys.
+// Default (FA2's scheme, 5 matmuls and 1 exponential per score): the dK/dV kernel also stages
+// dS in shared memory and adds dQ += scale dS K for its keys into an fp32 workspace with atomics
+// (rSQA's repeats of a query head simply add into the same rows); a last kernel converts it.
+// The order of those additions varies from run to run, so dQ may differ in the last bits.
+// Deterministic (AttentionBackwardParams::deterministic; 7 matmuls and 2 exponentials):
 //   dQ:    one CTA per (query block, query head), looping over every attention head that reads
 //          the query head (1 for the GQA family, H_kv / H_q for rSQA, whose dQ sums the repeats)
 //          and every visible key block; it recomputes S and dP rather than reducing with atomics.
@@ -103,18 +108,32 @@ __device__ __forceinline__ void load_tile(T* dst, const T* base, int64_t row_str
   }
 }
 
-template <typename T, int D, int BM, int kNWarps, bool kKVInRegs>
+// Row of the fp32 dQ workspace for (sequence b, query head qh, local query row r): dense
+// (B, H_q, N_q), varlen (H_q, total_q); D floats per row.
+__device__ __forceinline__ int64_t dq_accum_row(const FwdKernelParams& p, int b, int qh,
+                                                int64_t q_row0, int r, int64_t total_q) {
+  if (p.cu_seqlens_q != nullptr) return static_cast<int64_t>(qh) * total_q + q_row0 + r;
+  return (static_cast<int64_t>(b) * p.num_query_heads + qh) * p.seqlen_q + r;
+}
+
+template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
 struct BwdDkDvTile {
   static constexpr int kThreads = kNWarps * 32;
   static constexpr int BN = 16 * kNWarps;  // keys per CTA: 16 per warp
   static constexpr int kStride = D + 8;
+  static constexpr int kSStride = BM + 8;  // dS^T tile (keys x query rows), padded like the rest
   static constexpr int kSmemBytes = (2 * BN + 4 * BM) * kStride * static_cast<int>(sizeof(T)) +
-                                    4 * BM * static_cast<int>(sizeof(float));
+                                    4 * BM * static_cast<int>(sizeof(float)) +
+                                    (kAtomicDq ? BN * kSStride * static_cast<int>(sizeof(T)) : 0);
+  // dQ step: BM / 16 row tiles of 16 query rows; the warps of a row tile split D between them.
+  static constexpr int kWarpsPerRowTile = kNWarps / (BM / 16);
+  static constexpr int kDqDims = D / kWarpsPerRowTile;
+  static_assert(kNWarps % (BM / 16) == 0 && kDqDims % 16 == 0, "dQ step tiling");
 };
 
-template <typename T, int D, int BM, int kNWarps, bool kKVInRegs>
+template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
 __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdKernelParams g) {
-  using Tile = BwdDkDvTile<T, D, BM, kNWarps, kKVInRegs>;
+  using Tile = BwdDkDvTile<T, D, BM, kNWarps, kKVInRegs, kAtomicDq>;
   constexpr int BN = Tile::BN;
   constexpr int kStride = Tile::kStride;
   constexpr int kThreads = Tile::kThreads;
@@ -131,10 +150,15 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   T* sdO = sQ + 2 * BM * kStride;                                // [2][BM * kStride]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BM * kStride);  // [2][BM]: lse * log2(e)
   float* sD = sL + 2 * BM;                                       // [2][BM]: D
+  T* sdS = reinterpret_cast<T*>(sD + 2 * BM);                    // kAtomicDq: [BN][kSStride]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g4 = lane / 4, t = lane % 4;
-  const int n_block = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+  // x = (key block, KV head), heads fastest: the causal mask's longest key blocks (the first)
+  // of every head start in the first wave.
+  const int n_block = static_cast<int>(blockIdx.x) / p.num_kv_heads;
+  const int kv_head = static_cast<int>(blockIdx.x) % p.num_kv_heads;
+  const int b = blockIdx.z;
   const SeqSpan s = seq_span(p, b);
   const int n0 = n_block * BN;
   if (n0 >= s.nk) return;
@@ -262,7 +286,18 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
         dpt[j][e] = pv * (dpt[j][e] - d_tile[ql]);
       }
 
-      // dV += P^T dO, dK += dS^T Q (the accumulators are already A fragments over query rows).
+    if constexpr (kAtomicDq) {
+      // dS^T to shared memory (key-major, two query rows per 32-bit store) for the dQ step.
+      T* dst = sdS + (warp * 16 + g4) * Tile::kSStride + 2 * t;
+#pragma unroll
+      for (int j = 0; j < kQT; ++j) {
+        *reinterpret_cast<uint32_t*>(dst + j * 8) = M::pack(dpt[j][0], dpt[j][1]);
+        *reinterpret_cast<uint32_t*>(dst + 8 * Tile::kSStride + j * 8) =
+            M::pack(dpt[j][2], dpt[j][3]);
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q (the accumulators are already A fragments over query rows).
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
       uint32_t pa[4], da[4];
@@ -287,6 +322,50 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
         M::run(dk[2 * d2 + 1], da, bq[2], bq[3]);
       }
     }
+    if constexpr (kAtomicDq) {
+      __syncthreads();  // every warp's dS^T is in shared memory
+      // dQ(rows of this warp's row tile, its D slice) += dS K over the CTA's BN keys; the
+      // fragments come from the key-major tiles through ldmatrix.trans.
+      constexpr int kDqT = Tile::kDqDims / 8;
+      const int row_tile = warp % (BM / 16);
+      const int dim0 = (warp / (BM / 16)) * Tile::kDqDims;
+      float dqp[kDqT][4];
+#pragma unroll
+      for (int dt = 0; dt < kDqT; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dqp[dt][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        uint32_t as[4];
+        ldmatrix_x4_trans(as,
+                          smem_addr(sdS + (kk * 16 + (lane / 16) * 8 + lane % 8) * Tile::kSStride +
+                                    row_tile * 16 + ((lane / 8) % 2) * 8));
+#pragma unroll
+        for (int d2 = 0; d2 < Tile::kDqDims / 16; ++d2) {
+          uint32_t bk[4];
+          ldmatrix_x4_trans(
+              bk, smem_addr(sK + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * kStride + dim0 +
+                            d2 * 16 + (lane / 16) * 8));
+          M::run(dqp[2 * d2], as, bk[0], bk[1]);
+          M::run(dqp[2 * d2 + 1], as, bk[2], bk[3]);
+        }
+      }
+      const int h = h_first + it / nqb;
+      const int qh = p.reverse ? h % p.num_query_heads : h;
+      const float scale = g.scale;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int q = m0 + row_tile * 16 + g4 + 8 * r;
+        if (q >= s.nq) continue;
+        float* dst = g.dq_accum + dq_accum_row(p, b, qh, s.q_row0, q, s.total_q) * D + dim0 + 2 * t;
+#pragma unroll
+        for (int dt = 0; dt < kDqT; ++dt) {
+          // No return value: compiles to a fire-and-forget vector reduction (RED.E.ADD.F32x2).
+          atomicAdd(reinterpret_cast<float2*>(dst + dt * 8),
+                    make_float2(dqp[dt][2 * r] * scale, dqp[dt][2 * r + 1] * scale));
+        }
+      }
+    }
     __syncthreads();  // this stage's tiles are refilled two iterations later
   }
   cp_async_wait<0>();
@@ -308,6 +387,36 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
           M::pack(dv[dt][2 * r], dv[dt][2 * r + 1]);
     }
   }
+}
+
+// dQ from the fp32 workspace (already scaled) to the output layout; 8 elements per thread.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    flash_bwd_dq_convert_kernel(const BwdKernelParams g, int64_t dq_rows, int head_dim) {
+  const FwdKernelParams& p = g.fwd;
+  const int chunks = head_dim / 8;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= dq_rows * chunks) return;
+  const int64_t rid = idx / chunks;
+  const int c = static_cast<int>(idx % chunks);
+  int64_t off;
+  if (p.cu_seqlens_q != nullptr) {
+    const int64_t total_q = p.cu_seqlens_q[p.batch];
+    off = (rid % total_q) * g.dq_row + (rid / total_q) * g.dq_head;
+  } else {
+    const int64_t qrow = rid % p.seqlen_q;
+    const int64_t qh = (rid / p.seqlen_q) % p.num_query_heads;
+    const int64_t b = rid / (static_cast<int64_t>(p.seqlen_q) * p.num_query_heads);
+    off = b * g.dq_batch + qrow * g.dq_row + qh * g.dq_head;
+  }
+  const float4* src = reinterpret_cast<const float4*>(g.dq_accum + rid * head_dim + c * 8);
+  const float4 a = src[0], b4 = src[1];
+  uint4 packed;
+  packed.x = Mma<T>::pack(a.x, a.y);
+  packed.y = Mma<T>::pack(a.z, a.w);
+  packed.z = Mma<T>::pack(b4.x, b4.y);
+  packed.w = Mma<T>::pack(b4.z, b4.w);
+  *reinterpret_cast<uint4*>(static_cast<T*>(g.dq) + off + c * 8) = packed;
 }
 
 template <typename T, int D, int BN, int kNWarps>
@@ -338,8 +447,11 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dq_kernel(const BwdKer
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g4 = lane / 4, t = lane % 4;
-  const int m_block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
-  const int qh = blockIdx.y, b = blockIdx.z;
+  // x = (query block, query head), heads fastest, the longest (last) query blocks first.
+  const int m_block = static_cast<int>(gridDim.x) / p.num_query_heads - 1 -
+                      static_cast<int>(blockIdx.x) / p.num_query_heads;
+  const int qh = static_cast<int>(blockIdx.x) % p.num_query_heads;
+  const int b = blockIdx.z;
   const SeqSpan s = seq_span(p, b);
   const int m0 = m_block * BM;
   if (m0 >= s.nq) return;

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "flash_bwd_kernel.cuh"
 #include "flash_fwd.hpp"
 
@@ -21,6 +23,12 @@ void set_smem_limit(Kernel* kernel, int smem) {
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;
+  const bool atomic_dq = !g.deterministic;
+  if (atomic_dq && g.dq_rows > 0) {
+    check_cuda(
+        cudaMemsetAsync(g.dq_accum, 0, static_cast<size_t>(g.dq_rows) * D * sizeof(float), stream),
+        "cudaMemsetAsync(dQ workspace)");
+  }
   if (g.lse_rows > 0) {  // a varlen batch of empty query sequences has no rows at all
     flash_bwd_dsum_kernel<T><<<static_cast<unsigned>((g.lse_rows + 3) / 4), 128, 0, stream>>>(g, D);
     check_cuda(cudaGetLastError(), "flash_bwd_dsum_kernel launch");
@@ -28,18 +36,34 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
 
   constexpr int kBM = D <= 64 ? 64 : 32;
   constexpr bool kKVInRegs = D <= 32;
-  using DkDv = BwdDkDvTile<T, D, kBM, 4, kKVInRegs>;
-  auto* dkdv = &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs>;
-  set_smem_limit(dkdv, DkDv::kSmemBytes);
-  const dim3 grid_kv((p.seqlen_k + DkDv::BN - 1) / DkDv::BN, p.num_kv_heads, p.batch);
-  dkdv<<<grid_kv, DkDv::kThreads, DkDv::kSmemBytes, stream>>>(g);
-  check_cuda(cudaGetLastError(), "flash_bwd_dkdv_kernel launch");
+  auto launch_dkdv = [&](auto atomic_tag) {
+    constexpr bool kAtomic = decltype(atomic_tag)::value;
+    using DkDv = BwdDkDvTile<T, D, kBM, 4, kKVInRegs, kAtomic>;
+    auto* dkdv = &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic>;
+    set_smem_limit(dkdv, DkDv::kSmemBytes);
+    const int64_t n_blocks = (p.seqlen_k + DkDv::BN - 1) / DkDv::BN;
+    const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads), 1, p.batch);
+    dkdv<<<grid_kv, DkDv::kThreads, DkDv::kSmemBytes, stream>>>(g);
+    check_cuda(cudaGetLastError(), "flash_bwd_dkdv_kernel launch");
+  };
+  if (atomic_dq) {
+    launch_dkdv(std::true_type{});
+    if (g.dq_rows > 0) {
+      const int64_t threads = g.dq_rows * (D / 8);
+      flash_bwd_dq_convert_kernel<T>
+          <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, g.dq_rows, D);
+      check_cuda(cudaGetLastError(), "flash_bwd_dq_convert_kernel launch");
+    }
+    return;
+  }
+  launch_dkdv(std::false_type{});
 
   constexpr int kBN = D <= 64 ? 64 : 32;
   using Dq = BwdDqTile<T, D, kBN, 4>;
   auto* dq = &flash_bwd_dq_kernel<T, D, kBN, 4>;
   set_smem_limit(dq, Dq::kSmemBytes);
-  const dim3 grid_q((p.seqlen_q + Dq::BM - 1) / Dq::BM, p.num_query_heads, p.batch);
+  const int64_t m_blocks = (p.seqlen_q + Dq::BM - 1) / Dq::BM;
+  const dim3 grid_q(static_cast<unsigned>(m_blocks * p.num_query_heads), 1, p.batch);
   dq<<<grid_q, Dq::kThreads, Dq::kSmemBytes, stream>>>(g);
   check_cuda(cudaGetLastError(), "flash_bwd_dq_kernel launch");
 }

@@ -9,6 +9,9 @@
 // reads its query head from (h % H_q for rSQA, h otherwise) and the CTA's one KV head
 // (h for rSQA, h / G otherwise). Key blocks that the window hides for every row of the tile are
 // never visited; blocks that it hides partly are masked element by element.
+// kTwoStage (small head dims, where a key block is only a few instructions per thread): K and V
+// get two buffers each, so block j - 1 streams in during all of block j and each block costs one
+// barrier instead of two.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,14 +31,15 @@ __device__ __forceinline__ int64_t lse_row(const FwdKernelParams& p, int b, int 
   return (static_cast<int64_t>(b) * p.num_attention_heads + h) * p.seqlen_q + r;
 }
 
-template <typename T, int D, int kMT, int kNWarps, int BN>
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kTwoStage = false>
 struct FwdTile {
   static constexpr int kThreads = kNWarps * 32;
   static constexpr int BM = 16 * kMT * kNWarps;  // query rows of the CTA
   static constexpr int kStride = D + 8;  // padded shared row: ldmatrix rows hit distinct banks
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr bool kQInRegs = D <= 128;
-  static constexpr int kSmemBytes = (BM + 2 * BN) * kStride * static_cast<int>(sizeof(T));
+  static constexpr int kStages = kTwoStage ? 2 : 1;  // buffers each for K and V
+  static constexpr int kSmemBytes = (BM + 2 * kStages * BN) * kStride * static_cast<int>(sizeof(T));
   static_assert(D % 16 == 0 && BN % 16 == 0, "tile shapes must be multiples of the MMA's k");
 };
 
@@ -43,10 +47,11 @@ struct FwdTile {
 // tensor cores): max as a tree instead of a serial chain, row sums by the tensor cores (P times a
 // ones tile: exact fp32 sums of the same rounded P that feeds P V, no FADD chain), and a register
 // cap for more resident warps.
-template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks>
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks,
+          bool kTwoStage>
 __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
-  using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
+  using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
   constexpr int BM = Tile::BM;
   constexpr int kStride = Tile::kStride;
   constexpr int kChunks = Tile::kChunks;
@@ -60,17 +65,20 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + BM * kStride;
-  T* sV = sK + BN * kStride;
+  T* sK = sQ + BM * kStride;                  // [kStages][BN * kStride]
+  T* sV = sK + Tile::kStages * BN * kStride;  // [kStages][BN * kStride]
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  // Causal tiles further down do more work: launch them first so the tail of the grid is short.
-  const int m_block = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
-  const int head_group = blockIdx.y;
+  // Causal tiles further down do more work: launch them first, for every head before the next
+  // row block (heads vary fastest), so the longest tiles of all heads start in the first wave
+  // and the tail of the grid is short also with few heads.
+  const int num_m_blocks = static_cast<int>(gridDim.x) / p.num_head_groups;
+  const int m_block = num_m_blocks - 1 - static_cast<int>(blockIdx.x) / p.num_head_groups;
+  const int head_group = static_cast<int>(blockIdx.x) % p.num_head_groups;
   const int b = blockIdx.z / p.num_splits;
   const int split = blockIdx.z % p.num_splits;
 
@@ -136,7 +144,10 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       cp_async_16(dst + j * kStride + c * 8, valid ? base + key * row_stride + c * 8 : base, valid);
     }
   };
-  if (nb_end > nb_begin) load_kv(sK, k_base, p.k_row, nb_end - 1);
+  if (nb_end > nb_begin) {
+    load_kv(sK, k_base, p.k_row, nb_end - 1);
+    if constexpr (kTwoStage) load_kv(sV, v_base, p.v_row, nb_end - 1);
+  }
   cp_async_commit();
 
   // Query row of each accumulator row this thread holds (rows g and g + 8 of each m-tile).
@@ -172,15 +183,28 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   const float scale_log2 = p.scale_log2;
 
   for (int nb = nb_end - 1; nb >= nb_begin; --nb) {
+    // Two-stage: block nb sits in buffer (nb_end - 1 - nb) % 2.
+    const int stage = kTwoStage ? (nb_end - 1 - nb) & 1 : 0;
+    const T* sKc = sK + stage * BN * kStride;
+    const T* sVc = sV + stage * BN * kStride;
     cp_async_wait<0>();
-    __syncthreads();  // K(nb) landed; every warp is done reading V(nb + 1)
+    // Two-stage: K(nb) and V(nb) landed; every warp is done with block nb + 1's buffers, which
+    // block nb - 1 refills now. One stage: K(nb) landed; every warp is done reading V(nb + 1).
+    __syncthreads();
     if (nb == nb_end - 1 && Tile::kQInRegs) {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
         for (int kk = 0; kk < kKD; ++kk) load_q_frag(qf[mt][kk], mt, kk);
     }
-    load_kv(sV, v_base, p.v_row, nb);
+    if constexpr (kTwoStage) {
+      if (nb > nb_begin) {
+        load_kv(sK + (stage ^ 1) * BN * kStride, k_base, p.k_row, nb - 1);
+        load_kv(sV + (stage ^ 1) * BN * kStride, v_base, p.v_row, nb - 1);
+      }
+    } else {
+      load_kv(sV, v_base, p.v_row, nb);
+    }
     cp_async_commit();
 
     // S = Q K^T for this key block.
@@ -208,7 +232,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         uint32_t bk[4];
         const int key = n2 * 16 + (lane / 16) * 8 + (lane % 8);
         const int dim = kk * 16 + ((lane / 8) % 2) * 8;
-        ldmatrix_x4(bk, smem_addr(sK + key * kStride + dim));
+        ldmatrix_x4(bk, smem_addr(sKc + key * kStride + dim));
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
           M::run(s[mt][2 * n2], a[mt], bk[0], bk[1]);
@@ -292,10 +316,12 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         }
       }
 
-    cp_async_wait<0>();
-    __syncthreads();  // V(nb) landed; every warp is done reading K(nb)
-    if (nb > nb_begin) load_kv(sK, k_base, p.k_row, nb - 1);
-    cp_async_commit();
+    if constexpr (!kTwoStage) {
+      cp_async_wait<0>();
+      __syncthreads();  // V(nb) landed; every warp is done reading K(nb)
+      if (nb > nb_begin) load_kv(sK, k_base, p.k_row, nb - 1);
+      cp_async_commit();
+    }
 
     // O += P V: the S accumulators are already laid out as the A fragments of the next MMA.
 #pragma unroll
@@ -314,7 +340,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         uint32_t bv[4];
         const int key = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
         const int dim = d2 * 16 + (lane / 16) * 8;
-        ldmatrix_x4_trans(bv, smem_addr(sV + key * kStride + dim));
+        ldmatrix_x4_trans(bv, smem_addr(sVc + key * kStride + dim));
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
           M::run(o[mt][2 * d2], pa[mt], bv[0], bv[1]);

@@ -8,17 +8,19 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1>
+template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1,
+          bool kTwoStage = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
-  using Tile = FwdTile<T, D, kMT, kNWarps, BN>;
-  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks>;
+  using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
+  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                "cudaFuncSetAttribute(flash_fwd_kernel, max dynamic shared memory)");
   }
-  const dim3 grid((p.seqlen_q * p.pack + Tile::BM - 1) / Tile::BM, p.num_head_groups,
-                  p.batch * p.num_splits);
+  // x = (row block, head group) with head groups fastest; see the kernel's m_block.
+  const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) * p.pack + Tile::BM - 1) / Tile::BM;
+  const dim3 grid(static_cast<unsigned>(m_blocks * p.num_head_groups), 1, p.batch * p.num_splits);
   kernel<<<grid, Tile::kThreads, smem, stream>>>(p);
   check_cuda(cudaGetLastError(), "flash_fwd_kernel launch");
   if (p.num_splits > 1) {
@@ -32,7 +34,12 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   base: 2 m-tiles per warp, plain softmax, no register cap;
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
-//         SM: latency hiding by more resident warps.
+//         SM: latency hiding by more resident warps;
+//   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
+//         of two, and the next block's loads overlap the whole current block;
+//   wide: as pipe with 128-key blocks (half the barriers again) and a looser register cap
+//         (3 CTAs per SM at D = 16, 2 at D = 32; with the cap of pipe the tile spills).
+//   (ptxas: pipe 127 / 128 registers at D = 16 / 32, wide 168 / 206; spills of 8-64 bytes.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): occ at D = 16 (+5%), base above.
 // Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
 // flight to stream the cache.
@@ -48,7 +55,17 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
     if (v == FwdVariant::automatic) v = D == 16 ? FwdVariant::occ : FwdVariant::base;
-    if (v == FwdVariant::occ) {
+    if constexpr (D <= 32) {
+      if (v == FwdVariant::pipe) {
+        launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::wide) {
+        launch_flash_fwd<T, D, 1, 4, 128, true, D == 16 ? 3 : 2, true>(p, stream);
+        return;
+      }
+    }
+    if (v == FwdVariant::occ || v == FwdVariant::pipe || v == FwdVariant::wide) {
       launch_flash_fwd<T, D, 1, 4, BN, true, D <= 32 ? 4 : 3>(p, stream);
       return;
     }

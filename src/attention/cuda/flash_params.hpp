@@ -56,6 +56,12 @@ struct BwdKernelParams {
   float scale = 0.0f;     // softmax scale (dQ = scale dS K, dK = scale dS^T Q)
   float* dsum = nullptr;  // workspace, lse layout: D_i = dO_i . O_i
   int64_t lse_rows = 0;   // entries of lse / dsum
+  // Scheme: deterministic = 1 runs the separate dQ kernel (fixed order, no atomics); 0 adds dQ
+  // from the dK/dV kernel into dq_accum (fp32, zeroed, dq_rows x head_dim; see
+  // flash_bwd_kernel.cuh's dq_accum_row) and converts it at the end.
+  int deterministic = 0;
+  float* dq_accum = nullptr;
+  int64_t dq_rows = 0;
 };
 
 }  // namespace sqa::cuda::detail
