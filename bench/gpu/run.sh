@@ -31,6 +31,11 @@ if [ -n "$carry" ]; then
   bin=$carry/bin/test_attention_cuda
   lib=$carry/lib/libsqa.so
   export LD_LIBRARY_PATH=$root/$carry/lib:${LD_LIBRARY_PATH:-}
+  # libsqa.so links cuDNN 9 (the cuDNN backend); without a system copy, use PyTorch's wheel.
+  if ldd "$lib" | grep -q "libcudnn.*not found"; then
+    cudnn_lib=$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0] + "/lib")')
+    export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$cudnn_lib
+  fi
 else
   cmake -S . -B build-gpu -G Ninja -DSQA_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$out/build.log" 2>&1 &&
     ninja -C build-gpu test_attention_cuda sqa_shared >>"$out/build.log" 2>&1 ||
@@ -59,7 +64,9 @@ head -4 "$out/env.txt"
 status=0
 if [ -z "$skip_tests" ]; then
   echo "== correctness sweep (GPU vs float64 reference)"
-  timeout ${TEST_TIMEOUT:-300} "$bin" --gtest_brief=1 >"$out/tests.log" 2>&1 || status=1
+  # Own kernels only here (auto would route d >= 64 to cuDNN); cuDNN has its own tests below.
+  SQA_CUDA_BACKEND=own timeout ${TEST_TIMEOUT:-300} "$bin" --gtest_brief=1 >"$out/tests.log" 2>&1 ||
+    status=1
   tail -5 "$out/tests.log"
 fi
 if [ -z "$skip_san" ]; then
@@ -80,6 +87,10 @@ fi
 echo "== benchmark vs SDPA"
 PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-400} python3 bench/gpu/bench_attention.py --lib "$lib" --out "$out" $quick \
   ${only:+--only "$only"} >"$out/bench.log" 2>&1 || status=1
+# The cuDNN backend: its tests and the d = 64 / 128 group with own / cuDNN / default / SDPA.
+if [ -n "$carry" ] && [ -f "$carry/bin/test_cudnn_backend" ] && [ -z "$only" ]; then
+  OUT=$out/cudnn bash bench/gpu/cudnn_run.sh "$carry" $quick || status=1
+fi
 # Clocks and throttle reasons after the heavy runs (a throttled card explains slow rows).
 nvidia-smi -q -d PERFORMANCE,CLOCK >>"$out/env.txt" 2>&1
 tail -60 "$out/bench.log"
