@@ -6,7 +6,7 @@
 #   bench/gpu/run.sh [--carry DIR] [--quick] [--skip-tests] [--skip-sanitizers] [--only GROUP]
 #
 # --carry DIR: a prebuilt folder with bin/test_attention_cuda, lib/libsqa.so and the shared
-# libraries they need (made by bench/gpu/pack.sh on the build machine). Without it the script
+# libraries they need (made by bench/gpu/pack.sh on the build machine), or a .tgz of it. Without it the script
 # configures and builds build-gpu/ here. Logs, bench.json and bench.md go to $OUT (default
 # bench/results/run-<date>).
 set -uo pipefail
@@ -28,9 +28,14 @@ out=${OUT:-bench/results/run-$(date -u +%Y%m%dT%H%M%S)}
 mkdir -p "$out"
 
 if [ -n "$carry" ]; then
+  # A packed folder (pack.sh) or its gzipped tar (smaller to send: the carry limit is 64 MiB).
+  if [ -f "$carry" ]; then
+    mkdir -p /tmp/sqa-carry && tar -xzf "$carry" -C /tmp/sqa-carry && carry=/tmp/sqa-carry
+  fi
+  case $carry in /*) ;; *) carry=$root/$carry ;; esac
   bin=$carry/bin/test_attention_cuda
   lib=$carry/lib/libsqa.so
-  export LD_LIBRARY_PATH=$root/$carry/lib:${LD_LIBRARY_PATH:-}
+  export LD_LIBRARY_PATH=$carry/lib:${LD_LIBRARY_PATH:-}
   # libsqa.so links cuDNN 9 (the cuDNN backend); without a system copy, use PyTorch's wheel.
   if ldd "$lib" | grep -q "libcudnn.*not found"; then
     cudnn_lib=$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0] + "/lib")')
