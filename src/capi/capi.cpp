@@ -197,6 +197,16 @@ int sqa_cuda_available(void) {
   return cuda_available_cached() ? 1 : 0;
 }
 
+const char* sqa_cuda_attention_backend(const sqa_attention_args* args, int32_t backward) {
+  try {
+    if (args == nullptr) throw sqa::Error("args is null");
+    return sqa::cuda::chosen_backend(to_params(*args), backward != 0);
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+
 const char* sqa_cpu_simd_path(void) {
   try {
     return sqa::cpu::simd_path();
