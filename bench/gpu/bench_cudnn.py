@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attention import (SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec,  # noqa: E402
-                             ceilings, load_lib, median_time)
+                             ceilings, load_lib)
 
 PATHS = {"own": "own", "cudnn_backend": "cudnn", "default": None}  # SQA_CUDA_BACKEND values
 PEERS = {"fa2": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -56,6 +56,31 @@ def with_backend(value):
     return _Env()
 
 
+def round_robin(fns: dict, warm: int, rep: int, row: dict, suffix: str) -> dict:
+    """Median seconds per callable, timed in turns with CUDA events after warm-up; a callable
+    that raises is reported in row[name + suffix + '_error'] and left out."""
+    live = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warm):
+                fn()
+            torch.cuda.synchronize()
+            live[name] = fn
+        except Exception as ex:  # report, keep going
+            row[f"{name}{suffix}_error"] = str(ex).split("\n")[0][:300]
+    times = {name: [] for name in live}
+    for _ in range(rep):
+        for name, fn in live.items():
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times[name].append(start.elapsed_time(end) / 1e3)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
     d, hq, hkv, n, causal = cfg["d"], cfg["hq"], cfg["hkv"], cfg["n"], cfg["causal"]
     dev, dt = "cuda", torch.bfloat16
@@ -78,7 +103,7 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
     flops = lib.sqa_attention_forward_flops(ctypes.byref(spec), 1, n, n)
     fb_flops = flops + lib.sqa_attention_backward_flops(ctypes.byref(spec), 1, n, n)
     row = dict(cfg, flops=flops, fwdbwd_flops=fb_flops)
-    warm, rep = (1, 3) if quick else (2, 5)
+    warm, rep = (1, 3) if quick else (2, 9)
 
     def fwd():
         if lib.sqa_attention_forward(ctypes.byref(args)) != 0:
@@ -89,33 +114,48 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
         if lib.sqa_attention_backward(ctypes.byref(bargs)) != 0:
             raise RuntimeError(lib.sqa_last_error().decode())
 
-    # Peers first: their output and gradients are the correctness yardstick for ours.
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     gqa = hq != hkv
-    ref = ref_grads = None
-    for peer, backend in PEERS.items():
-        def pf():
-            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
-        qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (qt, kt, vt))
-        go = dout.transpose(1, 2)
+    qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (qt, kt, vt))
+    go = dout.transpose(1, 2)
 
-        def pfb():
-            o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal, enable_gqa=gqa)
-            o.backward(go)
-        try:
+    def peer_fwd(backend):
+        def fn():
+            with sdpa_kernel([backend]), torch.no_grad():
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
+        return fn
+
+    def peer_fb(backend):
+        def fn():
             with sdpa_kernel([backend]):
-                with torch.no_grad():
-                    row[f"{peer}_ms"] = median_time(pf, warm, rep) * 1e3
-                    if ref is None:
-                        ref = pf().transpose(1, 2).float()
-                row[f"{peer}_fb_ms"] = median_time(pfb, 1, rep) * 1e3
-                if ref_grads is None:
-                    qg.grad = kg.grad = vg.grad = None
-                    pfb()
-                    ref_grads = [x.grad.transpose(1, 2).float() for x in (qg, kg, vg)]
-        except Exception as ex:  # report, keep going
-            row[f"{peer}_error"] = str(ex).split("\n")[0][:200]
-        del qg, kg, vg
+                o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal, enable_gqa=gqa)
+                o.backward(go)
+        return fn
+
+    def ours(value, fn):
+        def call():
+            with with_backend(value):
+                fn()
+        return call
+
+    # Every implementation timed in turns (round robin), so clock drift hits all alike.
+    fwd_fns = {p: peer_fwd(b) for p, b in PEERS.items()}
+    fwd_fns.update({p: ours(v, fwd) for p, v in PATHS.items()})
+    fb_fns = {p: peer_fb(b) for p, b in PEERS.items()}
+    fb_fns.update({p: ours(v, fb) for p, v in PATHS.items()})
+    for suffix, fns, r in (("", fwd_fns, rep), ("_fb", fb_fns, max(3, rep - 2))):
+        for name, seconds in round_robin(fns, warm, r, row, suffix).items():
+            row[f"{name}{suffix}_ms"] = seconds * 1e3
+
+    # Correctness: each path of ours against SDPA-FA2 (outputs and gradients, fresh NaN fill).
+    ref = ref_grads = None
+    try:
+        ref = peer_fwd(PEERS["fa2"])().transpose(1, 2).float()
+        qg.grad = kg.grad = vg.grad = None
+        peer_fb(PEERS["fa2"])()
+        ref_grads = [x.grad.transpose(1, 2).float() for x in (qg, kg, vg)]
+    except Exception as ex:
+        row["reference_error"] = str(ex).split("\n")[0][:200]
     for path, value in PATHS.items():
         with with_backend(value):
             try:
@@ -123,13 +163,11 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
                                               or b"?").decode()
                 row[f"{path}_backend_bwd"] = (lib.sqa_cuda_attention_backend(ctypes.byref(args), 1)
                                               or b"?").decode()
-                row[f"{path}_ms"] = median_time(fwd, warm, rep) * 1e3
                 out.fill_(float("nan"))
                 fwd()
                 torch.cuda.synchronize()
                 if ref is not None:
                     row[f"{path}_err"] = float((out.float() - ref).norm() / ref.norm())
-                row[f"{path}_fb_ms"] = median_time(fb, 1, rep) * 1e3
                 for x in (dq, dk, dv):
                     x.fill_(float("nan"))
                 fb()
@@ -151,7 +189,7 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
             row[f"{path}{suffix}_pct_peak"] = 100 * row[f"{path}{suffix}_tflops"] / peak
             if best:
                 row[f"{path}{suffix}_vs_best_peer"] = best / ms
-    del q, k, v, out, lse, dout, dq, dk, dv, ref, ref_grads, qt, kt, vt
+    del q, k, v, out, lse, dout, dq, dk, dv, ref, ref_grads, qt, kt, vt, qg, kg, vg
     torch.cuda.empty_cache()
     return row
 

@@ -610,6 +610,36 @@ void require_aligned(const void* ptr, const char* name) {
           " must be 16-byte aligned for the cuDNN backend (address ", ptr, ")");
 }
 
+// The workspace, kept per device and grown on demand: a stream-ordered allocation per call would
+// go back to the driver at every synchronisation (the default pool keeps nothing), which costs
+// more than the attention at small sizes. Calls are serialised by cudnn_mutex(); a call on
+// another stream waits for the previous user's event, so reuse across streams is safe.
+struct Workspace {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  cudaEvent_t last_use = nullptr;
+};
+
+void* workspace_for(int device, size_t bytes, cudaStream_t stream, Workspace** out) {
+  static std::map<int, Workspace> workspaces;
+  Workspace& w = workspaces[device];
+  if (w.last_use == nullptr) {
+    check_cuda_status(cudaEventCreateWithFlags(&w.last_use, cudaEventDisableTiming),
+                      "cudaEventCreate(cuDNN workspace)");
+  }
+  if (bytes > w.bytes) {
+    check_cuda_status(cudaEventSynchronize(w.last_use), "cudaEventSynchronize(cuDNN workspace)");
+    if (w.ptr != nullptr) check_cuda_status(cudaFree(w.ptr), "cudaFree(cuDNN workspace)");
+    w.ptr = nullptr;
+    w.bytes = 0;
+    check_cuda_status(cudaMalloc(&w.ptr, bytes), "cudaMalloc(cuDNN workspace)");
+    w.bytes = bytes;
+  }
+  check_cuda_status(cudaStreamWaitEvent(stream, w.last_use, 0), "cudaStreamWaitEvent");
+  *out = &w;
+  return w.ptr;
+}
+
 void execute(const Plan& plan, const std::vector<std::pair<int64_t, void*> >& tensors,
              cudaStream_t stream) {
   int device = 0;
@@ -618,11 +648,8 @@ void execute(const Plan& plan, const std::vector<std::pair<int64_t, void*> >& te
   check_cudnn(cudnnSetStream(handle, stream), "cudnnSetStream");
   const int64_t cudnn_bytes = (plan.cudnn_workspace + 255) / 256 * 256;
   const size_t bytes = static_cast<size_t>(cudnn_bytes + plan.own_workspace);
-  void* workspace = nullptr;
-  if (bytes > 0) {
-    check_cuda_status(cudaMallocAsync(&workspace, bytes, stream),
-                      "cudaMallocAsync(cuDNN workspace)");
-  }
+  Workspace* ws = nullptr;
+  void* workspace = bytes > 0 ? workspace_for(device, bytes, stream, &ws) : nullptr;
   std::vector<int64_t> uids;
   std::vector<void*> pointers;
   for (const auto& [uid, ptr] : tensors) {
@@ -637,22 +664,19 @@ void execute(const Plan& plan, const std::vector<std::pair<int64_t, void*> >& te
     uids.push_back(t.uid);
     pointers.push_back(static_cast<char*>(workspace) + cudnn_bytes + t.offset);
   }
-  try {
-    Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-    pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64,
-             static_cast<int64_t>(uids.size()), uids.data());
-    pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
-             static_cast<int64_t>(pointers.size()), pointers.data());
-    pack.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
-    pack.finalize("variant pack");
-    check_cudnn(cudnnBackendExecute(handle, plan.plan->get(), pack.get()), "cudnnBackendExecute");
-  } catch (...) {
-    if (workspace != nullptr) (void)cudaFreeAsync(workspace, stream);
-    throw;
+  Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+  pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()),
+           uids.data());
+  pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
+           static_cast<int64_t>(pointers.size()), pointers.data());
+  pack.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+  pack.finalize("variant pack");
+  const cudnnStatus_t status = cudnnBackendExecute(handle, plan.plan->get(), pack.get());
+  // Mark the workspace busy until this stream is past the call, even when the launch failed.
+  if (ws != nullptr) {
+    check_cuda_status(cudaEventRecord(ws->last_use, stream), "cudaEventRecord(cuDNN workspace)");
   }
-  if (workspace != nullptr) {
-    check_cuda_status(cudaFreeAsync(workspace, stream), "cudaFreeAsync(cuDNN workspace)");
-  }
+  check_cudnn(status, "cudnnBackendExecute");
 }
 
 // Decides whether this call runs on cuDNN; returns its plan then (else null). An explicit cuDNN
@@ -672,7 +696,7 @@ std::shared_ptr<Plan> choose(const AttentionParams& p, const AttentionBackwardPa
   if (requested == CudaBackend::automatic && (!reason.empty() || !auto_prefers_cudnn(p))) {
     return nullptr;
   }
-  if (!reason.empty()) throw Error(concat("SQA_CUDA_BACKEND=cudnn: ", reason));
+  if (!reason.empty()) throw Error(concat("cuDNN backend requested, but ", reason));
   std::lock_guard<std::mutex> lock(cudnn_mutex());
   const CacheEntry& entry = cached_plan(p, bp);
   if (entry.plan) return entry.plan;
