@@ -129,6 +129,76 @@ TEST_P(FastPath, DecodeVarlenRowsAndWindows) {
   }
 }
 
+// Decode with a large query-head group stacks the group's heads into one item's score columns
+// (flash_plan.hpp, kStackMinGroup). Sweep G = 1..16 on both sides of that threshold, rSQA, a
+// group wider than one score tile (cut into head chunks), both dtypes, windows, one and two
+// query rows, and varlen.
+TEST_P(FastPath, DecodeStackedGroups) {
+  ScopedSimd simd(GetParam().c_str());
+  const int64_t nk = testing::small_scale() ? 1500 : 5000;
+  struct Layout {
+    int hq, hkv;
+  };
+  const std::vector<Layout> layouts = {{1, 1},  {2, 1},  {3, 1},  {4, 1}, {8, 1}, {16, 1},
+                                       {16, 2}, {24, 3}, {12, 1}, {2, 4}, {48, 1}};
+  uint64_t seed = 300;
+  for (const Layout& l : layouts) {
+    for (int rows : {1, 2}) {
+      testing::HarnessCase c;
+      c.spec = make_spec(
+          Variant::mha, l.hq, 32,
+          rows == 2 ? Window::causal() : (l.hq % 3 == 0 ? Window{700, 0} : Window::none()));
+      c.spec.heads = {l.hq, l.hkv};
+      c.spec.num_baseline_heads = std::max(l.hq, l.hkv);
+      c.dtype = (l.hq + rows) % 2 ? DType::bf16 : DType::f32;
+      c.seqlen_q = rows;
+      c.seqlen_k = nk;
+      c.batch = 2;
+      c.seed = ++seed;
+      const testing::CheckResult r =
+          testing::check_forward(c, [](const AttentionParams& p) { cpu::attention_forward(p); });
+      EXPECT_TRUE(r.ok) << r.message;
+    }
+  }
+  testing::HarnessCase c;
+  c.spec = make_spec(Variant::mqa, 16, 64, Window{300, 0});
+  c.varlen = true;
+  c.batch = 3;
+  c.lengths_q = {2, 1, 2};
+  c.lengths_k = {900, 1, 40};
+  c.seqlen_q = 2;
+  c.seqlen_k = 900;
+  c.padding = 5;
+  c.seed = 31;
+  const testing::CheckResult r =
+      testing::check_forward(c, [](const AttentionParams& p) { cpu::attention_forward(p); });
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+// The backward must be bit-identical run to run (exact resume of training depends on it): dQ
+// is summed from per-thread accumulators, so the work split must not depend on timing.
+TEST_P(FastPath, BackwardIsDeterministic) {
+  ScopedSimd simd(GetParam().c_str());
+  for (Variant v : {Variant::sqa, Variant::rsqa}) {
+    testing::HarnessCase c;
+    c.spec = make_spec(v, 8, 32, Window::causal());
+    c.seqlen_q = c.seqlen_k = testing::small_scale() ? 700 : 1500;
+    c.seed = 5;
+    testing::CaseBuffers cb(c);
+    cpu::attention_forward(cb.params(false));
+    std::vector<std::vector<unsigned char>> first;
+    for (int run = 0; run < 3; ++run) {
+      cpu::attention_backward(cb.backward_params(false));
+      const std::vector<std::vector<unsigned char>> grads = {cb.dq.bytes, cb.dk.bytes, cb.dv.bytes};
+      if (run == 0) {
+        first = grads;
+      } else {
+        EXPECT_TRUE(grads == first) << variant_name(v) << ": run " << run << " differs";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Simd, FastPath, ::testing::Values("portable", "avx2", "avx512"),
                          [](const auto& info) { return info.param; });
 

@@ -117,9 +117,9 @@ int main(int argc, char** argv) {
   // Rounds interleave every kernel and the sgemm peer, and each keeps its best time, so a burst
   // of load from other processes on the shared machine does not land on one kernel only.
   const sqa::Window window = opt.causal ? sqa::Window::causal() : sqa::Window::none();
-  const std::vector<sqa::Variant> variants = {sqa::Variant::mha, sqa::Variant::gqa,
-                                              sqa::Variant::sqa, sqa::Variant::ssqa,
-                                              sqa::Variant::xsqa};
+  const std::vector<sqa::Variant> variants = {
+      sqa::Variant::mha,  sqa::Variant::gqa,  sqa::Variant::mqa, sqa::Variant::sqa,
+      sqa::Variant::ssqa, sqa::Variant::xsqa, sqa::Variant::rsqa};
   std::vector<double> fwd(variants.size(), 1e30), bwd(variants.size(), 1e30);
   double sgemm = 0, copy = 0;
   std::string core;

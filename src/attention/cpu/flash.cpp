@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -210,13 +211,33 @@ void attention_forward(const AttentionParams& p) {
   const std::vector<flash::Sequence> seqs = sequences(p);
   bool decode = true;
   for (const flash::Sequence& s : seqs) decode = decode && s.seqlen_q <= flash::kDecodeRows;
-  if (decode) {
+  // Decode with a query-head group (G = H_q / H_kv >= kStackMinGroup) is compute-shaped: G
+  // dot-product passes over each K row cost more than streaming it. Such groups become items
+  // whose score columns are the G heads' rows (small GEMMs, K/V read once per group); the
+  // split-KV below still spreads the keys over the threads. Smaller groups and MHA stay on the
+  // key-major decode path, which streams every head's K/V row sequentially.
+  const int group = p.spec.heads.is_reverse() ? 1 : p.spec.heads.group_size();
+  const bool stack_heads = decode && group >= flash::kStackMinGroup;
+  if (decode && !stack_heads) {
     decode_forward(p, kernels, dp, seqs);
     return;
   }
 
   std::vector<flash::ForwardItem> items;
   for (const flash::Sequence& s : seqs) {
+    if (stack_heads) {
+      if (s.seqlen_q == 0) continue;
+      const int rows = static_cast<int>(s.seqlen_q);
+      const KeyRange first = visible_keys(p.spec.window, 0, s.seqlen_q, s.seqlen_k);
+      const KeyRange last = visible_keys(p.spec.window, rows - 1, s.seqlen_q, s.seqlen_k);
+      // At most kBlockQ columns per item: a group larger than that is cut into head chunks.
+      const int chunk = std::max(1, kBlockQ / rows);
+      for (int h0 = 0, stacked = 0; h0 < heads; h0 += stacked) {
+        stacked = std::min({group - h0 % group, chunk, heads - h0});
+        items.push_back({s, h0, 0, rows, first.begin, std::max(first.begin, last.end), stacked});
+      }
+      continue;
+    }
     // Head-major: consecutive items (and the heads of one GQA group, which are adjacent) reuse
     // the same K/V while it is in cache; all heads' K/V together may not fit in L3.
     for (int h = 0; h < heads; ++h) {
@@ -225,7 +246,7 @@ void attention_forward(const AttentionParams& p) {
         // Rows' visible ranges are monotone, so the block's keys are [first.begin, last.end).
         const KeyRange first = visible_keys(p.spec.window, i0, s.seqlen_q, s.seqlen_k);
         const KeyRange last = visible_keys(p.spec.window, i0 + rows - 1, s.seqlen_q, s.seqlen_k);
-        items.push_back({s, h, i0, rows, first.begin, std::max(first.begin, last.end), -1});
+        items.push_back({s, h, i0, rows, first.begin, std::max(first.begin, last.end)});
       }
     }
   }
@@ -282,15 +303,15 @@ void attention_forward(const AttentionParams& p) {
   if (groups.empty()) {
     // Largest first (causal blocks differ in cost), so the dynamic schedule ends balanced.
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return (items[a].k_hi - items[a].k_lo) * items[a].rows >
-             (items[b].k_hi - items[b].k_lo) * items[b].rows;
+      return (items[a].k_hi - items[a].k_lo) * items[a].columns() >
+             (items[b].k_hi - items[b].k_lo) * items[b].columns();
     });
   }
 
   int64_t slots = 0;
   for (const Group& g : groups) slots += g.slices;
-  int partial_rows = 1;  // rows per slot: decode needs 1 or 2, not a whole block
-  for (const Group& g : groups) partial_rows = std::max(partial_rows, g.whole.rows);
+  int partial_rows = 1;  // entries per slot: decode needs a few columns, not a whole block
+  for (const Group& g : groups) partial_rows = std::max(partial_rows, g.whole.columns());
   std::vector<float> partial_out(static_cast<size_t>(slots * partial_rows * dp));
   std::vector<float> partial_max(static_cast<size_t>(slots * partial_rows));
   std::vector<float> partial_sum(static_cast<size_t>(slots * partial_rows));
@@ -311,7 +332,7 @@ void attention_forward(const AttentionParams& p) {
     const Group& g = groups[gi];
     const flash::ForwardItem& w = g.whole;
     const flash::Sequence& s = w.seq;
-    for (int i = 0; i < w.rows; ++i) {
+    for (int i = 0; i < w.columns(); ++i) {
       float m = -std::numeric_limits<float>::infinity();
       for (int sl = 0; sl < g.slices; ++sl) {
         const int64_t slot = group_first_slot[gi] + sl;
@@ -329,9 +350,10 @@ void attention_forward(const AttentionParams& p) {
         for (int c = 0; c < d; ++c) row[static_cast<size_t>(c)] += weight * po[c];
       }
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      const int64_t r = w.i0 + i;
+      const int h = w.h + i / w.rows;  // column i = (head, row) as in the kernel
+      const int64_t r = w.i0 + i % w.rows;
       const int64_t off = s.batch_index * p.out_strides.batch + (s.q_row0 + r) * p.out_strides.row +
-                          w.h * p.out_strides.head;
+                          h * p.out_strides.head;
       for (int c = 0; c < d; ++c) {
         const float x = row[static_cast<size_t>(c)] * inv;
         if (p.dtype == DType::bf16) {
@@ -341,11 +363,8 @@ void attention_forward(const AttentionParams& p) {
         }
       }
       if (p.lse) {
-        const int64_t index =
-            p.is_varlen() ? w.h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
-                          : (s.batch_index * heads + w.h) * p.seqlen_q + r;
-        p.lse[index] = l > 0.0f ? (m + std::log2(l)) * 0.6931471805599453f
-                                : -std::numeric_limits<float>::infinity();
+        p.lse[lse_index(p, s, h, r)] = l > 0.0f ? (m + std::log2(l)) * 0.6931471805599453f
+                                                : -std::numeric_limits<float>::infinity();
       }
     }
   }
@@ -398,32 +417,50 @@ void attention_backward(const AttentionBackwardParams& g) {
   }
   const int64_t dq_floats = std::max<int64_t>(total_rows, 1) * hq * dp;
   // One fp32 dQ accumulator per thread: several KV tiles (and, for rSQA, several attention
-  // heads) add into the same dQ rows, so private sums replace atomics.
-  std::vector<float> dq_acc(static_cast<size_t>(dq_floats * threads), 0.0f);
+  // heads) add into the same dQ rows, so private sums replace atomics. Left uninitialised here:
+  // each thread zeroes (and so first-touches) its own inside the parallel region.
+  std::unique_ptr<float[]> dq_acc(new float[static_cast<size_t>(dq_floats * threads)]);
   const flash::BackwardContext ctx{&g, dp, delta.data(), total_rows};
   Scratch scratch(threads, flash::backward_scratch_floats(dp));
   const int64_t n = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < n; ++i) {
+  int team = 1;
+  // Deterministic: item i always goes to thread i % team and each thread adds its items in
+  // order, so dQ (summed over threads in a fixed order below) is bit-identical run to run for a
+  // given thread count; a dynamic schedule would let rounding depend on timing. Cyclic
+  // assignment also balances causal masks, whose key blocks differ in cost.
+#pragma omp parallel
+  {
     const int t = omp_get_thread_num();
-    kernels.backward_item(ctx, items[static_cast<size_t>(i)], scratch.thread(t),
-                          dq_acc.data() + dq_floats * t);
+#pragma omp single
+    team = omp_get_num_threads();
+    float* acc = dq_acc.get() + dq_floats * t;
+    std::fill(acc, acc + dq_floats, 0.0f);
+#pragma omp for schedule(static, 1) nowait
+    for (int64_t i = 0; i < n; ++i) {
+      kernels.backward_item(ctx, items[static_cast<size_t>(i)], scratch.thread(t), acc);
+    }
   }
 
   for (const flash::Sequence& s : seqs) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < s.seqlen_q; ++r) {
-      for (int h = 0; h < hq; ++h) {
-        const float* src = dq_acc.data() + ((s.global_row0 + r) * hq + h) * dp;
-        const int64_t off = s.batch_index * g.dq_strides.batch + (s.q_row0 + r) * g.dq_strides.row +
-                            h * g.dq_strides.head;
-        for (int c = 0; c < d; ++c) {
-          float x = src[c];
-          for (int t = 1; t < threads; ++t) x += src[dq_floats * t + c];
+#pragma omp parallel
+    {
+      std::vector<float> sum(static_cast<size_t>(d));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < s.seqlen_q; ++r) {
+        for (int h = 0; h < hq; ++h) {
+          const float* src = dq_acc.get() + ((s.global_row0 + r) * hq + h) * dp;
+          const int64_t off = s.batch_index * g.dq_strides.batch +
+                              (s.q_row0 + r) * g.dq_strides.row + h * g.dq_strides.head;
+          std::copy(src, src + d, sum.begin());
+          for (int t = 1; t < team; ++t) {
+            const float* part = src + dq_floats * t;
+            for (int c = 0; c < d; ++c) sum[static_cast<size_t>(c)] += part[c];
+          }
           if (bf) {
-            static_cast<bf16*>(g.dq)[off + c] = float_to_bf16(x);
+            bf16* dst = static_cast<bf16*>(g.dq) + off;
+            for (int c = 0; c < d; ++c) dst[c] = float_to_bf16(sum[static_cast<size_t>(c)]);
           } else {
-            static_cast<float*>(g.dq)[off + c] = x;
+            std::copy(sum.begin(), sum.end(), static_cast<float*>(g.dq) + off);
           }
         }
       }

@@ -63,8 +63,10 @@ inline void vstore(float* p, vf v) {
 inline vi vload_i(const int32_t* p) {
   return *reinterpret_cast<const vi_u*>(p);
 }
+// x - 0 is x for every float (x + 0 is not: -0 + 0 = +0), so the compiler folds the subtraction
+// and a broadcast from memory remains; vf{} + x left an extra scalar add in every GEMM step.
 inline vf vsplat(float x) {
-  return vf{} + x;
+  return x - vf{};
 }
 inline vi vsplat_i(int32_t x) {
   return vi{} + x;
@@ -270,12 +272,13 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
   const int d = p.spec.head_dim;
   const int dp = ctx.padded_dim;
   const bool bf = p.dtype == DType::bf16;
-  const HeadPair pair = head_pair(p.spec.heads, it.h);
+  // Every stacked head reads the same KV head (the planner only stacks a KV head's group).
+  const int kv_head = head_pair(p.spec.heads, it.h).kv_head;
   const Sequence& s = it.seq;
-  const int rows = it.rows;
-  const int nb = round_up(rows, W);  // score columns in use (query rows, padded)
-  // Decode-shaped items (one or two query rows) take dot products along head_dim instead of a
-  // GEMM whose query dimension would be mostly padding.
+  const int rows = it.columns();     // score columns: (head, query row) pairs
+  const int nb = round_up(rows, W);  // score columns in use (padded)
+  // Decode-shaped items (one or two query rows of one head) take dot products along head_dim
+  // instead of a GEMM whose query dimension would be mostly padding.
   const bool dot = rows <= 2;
   const float qscale = p.spec.scale() * kLog2e;
 
@@ -290,19 +293,21 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
   int32_t* begin = reinterpret_cast<int32_t*>(alpha + kBlockQ);  // visible keys [begin, end)
   int32_t* end = begin + kBlockQ;
 
-  // Pack the query block (pre-scaled) and the visible key range of each row.
+  // Pack the query block (pre-scaled) and the visible key range of each column.
   float* row_buf = kp;  // free until the first key tile
-  for (int i = 0; i < rows; ++i) {
-    const int64_t off = row_offset(p.q_strides, s, s.q_row0, it.i0 + i, pair.query_head);
+  for (int c = 0; c < rows; ++c) {
+    const int64_t r = it.i0 + c % it.rows;
+    const int qh = head_pair(p.spec.heads, it.h + c / it.rows).query_head;
+    const int64_t off = row_offset(p.q_strides, s, s.q_row0, r, qh);
     if (dot) {
-      load_row(p.q, bf, off, d, dp, qscale, qt + i * dp);
+      load_row(p.q, bf, off, d, dp, qscale, qt + c * dp);
     } else {
       load_row(p.q, bf, off, d, d, qscale, row_buf);
-      for (int c = 0; c < d; ++c) qt[c * kBlockQ + i] = row_buf[c];
+      for (int x = 0; x < d; ++x) qt[x * kBlockQ + c] = row_buf[x];
     }
-    const KeyRange r = visible_keys(p.spec.window, it.i0 + i, s.seqlen_q, s.seqlen_k);
-    begin[i] = static_cast<int32_t>(r.begin);
-    end[i] = static_cast<int32_t>(r.end);
+    const KeyRange kr = visible_keys(p.spec.window, r, s.seqlen_q, s.seqlen_k);
+    begin[c] = static_cast<int32_t>(kr.begin);
+    end[c] = static_cast<int32_t>(kr.end);
   }
   for (int i = rows; i < nb; ++i) {
     if (!dot)
@@ -317,8 +322,12 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
   // The dot path writes only the real columns of S^T; keep the padding columns finite.
   if (dot)
     for (int i = 0; i < kBlockK * kBlockQ; ++i) st[i] = 0.0f;
-  // Keys visible to every row of the block: tiles inside need no mask.
-  const int64_t full_lo = begin[rows - 1], full_hi = end[0];
+  // Keys visible to every column of the block: tiles inside need no mask.
+  int64_t full_lo = begin[0], full_hi = end[0];
+  for (int c = 1; c < rows; ++c) {
+    full_lo = full_lo > begin[c] ? full_lo : begin[c];
+    full_hi = full_hi < end[c] ? full_hi : end[c];
+  }
 
   const int64_t kstride = p.k_strides.row, vstride = p.v_strides.row;
   const bool k_in_place = !bf && (!dot || d % W == 0);
@@ -328,11 +337,11 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
     const float* ka;
     int64_t lda;
     if (k_in_place) {
-      ka = static_cast<const float*>(p.k) + row_offset(p.k_strides, s, s.k_row0, j0, pair.kv_head);
+      ka = static_cast<const float*>(p.k) + row_offset(p.k_strides, s, s.k_row0, j0, kv_head);
       lda = kstride;
     } else {
       for (int j = 0; j < bc; ++j)
-        load_row(p.k, bf, row_offset(p.k_strides, s, s.k_row0, j0 + j, pair.kv_head), d, dp, 1.0f,
+        load_row(p.k, bf, row_offset(p.k_strides, s, s.k_row0, j0 + j, kv_head), d, dp, 1.0f,
                  kp + j * dp);
       ka = kp;
       lda = dp;
@@ -387,11 +396,11 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
     const float* vb;
     int64_t ldb;
     if (v_in_place) {
-      vb = static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0, pair.kv_head);
+      vb = static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0, kv_head);
       ldb = vstride;
     } else {
       for (int j = 0; j < bc; ++j)
-        load_row(p.v, bf, row_offset(p.v_strides, s, s.k_row0, j0 + j, pair.kv_head), d, dp, 1.0f,
+        load_row(p.v, bf, row_offset(p.v_strides, s, s.k_row0, j0 + j, kv_head), d, dp, 1.0f,
                  vp + j * dp);
       vb = vp;
       ldb = dp;
@@ -413,14 +422,14 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
   }
   const int heads = p.spec.heads.num_attention_heads();
   for (int i = 0; i < rows; ++i) {
+    const int h = it.h + i / it.rows;
+    const int64_t r = it.i0 + i % it.rows;
     const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // no visible key: output 0
-    store_row(p.out, bf, row_offset(p.out_strides, s, s.q_row0, it.i0 + i, it.h), d, inv,
-              o + i * dp);
+    store_row(p.out, bf, row_offset(p.out_strides, s, s.q_row0, r, h), d, inv, o + i * dp);
     if (p.lse) {
-      const int64_t r = it.i0 + i;
-      const int64_t index =
-          p.is_varlen() ? it.h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
-                        : (s.batch_index * heads + it.h) * p.seqlen_q + r;
+      const int64_t index = p.is_varlen()
+                                ? h * static_cast<int64_t>(p.cu_seqlens_q[p.batch]) + s.q_row0 + r
+                                : (s.batch_index * heads + h) * p.seqlen_q + r;
       p.lse[index] = l[i] > 0.0f ? (m[i] + std::log2(l[i])) * kLn2 : -__builtin_inff();
     }
   }
@@ -637,10 +646,14 @@ void backward_item(const BackwardContext& ctx, const BackwardItem& it, float* sc
 
   const int64_t row_lo = first_row_seeing_from(p.spec.window, it.j0, s.seqlen_q, s.seqlen_k);
   const int64_t row_hi = end_row_seeing_upto(p.spec.window, it.j0 + bc - 1, s.seqlen_q, s.seqlen_k);
-  for (int h = 0; h < heads; ++h) {
-    const HeadPair pair = head_pair(p.spec.heads, h);
-    if (pair.kv_head != it.kv_head) continue;
-    for (int64_t i0 = row_lo; i0 < row_hi; i0 += BQ) {
+  // The attention heads that read this KV head: its G query heads (adjacent), or one for rSQA.
+  // Query blocks outside, heads inside: the G heads' Q, dO and dQ rows of a block are adjacent
+  // in memory, so the group streams through them together instead of once per head.
+  const int group = p.spec.heads.is_reverse() ? 1 : p.spec.heads.group_size();
+  const int h_first = p.spec.heads.is_reverse() ? it.kv_head : it.kv_head * group;
+  for (int64_t i0 = row_lo; i0 < row_hi; i0 += BQ) {
+    for (int h = h_first; h < h_first + group; ++h) {
+      const HeadPair pair = head_pair(p.spec.heads, h);
       const int br = static_cast<int>(min64(BQ, row_hi - i0));
       bool full = true;
       for (int i = 0; i < br; ++i) {

@@ -16,7 +16,10 @@ namespace sqa::cpu::flash {
 inline constexpr int kBlockQ = 64;
 inline constexpr int kBlockK = 64;
 // Backward: kBlockKB keys per item (their dK/dV stay in cache), kBlockQB query rows per step.
-inline constexpr int kBlockKB = 64;
+// 128 keys per item halve the Q, dO and dQ bytes streamed per FLOP against 64 (each query
+// block's loads and dQ update serve twice the keys); the item's tiles (~260 KB at d = 64) still
+// fit in L2.
+inline constexpr int kBlockKB = 128;
 inline constexpr int kBlockQB = 64;
 
 // One sequence of the batch (dense: b-th entry; varlen: rows from cu_seqlens).
@@ -27,23 +30,29 @@ struct Sequence {
   int64_t global_row0;  // first row in the (all sequences) row numbering used by lse, D and dQ
 };
 
-// Forward item: attention head h, query rows [i0, i0 + rows) of one sequence, keys [k_lo, k_hi)
-// (a slice of the visible range when the keys are split across threads for decode).
+// Forward item: attention heads [h, h + heads), query rows [i0, i0 + rows) of one sequence, keys
+// [k_lo, k_hi) (a slice of the visible range when the keys are split across threads for
+// decode). The score tile's columns are the (head, row) pairs, column c = (c / rows, c % rows),
+// rows * heads <= kBlockQ. heads > 1 stacks the G query heads of one KV head (they must share
+// it): a decode step then reads each K/V tile once for the whole group and its scores and P V
+// are small GEMMs instead of G separate dot-product passes.
 struct ForwardItem {
   Sequence seq;
   int h;
   int64_t i0;
   int rows;
   int64_t k_lo, k_hi;
+  int heads = 1;
   // Split-KV: >= 0 selects the partial slot that receives the unnormalised O, the row max m and
-  // the row sum l (log2 domain); -1 writes out and lse directly.
+  // the row sum l (log2 domain) of each column; -1 writes out and lse directly.
   int64_t partial = -1;
+  int columns() const { return rows * heads; }
 };
 
 struct ForwardContext {
   const AttentionParams* params;
   int padded_dim;      // head_dim rounded up to the SIMD width of the kernel
-  int partial_rows;    // rows per split-KV slot (the most rows of any split item)
+  int partial_rows;    // entries per split-KV slot (the most columns of any split item)
   float* partial_out;  // [slot][partial_rows][padded_dim]
   float* partial_max;  // [slot][partial_rows]
   float* partial_sum;  // [slot][partial_rows]
@@ -54,6 +63,10 @@ struct ForwardContext {
 // adjacent in memory) so the reads stream sequentially instead of striding head by head.
 // Results go to partial slot `slot` ([heads][rows] entries) and are combined by log-sum-exp.
 inline constexpr int kDecodeRows = 2;
+// Decode stacks a KV head's query heads into one item's score columns from this group size on.
+// Below it the stacked GEMM wastes most SIMD lanes of the score tile (columns padded to the
+// vector width) and the key-major dot-product path is faster (measured: G = 4 took 2x longer).
+inline constexpr int kStackMinGroup = 8;
 struct DecodeItem {
   Sequence seq;
   int64_t k_lo, k_hi;
