@@ -69,8 +69,13 @@ def round_robin(fns: dict, warm: int, rep: int, row: dict, suffix: str) -> dict:
         except Exception as ex:  # report, keep going
             row[f"{name}{suffix}_error"] = str(ex).split("\n")[0][:300]
     times = {name: [] for name in live}
-    for _ in range(rep):
-        for name, fn in live.items():
+    names = list(live)
+    for r in range(rep):
+        # Rotate the order each round so no implementation always runs right after the same
+        # one: in run 2 of 2026-11-29-h200-cudnn a fixed order put the default path (the same
+        # cuDNN code as the cuDNN-backend column) 4-7% behind it in the fwd+bwd d128 rows.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = live[name]
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
