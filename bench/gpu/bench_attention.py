@@ -111,7 +111,7 @@ def ceilings() -> dict:
 
 # ---- one config -------------------------------------------------------------------------------
 
-VARIANTS = ("base", "ilp", "occ", "pipe", "wide")
+VARIANTS = ("base", "ilp", "occ", "pipe")
 PEERS = {"fa2": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
@@ -393,7 +393,7 @@ def markdown(meta: dict, rows: list) -> str:
              f"copy {meta['ceilings']['copy_TBps']:.2f} TB/s (read+write).", "",
              "## Forward", "",
              "| group | layout | H_q/H_kv | d | N_q/N_k | ours ms | ours TFLOP/s | % peak | "
-             "base/ilp/occ/pipe/wide TFLOP/s | FA2 TFLOP/s | cuDNN TFLOP/s | vs best peer | err vs peer | target |",
+             "base/ilp/occ/pipe TFLOP/s | FA2 TFLOP/s | cuDNN TFLOP/s | vs best peer | err vs peer | target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(

@@ -264,7 +264,7 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  for (const char* variant : {"base", "ilp", "occ", "pipe", "wide"}) {
+  for (const char* variant : {"base", "ilp", "occ", "pipe"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
@@ -289,9 +289,10 @@ TEST(CudaForward, SanitizerSmoke) {
   c.seqlen_k = 2000;
   c.seed = 12;
   expect_forward_ok(c);
-  // The two-stage variants' buffer hand-over (one barrier per key block) under racecheck too.
+  // The two-stage variant's buffer hand-over (one barrier per key block) under racecheck at
+  // D = 32 too (D = 16 runs it by default).
   limits.head_dims = {16, 32};
-  for (const char* variant : {"pipe", "wide"}) {
+  for (const char* variant : {"pipe"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& vc : testing::generate_cases(limits, 3, 6116)) expect_forward_ok(vc);
     testing::HarnessCase long_case;

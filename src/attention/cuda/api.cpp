@@ -34,9 +34,8 @@ FwdVariant fwd_variant() {
   if (m == "ilp") return FwdVariant::ilp;
   if (m == "occ") return FwdVariant::occ;
   if (m == "pipe") return FwdVariant::pipe;
-  if (m == "wide") return FwdVariant::wide;
   throw Error(
-      sqa::detail::concat("SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe or wide, or unset"));
+      sqa::detail::concat("SQA_CUDA_FWD (", m, ") must be base, ilp, occ or pipe, or unset"));
 }
 
 namespace {

@@ -122,9 +122,13 @@ struct BwdDkDvTile {
   static constexpr int BN = 16 * kNWarps;  // keys per CTA: 16 per warp
   static constexpr int kStride = D + 8;
   static constexpr int kSStride = BM + 8;  // dS^T tile (keys x query rows), padded like the rest
-  static constexpr int kSmemBytes = (2 * BN + 4 * BM) * kStride * static_cast<int>(sizeof(T)) +
-                                    4 * BM * static_cast<int>(sizeof(float)) +
-                                    (kAtomicDq ? BN * kSStride * static_cast<int>(sizeof(T)) : 0);
+  // Query-block stages (Q, dO, lse, D): with three, the block two steps ahead streams into the
+  // stage of the step before, so one barrier per step suffices (two with the dQ step).
+  static constexpr int kQStages = 3;
+  static constexpr int kSmemBytes =
+      (2 * BN + 2 * kQStages * BM) * kStride * static_cast<int>(sizeof(T)) +
+      2 * kQStages * BM * static_cast<int>(sizeof(float)) +
+      (kAtomicDq ? BN * kSStride * static_cast<int>(sizeof(T)) : 0);
   // dQ step: BM / 16 row tiles of 16 query rows; the warps of a row tile split D between them.
   static constexpr int kWarpsPerRowTile = kNWarps / (BM / 16);
   static constexpr int kDqDims = D / kWarpsPerRowTile;
@@ -146,11 +150,12 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + BN * kStride;
-  T* sQ = sV + BN * kStride;                                     // [2][BM * kStride]
-  T* sdO = sQ + 2 * BM * kStride;                                // [2][BM * kStride]
-  float* sL = reinterpret_cast<float*>(sdO + 2 * BM * kStride);  // [2][BM]: lse * log2(e)
-  float* sD = sL + 2 * BM;                                       // [2][BM]: D
-  T* sdS = reinterpret_cast<T*>(sD + 2 * BM);                    // kAtomicDq: [BN][kSStride]
+  constexpr int kQStages = Tile::kQStages;
+  T* sQ = sV + BN * kStride;                                            // [kQStages][BM*kStride]
+  T* sdO = sQ + kQStages * BM * kStride;                                // [kQStages][BM*kStride]
+  float* sL = reinterpret_cast<float*>(sdO + kQStages * BM * kStride);  // [kQStages][BM]
+  float* sD = sL + kQStages * BM;                                       // [kQStages][BM]: D
+  T* sdS = reinterpret_cast<T*>(sD + kQStages * BM);                    // kAtomicDq: [BN][kSStride]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g4 = lane / 4, t = lane % 4;
@@ -203,6 +208,8 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   };
   if (n_iter > 0) load_q_block(0, 0);
   cp_async_commit();
+  if (n_iter > 1) load_q_block(1, 1);
+  cp_async_commit();
 
   float dk[kDT][4], dv[kDT][4];
 #pragma unroll
@@ -216,11 +223,13 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   const float scale_log2 = p.scale_log2;
 
   for (int it = 0; it < n_iter; ++it) {
-    const int stage = it & 1;
-    if (it + 1 < n_iter) load_q_block(stage ^ 1, it + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
+    const int stage = it % kQStages;
+    cp_async_wait<1>();  // block it landed (block it + 1 may still be in flight)
+    // Every warp is done with step it - 1, so the stage that step it - 1 read (the third one)
+    // can take block it + 2, and the dQ step's dS^T tile can be rewritten.
     __syncthreads();
+    if (it + 2 < n_iter) load_q_block((it + 2) % kQStages, it + 2);
+    cp_async_commit();
     if (kKVInRegs && it == 0) {
 #pragma unroll
       for (int kk = 0; kk < kKD; ++kk) {
@@ -366,7 +375,6 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
         }
       }
     }
-    __syncthreads();  // this stage's tiles are refilled two iterations later
   }
   cp_async_wait<0>();
 

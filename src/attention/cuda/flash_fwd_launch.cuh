@@ -36,11 +36,11 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
 //         SM: latency hiding by more resident warps;
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
-//         of two, and the next block's loads overlap the whole current block;
-//   wide: as pipe with 128-key blocks (half the barriers again) and a looser register cap
-//         (3 CTAs per SM at D = 16, 2 at D = 32; with the cap of pipe the tile spills).
-//   (ptxas: pipe 127 / 128 registers at D = 16 / 32, wide 168 / 206; spills of 8-64 bytes.)
-// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): occ at D = 16 (+5%), base above.
+//         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
+//         registers at D = 16 / 32, a 64-byte spill at 32).
+// (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
+// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): pipe at D = 16 (run 6: +30% over
+// occ at N = 200k, +0-8% at 32k causal), base above (pipe ties base at D = 32).
 // Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
 // flight to stream the cache.
 template <typename T, int D>
@@ -54,18 +54,14 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
-    if (v == FwdVariant::automatic) v = D == 16 ? FwdVariant::occ : FwdVariant::base;
+    if (v == FwdVariant::automatic) v = D == 16 ? FwdVariant::pipe : FwdVariant::base;
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
         launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
         return;
       }
-      if (v == FwdVariant::wide) {
-        launch_flash_fwd<T, D, 1, 4, 128, true, D == 16 ? 3 : 2, true>(p, stream);
-        return;
-      }
     }
-    if (v == FwdVariant::occ || v == FwdVariant::pipe || v == FwdVariant::wide) {
+    if (v == FwdVariant::occ || v == FwdVariant::pipe) {
       launch_flash_fwd<T, D, 1, 4, BN, true, D <= 32 ? 4 : 3>(p, stream);
       return;
     }
