@@ -70,8 +70,9 @@ status=0
 if [ -z "$skip_tests" ]; then
   echo "== correctness sweep (GPU vs float64 reference)"
   # Own kernels only here (auto would route d >= 64 to cuDNN); cuDNN has its own tests below.
-  SQA_CUDA_BACKEND=own timeout ${TEST_TIMEOUT:-300} "$bin" --gtest_brief=1 >"$out/tests.log" 2>&1 ||
-    status=1
+  # TEST_FILTER (a gtest filter) narrows the sweep, e.g. to the tests of a change.
+  SQA_CUDA_BACKEND=own timeout ${TEST_TIMEOUT:-300} "$bin" --gtest_brief=1 \
+    ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} >"$out/tests.log" 2>&1 || status=1
   tail -5 "$out/tests.log"
 fi
 if [ -z "$skip_san" ]; then
