@@ -430,6 +430,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
     a = ap.parse_args()
+    # "ours" in this table is this project's kernels: the targets of groups A-F are the own
+    # kernel's. The default path routes d >= 64 prefill to cuDNN; bench_cudnn.py measures it.
+    os.environ.setdefault("SQA_CUDA_BACKEND", "own")
     lib = load_lib(a.lib)
     if not lib.sqa_cuda_available():
         print("sqa reports no CUDA device", file=sys.stderr)
@@ -439,7 +442,8 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(), "commit": commit or "unknown",
-            "peer": "torch SDPA FA2 and cuDNN backends, same tensors, same process"}
+            "peer": "torch SDPA FA2 and cuDNN backends, same tensors, same process",
+            "sqa_cuda_backend": os.environ["SQA_CUDA_BACKEND"]}
     meta["ceilings"] = ceilings()
     print(json.dumps(meta), flush=True)
     rows = []
