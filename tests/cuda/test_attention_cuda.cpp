@@ -21,6 +21,10 @@
 namespace sqa {
 namespace {
 
+// These tests are about this project's kernels: keep the automatic routing from sending d >= 64
+// to cuDNN (test_cudnn_backend covers that path). An explicit SQA_CUDA_BACKEND still wins.
+[[maybe_unused]] const int kOwnKernels = [] { return setenv("SQA_CUDA_BACKEND", "own", 0); }();
+
 // Host-to-device harness callables (shared with test_cudnn_backend.cpp).
 using testing::cuda_host::cuda_backward_via_host;
 using testing::cuda_host::cuda_forward_via_host;
