@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "flash_plan.hpp"
 
@@ -122,6 +123,37 @@ inline float vsum(vf v) {
 #endif
   return v[0];
 }
+
+// Lane k of the result is the horizontal sum of v[k], for W vectors at once (decode scores of W
+// keys). Each stage adds pairs of vectors after a two-source shuffle that puts the halves of
+// every lane group side by side: W - 1 shuffle pairs in all instead of W separate reductions.
+constexpr int pair_lane(int group_width, bool high, int k) {
+  const int g = k / group_width, r = k % group_width, half = W / group_width / 2;
+  const int src = (g % half) * 2 * group_width + (high ? group_width : 0) + r;
+  return g < half ? src : W + src;
+}
+template <int GroupWidth, bool kHigh, int... K>
+constexpr vi pair_mask(std::integer_sequence<int, K...>) {
+  return vi{pair_lane(GroupWidth, kHigh, K)...};
+}
+template <int GroupWidth>
+inline void pair_sums(vf* v, int n) {
+  constexpr vi lo = pair_mask<GroupWidth, false>(std::make_integer_sequence<int, W>{});
+  constexpr vi hi = pair_mask<GroupWidth, true>(std::make_integer_sequence<int, W>{});
+  for (int i = 0; i < n / 2; ++i)
+    v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo) +
+           __builtin_shuffle(v[2 * i], v[2 * i + 1], hi);
+  if constexpr (GroupWidth > 1) pair_sums<GroupWidth / 2>(v, n / 2);
+}
+inline vf transpose_sum(vf* v) {
+  pair_sums<W / 2>(v, W);
+  return v[0];
+}
+template <int... K>
+constexpr vi lane_index(std::integer_sequence<int, K...>) {
+  return vi{K...};
+}
+constexpr vi kLanes = lane_index(std::make_integer_sequence<int, W>{});
 
 // ---- GEMM on packed tiles ---------------------------------------------------------------------
 // C (M x N) (+)= A (M x K) B (K x N), with A(m, k) = a[m * sam + k * sak] read as broadcast
@@ -479,6 +511,11 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
   }
   // K/V rows are read in place when they are fp32 with whole vectors per head.
   const bool in_place = !bf && d % W == 0;
+  const int64_t kstride = p.k_strides.row;
+  const int64_t kspan = (kv_heads - 1) * p.k_strides.head + d;  // floats of one key's K row
+  const int64_t vspan = (kv_heads - 1) * p.v_strides.head + d;
+  const int64_t k_ahead = (2048 + 4 * kspan - 1) / (4 * kspan);  // keys in ~2 KB of K rows
+  const bool k_prefetch = heads >= 4 * kv_heads;
   for (int64_t j0 = it.k_lo; j0 < it.k_hi; j0 += kBlockK) {
     const int bc = static_cast<int>(min64(kBlockK, it.k_hi - j0));
     const int nbc = round_up(bc, W);
@@ -486,18 +523,20 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
       const float* kr;
       if (in_place) {
         kr = static_cast<const float*>(p.k) + row_offset(p.k_strides, s, s.k_row0, j0 + j, 0);
+        // Fetch this key's V row (all heads) now, in the same sequential order as K, and with a
+        // query group of 4 or more the K row k_ahead keys on: the group's dot products keep the
+        // core busy long enough per key that the hardware prefetcher alone leaves the K loads
+        // waiting on memory (measured: G = 4 decode 10-15% faster; G = 2 8% slower with it).
+        const float* vr =
+            static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0 + j, 0);
+        for (int64_t x = 0; x < vspan; x += 16) __builtin_prefetch(vr + x);
+        if (k_prefetch && j0 + j + k_ahead < it.k_hi)
+          for (int64_t x = 0; x < kspan; x += 16) __builtin_prefetch(kr + k_ahead * kstride + x);
       } else {
         for (int g = 0; g < kv_heads; ++g)
           load_row(p.k, bf, row_offset(p.k_strides, s, s.k_row0, j0 + j, g), d, dp, 1.0f,
                    krow + g * dp);
         kr = krow;
-      }
-      if (in_place) {
-        // Fetch this key's V row (all heads) now, in the same sequential order as K.
-        const float* vr =
-            static_cast<const float*>(p.v) + row_offset(p.v_strides, s, s.k_row0, j0 + j, 0);
-        const int64_t span = (kv_heads - 1) * p.v_strides.head + d;
-        for (int64_t x = 0; x < span; x += 16) __builtin_prefetch(vr + x);
       }
       const int64_t kh_stride = in_place ? p.k_strides.head : dp;
       for (int h = 0; h < heads; ++h) {
@@ -518,8 +557,7 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
       const vi e = vsplat_i(static_cast<int32_t>(min64(end[i], j0 + bc) - j0));
       vf tile_max = vneg_inf();
       for (int j = 0; j < nbc; j += W) {
-        vi key = vsplat_i(j);
-        for (int lane = 0; lane < W; ++lane) key[lane] += lane;
+        const vi key = kLanes + j;
         const vf x = ((key < b) | (key >= e)) ? vneg_inf() : vload(row + j);
         vstore(row + j, x);
         tile_max = vmax(tile_max, x);
@@ -557,9 +595,15 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
       vrow_stride = static_cast<int64_t>(kv_heads) * dp;
       vhead_stride = dp;
     }
-    for (int h = 0; h < heads; ++h) {
-      gemm<true>(rows, dp, bc, sc + h * rows * kBlockK, kBlockK, 1, vt + kvh[h] * vhead_stride,
-                 vrow_stride, o + static_cast<int64_t>(h) * rows * dp, dp);
+    // The heads of one KV head are adjacent (its G query heads), so their P rows form one
+    // GEMM's A: V is read once per group with G * rows broadcasts per key.
+    for (int h = 0; h < heads;) {
+      int h_end = h + 1;
+      while (h_end < heads && kvh[h_end] == kvh[h]) ++h_end;
+      gemm<true>((h_end - h) * rows, dp, bc, sc + h * rows * kBlockK, kBlockK, 1,
+                 vt + kvh[h] * vhead_stride, vrow_stride, o + static_cast<int64_t>(h) * rows * dp,
+                 dp);
+      h = h_end;
     }
   }
   const int64_t slot = it.slot * ctx.partial_rows;
