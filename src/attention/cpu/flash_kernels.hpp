@@ -124,31 +124,7 @@ inline float vsum(vf v) {
   return v[0];
 }
 
-// Lane k of the result is the horizontal sum of v[k], for W vectors at once (decode scores of W
-// keys). Each stage adds pairs of vectors after a two-source shuffle that puts the halves of
-// every lane group side by side: W - 1 shuffle pairs in all instead of W separate reductions.
-constexpr int pair_lane(int group_width, bool high, int k) {
-  const int g = k / group_width, r = k % group_width, half = W / group_width / 2;
-  const int src = (g % half) * 2 * group_width + (high ? group_width : 0) + r;
-  return g < half ? src : W + src;
-}
-template <int GroupWidth, bool kHigh, int... K>
-constexpr vi pair_mask(std::integer_sequence<int, K...>) {
-  return vi{pair_lane(GroupWidth, kHigh, K)...};
-}
-template <int GroupWidth>
-inline void pair_sums(vf* v, int n) {
-  constexpr vi lo = pair_mask<GroupWidth, false>(std::make_integer_sequence<int, W>{});
-  constexpr vi hi = pair_mask<GroupWidth, true>(std::make_integer_sequence<int, W>{});
-  for (int i = 0; i < n / 2; ++i)
-    v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo) +
-           __builtin_shuffle(v[2 * i], v[2 * i + 1], hi);
-  if constexpr (GroupWidth > 1) pair_sums<GroupWidth / 2>(v, n / 2);
-}
-inline vf transpose_sum(vf* v) {
-  pair_sums<W / 2>(v, W);
-  return v[0];
-}
+// 0, 1, ..., W - 1: key offsets of a vector's lanes (masks).
 template <int... K>
 constexpr vi lane_index(std::integer_sequence<int, K...>) {
   return vi{K...};
