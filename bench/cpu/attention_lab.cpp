@@ -155,8 +155,10 @@ int main(int argc, char** argv) {
                 opt.backward ? bwd[0] / bwd[vi] : 0.0);
   }
 
-  // Decode: one query row against a long cache; memory bound on the K and V bytes.
-  for (sqa::Variant v : {sqa::Variant::mha, sqa::Variant::gqa, sqa::Variant::xsqa}) {
+  // Decode: one query row against a long cache; memory bound on the K and V bytes, except with a
+  // large query group (mqa, G = 16), where the scores and P V are compute-shaped.
+  for (sqa::Variant v : {sqa::Variant::mha, sqa::Variant::gqa, sqa::Variant::mqa,
+                         sqa::Variant::xsqa, sqa::Variant::xsmqa}) {
     const sqa::AttentionSpec spec = sqa::make_spec(v, opt.heads, opt.head_dim);
     Problem pr(spec, 1, opt.decode_keys, opt.bf16);
     sqa::CacheFlusher flusher;
