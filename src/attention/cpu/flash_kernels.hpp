@@ -24,6 +24,10 @@
 
 #include "flash_plan.hpp"
 
+#if SQA_SIMD_WIDTH == 16
+#include <immintrin.h>
+#endif
+
 #if !defined(SQA_SIMD_WIDTH) || !defined(SQA_SIMD_MR) || !defined(SQA_SIMD_NV)
 #error "define SQA_SIMD_WIDTH, SQA_SIMD_MR and SQA_SIMD_NV before including flash_kernels.hpp"
 #endif
@@ -79,8 +83,16 @@ inline vf vneg_inf() {
   return vsplat(-__builtin_inff());
 }
 inline vf vload_bf16(const uint16_t* p) {
+#if SQA_SIMD_WIDTH == 16
+  // GCC splits the generic widening below into two 256-bit halves plus an insert; one
+  // vpmovzxwd from memory does it (bf16 decode is bound by this conversion).
+  const __m512i wide =
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return reinterpret_cast<vf>(_mm512_slli_epi32(wide, 16));
+#else
   const vh h = *reinterpret_cast<const vh_u*>(p);
   return reinterpret_cast<vf>(__builtin_convertvector(h, vu) << 16);
+#endif
 }
 
 // 2^x for x <= 0 (and a little above): split x = n + f with n integer and |f| <= 1/2, a
@@ -487,6 +499,7 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
   }
   // K/V rows are read in place when they are fp32 with whole vectors per head.
   const bool in_place = !bf && d % W == 0;
+  const bool bf_in_place = bf && d % W == 0;
   const int64_t kstride = p.k_strides.row;
   const int64_t esize = bf ? 2 : 4;
   const int64_t kspan = (kv_heads - 1) * p.k_strides.head + d;  // elements of one key's K row
@@ -518,6 +531,22 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
           const char* kn = static_cast<const char*>(p.k) +
                            row_offset(p.k_strides, s, s.k_row0, j0 + j + k_ahead, 0) * esize;
           for (int64_t x = 0; x < kspan * esize; x += 64) __builtin_prefetch(kn + x);
+        }
+        if (bf_in_place) {
+          // bf16 with whole vectors per head: widen inside the dot products below instead of
+          // converting the row to a buffer first.
+          const uint16_t* kb =
+              static_cast<const uint16_t*>(p.k) + row_offset(p.k_strides, s, s.k_row0, j0 + j, 0);
+          for (int h = 0; h < heads; ++h) {
+            const uint16_t* kk = kb + kvh[h] * p.k_strides.head;
+            for (int i = 0; i < rows; ++i) {
+              const float* qq = q + (h * rows + i) * dp;
+              vf acc = vf{};
+              for (int c = 0; c < dp; c += W) acc += vload_bf16(kk + c) * vload(qq + c);
+              sc[(h * rows + i) * kBlockK + j] = vsum(acc);
+            }
+          }
+          continue;
         }
         for (int g = 0; g < kv_heads; ++g)
           load_row(p.k, bf, row_offset(p.k_strides, s, s.k_row0, j0 + j, g), d, dp, 1.0f,
