@@ -1,5 +1,6 @@
-// Training on the CPU in fp32: AdamW, gradient clipping, the paper's learning-rate schedules,
-// gradient accumulation, evaluation, and checkpoints with exact resume.
+// Training in fp32 on the CPU, or on the GPU through CudaModel (model_cuda.hpp): AdamW, gradient
+// clipping, the paper's learning-rate schedules, gradient accumulation, evaluation, and
+// checkpoints with exact resume (exact on the CPU; the GPU's bf16 step is not bit-reproducible).
 //
 // Determinism: dropout masks are a pure function of (seed, step, micro-batch, layer), the data
 // order is the BatchLoader's (seed, epoch) permutation, and every reduction runs in a fixed
@@ -22,8 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "sqa/attention.hpp"
 #include "sqa/data.hpp"
 #include "sqa/model.hpp"
+#include "sqa/model_cuda.hpp"
 
 namespace sqa {
 
@@ -76,6 +79,9 @@ struct TrainConfig {
   Schedule schedule = Schedule::warmup_cosine;
   double warmup_fraction = 0.25;
   uint64_t seed = 1234;
+  // cuda: weights, gradients and AdamW state live on the GPU (CudaModel, bf16 compute); the
+  // host model and optimiser are synchronised for checkpoints. Same checkpoint format.
+  Device device = Device::cpu;
 };
 
 struct StepResult {
@@ -99,6 +105,7 @@ struct EvalResult {
 
 // Evaluates `model` on up to max_batches (<= 0: all) of loader's eval batches, no dropout.
 EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_batches = 0);
+EvalResult evaluate(CudaModel& model, const BatchLoader& loader, int64_t max_batches = 0);
 
 class Trainer {
  public:
@@ -108,7 +115,11 @@ class Trainer {
   StepResult step();
   int64_t steps_done() const { return optimizer_.steps(); }
   const TrainConfig& config() const { return config_; }
+  // The host model; with device cuda its weights are current only after save_checkpoint().
   Model<float>& model() { return *model_; }
+  CudaModel* cuda_model() { return gpu_.get(); }  // null unless device cuda
+  // Validation on the training device.
+  EvalResult evaluate(const BatchLoader& loader, int64_t max_batches);
   BatchLoader& loader() { return loader_; }
 
   // Writes the checkpoint folder (see above); creates the folder if needed.
@@ -124,7 +135,8 @@ class Trainer {
   TrainConfig config_;
   BatchLoader loader_;
   std::unique_ptr<Model<float>> model_;
-  AdamW optimizer_;
+  AdamW optimizer_;  // with device cuda: only the step count (moments on the GPU)
+  std::unique_ptr<CudaModel> gpu_;
   Batch batch_;
 };
 

@@ -143,6 +143,36 @@ EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_
   return r;
 }
 
+// The same loop on the GPU model (bf16): loss, accuracy and tokens/s as above.
+EvalResult evaluate(CudaModel& model, const BatchLoader& loader, int64_t max_batches) {
+  const auto t0 = std::chrono::steady_clock::now();
+  EvalResult r;
+  int64_t n = loader.num_eval_batches();
+  if (max_batches > 0) n = std::min(n, max_batches);
+  double loss_sum = 0, all_tokens = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Batch b = loader.eval_batch(i);
+    const LossStats s = model.forward(b.inputs.data(), b.targets.data(), b.loss_mask.data(),
+                                      b.batch_size, b.context, false);
+    loss_sum += s.loss * s.tokens;
+    r.tokens += s.tokens;
+    r.accuracy += s.correct;
+    all_tokens += static_cast<double>(b.batch_size) * b.context;
+  }
+  r.batches = n;
+  r.loss = r.tokens > 0 ? loss_sum / r.tokens : 0.0;
+  r.accuracy = r.tokens > 0 ? r.accuracy / r.tokens : 0.0;
+  r.perplexity = std::exp(r.loss);
+  const double secs = seconds_since(t0);
+  r.tokens_per_second = secs > 0 ? all_tokens / secs : 0.0;
+  return r;
+}
+
+EvalResult Trainer::evaluate(const BatchLoader& loader, int64_t max_batches) {
+  if (gpu_) return sqa::evaluate(*gpu_, loader, max_batches);
+  return sqa::evaluate(*model_, loader, max_batches);
+}
+
 Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& config,
                  BatchLoader train_loader)
     : model_config_(model_config), config_(config), loader_(std::move(train_loader)) {
@@ -161,6 +191,10 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& config,
   model_ = std::make_unique<Model<float>>(model_config_);
   model_->init_weights(config_.seed);
   optimizer_ = AdamW(static_cast<int64_t>(model_->weights().size()));
+  if (config_.device == Device::cuda) {
+    gpu_ = std::make_unique<CudaModel>(model_config_);
+    gpu_->set_weights(model_->weights().data());
+  }
 }
 
 StepResult Trainer::step() {
@@ -169,9 +203,28 @@ StepResult Trainer::step() {
   const int64_t step = optimizer_.steps();
   r.lr = learning_rate(config_.schedule, config_.optim.lr, step, config_.steps,
                        config_.warmup_fraction);
+  const double scale = 1.0 / config_.grad_accum;
+  if (gpu_) {
+    CudaModel& g = *gpu_;
+    g.zero_grad();
+    for (int micro = 0; micro < config_.grad_accum; ++micro) {
+      loader_.next(batch_);
+      const LossStats s = g.forward(batch_.inputs.data(), batch_.targets.data(),
+                                    batch_.loss_mask.data(), batch_.batch_size, batch_.context,
+                                    true, dropout_seed(config_.seed, step, micro), scale);
+      g.backward();
+      r.loss += s.loss * scale;
+      r.tokens += static_cast<double>(batch_.batch_size) * batch_.context;
+    }
+    const OptimizerConfig& o = config_.optim;
+    r.grad_norm = g.optimizer_step({r.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.grad_clip});
+    optimizer_.set_steps(g.optimizer_steps());
+    r.step = optimizer_.steps();
+    r.seconds = seconds_since(t0);
+    return r;
+  }
   Model<float>& m = *model_;
   m.zero_grad();
-  const double scale = 1.0 / config_.grad_accum;
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
     loader_.next(batch_);
     const LossStats s = m.forward(batch_.inputs.data(), batch_.targets.data(),
@@ -192,13 +245,23 @@ StepResult Trainer::step() {
 
 void Trainer::save_checkpoint(const std::string& dir) const {
   make_dir(dir);
+  // With device cuda the GPU holds the state: bring the weights into the host model (so that
+  // save_model below and model() see them) and the moments into local copies.
+  std::vector<float> gpu_m, gpu_v;
+  if (gpu_) {
+    gpu_->get_weights(model_->weights().data());
+    gpu_m.resize(model_->weights().size());
+    gpu_v.resize(model_->weights().size());
+    gpu_->get_optimizer_state(gpu_m.data(), gpu_v.data());
+  }
+  const std::vector<float>& exp_avg = gpu_ ? gpu_m : optimizer_.exp_avg();
+  const std::vector<float>& exp_avg_sq = gpu_ ? gpu_v : optimizer_.exp_avg_sq();
   const Model<float>& m = *model_;
   SafeTensorsWriter all;
   for (const ParamSpec& p : m.params()) all.add_f32(p.name, p.shape, view(m.weights(), p));
-  const AdamW& opt = optimizer_;
   for (const ParamSpec& p : m.params()) {
-    all.add_f32("optimizer.exp_avg." + p.name, p.shape, view(opt.exp_avg(), p));
-    all.add_f32("optimizer.exp_avg_sq." + p.name, p.shape, view(opt.exp_avg_sq(), p));
+    all.add_f32("optimizer.exp_avg." + p.name, p.shape, view(exp_avg, p));
+    all.add_f32("optimizer.exp_avg_sq." + p.name, p.shape, view(exp_avg_sq, p));
   }
   json state;
   state["step"] = optimizer_.steps();
@@ -258,6 +321,10 @@ void Trainer::load_checkpoint(const std::string& dir) {
   optimizer_.exp_avg() = std::move(m);
   optimizer_.exp_avg_sq() = std::move(v);
   optimizer_.set_steps(step);
+  if (gpu_) {
+    gpu_->set_weights(model_->weights().data());
+    gpu_->set_optimizer_state(optimizer_.exp_avg().data(), optimizer_.exp_avg_sq().data(), step);
+  }
 }
 
 void save_model(const Model<float>& m, const std::string& dir) {

@@ -509,15 +509,16 @@ int bench_attention(const Args& args) {
 }  // namespace
 
 int cmd_bench(const std::vector<std::string>& argv) {
-  const Args args(argv, {"causal", "backward", "decode", "help"});
+  const Args args(argv, {"causal", "backward", "decode", "help", "train"});
   const auto& words = args.positional();
   if (words.empty() && args.flag("help")) {
     std::printf("usage: sqa bench attention [options]   (sqa bench attention --help)\n");
     return 0;
   }
   require(!words.empty(), "missing benchmark name: expected `sqa bench attention [options]`");
+  if (words[0] == "model") return bench_model(args);  // cmd_bench_model.cpp
   require(words[0] == "attention", "unknown benchmark '", words[0],
-          "': expected `sqa bench attention [options]`");
+          "': expected `sqa bench attention [options]` or `sqa bench model [options]`");
   require(words.size() == 1, "unexpected argument '", words.size() > 1 ? words[1] : "",
           "' after `sqa bench attention` (options start with --)");
   return bench_attention(args);

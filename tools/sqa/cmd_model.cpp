@@ -23,6 +23,7 @@
 #include "sqa/error.hpp"
 #include "sqa/io.hpp"
 #include "sqa/model.hpp"
+#include "sqa/model_cuda.hpp"
 #include "sqa/tokenizer.hpp"
 #include "sqa/train.hpp"
 
@@ -41,6 +42,13 @@ std::string format_duration(double s) {
     std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
   }
   return buf;
+}
+
+// --device cpu (default) | cuda.
+Device parse_device(const Args& a) {
+  const std::string d = a.get("device", "cpu");
+  require(d == "cpu" || d == "cuda", "option --device (", d, ") must be 'cpu' or 'cuda'");
+  return d == "cuda" ? Device::cuda : Device::cpu;
 }
 
 BatchMode parse_mode(const std::string& m) {
@@ -137,7 +145,8 @@ int cmd_train(const std::vector<std::string>& argv) {
                     "split-docs",
                     "no-shuffle",
                     "quiet",
-                    "dropout"});
+                    "dropout",
+                    "device"});
   ModelConfig cfg = load_config(a.require("config"));
   const std::string data = a.require("data");
   const std::string out = a.require("out");
@@ -153,11 +162,19 @@ int cmd_train(const std::vector<std::string>& argv) {
     cfg.ffn_dropout = a.get_double("dropout", cfg.ffn_dropout);
     cfg.validate();
   }
+  const Device device = parse_device(a);
+  const bool on_gpu = device == Device::cuda;
   std::filesystem::create_directories(out);
   // In-run ceiling: the sgemm rate of this machine now (all OpenBLAS threads), the denominator
   // of MFU. Measured before the model's first product switches OpenBLAS to one thread per
-  // caller (src/nn/layers.cpp).
-  const SgemmCeiling ceiling = measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 5);
+  // caller (src/nn/layers.cpp). On the GPU the denominator is the H200's bf16 peak instead.
+  SgemmCeiling ceiling;
+  if (on_gpu) {
+    ceiling.gflops = kH200Bf16PeakFlops / 1e9;
+    ceiling.corename = "H200 bf16 peak";
+  } else {
+    ceiling = measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 5);
+  }
 
   // Data: tokenizer (given, from an earlier run in --out, or trained now), corpus, split.
   const std::string tok_file = out + "/tokenizer.json";
@@ -203,6 +220,7 @@ int cmd_train(const std::vector<std::string>& argv) {
   tc.schedule = parse_schedule(a.get("schedule", "warmup-cosine"));
   tc.warmup_fraction = a.get_double("warmup", 0.25);
   tc.seed = static_cast<uint64_t>(a.get_int("seed", 1234));
+  tc.device = device;
   bo.seed = tc.seed;
   const int64_t eval_every = a.get_int("eval-every", std::max<int64_t>(tc.steps / 4, 1));
   const int64_t eval_batches = a.get_int("eval-batches", 8);
@@ -229,13 +247,14 @@ int cmd_train(const std::vector<std::string>& argv) {
       training_flops(cfg, bo.batch_size, bo.context) * static_cast<double>(tc.grad_accum);
   std::printf(
       "model %s: %lld parameters, variant per layer 0: H_q=%d H_kv=%d; data: %lld train "
-      "tokens, %lld val tokens; batch %d x %d x accum %d; sgemm ceiling %.1f GFLOP/s "
-      "(%d threads, %s)\n",
+      "tokens, %lld val tokens; batch %d x %d x accum %d; device %s; MFU denominator %.1f "
+      "GFLOP/s (%d threads, %s)\n",
       cfg.name.empty() ? "?" : cfg.name.c_str(), static_cast<long long>(count_parameters(cfg)),
       cfg.layers[0].heads.num_query_heads, cfg.layers[0].heads.num_kv_heads,
       static_cast<long long>(trainer.loader().corpus().num_tokens()),
       static_cast<long long>(val_loader.corpus().num_tokens()), bo.batch_size, bo.context,
-      tc.grad_accum, ceiling.gflops, ceiling.threads, ceiling.corename.c_str());
+      tc.grad_accum, on_gpu ? "cuda" : "cpu", ceiling.gflops, ceiling.threads,
+      ceiling.corename.c_str());
   std::fflush(stdout);
 
   std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
@@ -248,7 +267,7 @@ int cmd_train(const std::vector<std::string>& argv) {
   EvalResult last_eval;
   bool have_eval = false;
   auto run_eval = [&](int64_t step) {
-    last_eval = evaluate(trainer.model(), val_loader, eval_batches);
+    last_eval = trainer.evaluate(val_loader, eval_batches);
     have_eval = true;
     std::printf("step %6lld | val loss %.4f | ppl %.3f | acc %.2f%% | %.0f tok/s\n",
                 static_cast<long long>(step), last_eval.loss, last_eval.perplexity,
@@ -308,7 +327,7 @@ int cmd_train(const std::vector<std::string>& argv) {
   // shared machine the first measurement may have been taken while something else ran.
   openblas_set_num_threads(omp_get_max_threads());
   const SgemmCeiling end_ceiling =
-      measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 5);
+      on_gpu ? ceiling : measure_sgemm(static_cast<int>(a.get_int("ceiling-size", 1536)), 5);
   const double best_gflops = std::max(ceiling.gflops, end_ceiling.gflops);
   const double tps = timed_steps > 0 ? total_tokens / total_time : 0.0;
   const double mfu =
@@ -331,6 +350,7 @@ int cmd_train(const std::vector<std::string>& argv) {
       {"sgemm_gflops_start", ceiling.gflops},
       {"sgemm_gflops_end", end_ceiling.gflops},
       {"threads", omp_get_max_threads()},
+      {"device", on_gpu ? "cuda" : "cpu"},
       {"model_gflop_per_step", step_flops / 1e9}};
   if (have_eval) {
     summary["val_loss"] = last_eval.loss;
@@ -338,9 +358,9 @@ int cmd_train(const std::vector<std::string>& argv) {
     summary["val_acc"] = last_eval.accuracy;
   }
   write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
-  std::printf("done: %lld steps, %.0f tok/s, MFU %.1f%% of %.1f GFLOP/s sgemm; checkpoint in %s\n",
+  std::printf("done: %lld steps, %.0f tok/s, MFU %.1f%% of %.1f GFLOP/s (%s); checkpoint in %s\n",
               static_cast<long long>(trainer.steps_done()), tps, 100 * mfu, best_gflops,
-              out.c_str());
+              on_gpu ? "H200 bf16 peak" : "sgemm", out.c_str());
   return 0;
 }
 
@@ -348,11 +368,17 @@ int cmd_eval(const std::vector<std::string>& argv) {
   reexec_with_passive_omp_wait("eval", argv);
   const Args a(argv, {"count-pad"});
   a.reject_unknown({"model", "data", "tokenizer", "batch", "context", "max-batches", "mode",
-                    "count-pad", "split-docs", "val-fraction", "json"});
+                    "count-pad", "split-docs", "val-fraction", "json", "device"});
   const std::string model_dir = a.require("model");
   const ModelConfig cfg = load_model_config_for(model_dir);
+  const Device device = parse_device(a);
   Model<float> model(cfg);
   load_model_weights(model, model_dir);
+  std::unique_ptr<CudaModel> gpu;
+  if (device == Device::cuda) {
+    gpu = std::make_unique<CudaModel>(cfg);
+    gpu->set_weights(model.weights().data());
+  }
   const std::string data = a.require("data");
   Tokenizer tokenizer;
   TokenCorpus corpus;
@@ -379,7 +405,9 @@ int cmd_eval(const std::vector<std::string>& argv) {
   bo.eos_id = eos >= 0 ? eos : 0;
   bo.pad_id = pad >= 0 ? pad : bo.eos_id;
   const BatchLoader loader(std::move(corpus), bo);
-  const EvalResult r = evaluate(model, loader, a.get_int("max-batches", 0));
+  const int64_t max_batches = a.get_int("max-batches", 0);
+  const EvalResult r =
+      gpu ? evaluate(*gpu, loader, max_batches) : evaluate(model, loader, max_batches);
   std::printf(
       "eval %s: %lld batches, %.0f tokens | loss %.4f | ppl %.3f | acc %.2f%% | %.0f "
       "tok/s\n",
@@ -390,7 +418,8 @@ int cmd_eval(const std::vector<std::string>& argv) {
                                               {"perplexity", r.perplexity},
                                               {"accuracy", r.accuracy},
                                               {"tokens", r.tokens},
-                                              {"tokens_per_s", r.tokens_per_second}}
+                                              {"tokens_per_s", r.tokens_per_second},
+                                              {"device", gpu ? "cuda" : "cpu"}}
                                                  .dump(2) +
                                              "\n");
   }
@@ -400,12 +429,26 @@ int cmd_eval(const std::vector<std::string>& argv) {
 int cmd_generate(const std::vector<std::string>& argv) {
   const Args a(argv);
   a.reject_unknown(
-      {"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p", "seed"});
+      {"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p", "seed", "device"});
   const std::string model_dir = a.require("model");
   const ModelConfig cfg = load_model_config_for(model_dir);
   require(cfg.causal, "sqa generate needs a decoder (causal) model; this config is an encoder");
   Model<float> model(cfg);
   load_model_weights(model, model_dir);
+  // --device cuda: no KV cache on the GPU yet; each new token re-runs the whole prefix
+  // (the GPU's forward), which is fine for the short generations of a demo.
+  std::unique_ptr<CudaModel> gpu;
+  if (parse_device(a) == Device::cuda) {
+    gpu = std::make_unique<CudaModel>(cfg);
+    gpu->set_weights(model.weights().data());
+  }
+  std::vector<float> gpu_logits;
+  auto gpu_last_logits = [&](const std::vector<int32_t>& prefix) -> const float* {
+    const int64_t n = static_cast<int64_t>(prefix.size());
+    gpu->forward(prefix.data(), nullptr, nullptr, 1, n, false);
+    gpu_logits = gpu->logits();
+    return gpu_logits.data() + (n - 1) * cfg.vocab_size;
+  };
   const Tokenizer tokenizer = get_tokenizer(a, model_dir + "/tokenizer.json", nullptr, 0);
   const std::string prompt = a.get("prompt", "");
   const int64_t max_new = a.get_int("tokens", 100);
@@ -423,8 +466,13 @@ int cmd_generate(const std::vector<std::string>& argv) {
           " tokens) fills the context (", cfg.max_seq_len, ")");
   std::mt19937_64 rng(static_cast<uint64_t>(a.get_int("seed", 1)));
   const auto t0 = now_seconds();
-  model.decode_reset(total);
-  const float* logits = model.decode_step(ids.data(), static_cast<int64_t>(ids.size()));
+  const float* logits = nullptr;
+  if (gpu) {
+    logits = gpu_last_logits(ids);
+  } else {
+    model.decode_reset(total);
+    logits = model.decode_step(ids.data(), static_cast<int64_t>(ids.size()));
+  }
   const size_t prompt_len = ids.size();
   std::vector<std::pair<float, int32_t>> cand;
   while (static_cast<int64_t>(ids.size()) < total) {
@@ -461,13 +509,13 @@ int cmd_generate(const std::vector<std::string>& argv) {
     ids.push_back(next);
     if (next == tokenizer.eos_id()) break;
     if (static_cast<int64_t>(ids.size()) >= total) break;
-    logits = model.decode_step(&next, 1);
+    logits = gpu ? gpu_last_logits(ids) : model.decode_step(&next, 1);
   }
   const double secs = now_seconds() - t0;
   const std::vector<int32_t> generated(ids.begin() + static_cast<long>(prompt_len), ids.end());
   std::printf("%s%s\n", prompt.c_str(), tokenizer.decode(generated).c_str());
-  std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tok/s, KV cache)\n", generated.size(),
-               secs, generated.size() / secs);
+  std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tok/s, %s)\n", generated.size(),
+               secs, generated.size() / secs, gpu ? "cuda, no KV cache" : "KV cache");
   return 0;
 }
 

@@ -14,4 +14,7 @@ int cmd_eval(const std::vector<std::string>& args);      // cmd_model.cpp
 int cmd_generate(const std::vector<std::string>& args);  // cmd_model.cpp
 int cmd_dump(const std::vector<std::string>& args);      // cmd_dump.cpp
 
+class Args;
+int bench_model(const Args& args);  // cmd_bench_model.cpp: `sqa bench model`
+
 }  // namespace sqa::cli

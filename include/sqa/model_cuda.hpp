@@ -1,0 +1,81 @@
+// The SQA-family transformer on one CUDA GPU: bf16 activations and matmuls (cuBLAS, fp32
+// accumulation), fp32 master weights, fp32 gradients and the AdamW state on the device, the
+// project's CUDA attention kernels (include/sqa/attention.hpp).
+//
+// Same parameter layout as the CPU model (model.hpp): one flat fp32 buffer whose offsets come
+// from parameter_specs(), so weights, gradients and AdamW moments move between the two as plain
+// arrays and a checkpoint written from either device loads on the other.
+//
+// Same numerics contract as Model<float>::forward/backward: dropout masks from the same
+// counter-based hash (nn::dropout_keep) at the same flat indices, so a GPU training step and a
+// CPU one see identical masks; loss masks, loss_scale and gradient accumulation as on the CPU.
+// Differences: activations and matmul inputs are bf16 (expect ~1e-2 relative differences), the
+// embedding gradient is summed with atomics (not bit-reproducible from run to run).
+//
+// Dense FFN only for now: an MoE config throws sqa::Error naming the rule.
+// Without a CUDA build (SQA_CUDA=OFF) the constructor throws sqa::Error saying so.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sqa/model.hpp"
+
+namespace sqa {
+
+// The H200 SXM dense bf16 tensor-core peak (NVIDIA datasheet, no sparsity), the MFU
+// denominator of the GPU progress line and `sqa bench model`.
+inline constexpr double kH200Bf16PeakFlops = 989.4e12;
+
+struct CudaAdamW {
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  double grad_clip = 1.0;  // max global L2 norm; <= 0 disables
+};
+
+class CudaModel {
+ public:
+  // True when this build has CUDA and a device is present.
+  static bool available();
+
+  explicit CudaModel(const ModelConfig& config);
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const std::vector<ParamSpec>& params() const { return params_; }
+  int64_t num_params() const { return num_params_; }
+
+  // Host <-> device copies of the flat fp32 buffers (num_params() floats each).
+  void set_weights(const float* host);
+  void get_weights(float* host) const;
+  void get_grads(float* host) const;
+  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t steps);
+  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const;
+  int64_t optimizer_steps() const;
+
+  void zero_grad();
+  // As Model<float>::forward: tokens/targets/loss_mask are host arrays of batch*seqlen.
+  LossStats forward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
+                    int64_t batch, int64_t seqlen, bool training, uint64_t dropout_seed = 0,
+                    double loss_scale = 1.0);
+  // Accumulates d(loss_scale * loss)/d(weights) into the device gradients.
+  void backward();
+  // Logits of the last forward as fp32 on the host, (batch*seqlen, vocab).
+  std::vector<float> logits() const;
+  // Clips the gradients to grad_clip (global L2 norm), then one AdamW step on the master
+  // weights (torch.optim.AdamW semantics, as sqa::AdamW). Returns the norm before clipping.
+  double optimizer_step(const CudaAdamW& settings);
+  // Waits for the device (for timing).
+  void synchronize() const;
+
+ private:
+  struct State;
+  ModelConfig config_;
+  std::vector<ParamSpec> params_;
+  int64_t num_params_ = 0;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace sqa

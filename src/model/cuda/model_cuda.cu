@@ -1,0 +1,575 @@
+// The CUDA model (include/sqa/model_cuda.hpp): the forward and backward of src/model/model.cpp
+// with bf16 activations, cuBLAS matmuls (bf16 in, fp32 accumulate), the project's CUDA
+// attention, and the kernels of kernels.cuh. Shapes: B batch, T seqlen, BT = B * T token rows,
+// d = d_model, dh = head_dim, W_qkv = (H_q + 2 H_kv) dh.
+//
+// Q, K and V come from ONE matmul: parameter_specs() stores q_proj, k_proj and v_proj
+// back to back, so their rows form one (W_qkv, d) weight (and gradient) and the attention reads
+// q, k, v as strided views of the fused (BT, W_qkv) output.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "model/cuda/kernels.cuh"
+#include "sqa/attention.hpp"
+#include "sqa/error.hpp"
+#include "sqa/model_cuda.hpp"
+
+namespace sqa {
+namespace {
+
+using cuda_model::bfloat;
+namespace k = cuda_model;
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw Error(detail::concat("CUDA model: ", what, ": ", cudaGetErrorString(status)));
+  }
+}
+void check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw Error(detail::concat("CUDA model: ", what, ": cuBLAS status ", static_cast<int>(status)));
+  }
+}
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+// A device buffer that only grows (reallocated when a larger batch arrives).
+template <typename T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  size_t count = 0;
+  DeviceArray() = default;
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  DeviceArray(DeviceArray&& o) noexcept : ptr(o.ptr), count(o.count) {
+    o.ptr = nullptr;
+    o.count = 0;
+  }
+  ~DeviceArray() {
+    if (ptr) (void)cudaFree(ptr);
+  }
+  T* ensure(int64_t n) {
+    const size_t want = static_cast<size_t>(n > 0 ? n : 1);
+    if (want > count) {
+      if (ptr) check(cudaFree(ptr), "cudaFree");
+      ptr = nullptr;
+      check(cudaMalloc(&ptr, want * sizeof(T)), "cudaMalloc");
+      count = want;
+    }
+    return ptr;
+  }
+};
+
+// Same function as layer_seed() in src/model/model.cpp (per-layer dropout seed); the
+// CPU-GPU agreement test runs with dropout on, so a divergence fails it.
+uint64_t layer_seed(uint64_t seed, int layer) {
+  return k::mix64(seed ^ k::mix64(0x5eed0000ULL + static_cast<uint64_t>(layer)));
+}
+
+struct LayerOffsets {
+  int64_t attn_norm, qkv, o_w, o_b, ffn_norm, fc1_w, fc1_b, fc2_w, fc2_b;
+};
+
+struct LayerActs {
+  DeviceArray<float> x, rstd1, lse, x_mid, rstd2;
+  DeviceArray<bfloat> xn1, qkv, att, xn2, h, a;
+};
+
+}  // namespace
+
+struct CudaModel::State {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  std::vector<LayerOffsets> layers;
+  int64_t embed = 0, final_norm = -1, head_w = 0, head_b = -1;
+
+  DeviceArray<float> w, g, m, v;  // fp32 master weights, grads, AdamW moments
+  DeviceArray<bfloat> wb;           // bf16 copy of w (same offsets)
+  int64_t adam_steps = 0;
+
+  int64_t B = 0, T = 0;
+  bool training = false, has_targets = false;
+  uint64_t dropout_seed = 0;
+  std::vector<LayerActs> acts;
+  DeviceArray<int32_t> tokens, targets;
+  DeviceArray<float> mask, x_last, rstdf, row_loss, row_hit, tmp, dx, dn, dtmp, partial;
+  DeviceArray<bfloat> xf, logits, dlogits, dy, da, dh, datt, dqkv;
+  DeviceArray<double> norm_partial;
+  DeviceArray<float2> rope_table;
+  int64_t rope_T = 0;
+
+  // Row-major C (M, N) = op(A) op(B) (+ C when accumulate): A, B bf16, C bf16 or fp32, fp32
+  // accumulation. cuBLAS is column-major, so this computes C^T = op(B)^T op(A)^T.
+  void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const bfloat* A, const bfloat* B,
+            void* C, bool c_f32, bool accumulate) {
+    if (M == 0 || N == 0) return;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    check(cublasGemmEx(blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                       static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B,
+                       CUDA_R_16BF, static_cast<int>(tb ? K : N), A, CUDA_R_16BF,
+                       static_cast<int>(ta ? M : K), &beta, C, c_f32 ? CUDA_R_32F : CUDA_R_16BF,
+                       static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "cublasGemmEx");
+  }
+
+  // out[c] += column sums of a (rows, cols) (times b * scale[r] when b is set).
+  template <typename T>
+  void column_sums(float* out, const T* a, const float* b, const float* scale, int64_t rows,
+                   int cols) {
+    if (rows == 0) return;
+    const int col_blocks = (cols + 255) / 256;
+    int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 64, 1024 / col_blocks));
+    const int64_t per_chunk = (rows + chunks - 1) / chunks;
+    chunks = (rows + per_chunk - 1) / per_chunk;
+    float* p = partial.ensure(chunks * cols);
+    k::column_partial<T><<<dim3(col_blocks, static_cast<unsigned>(chunks)), 256, 0, stream>>>(
+        a, b, scale, rows, cols, per_chunk, p);
+    k::column_finish<<<col_blocks, 256, 0, stream>>>(p, static_cast<int>(chunks), cols, out);
+    check_launch("column sums");
+  }
+};
+
+bool CudaModel::available() { return cuda::available(); }
+
+CudaModel::CudaModel(const ModelConfig& config)
+    : config_(config), params_(parameter_specs(config)), state_(std::make_unique<State>()) {
+  config_.validate();
+  require(!config_.is_moe(), "num_experts (", config_.num_experts,
+          ") > 0: the CUDA model runs dense FFNs only so far; train MoE configs with "
+          "--device cpu");
+  require(config_.head_dim % 8 == 0, "head_dim (", config_.head_dim,
+          ") must be a multiple of 8 on CUDA (16-byte rows for the attention kernels)");
+  require(available(), "--device cuda: no CUDA device is present");
+  for (const ParamSpec& p : params_) num_params_ += p.numel();
+  std::map<std::string, int64_t> off;
+  std::map<std::string, int64_t> numel;
+  for (const ParamSpec& p : params_) {
+    off[p.name] = p.offset;
+    numel[p.name] = p.numel();
+  }
+  auto at = [&](const std::string& name) { return off.at(name); };
+  State& s = *state_;
+  s.embed = at("embed.weight");
+  if (config_.final_norm) s.final_norm = at("final_norm.weight");
+  s.head_w = config_.tie_word_embeddings ? s.embed : at("lm_head.weight");
+  if (config_.lm_head_bias) s.head_b = at("lm_head.bias");
+  for (int i = 0; i < config_.num_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    const int64_t q = at(p + "attn.q_proj.weight"), kk = at(p + "attn.k_proj.weight"),
+                  v = at(p + "attn.v_proj.weight");
+    require(kk == q + numel.at(p + "attn.q_proj.weight") &&
+                v == kk + numel.at(p + "attn.k_proj.weight"),
+            "internal: q_proj, k_proj and v_proj of layer ", i,
+            " are not adjacent in the parameter layout (the CUDA model fuses them)");
+    s.layers.push_back({at(p + "attn_norm.weight"), q, at(p + "attn.o_proj.weight"),
+                        at(p + "attn.o_proj.bias"), at(p + "ffn_norm.weight"),
+                        at(p + "ffn.fc1.weight"), at(p + "ffn.fc1.bias"), at(p + "ffn.fc2.weight"),
+                        at(p + "ffn.fc2.bias")});
+  }
+  check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(cublasCreate(&s.blas), "cublasCreate");
+  check(cublasSetStream(s.blas, s.stream), "cublasSetStream");
+  s.w.ensure(num_params_);
+  s.g.ensure(num_params_);
+  s.m.ensure(num_params_);
+  s.v.ensure(num_params_);
+  s.wb.ensure(num_params_);
+  const size_t bytes = static_cast<size_t>(num_params_) * sizeof(float);
+  check(cudaMemsetAsync(s.w.ptr, 0, bytes, s.stream), "cudaMemset");
+  check(cudaMemsetAsync(s.g.ptr, 0, bytes, s.stream), "cudaMemset");
+  check(cudaMemsetAsync(s.m.ptr, 0, bytes, s.stream), "cudaMemset");
+  check(cudaMemsetAsync(s.v.ptr, 0, bytes, s.stream), "cudaMemset");
+  s.acts.resize(static_cast<size_t>(config_.num_layers));
+}
+
+CudaModel::~CudaModel() {
+  if (state_) {
+    if (state_->stream) (void)cudaStreamSynchronize(state_->stream);
+    if (state_->blas) (void)cublasDestroy(state_->blas);
+    if (state_->stream) (void)cudaStreamDestroy(state_->stream);
+  }
+}
+
+void CudaModel::set_weights(const float* host) {
+  State& s = *state_;
+  check(cudaMemcpyAsync(s.w.ptr, host, static_cast<size_t>(num_params_) * sizeof(float),
+                        cudaMemcpyHostToDevice, s.stream),
+        "copy weights to the device");
+  k::cast_to_bf16<<<k::blocks_for(num_params_), 256, 0, s.stream>>>(s.w.ptr, s.wb.ptr,
+                                                                    num_params_);
+  check_launch("cast weights");
+  synchronize();
+}
+
+namespace {
+void copy_to_host(float* host, const float* dev, int64_t n, cudaStream_t stream) {
+  check(cudaMemcpyAsync(host, dev, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost,
+                        stream),
+        "copy to the host");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+}  // namespace
+
+void CudaModel::get_weights(float* host) const {
+  copy_to_host(host, state_->w.ptr, num_params_, state_->stream);
+}
+void CudaModel::get_grads(float* host) const {
+  copy_to_host(host, state_->g.ptr, num_params_, state_->stream);
+}
+void CudaModel::set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t steps) {
+  State& s = *state_;
+  const size_t bytes = static_cast<size_t>(num_params_) * sizeof(float);
+  check(cudaMemcpyAsync(s.m.ptr, exp_avg, bytes, cudaMemcpyHostToDevice, s.stream), "copy m");
+  check(cudaMemcpyAsync(s.v.ptr, exp_avg_sq, bytes, cudaMemcpyHostToDevice, s.stream), "copy v");
+  s.adam_steps = steps;
+  synchronize();
+}
+void CudaModel::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
+  copy_to_host(exp_avg, state_->m.ptr, num_params_, state_->stream);
+  copy_to_host(exp_avg_sq, state_->v.ptr, num_params_, state_->stream);
+}
+int64_t CudaModel::optimizer_steps() const { return state_->adam_steps; }
+
+void CudaModel::zero_grad() {
+  check(cudaMemsetAsync(state_->g.ptr, 0, static_cast<size_t>(num_params_) * sizeof(float),
+                        state_->stream),
+        "cudaMemset(grads)");
+}
+
+void CudaModel::synchronize() const {
+  check(cudaStreamSynchronize(state_->stream), "cudaStreamSynchronize");
+}
+
+namespace {
+
+// Attention over the fused qkv buffer (rows of W_qkv elements) into att (B, T, H_attn, dh).
+AttentionParams attention_params(const ModelConfig& c, int layer, int64_t B, int64_t T,
+                                 const bfloat* qkv, bfloat* att, float* lse, cudaStream_t stream) {
+  const HeadLayout& hl = c.layers[static_cast<size_t>(layer)].heads;
+  const int64_t dh = c.head_dim, hq = hl.num_query_heads, hkv = hl.num_kv_heads;
+  const int64_t ha = hl.num_attention_heads(), width = (hq + 2 * hkv) * dh;
+  AttentionParams p;
+  p.spec = c.attention_spec(layer);
+  p.dtype = DType::bf16;
+  p.device = Device::cuda;
+  p.stream = stream;
+  p.batch = B;
+  p.seqlen_q = T;
+  p.seqlen_k = T;
+  p.q = qkv;
+  p.k = qkv + hq * dh;
+  p.v = qkv + (hq + hkv) * dh;
+  p.out = att;
+  p.lse = lse;
+  p.q_strides = p.k_strides = p.v_strides = {T * width, width, dh};
+  p.out_strides = {T * ha * dh, ha * dh, dh};
+  return p;
+}
+
+}  // namespace
+
+LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
+                             int64_t B, int64_t T, bool training, uint64_t dropout_seed,
+                             double loss_scale) {
+  const ModelConfig& c = config_;
+  State& s = *state_;
+  require(B >= 1 && T >= 1, "batch (", B, ") and seqlen (", T, ") must be at least 1");
+  require(T <= c.max_seq_len, "seqlen (", T, ") exceeds max_position_embeddings (", c.max_seq_len,
+          ")");
+  const int64_t BT = B * T, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
+  for (int64_t i = 0; i < BT; ++i) {
+    require(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " at position ", i,
+            " is outside the vocabulary [0, ", V, ")");
+    if (targets) {
+      require(targets[i] >= 0 && targets[i] < V, "target id ", targets[i], " at position ", i,
+              " is outside the vocabulary [0, ", V, ")");
+    }
+  }
+  s.B = B;
+  s.T = T;
+  s.training = training;
+  s.has_targets = targets != nullptr;
+  s.dropout_seed = dropout_seed;
+  cudaStream_t st = s.stream;
+  const float* W = s.w.ptr;
+  const bfloat* Wb = s.wb.ptr;
+
+  check(cudaMemcpyAsync(s.tokens.ensure(BT), tokens, BT * sizeof(int32_t), cudaMemcpyHostToDevice,
+                        st),
+        "copy tokens");
+  if (s.rope_T != T) {
+    // cos/sin per (position, pair), angles in double as nn::rope_apply.
+    const int64_t half = dh / 2;
+    std::vector<float2> table(static_cast<size_t>(T * half));
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        const double freq = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / dh);
+        const double a = static_cast<double>(t) * freq;
+        table[static_cast<size_t>(t * half + i)] =
+            make_float2(static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
+      }
+    }
+    check(cudaMemcpyAsync(s.rope_table.ensure(T * half), table.data(),
+                          table.size() * sizeof(float2), cudaMemcpyHostToDevice, st),
+          "copy rope table");
+    check(cudaStreamSynchronize(st), "sync");  // the host table goes out of scope
+    s.rope_T = T;
+  }
+
+  float* x0 = s.acts.empty() ? s.x_last.ensure(BT * d) : s.acts[0].x.ensure(BT * d);
+  k::embed_forward<<<k::blocks_for(BT * d), 256, 0, st>>>(s.tokens.ptr, W + s.embed, x0, BT,
+                                                          static_cast<int>(d));
+  check_launch("embedding");
+  const unsigned row_blocks = static_cast<unsigned>((BT * 32 + 255) / 256);
+  const float eps = static_cast<float>(c.norm_eps);
+  const bool swiglu = c.activation == Activation::swiglu;
+  const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
+    LayerActs& a = s.acts[static_cast<size_t>(l)];
+    const HeadLayout& hl = c.layers[static_cast<size_t>(l)].heads;
+    const int64_t hq = hl.num_query_heads, hkv = hl.num_kv_heads, ha = hl.num_attention_heads();
+    const int64_t width = (hq + 2 * hkv) * dh;
+    float* x = a.x.ensure(BT * d);
+    float* x_out = l + 1 < c.num_layers ? s.acts[static_cast<size_t>(l + 1)].x.ensure(BT * d)
+                                        : s.x_last.ensure(BT * d);
+    bfloat* xn1 = a.xn1.ensure(BT * d);
+    float* rstd1 = a.rstd1.ensure(BT);
+    bfloat* qkv = a.qkv.ensure(BT * width);
+    bfloat* att = a.att.ensure(BT * ha * dh);
+    float* lse = a.lse.ensure(B * ha * T);
+    float* x_mid = a.x_mid.ensure(BT * d);
+    bfloat* xn2 = a.xn2.ensure(BT * d);
+    float* rstd2 = a.rstd2.ensure(BT);
+    bfloat* h = a.h.ensure(BT * h_dim);
+    bfloat* act = a.a.ensure(BT * ff);
+    float* tmp = s.tmp.ensure(BT * d);
+
+    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + lo.attn_norm, xn1, rstd1, BT,
+                                                   static_cast<int>(d), eps);
+    s.gemm(false, true, BT, width, d, xn1, Wb + lo.qkv, qkv, false, false);
+    k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 2), 256, 0, st>>>(
+        qkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), T, s.rope_table.ptr,
+        false);
+    check_launch("rope");
+    cuda::attention_forward(attention_params(c, l, B, T, qkv, att, lse, st));
+    s.gemm(false, true, BT, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
+    k::residual_bias<<<k::blocks_for(BT * d), 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, BT,
+                                                            static_cast<int>(d));
+    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x_mid, W + lo.ffn_norm, xn2, rstd2, BT,
+                                                   static_cast<int>(d), eps);
+    s.gemm(false, true, BT, h_dim, d, xn2, Wb + lo.fc1_w, h, false, false);
+    if (swiglu) {
+      k::bias_swiglu<<<k::blocks_for(BT * ff), 256, 0, st>>>(h, W + lo.fc1_b, act, BT,
+                                                             static_cast<int>(ff));
+    } else {
+      k::bias_gelu<<<k::blocks_for(BT * ff), 256, 0, st>>>(h, W + lo.fc1_b, act, BT,
+                                                           static_cast<int>(ff));
+    }
+    s.gemm(false, true, BT, d, ff, act, Wb + lo.fc2_w, tmp, true, false);
+    k::ffn_residual<<<k::blocks_for(BT * d), 256, 0, st>>>(
+        x_mid, tmp, W + lo.fc2_b, x_out, BT, static_cast<int>(d), c.ffn_dropout,
+        layer_seed(dropout_seed, l), training);
+    check_launch("layer kernels");
+  }
+
+  const float* xl = s.x_last.ensure(BT * d);
+  bfloat* xf = s.xf.ensure(BT * d);
+  if (c.final_norm) {
+    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(xl, W + s.final_norm, xf, s.rstdf.ensure(BT),
+                                                   BT, static_cast<int>(d), eps);
+  } else {
+    k::f32_to_bf16<<<k::blocks_for(BT * d), 256, 0, st>>>(xl, xf, BT * d);
+  }
+  bfloat* logits = s.logits.ensure(BT * V);
+  s.gemm(false, true, BT, V, d, xf, Wb + s.head_w, logits, false, false);
+  if (s.head_b >= 0) {
+    k::bias_add_bf16<<<k::blocks_for(BT * V), 256, 0, st>>>(logits, W + s.head_b, BT,
+                                                            static_cast<int>(V));
+  }
+  check_launch("lm head");
+  LossStats stats;
+  if (targets) {
+    double weight = 0;
+    for (int64_t i = 0; i < BT; ++i) weight += loss_mask ? loss_mask[i] : 1.0;
+    check(cudaMemcpyAsync(s.targets.ensure(BT), targets, BT * sizeof(int32_t),
+                          cudaMemcpyHostToDevice, st),
+          "copy targets");
+    float* mask = nullptr;
+    if (loss_mask) {
+      mask = s.mask.ensure(BT);
+      check(cudaMemcpyAsync(mask, loss_mask, BT * sizeof(float), cudaMemcpyHostToDevice, st),
+            "copy loss mask");
+    }
+    bfloat* dlogits = training ? s.dlogits.ensure(BT * V) : nullptr;
+    const float grad_scale = static_cast<float>(weight > 0 ? loss_scale / weight : 0.0);
+    k::cross_entropy<256><<<static_cast<unsigned>(BT), 256, 0, st>>>(
+        logits, s.targets.ptr, mask, dlogits, s.row_loss.ensure(BT), s.row_hit.ensure(BT),
+        static_cast<int>(V), grad_scale);
+    check_launch("cross entropy");
+    std::vector<float> row_loss(static_cast<size_t>(BT)), row_hit(static_cast<size_t>(BT));
+    check(cudaMemcpyAsync(row_loss.data(), s.row_loss.ptr, BT * sizeof(float),
+                          cudaMemcpyDeviceToHost, st),
+          "copy losses");
+    check(cudaMemcpyAsync(row_hit.data(), s.row_hit.ptr, BT * sizeof(float),
+                          cudaMemcpyDeviceToHost, st),
+          "copy hits");
+    synchronize();
+    double loss_sum = 0;
+    for (int64_t i = 0; i < BT; ++i) {
+      const double w = loss_mask ? static_cast<double>(loss_mask[i]) : 1.0;
+      if (w == 0.0) continue;
+      loss_sum += w * row_loss[static_cast<size_t>(i)];
+      stats.tokens += w;
+      stats.correct += w * row_hit[static_cast<size_t>(i)];
+    }
+    stats.loss = weight > 0 ? loss_sum / weight : 0.0;
+  }
+  return stats;
+}
+
+void CudaModel::backward() {
+  const ModelConfig& c = config_;
+  State& s = *state_;
+  require(s.has_targets && s.training && s.B > 0,
+          "backward() needs a forward() with targets and training = true first");
+  const int64_t B = s.B, T = s.T, BT = B * T, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
+  cudaStream_t st = s.stream;
+  const float* W = s.w.ptr;
+  const bfloat* Wb = s.wb.ptr;
+  float* G = s.g.ptr;
+  const unsigned row_blocks = static_cast<unsigned>((BT * 32 + 255) / 256);
+  const bool swiglu = c.activation == Activation::swiglu;
+  const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+
+  // LM head: dW += dlogits^T xf, db += column sums, d xfin = dlogits W.
+  float* dx = s.dx.ensure(BT * d);
+  float* dn = s.dn.ensure(BT * d);
+  float* dtmp = s.dtmp.ensure(BT * d);
+  const bfloat* dlogits = s.dlogits.ptr;
+  s.gemm(true, false, V, d, BT, dlogits, s.xf.ptr, G + s.head_w, true, true);
+  if (s.head_b >= 0) s.column_sums<bfloat>(G + s.head_b, dlogits, nullptr, nullptr, BT,
+                                         static_cast<int>(V));
+  if (c.final_norm) {
+    s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dn, true, false);
+    check(cudaMemsetAsync(dx, 0, BT * d * sizeof(float), st), "cudaMemset");
+    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, s.x_last.ptr, W + s.final_norm,
+                                                    s.rstdf.ptr, dx, BT, static_cast<int>(d));
+    s.column_sums<float>(G + s.final_norm, dn, s.x_last.ptr, s.rstdf.ptr, BT,
+                         static_cast<int>(d));
+  } else {
+    s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dx, true, false);
+  }
+
+  bfloat* dy = s.dy.ensure(BT * std::max<int64_t>(d, 1));
+  for (int l = c.num_layers - 1; l >= 0; --l) {
+    const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
+    LayerActs& a = s.acts[static_cast<size_t>(l)];
+    const HeadLayout& hl = c.layers[static_cast<size_t>(l)].heads;
+    const int64_t hq = hl.num_query_heads, hkv = hl.num_kv_heads, ha = hl.num_attention_heads();
+    const int64_t width = (hq + 2 * hkv) * dh;
+    // FFN branch: x_out = x_mid + dropout(fc2(act(fc1(xn2)))).
+    k::dropout_backward<<<k::blocks_for(BT * d), 256, 0, st>>>(
+        dx, dtmp, dy, BT * d, c.ffn_dropout, layer_seed(s.dropout_seed, l), s.training);
+    check_launch("dropout backward");
+    s.column_sums<float>(G + lo.fc2_b, dtmp, nullptr, nullptr, BT, static_cast<int>(d));
+    s.gemm(true, false, d, ff, BT, dy, a.a.ptr, G + lo.fc2_w, true, true);
+    bfloat* da = s.da.ensure(BT * ff);
+    s.gemm(false, false, BT, ff, d, dy, Wb + lo.fc2_w, da, false, false);
+    bfloat* dh_buf = s.dh.ensure(BT * h_dim);
+    if (swiglu) {
+      k::swiglu_backward<<<k::blocks_for(BT * ff), 256, 0, st>>>(da, a.h.ptr, dh_buf, BT,
+                                                                 static_cast<int>(ff));
+    } else {
+      k::gelu_backward<<<k::blocks_for(BT * ff), 256, 0, st>>>(da, a.h.ptr, dh_buf, BT * ff);
+    }
+    check_launch("activation backward");
+    s.column_sums<bfloat>(G + lo.fc1_b, dh_buf, nullptr, nullptr, BT, static_cast<int>(h_dim));
+    s.gemm(true, false, h_dim, d, BT, dh_buf, a.xn2.ptr, G + lo.fc1_w, true, true);
+    s.gemm(false, false, BT, d, h_dim, dh_buf, Wb + lo.fc1_w, dn, true, false);
+    // dx becomes d x_mid: the residual plus the norm's input gradient.
+    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, a.x_mid.ptr, W + lo.ffn_norm, a.rstd2.ptr,
+                                                    dx, BT, static_cast<int>(d));
+    s.column_sums<float>(G + lo.ffn_norm, dn, a.x_mid.ptr, a.rstd2.ptr, BT, static_cast<int>(d));
+    // Attention branch: x_mid = x + o_proj(att).
+    k::f32_to_bf16<<<k::blocks_for(BT * d), 256, 0, st>>>(dx, dy, BT * d);
+    s.column_sums<float>(G + lo.o_b, dx, nullptr, nullptr, BT, static_cast<int>(d));
+    s.gemm(true, false, d, ha * dh, BT, dy, a.att.ptr, G + lo.o_w, true, true);
+    bfloat* datt = s.datt.ensure(BT * ha * dh);
+    s.gemm(false, false, BT, ha * dh, d, dy, Wb + lo.o_w, datt, false, false);
+    bfloat* dqkv = s.dqkv.ensure(BT * width);
+    AttentionBackwardParams g;
+    g.forward = attention_params(c, l, B, T, a.qkv.ptr, a.att.ptr, a.lse.ptr, st);
+    g.dout = datt;
+    g.dq = dqkv;
+    g.dk = dqkv + hq * dh;
+    g.dv = dqkv + (hq + hkv) * dh;
+    g.dout_strides = g.forward.out_strides;
+    g.dq_strides = g.dk_strides = g.dv_strides = g.forward.q_strides;
+    cuda::attention_backward(g);
+    k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 2), 256, 0, st>>>(
+        dqkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), T, s.rope_table.ptr,
+        true);
+    check_launch("rope backward");
+    s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.qkv, true, true);
+    s.gemm(false, false, BT, d, width, dqkv, Wb + lo.qkv, dn, true, false);
+    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, a.x.ptr, W + lo.attn_norm, a.rstd1.ptr,
+                                                    dx, BT, static_cast<int>(d));
+    s.column_sums<float>(G + lo.attn_norm, dn, a.x.ptr, a.rstd1.ptr, BT, static_cast<int>(d));
+    check_launch("layer backward");
+  }
+  k::embed_backward<<<k::blocks_for(BT * d), 256, 0, st>>>(s.tokens.ptr, dx, G + s.embed, BT,
+                                                           static_cast<int>(d));
+  check_launch("embedding backward");
+}
+
+std::vector<float> CudaModel::logits() const {
+  const State& s = *state_;
+  const int64_t n = s.B * s.T * config_.vocab_size;
+  std::vector<bfloat> raw(static_cast<size_t>(n));
+  check(cudaMemcpyAsync(raw.data(), s.logits.ptr, n * sizeof(bfloat), cudaMemcpyDeviceToHost,
+                        s.stream),
+        "copy logits");
+  synchronize();
+  std::vector<float> out(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) out[i] = __bfloat162float(raw[i]);
+  return out;
+}
+
+double CudaModel::optimizer_step(const CudaAdamW& o) {
+  State& s = *state_;
+  constexpr int kBlocks = 1024;
+  double* partial = s.norm_partial.ensure(kBlocks);
+  k::sum_squares<<<kBlocks, 256, 0, s.stream>>>(s.g.ptr, num_params_, partial);
+  check_launch("gradient norm");
+  std::vector<double> host(kBlocks);
+  check(cudaMemcpyAsync(host.data(), partial, kBlocks * sizeof(double), cudaMemcpyDeviceToHost,
+                        s.stream),
+        "copy norm");
+  synchronize();
+  double total = 0;
+  for (double p : host) total += p;
+  const double norm = std::sqrt(total);
+  // As clip_grad_norm (train.hpp): scale by max_norm / (norm + 1e-6) when above the limit.
+  const float clip = o.grad_clip > 0 && norm > o.grad_clip
+                         ? static_cast<float>(o.grad_clip / (norm + 1e-6))
+                         : 1.0f;
+  ++s.adam_steps;
+  const double t = static_cast<double>(s.adam_steps);
+  const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
+  k::adamw<<<k::blocks_for(num_params_), 256, 0, s.stream>>>(
+      s.w.ptr, s.g.ptr, s.m.ptr, s.v.ptr, s.wb.ptr, num_params_, clip,
+      static_cast<float>(o.beta1), static_cast<float>(o.beta2),
+      static_cast<float>(1.0 - o.lr * o.weight_decay), static_cast<float>(o.lr / bc1),
+      static_cast<float>(1.0 / std::sqrt(bc2)), static_cast<float>(o.eps));
+  check_launch("adamw");
+  return norm;
+}
+
+}  // namespace sqa
