@@ -85,10 +85,12 @@ inline vf vneg_inf() {
 inline vf vload_bf16(const uint16_t* p) {
 #if SQA_SIMD_WIDTH == 16
   // GCC splits the generic widening below into two 256-bit halves plus an insert; one
-  // vpmovzxwd from memory does it (bf16 decode is bound by this conversion).
-  const __m512i wide =
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return reinterpret_cast<vf>(_mm512_slli_epi32(wide, 16));
+  // vpmovzxwd from memory does it (bf16 decode is bound by this conversion). The zero-masked
+  // form (and a vector-extension shift): the unmasked intrinsics trip GCC 12's
+  // -Wmaybe-uninitialized inside its own header.
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(static_cast<__mmask16>(0xffff), h);
+  return reinterpret_cast<vf>(reinterpret_cast<vu>(wide) << 16);
 #else
   const vh h = *reinterpret_cast<const vh_u*>(p);
   return reinterpret_cast<vf>(__builtin_convertvector(h, vu) << 16);
