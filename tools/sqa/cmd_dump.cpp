@@ -10,6 +10,7 @@
 #include "sqa/commands.hpp"
 #include "sqa/error.hpp"
 #include "sqa/model.hpp"
+#include "sqa/model_cuda.hpp"
 #include "sqa/safetensors.hpp"
 
 namespace sqa::cli {
@@ -17,13 +18,15 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: sqa dump --config FILE --weights FILE.safetensors --batch FILE.safetensors\n"
-    "                --out FILE.safetensors [--precision fp32|fp64]\n"
+    "                --out FILE.safetensors [--precision fp32|fp64] [--device cpu|cuda]\n"
     "\n"
     "Runs forward and backward once (dropout off, zeroed gradients, no optimizer step) and\n"
     "writes logits (B, T, vocab), loss [1], aux_loss [1] and grad.<name> for every parameter,\n"
     "all F32, with metadata precision. --batch holds int tokens and targets (B, T) and an\n"
     "optional float loss_mask (B, T), as written by `bench/torch_reference.py make-case`.\n"
-    "fp32 runs the training model, fp64 the float64 model used for gradient checks.\n";
+    "On the CPU, fp32 runs the training model and fp64 the float64 model used for gradient\n"
+    "checks; --device cuda runs the GPU model (bf16 compute, fp32 master weights), precision\n"
+    "bf16.\n";
 
 struct DumpBatch {
   std::vector<int32_t> tokens, targets;
@@ -57,51 +60,80 @@ DumpBatch read_batch(const std::string& path, int64_t vocab) {
   return b;
 }
 
-template <typename Real>
-void run_dump(const ModelConfig& config, const SafeTensorsFile& weights, const DumpBatch& b,
-              const std::string& precision, const std::string& out) {
-  Model<Real> model(config);
-  std::vector<float> w(model.weights().size());
-  for (const ParamSpec& p : model.params()) {
+// Everything a dump holds, whichever model produced it.
+struct DumpResult {
+  std::vector<float> logits;  // (batch * seqlen, vocab)
+  std::vector<float> grads;   // flat, parameter_specs() offsets
+  LossStats stats;
+};
+
+std::vector<float> flat_weights(const ModelConfig& config, const SafeTensorsFile& weights) {
+  std::vector<float> w(static_cast<size_t>(count_parameters(config)));
+  for (const ParamSpec& p : parameter_specs(config)) {
     weights.at(p.name, p.shape).copy_to_f32(w.data() + p.offset);
   }
+  return w;
+}
+
+const float* mask_of(const DumpBatch& b) {
+  return b.loss_mask.empty() ? nullptr : b.loss_mask.data();
+}
+
+template <typename Real>
+DumpResult run_cpu(const ModelConfig& config, const std::vector<float>& w, const DumpBatch& b) {
+  Model<Real> model(config);
   for (size_t i = 0; i < w.size(); ++i) model.weights()[i] = static_cast<Real>(w[i]);
   model.zero_grad();
-  const LossStats stats =
-      model.forward(b.tokens.data(), b.targets.data(),
-                    b.loss_mask.empty() ? nullptr : b.loss_mask.data(), b.batch, b.seqlen,
-                    /*training=*/true, /*dropout_seed=*/0, /*loss_scale=*/1.0);
+  DumpResult r;
+  r.stats = model.forward(b.tokens.data(), b.targets.data(), mask_of(b), b.batch, b.seqlen,
+                          /*training=*/true, /*dropout_seed=*/0, /*loss_scale=*/1.0);
   model.backward();
-
-  SafeTensorsWriter writer;
-  const int64_t vocab = config.vocab_size;
   const Real* logits = model.logits();
-  std::vector<float> buffer(static_cast<size_t>(b.batch * b.seqlen * vocab));
-  for (size_t i = 0; i < buffer.size(); ++i) buffer[i] = static_cast<float>(logits[i]);
-  writer.add_f32("logits", {b.batch, b.seqlen, vocab}, buffer);
-  const float loss = static_cast<float>(stats.loss), aux = static_cast<float>(stats.aux_loss);
+  r.logits.assign(logits, logits + b.batch * b.seqlen * config.vocab_size);
+  r.grads.assign(model.grads().begin(), model.grads().end());
+  return r;
+}
+
+DumpResult run_cuda(const ModelConfig& config, const std::vector<float>& w, const DumpBatch& b) {
+  CudaModel model(config);
+  model.set_weights(w.data());
+  model.zero_grad();
+  DumpResult r;
+  r.stats = model.forward(b.tokens.data(), b.targets.data(), mask_of(b), b.batch, b.seqlen,
+                          /*training=*/true, /*dropout_seed=*/0, /*loss_scale=*/1.0);
+  model.backward();
+  r.logits = model.logits();
+  r.grads.resize(w.size());
+  model.get_grads(r.grads.data());
+  return r;
+}
+
+void write_dump(const ModelConfig& config, const DumpBatch& b, const DumpResult& r,
+                const std::string& precision, const std::string& out) {
+  SafeTensorsWriter writer;
+  writer.add_f32("logits", {b.batch, b.seqlen, static_cast<int64_t>(config.vocab_size)}, r.logits);
+  const float loss = static_cast<float>(r.stats.loss);
+  const float aux = static_cast<float>(r.stats.aux_loss);
   writer.add_f32("loss", {1}, std::span<const float>(&loss, 1));
   writer.add_f32("aux_loss", {1}, std::span<const float>(&aux, 1));
-  for (const ParamSpec& p : model.params()) {
-    buffer.resize(static_cast<size_t>(p.numel()));
-    for (int64_t i = 0; i < p.numel(); ++i) {
-      buffer[static_cast<size_t>(i)] = static_cast<float>(model.grads()[p.offset + i]);
-    }
-    writer.add_f32("grad." + p.name, p.shape, buffer);
+  for (const ParamSpec& p : parameter_specs(config)) {
+    writer.add_f32(
+        "grad." + p.name, p.shape,
+        std::span<const float>(r.grads.data() + p.offset, static_cast<size_t>(p.numel())));
   }
   writer.set_metadata("precision", precision);
   writer.set_metadata("config", config_to_json(config));
   writer.save(out);
   std::printf("dump: %s model, batch %lld x %lld, loss %.6f, aux_loss %.6f, %zu tensors -> %s\n",
               precision.c_str(), static_cast<long long>(b.batch), static_cast<long long>(b.seqlen),
-              stats.loss, stats.aux_loss, writer.size(), out.c_str());
+              r.stats.loss, r.stats.aux_loss, writer.size(), out.c_str());
 }
 
 }  // namespace
 
 int cmd_dump(const std::vector<std::string>& argv) {
   const Args a(argv, {"help"});
-  a.reject_unknown({"config", "weights", "batch", "out", "precision", "help"});
+  a.reject_unknown({"config", "weights", "batch", "out", "precision", "device", "help"});
   if (a.flag("help")) {
     std::printf("%s", kUsage);
     return 0;
@@ -113,14 +145,22 @@ int cmd_dump(const std::vector<std::string>& argv) {
   const DumpBatch batch = read_batch(a.require("batch"), config.vocab_size);
   require(batch.seqlen <= config.max_seq_len, "the batch's seqlen (", batch.seqlen,
           ") must be at most max_position_embeddings (", config.max_seq_len, ")");
-  const std::string precision = a.get("precision", "fp32");
+  const std::string device = a.get("device", "cpu");
+  require(device == "cpu" || device == "cuda", "option --device (", device,
+          ") must be cpu or cuda");
+  const std::string precision = a.get("precision", device == "cuda" ? "bf16" : "fp32");
   const std::string out = a.require("out");
-  if (precision == "fp32") {
-    run_dump<float>(config, weights, batch, precision, out);
+  const std::vector<float> w = flat_weights(config, weights);
+  if (device == "cuda") {
+    require(precision == "bf16", "option --precision (", precision,
+            ") must be bf16 with --device cuda (the GPU model computes in bf16)");
+    write_dump(config, batch, run_cuda(config, w, batch), precision, out);
+  } else if (precision == "fp32") {
+    write_dump(config, batch, run_cpu<float>(config, w, batch), precision, out);
   } else if (precision == "fp64") {
-    run_dump<double>(config, weights, batch, precision, out);
+    write_dump(config, batch, run_cpu<double>(config, w, batch), precision, out);
   } else {
-    throw Error("option --precision (" + precision + ") must be fp32 or fp64");
+    throw Error("option --precision (" + precision + ") must be fp32 or fp64 on the CPU");
   }
   return 0;
 }
