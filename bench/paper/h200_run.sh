@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One H200 command for issues 4 and 5: (1) our model against the PyTorch reference
+# (bench/torch_reference.py compare) — CPU fp32 dumps and GPU bf16 dumps — on paper configs, and
+# (2) Table 3: the whole dense model at the paper's sizes, sqa (bench/paper/table3_sqa.py) and
+# the PyTorch reference (eager, SDPA) in the same run. Everything goes to $OUT.
+#
+#   bench/paper/h200_run.sh CARRY.tgz [compare|table3|all]
+#
+# CARRY.tgz (bench/paper/pack.sh) holds bin/sqa and the non-system libraries it needs; cuBLAS
+# and cuDNN come from the machine's PyTorch wheels or system. Each part is time-boxed so the
+# whole command fits the device's 10-minute limit.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+carry=${1:?usage: h200_run.sh CARRY.tgz [compare|table3|all]}
+part=${2:-all}
+out=${OUT:-bench/results/h200-run-$(date -u +%Y%m%dT%H%M%S)}
+mkdir -p "$out" /tmp/sqa-h200
+tar -C /tmp/sqa-h200 -xzf "$carry"
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+libdirs=$(find "$site/nvidia" \( -name 'libcublas*.so.13' -o -name 'libcudnn.so.9' \) \
+  -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH=/tmp/sqa-h200/lib:${libdirs}${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+sqa=/tmp/sqa-h200/bin/sqa
+{
+  date -u
+  git log -1 --format='commit %H %s' 2>/dev/null || true
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
+  ldd $sqa | grep -E 'not found|cublas|cudnn|cudart'
+} 2>&1 | tee "$out/env.txt"
+
+if [ "$part" = compare ] || [ "$part" = all ]; then
+  echo "== compare: our logits and first-step gradients vs bench/torch_reference.py" | tee "$out/compare.txt"
+  for cfg in dense-sqa dense-xsqa dense-swsqa dense-mha moe-gqa; do
+    c=/tmp/case-$cfg
+    timeout 60 python3 bench/torch_reference.py make-case --config configs/paper/$cfg.json \
+      --out $c --batch 2 --seqlen 64 --mask > /dev/null 2>&1 || { echo "$cfg: make-case failed" | tee -a "$out/compare.txt"; continue; }
+    devices="cpu"
+    case $cfg in dense-*) devices="cpu cuda" ;; esac  # MoE bf16 can flip near-tie routes
+    for dev in $devices; do
+      echo "-- $cfg, our $dev model" | tee -a "$out/compare.txt"
+      timeout 60 $sqa dump --config $c/config.json --weights $c/weights.safetensors \
+        --batch $c/batch.safetensors --out $c/ours-$dev.safetensors --device $dev 2>&1 | tee -a "$out/compare.txt"
+      timeout 90 python3 bench/torch_reference.py compare --config $c/config.json \
+        --weights $c/weights.safetensors --dump $c/ours-$dev.safetensors \
+        --json "$out/compare-$cfg-$dev.json" 2>&1 | tail -6 | tee -a "$out/compare.txt"
+    done
+  done
+fi
+
+if [ "$part" = table3 ] || [ "$part" = all ]; then
+  echo "== table 3, sqa" | tee "$out/table3.txt"
+  timeout 230 python3 bench/paper/table3_sqa.py --sqa $sqa --out "$out/table3-sqa.json" \
+    --warmup 2 --iters 5 2>&1 | tee -a "$out/table3.txt"
+  echo "== table 3, PyTorch reference (eager, SDPA / flex for the window)" | tee -a "$out/table3.txt"
+  timeout 280 python3 bench/torch_reference.py bench --variants xsqa,sqa,ssqa,sw-sqa,mqa,gqa,mha \
+    --kinds forward,train_eager --train-sizes 1024x128 --iters 5 \
+    --out "$out/table3-torch.json" 2>&1 | tee -a "$out/table3.txt"
+fi
+echo "== done" | tee -a "$out/env.txt"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Packs a CUDA build's `sqa` and the non-system libraries it links (OpenBLAS, its Fortran
+# runtime, OpenMP, the CUDA runtime) into a small .tgz for bench/paper/h200_run.sh.
+#   bench/paper/pack.sh BUILD_DIR OUT.tgz
+set -euo pipefail
+build=${1:?usage: pack.sh BUILD_DIR OUT.tgz}
+out=${2:?usage: pack.sh BUILD_DIR OUT.tgz}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/bin" "$tmp/lib"
+cp "$build/sqa" "$tmp/bin/"
+for lib in libopenblas.so.0 libgomp.so.1 libgfortran.so.5 libquadmath.so.0 libcudart.so.13; do
+  path=$(ldd "$build/sqa" | awk -v l="$lib" '$1 == l {print $3}')
+  [ -n "$path" ] && cp -L "$path" "$tmp/lib/$lib"
+done
+tar -C "$tmp" -czf "$out" bin lib
+ls -la "$out"
