@@ -75,15 +75,15 @@ void expect_agreement(const ModelConfig& cfg, const char* label) {
   const Batch b = random_batch(cfg, BT, 3);
   const uint64_t dropout_seed = 99;
   ref.zero_grad();
-  const sqa::LossStats rs = ref.forward(b.tokens.data(), b.targets.data(), b.mask.data(), B, T,
-                                        true, dropout_seed, 0.5);
+  const sqa::LossStats rs =
+      ref.forward(b.tokens.data(), b.targets.data(), b.mask.data(), B, T, true, dropout_seed, 0.5);
   ref.backward();
 
   CudaModel gpu(cfg);
   gpu.set_weights(init.weights().data());
   gpu.zero_grad();
-  const sqa::LossStats gs = gpu.forward(b.tokens.data(), b.targets.data(), b.mask.data(), B, T,
-                                        true, dropout_seed, 0.5);
+  const sqa::LossStats gs =
+      gpu.forward(b.tokens.data(), b.targets.data(), b.mask.data(), B, T, true, dropout_seed, 0.5);
   gpu.backward();
   std::vector<float> logits = gpu.logits();
   std::vector<float> grads(static_cast<size_t>(gpu.num_params()),
@@ -162,8 +162,7 @@ TEST(CudaModel, TrainingStepsReduceLoss) {
   // The trained weights come back to the host and evaluate to the same loss on the CPU.
   Model<float> cpu(cfg);
   gpu.get_weights(cpu.weights().data());
-  const sqa::LossStats c =
-      cpu.forward(b.tokens.data(), b.targets.data(), nullptr, B, T, false);
+  const sqa::LossStats c = cpu.forward(b.tokens.data(), b.targets.data(), nullptr, B, T, false);
   const sqa::LossStats g = gpu.forward(b.tokens.data(), b.targets.data(), nullptr, B, T, false);
   EXPECT_NEAR(g.loss, c.loss, 2e-2 * c.loss);
 }

@@ -46,8 +46,8 @@ Timing time_runs(Fn&& fn, CudaModel& model, int warmup, int iters) {
 }  // namespace
 
 int bench_model(const Args& a) {
-  a.reject_unknown({"config", "device", "batch", "seq", "train", "json", "warmup", "iters",
-                    "seed", "help"});
+  a.reject_unknown(
+      {"config", "device", "batch", "seq", "train", "json", "warmup", "iters", "seed", "help"});
   if (a.flag("help")) {
     std::printf(
         "usage: sqa bench model --config FILE --device cuda --batch B --seq N [--train]\n"
@@ -100,9 +100,9 @@ int bench_model(const Args& a) {
                   {"iters", fwd.iters},
                   {"tokens_per_s", B * T / fwd.median_s},
                   {"mfu", fwd_flops / fwd.median_s / peak}};
-  std::printf("%s forward  B=%lld N=%lld: %9.2f ms  %8.3f M tok/s  MFU %.1f%%\n",
-              cfg.name.c_str(), static_cast<long long>(B), static_cast<long long>(T),
-              fwd.median_s * 1e3, B * T / fwd.median_s / 1e6, 100 * fwd_flops / fwd.median_s / peak);
+  std::printf("%s forward  B=%lld N=%lld: %9.2f ms  %8.3f M tok/s  MFU %.1f%%\n", cfg.name.c_str(),
+              static_cast<long long>(B), static_cast<long long>(T), fwd.median_s * 1e3,
+              B * T / fwd.median_s / 1e6, 100 * fwd_flops / fwd.median_s / peak);
   if (a.flag("train")) {
     int64_t step = 0;
     const Timing tr = time_runs(

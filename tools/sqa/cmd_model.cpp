@@ -428,8 +428,8 @@ int cmd_eval(const std::vector<std::string>& argv) {
 
 int cmd_generate(const std::vector<std::string>& argv) {
   const Args a(argv);
-  a.reject_unknown(
-      {"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p", "seed", "device"});
+  a.reject_unknown({"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p",
+                    "seed", "device"});
   const std::string model_dir = a.require("model");
   const ModelConfig cfg = load_model_config_for(model_dir);
   require(cfg.causal, "sqa generate needs a decoder (causal) model; this config is an encoder");
@@ -514,8 +514,8 @@ int cmd_generate(const std::vector<std::string>& argv) {
   const double secs = now_seconds() - t0;
   const std::vector<int32_t> generated(ids.begin() + static_cast<long>(prompt_len), ids.end());
   std::printf("%s%s\n", prompt.c_str(), tokenizer.decode(generated).c_str());
-  std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tok/s, %s)\n", generated.size(),
-               secs, generated.size() / secs, gpu ? "cuda, no KV cache" : "KV cache");
+  std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tok/s, %s)\n", generated.size(), secs,
+               generated.size() / secs, gpu ? "cuda, no KV cache" : "KV cache");
   return 0;
 }
 

@@ -36,7 +36,7 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
   return static_cast<unsigned>(b < 65536 * 16 ? b : 65536 * 16);
 }
 
-#define SQA_GRID_STRIDE(i, n)                                                       \
+#define SQA_GRID_STRIDE(i, n)                                                            \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
@@ -54,8 +54,8 @@ __global__ void embed_forward(const int32_t* tokens, const float* table, float* 
 }
 
 // Embedding backward: scatter-add rows (fp32 atomics: order not fixed).
-__global__ void embed_backward(const int32_t* tokens, const float* dx, float* dtable,
-                               int64_t rows, int d) {
+__global__ void embed_backward(const int32_t* tokens, const float* dx, float* dtable, int64_t rows,
+                               int d) {
   SQA_GRID_STRIDE(i, rows * d) {
     const int64_t r = i / d;
     atomicAdd(dtable + static_cast<int64_t>(tokens[r]) * d + (i - r * d), dx[i]);
@@ -78,8 +78,8 @@ __global__ void rmsnorm_forward(const float* x, const float* w, bfloat* out, flo
 }
 
 // nn::rmsnorm_backward's input part, one warp per row: dx += s w dy - s^3 x (sum w dy x) / D.
-__global__ void rmsnorm_backward(const float* dy, const float* x, const float* w,
-                                 const float* rstd, float* dx, int64_t rows, int d) {
+__global__ void rmsnorm_backward(const float* dy, const float* x, const float* w, const float* rstd,
+                                 float* dx, int64_t rows, int d) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -162,7 +162,8 @@ __global__ void bias_swiglu(bfloat* h, const float* b, bfloat* a, int64_t rows, 
 }
 
 // nn::swiglu_backward: dh = [dy g sig | dy v sig (1 + g (1 - sig))].
-__global__ void swiglu_backward(const bfloat* da, const bfloat* h, bfloat* dh, int64_t rows, int ff) {
+__global__ void swiglu_backward(const bfloat* da, const bfloat* h, bfloat* dh, int64_t rows,
+                                int ff) {
   SQA_GRID_STRIDE(i, rows * ff) {
     const int64_t r = i / ff;
     const int c = static_cast<int>(i - r * ff);

@@ -37,7 +37,9 @@ void check(cublasStatus_t status, const char* what) {
     throw Error(detail::concat("CUDA model: ", what, ": cuBLAS status ", static_cast<int>(status)));
   }
 }
-void check_launch(const char* what) { check(cudaGetLastError(), what); }
+void check_launch(const char* what) {
+  check(cudaGetLastError(), what);
+}
 
 // A device buffer that only grows (reallocated when a larger batch arrives).
 template <typename T>
@@ -90,7 +92,7 @@ struct CudaModel::State {
   int64_t embed = 0, final_norm = -1, head_w = 0, head_b = -1;
 
   DeviceArray<float> w, g, m, v;  // fp32 master weights, grads, AdamW moments
-  DeviceArray<bfloat> wb;           // bf16 copy of w (same offsets)
+  DeviceArray<bfloat> wb;         // bf16 copy of w (same offsets)
   int64_t adam_steps = 0;
 
   int64_t B = 0, T = 0;
@@ -135,7 +137,9 @@ struct CudaModel::State {
   }
 };
 
-bool CudaModel::available() { return cuda::available(); }
+bool CudaModel::available() {
+  return cuda::available();
+}
 
 CudaModel::CudaModel(const ModelConfig& config)
     : config_(config), params_(parameter_specs(config)), state_(std::make_unique<State>()) {
@@ -201,8 +205,7 @@ void CudaModel::set_weights(const float* host) {
   check(cudaMemcpyAsync(s.w.ptr, host, static_cast<size_t>(num_params_) * sizeof(float),
                         cudaMemcpyHostToDevice, s.stream),
         "copy weights to the device");
-  k::cast_to_bf16<<<k::blocks_for(num_params_), 256, 0, s.stream>>>(s.w.ptr, s.wb.ptr,
-                                                                    num_params_);
+  k::cast_to_bf16<<<k::blocks_for(num_params_), 256, 0, s.stream>>>(s.w.ptr, s.wb.ptr, num_params_);
   check_launch("cast weights");
   synchronize();
 }
@@ -234,7 +237,9 @@ void CudaModel::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
   copy_to_host(exp_avg, state_->m.ptr, num_params_, state_->stream);
   copy_to_host(exp_avg_sq, state_->v.ptr, num_params_, state_->stream);
 }
-int64_t CudaModel::optimizer_steps() const { return state_->adam_steps; }
+int64_t CudaModel::optimizer_steps() const {
+  return state_->adam_steps;
+}
 
 void CudaModel::zero_grad() {
   check(cudaMemsetAsync(state_->g.ptr, 0, static_cast<size_t>(num_params_) * sizeof(float),
@@ -373,17 +378,17 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
                                                            static_cast<int>(ff));
     }
     s.gemm(false, true, BT, d, ff, act, Wb + lo.fc2_w, tmp, true, false);
-    k::ffn_residual<<<k::blocks_for(BT * d), 256, 0, st>>>(
-        x_mid, tmp, W + lo.fc2_b, x_out, BT, static_cast<int>(d), c.ffn_dropout,
-        layer_seed(dropout_seed, l), training);
+    k::ffn_residual<<<k::blocks_for(BT * d), 256, 0, st>>>(x_mid, tmp, W + lo.fc2_b, x_out, BT,
+                                                           static_cast<int>(d), c.ffn_dropout,
+                                                           layer_seed(dropout_seed, l), training);
     check_launch("layer kernels");
   }
 
   const float* xl = s.x_last.ensure(BT * d);
   bfloat* xf = s.xf.ensure(BT * d);
   if (c.final_norm) {
-    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(xl, W + s.final_norm, xf, s.rstdf.ensure(BT),
-                                                   BT, static_cast<int>(d), eps);
+    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(xl, W + s.final_norm, xf, s.rstdf.ensure(BT), BT,
+                                                   static_cast<int>(d), eps);
   } else {
     k::f32_to_bf16<<<k::blocks_for(BT * d), 256, 0, st>>>(xl, xf, BT * d);
   }
@@ -417,8 +422,8 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     check(cudaMemcpyAsync(row_loss.data(), s.row_loss.ptr, BT * sizeof(float),
                           cudaMemcpyDeviceToHost, st),
           "copy losses");
-    check(cudaMemcpyAsync(row_hit.data(), s.row_hit.ptr, BT * sizeof(float),
-                          cudaMemcpyDeviceToHost, st),
+    check(cudaMemcpyAsync(row_hit.data(), s.row_hit.ptr, BT * sizeof(float), cudaMemcpyDeviceToHost,
+                          st),
           "copy hits");
     synchronize();
     double loss_sum = 0;
@@ -454,15 +459,14 @@ void CudaModel::backward() {
   float* dtmp = s.dtmp.ensure(BT * d);
   const bfloat* dlogits = s.dlogits.ptr;
   s.gemm(true, false, V, d, BT, dlogits, s.xf.ptr, G + s.head_w, true, true);
-  if (s.head_b >= 0) s.column_sums<bfloat>(G + s.head_b, dlogits, nullptr, nullptr, BT,
-                                         static_cast<int>(V));
+  if (s.head_b >= 0)
+    s.column_sums<bfloat>(G + s.head_b, dlogits, nullptr, nullptr, BT, static_cast<int>(V));
   if (c.final_norm) {
     s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dn, true, false);
     check(cudaMemsetAsync(dx, 0, BT * d * sizeof(float), st), "cudaMemset");
-    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, s.x_last.ptr, W + s.final_norm,
-                                                    s.rstdf.ptr, dx, BT, static_cast<int>(d));
-    s.column_sums<float>(G + s.final_norm, dn, s.x_last.ptr, s.rstdf.ptr, BT,
-                         static_cast<int>(d));
+    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, s.x_last.ptr, W + s.final_norm, s.rstdf.ptr,
+                                                    dx, BT, static_cast<int>(d));
+    s.column_sums<float>(G + s.final_norm, dn, s.x_last.ptr, s.rstdf.ptr, BT, static_cast<int>(d));
   } else {
     s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dx, true, false);
   }
@@ -519,8 +523,8 @@ void CudaModel::backward() {
     check_launch("rope backward");
     s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.qkv, true, true);
     s.gemm(false, false, BT, d, width, dqkv, Wb + lo.qkv, dn, true, false);
-    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, a.x.ptr, W + lo.attn_norm, a.rstd1.ptr,
-                                                    dx, BT, static_cast<int>(d));
+    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, a.x.ptr, W + lo.attn_norm, a.rstd1.ptr, dx,
+                                                    BT, static_cast<int>(d));
     s.column_sums<float>(G + lo.attn_norm, dn, a.x.ptr, a.rstd1.ptr, BT, static_cast<int>(d));
     check_launch("layer backward");
   }
@@ -564,10 +568,10 @@ double CudaModel::optimizer_step(const CudaAdamW& o) {
   const double t = static_cast<double>(s.adam_steps);
   const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
   k::adamw<<<k::blocks_for(num_params_), 256, 0, s.stream>>>(
-      s.w.ptr, s.g.ptr, s.m.ptr, s.v.ptr, s.wb.ptr, num_params_, clip,
-      static_cast<float>(o.beta1), static_cast<float>(o.beta2),
-      static_cast<float>(1.0 - o.lr * o.weight_decay), static_cast<float>(o.lr / bc1),
-      static_cast<float>(1.0 / std::sqrt(bc2)), static_cast<float>(o.eps));
+      s.w.ptr, s.g.ptr, s.m.ptr, s.v.ptr, s.wb.ptr, num_params_, clip, static_cast<float>(o.beta1),
+      static_cast<float>(o.beta2), static_cast<float>(1.0 - o.lr * o.weight_decay),
+      static_cast<float>(o.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2)),
+      static_cast<float>(o.eps));
   check_launch("adamw");
   return norm;
 }

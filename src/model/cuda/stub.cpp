@@ -7,7 +7,9 @@ namespace sqa {
 
 struct CudaModel::State {};
 
-bool CudaModel::available() { return false; }
+bool CudaModel::available() {
+  return false;
+}
 
 CudaModel::CudaModel(const ModelConfig& config) : config_(config) {
   throw Error(
@@ -20,15 +22,21 @@ void CudaModel::get_weights(float*) const {}
 void CudaModel::get_grads(float*) const {}
 void CudaModel::set_optimizer_state(const float*, const float*, int64_t) {}
 void CudaModel::get_optimizer_state(float*, float*) const {}
-int64_t CudaModel::optimizer_steps() const { return 0; }
+int64_t CudaModel::optimizer_steps() const {
+  return 0;
+}
 void CudaModel::zero_grad() {}
 LossStats CudaModel::forward(const int32_t*, const int32_t*, const float*, int64_t, int64_t, bool,
                              uint64_t, double) {
   return {};
 }
 void CudaModel::backward() {}
-std::vector<float> CudaModel::logits() const { return {}; }
-double CudaModel::optimizer_step(const CudaAdamW&) { return 0; }
+std::vector<float> CudaModel::logits() const {
+  return {};
+}
+double CudaModel::optimizer_step(const CudaAdamW&) {
+  return 0;
+}
 void CudaModel::synchronize() const {}
 
 }  // namespace sqa
