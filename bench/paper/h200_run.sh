@@ -44,7 +44,7 @@ if [ "$part" = compare ] || [ "$part" = all ]; then
       timeout 60 $sqa dump --config $c/config.json --weights $c/weights.safetensors \
         --batch $c/batch.safetensors --out $c/ours-$dev.safetensors --device $dev 2>&1 | tee -a "$out/compare.txt"
       timeout 90 python3 bench/torch_reference.py compare --config $c/config.json \
-        --weights $c/weights.safetensors --dump $c/ours-$dev.safetensors \
+        --weights $c/weights.safetensors --dump $c/ours-$dev.safetensors --batch $c/batch.safetensors \
         --json "$out/compare-$cfg-$dev.json" 2>&1 | tail -6 | tee -a "$out/compare.txt"
     done
   done
