@@ -92,6 +92,7 @@ def quality_section(path, plots):
             names.append(LABEL.get(row["variant"], row["variant"]))
             losses.append(loss[0])
             errs.append(0 if math.isnan(loss[1]) else loss[1])
+    name = f"table{r['table']}-loss.png"
     if plots and names:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -103,9 +104,9 @@ def quality_section(path, plots):
         ax.set_title(f"Table {r['table']} ({r['kind']}): mean ± std over "
                      f"{len(r['seeds'])} seeds")
         fig.tight_layout()
-        name = f"table{r['table']}-loss.png"
         fig.savefig(os.path.join(IMG, name), dpi=120)
         plt.close(fig)
+    if names and os.path.isfile(os.path.join(IMG, name)):
         lines += ["", f"![Table {r['table']} validation loss](img/{name})"]
     return "\n".join(lines)
 
@@ -177,6 +178,7 @@ def table3_section(sqa_path, torch_path, plots):
         fig.tight_layout()
         fig.savefig(os.path.join(IMG, "table3-forward.png"), dpi=120)
         plt.close(fig)
+    if os.path.isfile(os.path.join(IMG, "table3-forward.png")):
         lines += ["", "![Table 3 forward time](img/table3-forward.png)"]
     return "\n".join(lines)
 
