@@ -27,6 +27,8 @@ namespace sqa {
 
 struct BpeTrainOptions {
   int vocab_size = 5000;  // including the special tokens and the 256 byte symbols
+  // A tokenizer for an encoder (masked-LM training) adds "<mask>"; the default leaves it out so
+  // that a decoder's vocabulary keeps its layout.
   std::vector<std::string> special_tokens = {"<|endoftext|>", "<pad>"};
   int min_frequency = 2;  // stop early when the best pair occurs fewer times
   bool verbose = false;   // progress on stderr
@@ -66,9 +68,10 @@ class Tokenizer {
   int32_t token_to_id(std::string_view token) const;  // -1 when absent
   bool is_special(int32_t id) const;
   // Conventional specials, -1 when absent: eos "<|endoftext|>" | "</s>" | "<eos>";
-  // pad "<pad>" | "<|pad|>" | "[PAD]".
+  // pad "<pad>" | "<|pad|>" | "[PAD]"; mask (masked-LM) "<mask>" | "[MASK]" | "<|mask|>".
   int32_t eos_id() const;
   int32_t pad_id() const;
+  int32_t mask_id() const;
 
   // The GPT-2 pre-tokenization of `text` (pieces as byte ranges); exposed for tests.
   static std::vector<std::string_view> pre_tokenize(std::string_view text);

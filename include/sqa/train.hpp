@@ -2,7 +2,8 @@
 // clipping, the paper's learning-rate schedules, gradient accumulation, evaluation, and
 // checkpoints with exact resume (exact on the CPU; the GPU's bf16 step is not bit-reproducible).
 //
-// Determinism: dropout masks are a pure function of (seed, step, micro-batch, layer), the data
+// Determinism: dropout masks are a pure function of (seed, step, micro-batch, layer), an
+// encoder's masked-LM masks of (seed, step, micro-batch, position) (MlmConfig below), the data
 // order is the BatchLoader's (seed, epoch) permutation, and every reduction runs in a fixed
 // order, so a run killed and resumed from a checkpoint continues bit-identically (same thread
 // count).
@@ -72,6 +73,40 @@ const char* schedule_name(Schedule s);
 double learning_rate(Schedule schedule, double base_lr, int64_t step, int64_t total_steps,
                      double warmup_fraction);
 
+// Masked-language-model objective (BERT, Devlin et al. 2019), how an encoder trains: a share
+// `probability` of the non-pad positions is chosen; a chosen input becomes the mask token (80%),
+// a random token (10%) or stays as it is (10%); the model predicts the original token there
+// (targets are not shifted) and loss and accuracy count the chosen positions only.
+//
+// Determinism: every decision is a pure function of (seed, position), a counter-based hash as
+// for dropout, and a training step's seed is a pure function of (run seed, step, micro-batch),
+// so the masks need no RNG state and no checkpoint entry, and a resumed run continues
+// bit-identically.
+struct MlmConfig {
+  double probability = 0.15;  // share of the non-pad positions chosen; in (0, 1)
+  int32_t mask_id = -1;       // the "<mask>" token; required
+  int32_t pad_id = -1;        // positions holding it are never chosen; -1: none
+  int32_t vocab_size = 0;     // random replacements from [0, vocab_size); 0: the data's
+  uint64_t eval_seed = 0;     // evaluation masks: fixed, the same in every evaluation
+  // Throws sqa::Error naming the field, the value and the rule (vocab_size must be set).
+  void validate() const;
+};
+
+// What happens to one position.
+enum class MlmChoice : uint8_t { none, mask, random, keep };
+// The choice at `position` (a pure function of its arguments); with it, for MlmChoice::random,
+// the replacement token in [0, vocab_size).
+MlmChoice mlm_choice(uint64_t seed, uint64_t position, double probability, int32_t vocab_size = 1,
+                     int32_t* random_token = nullptr);
+// The masking seed of micro-batch `micro` of optimizer step `step` (independent of the dropout
+// masks of that step).
+uint64_t mlm_seed(uint64_t run_seed, int64_t step, int micro);
+// Rewrites a batch in BatchLoader's next-token layout into a masked-LM batch, in place: the
+// original inputs become the targets, loss_mask is 1 at the chosen positions and 0 elsewhere,
+// and chosen inputs are replaced. Row r, column t is position first_position + r * context + t,
+// so evaluation masks depend on the window, not on how windows are grouped into batches.
+void apply_mlm(Batch& batch, const MlmConfig& mlm, uint64_t seed, uint64_t first_position = 0);
+
 struct TrainConfig {
   int64_t steps = 100;  // optimizer steps
   int grad_accum = 1;   // micro-batches per optimizer step
@@ -82,6 +117,9 @@ struct TrainConfig {
   // cuda: weights, gradients and AdamW state live on the GPU (CudaModel, bf16 compute); the
   // host model and optimiser are synchronised for checkpoints. Same checkpoint format.
   Device device = Device::cpu;
+  // The objective follows the model: next-token prediction for a decoder, masked-LM (these
+  // settings) for an encoder.
+  MlmConfig mlm;
 };
 
 struct StepResult {
@@ -97,19 +135,24 @@ struct StepResult {
 struct EvalResult {
   double loss = 0;        // mean cross-entropy per counted token
   double perplexity = 0;  // exp(loss)
-  double accuracy = 0;    // next-token top-1 over counted tokens
+  double accuracy = 0;    // top-1 over counted tokens (next token, or masked-LM chosen ones)
   double tokens = 0;      // counted tokens
   double tokens_per_second = 0;
   int64_t batches = 0;
 };
 
 // Evaluates `model` on up to max_batches (<= 0: all) of loader's eval batches, no dropout.
-EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_batches = 0);
-EvalResult evaluate(CudaModel& model, const BatchLoader& loader, int64_t max_batches = 0);
+// An encoder needs `mlm`: the masked-LM loss over the chosen positions, masks from
+// mlm->eval_seed (the same for every call). A decoder ignores it.
+EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_batches = 0,
+                    const MlmConfig* mlm = nullptr);
+EvalResult evaluate(CudaModel& model, const BatchLoader& loader, int64_t max_batches = 0,
+                    const MlmConfig* mlm = nullptr);
 
 class Trainer {
  public:
-  // Fresh run: weights initialised from config.seed.
+  // Fresh run: weights initialised from config.seed. An encoder trains with the masked-LM
+  // objective and needs config.mlm.mask_id.
   Trainer(const ModelConfig& model_config, const TrainConfig& config, BatchLoader train_loader);
 
   StepResult step();
@@ -131,6 +174,9 @@ class Trainer {
   void load_checkpoint(const std::string& dir);
 
  private:
+  // The loader's next batch into batch_, masked for an encoder.
+  void next_batch(int64_t step, int micro);
+
   ModelConfig model_config_;
   TrainConfig config_;
   BatchLoader loader_;

@@ -419,6 +419,14 @@ int32_t Tokenizer::pad_id() const {
   return -1;
 }
 
+int32_t Tokenizer::mask_id() const {
+  for (const char* name : {"<mask>", "[MASK]", "<|mask|>"}) {
+    const int32_t id = token_to_id(name);
+    if (id >= 0) return id;
+  }
+  return -1;
+}
+
 // -----------------------------------------------------------------------------------------------
 // Training
 

@@ -41,7 +41,64 @@ uint64_t dropout_seed(uint64_t seed, int64_t step, int micro) {
                    nn::mix64(static_cast<uint64_t>(step) * 4096 + static_cast<uint64_t>(micro)));
 }
 
+// Uniform double in [0, 1) from the top 53 bits of a hash.
+double unit_interval(uint64_t h) {
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
 }  // namespace
+
+void MlmConfig::validate() const {
+  require(probability > 0 && probability < 1, "mlm probability (", probability,
+          ") must be in (0, 1): the share of non-pad positions the masked-LM objective predicts");
+  require(vocab_size > 0, "mlm vocab_size (", vocab_size,
+          ") must be > 0: random replacements are drawn from [0, vocab_size)");
+  require(mask_id >= 0 && mask_id < vocab_size, "mlm mask_id (", mask_id,
+          ") must be a token id in [0, ", vocab_size,
+          "): the masked-LM objective needs a \"<mask>\" token");
+}
+
+MlmChoice mlm_choice(uint64_t seed, uint64_t position, double probability, int32_t vocab_size,
+                     int32_t* random_token) {
+  // Two independent draws per position (streams 2i and 2i + 1), as dropout's mix64(seed ^
+  // mix64(i)): whether it is chosen, then what becomes of it (80% mask, 10% random, 10% kept).
+  if (unit_interval(nn::mix64(seed ^ nn::mix64(2 * position))) >= probability) {
+    return MlmChoice::none;
+  }
+  const uint64_t h = nn::mix64(seed ^ nn::mix64(2 * position + 1));
+  const double u = unit_interval(h);
+  if (u < 0.8) return MlmChoice::mask;
+  if (u < 0.9) {
+    if (random_token) {
+      *random_token = static_cast<int32_t>(nn::mix64(h) % static_cast<uint64_t>(vocab_size));
+    }
+    return MlmChoice::random;
+  }
+  return MlmChoice::keep;
+}
+
+uint64_t mlm_seed(uint64_t run_seed, int64_t step, int micro) {
+  // Salted so that the masks are independent of the same step's dropout masks.
+  return nn::mix64(dropout_seed(run_seed, step, micro) ^ 0x6d61736b2d6c6dULL);
+}
+
+void apply_mlm(Batch& b, const MlmConfig& mlm, uint64_t seed, uint64_t first_position) {
+  mlm.validate();
+  const size_t n = static_cast<size_t>(b.batch_size) * static_cast<size_t>(b.context);
+  require(b.inputs.size() >= n && b.targets.size() >= n && b.loss_mask.size() >= n,
+          "apply_mlm: the batch holds fewer than batch_size * context (", n, ") positions");
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t token = b.inputs[i];
+    b.targets[i] = token;  // the original token, not shifted
+    int32_t random_token = 0;
+    const MlmChoice c = token == mlm.pad_id ? MlmChoice::none
+                                            : mlm_choice(seed, first_position + i, mlm.probability,
+                                                         mlm.vocab_size, &random_token);
+    b.loss_mask[i] = c == MlmChoice::none ? 0.0f : 1.0f;
+    if (c == MlmChoice::mask) b.inputs[i] = mlm.mask_id;
+    if (c == MlmChoice::random) b.inputs[i] = random_token;
+  }
+}
 
 void AdamW::step(float* w, const float* g, double lr, const OptimizerConfig& c) {
   ++t_;
@@ -119,14 +176,43 @@ double learning_rate(Schedule schedule, double base_lr, int64_t step, int64_t to
   return 0.5 * base_lr * (1.0 + std::cos(pi * progress));
 }
 
-EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_batches) {
+namespace {
+
+// Fills what the caller may leave unset: random replacements from the data's vocabulary (the
+// model's may be larger), and in pad mode the loader's pad token is never chosen.
+MlmConfig mlm_defaults(MlmConfig m, const BatchLoader& loader, const ModelConfig& model) {
+  if (m.vocab_size <= 0) {
+    m.vocab_size = loader.corpus().vocab_size > 0 ? loader.corpus().vocab_size : model.vocab_size;
+  }
+  if (m.pad_id < 0 && loader.options().mode == BatchMode::pad) m.pad_id = loader.options().pad_id;
+  return m;
+}
+
+// The evaluation loop of both models: loss, accuracy and tokens/s over the eval batches; an
+// encoder's batches are masked with the fixed evaluation seed.
+template <typename M>
+EvalResult evaluate_model(M& model, const BatchLoader& loader, int64_t max_batches,
+                          const MlmConfig* mlm) {
+  const bool masked = !model.config().causal;
+  require(!masked || mlm != nullptr,
+          "evaluating an encoder (architecture 'encoder') needs the masked-LM settings "
+          "(MlmConfig): next-token prediction is meaningless for bidirectional attention");
+  MlmConfig m;
+  if (masked) m = mlm_defaults(*mlm, loader, model.config());
   const auto t0 = std::chrono::steady_clock::now();
   EvalResult r;
   int64_t n = loader.num_eval_batches();
   if (max_batches > 0) n = std::min(n, max_batches);
   double loss_sum = 0, all_tokens = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const Batch b = loader.eval_batch(i);
+    Batch b = loader.eval_batch(i);
+    if (masked) {
+      // Batch i holds windows from i * batch_size on: masks follow the window.
+      const uint64_t first = static_cast<uint64_t>(i) *
+                             static_cast<uint64_t>(loader.options().batch_size) *
+                             static_cast<uint64_t>(b.context);
+      apply_mlm(b, m, mlm_seed(m.eval_seed, 0, 0), first);
+    }
     const LossStats s = model.forward(b.inputs.data(), b.targets.data(), b.loss_mask.data(),
                                       b.batch_size, b.context, false);
     loss_sum += s.loss * s.tokens;
@@ -143,34 +229,22 @@ EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_
   return r;
 }
 
-// The same loop on the GPU model (bf16): loss, accuracy and tokens/s as above.
-EvalResult evaluate(CudaModel& model, const BatchLoader& loader, int64_t max_batches) {
-  const auto t0 = std::chrono::steady_clock::now();
-  EvalResult r;
-  int64_t n = loader.num_eval_batches();
-  if (max_batches > 0) n = std::min(n, max_batches);
-  double loss_sum = 0, all_tokens = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const Batch b = loader.eval_batch(i);
-    const LossStats s = model.forward(b.inputs.data(), b.targets.data(), b.loss_mask.data(),
-                                      b.batch_size, b.context, false);
-    loss_sum += s.loss * s.tokens;
-    r.tokens += s.tokens;
-    r.accuracy += s.correct;
-    all_tokens += static_cast<double>(b.batch_size) * b.context;
-  }
-  r.batches = n;
-  r.loss = r.tokens > 0 ? loss_sum / r.tokens : 0.0;
-  r.accuracy = r.tokens > 0 ? r.accuracy / r.tokens : 0.0;
-  r.perplexity = std::exp(r.loss);
-  const double secs = seconds_since(t0);
-  r.tokens_per_second = secs > 0 ? all_tokens / secs : 0.0;
-  return r;
+}  // namespace
+
+EvalResult evaluate(Model<float>& model, const BatchLoader& loader, int64_t max_batches,
+                    const MlmConfig* mlm) {
+  return evaluate_model(model, loader, max_batches, mlm);
+}
+
+// The same loop on the GPU model (bf16).
+EvalResult evaluate(CudaModel& model, const BatchLoader& loader, int64_t max_batches,
+                    const MlmConfig* mlm) {
+  return evaluate_model(model, loader, max_batches, mlm);
 }
 
 EvalResult Trainer::evaluate(const BatchLoader& loader, int64_t max_batches) {
-  if (gpu_) return sqa::evaluate(*gpu_, loader, max_batches);
-  return sqa::evaluate(*model_, loader, max_batches);
+  if (gpu_) return sqa::evaluate(*gpu_, loader, max_batches, &config_.mlm);
+  return sqa::evaluate(*model_, loader, max_batches, &config_.mlm);
 }
 
 Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& config,
@@ -188,6 +262,20 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& config,
       loader_.corpus().vocab_size <= 0 || loader_.corpus().vocab_size <= model_config_.vocab_size,
       "the data's vocabulary (", loader_.corpus().vocab_size,
       ") is larger than the model's vocab_size (", model_config_.vocab_size, ")");
+  if (!model_config_.causal) {
+    config_.mlm = mlm_defaults(config_.mlm, loader_, model_config_);
+    require(config_.mlm.mask_id >= 0,
+            "an encoder (architecture 'encoder') trains with the masked-LM objective, which "
+            "needs the id of a \"<mask>\" token (mlm.mask_id is ",
+            config_.mlm.mask_id, ")");
+    require(config_.mlm.mask_id < model_config_.vocab_size, "the mask token id (",
+            config_.mlm.mask_id, ") is outside the model's vocab_size (", model_config_.vocab_size,
+            ")");
+    require(config_.mlm.vocab_size <= model_config_.vocab_size, "mlm vocab_size (",
+            config_.mlm.vocab_size, ") is larger than the model's vocab_size (",
+            model_config_.vocab_size, ")");
+    config_.mlm.validate();
+  }
   model_ = std::make_unique<Model<float>>(model_config_);
   model_->init_weights(config_.seed);
   optimizer_ = AdamW(static_cast<int64_t>(model_->weights().size()));
@@ -195,6 +283,11 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& config,
     gpu_ = std::make_unique<CudaModel>(model_config_);
     gpu_->set_weights(model_->weights().data());
   }
+}
+
+void Trainer::next_batch(int64_t step, int micro) {
+  loader_.next(batch_);
+  if (!model_config_.causal) apply_mlm(batch_, config_.mlm, mlm_seed(config_.seed, step, micro));
 }
 
 StepResult Trainer::step() {
@@ -208,7 +301,7 @@ StepResult Trainer::step() {
     CudaModel& g = *gpu_;
     g.zero_grad();
     for (int micro = 0; micro < config_.grad_accum; ++micro) {
-      loader_.next(batch_);
+      next_batch(step, micro);
       const LossStats s = g.forward(batch_.inputs.data(), batch_.targets.data(),
                                     batch_.loss_mask.data(), batch_.batch_size, batch_.context,
                                     true, dropout_seed(config_.seed, step, micro), scale);
@@ -226,7 +319,7 @@ StepResult Trainer::step() {
   Model<float>& m = *model_;
   m.zero_grad();
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
-    loader_.next(batch_);
+    next_batch(step, micro);
     const LossStats s = m.forward(batch_.inputs.data(), batch_.targets.data(),
                                   batch_.loss_mask.data(), batch_.batch_size, batch_.context, true,
                                   dropout_seed(config_.seed, step, micro), scale);

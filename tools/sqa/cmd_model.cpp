@@ -56,16 +56,25 @@ BatchMode parse_mode(const std::string& m) {
   return m == "pad" ? BatchMode::pad : BatchMode::pack;
 }
 
+// The file get_tokenizer reads ("" when it trains one).
+std::string tokenizer_source(const Args& a, const std::string& fallback_file) {
+  if (a.has("tokenizer")) return a.get("tokenizer", "");
+  return is_regular_file(fallback_file) ? fallback_file : "";
+}
+
 // The tokenizer: --tokenizer FILE, else DIR/tokenizer.json from an earlier run or a model
-// folder, else trained on `documents` with the model's vocab size.
+// folder, else trained on `documents` with the model's vocab size (and a "<mask>" token when
+// it is for an encoder).
 Tokenizer get_tokenizer(const Args& a, const std::string& fallback_file,
-                        const std::vector<std::string>* documents, int vocab_size) {
+                        const std::vector<std::string>* documents, int vocab_size,
+                        bool for_encoder = false) {
   if (a.has("tokenizer")) return Tokenizer::load(a.get("tokenizer", ""));
   if (is_regular_file(fallback_file)) return Tokenizer::load(fallback_file);
   require(documents != nullptr, "no tokenizer: give --tokenizer FILE (expected '", fallback_file,
           "')");
   BpeTrainOptions o;
   o.vocab_size = vocab_size;
+  if (for_encoder) o.special_tokens.push_back("<mask>");
   std::fprintf(stderr, "training a byte-level BPE tokenizer (vocab %d) on %zu documents\n",
                vocab_size, documents->size());
   return Tokenizer::train(*documents, o);
@@ -111,6 +120,39 @@ void reexec_with_passive_omp_wait(const char* command, const std::vector<std::st
   // exec failed: carry on with the default policy.
 }
 
+// Masked-LM settings of an encoder from the options: --mlm-probability and --mlm-seed
+// (evaluation masks); a decoder refuses them.
+MlmConfig mlm_options(const Args& a, const ModelConfig& cfg) {
+  MlmConfig m;
+  if (cfg.causal) {
+    for (const char* option : {"mlm-probability", "mlm-seed"}) {
+      require(!a.has(option), "option --", option,
+              " sets the masked-LM objective of an encoder (architecture 'encoder'); this "
+              "config is a decoder, which trains next-token prediction");
+    }
+    return m;
+  }
+  m.probability = a.get_double("mlm-probability", 0.15);
+  require(m.probability > 0 && m.probability < 1, "option --mlm-probability (", m.probability,
+          ") must be in (0, 1): the share of non-pad positions the masked-LM objective predicts");
+  m.eval_seed = static_cast<uint64_t>(a.get_int("mlm-seed", 0));
+  require(!a.flag("count-pad"),
+          "option --count-pad counts padding targets of next-token prediction; an encoder's "
+          "masked-LM objective never chooses padding positions");
+  return m;
+}
+
+// The tokenizer's mask token into m; an error naming the rule when it has none.
+void set_mask_token(MlmConfig& m, const Tokenizer& tokenizer, const std::string& tokenizer_origin) {
+  m.mask_id = tokenizer.mask_id();
+  require(m.mask_id >= 0, "the tokenizer (", tokenizer_origin,
+          ") has no \"<mask>\" token; an encoder (architecture 'encoder') trains and evaluates "
+          "with the masked-LM objective, which needs one: let sqa train train a tokenizer for "
+          "the encoder (no --tokenizer, a fresh --out), or add \"<mask>\" to the tokenizer's "
+          "added_tokens");
+  m.vocab_size = tokenizer.vocab_size();
+}
+
 }  // namespace
 
 int cmd_train(const std::vector<std::string>& argv) {
@@ -146,14 +188,15 @@ int cmd_train(const std::vector<std::string>& argv) {
                     "no-shuffle",
                     "quiet",
                     "dropout",
-                    "device"});
+                    "device",
+                    "mlm-probability",
+                    "mlm-seed"});
   ModelConfig cfg = load_config(a.require("config"));
   const std::string data = a.require("data");
   const std::string out = a.require("out");
-  require(cfg.causal,
-          "sqa train trains next-token prediction, which needs a decoder; this "
-          "config is an encoder (architecture 'encoder'), whose masked-LM objective the CLI "
-          "does not offer yet");
+  // An encoder trains with the masked-LM objective (train.hpp); check its options before
+  // any work.
+  MlmConfig mlm = mlm_options(a, cfg);
   if (a.has("vocab-size")) {
     cfg.vocab_size = static_cast<int>(a.get_int("vocab-size", cfg.vocab_size));
     cfg.validate();
@@ -182,12 +225,21 @@ int cmd_train(const std::vector<std::string>& argv) {
   const bool shard = is_token_shard(data);
   Tokenizer tokenizer;
   TokenCorpus corpus;
+  std::string tok_origin = tokenizer_source(a, tok_file);
   if (shard) {
     corpus = read_token_shard(data);
+    // An encoder's mask token comes from the shard's tokenizer.
+    if (!cfg.causal) {
+      require(!tok_origin.empty(),
+              "an encoder (architecture 'encoder') trained on a token shard "
+              "needs --tokenizer FILE for the id of its \"<mask>\" token");
+      tokenizer = Tokenizer::load(tok_origin);
+    }
   } else {
     documents = load_documents(data, text_options(a));
     require(!documents.empty(), "no documents found in --data '", data, "'");
-    tokenizer = get_tokenizer(a, tok_file, &documents, cfg.vocab_size);
+    tokenizer = get_tokenizer(a, tok_file, &documents, cfg.vocab_size, !cfg.causal);
+    if (tok_origin.empty()) tok_origin = "trained now";
     if (!is_regular_file(tok_file)) tokenizer.save(tok_file);
     corpus = tokenize_documents(tokenizer, documents);
     corpus.vocab_size = tokenizer.vocab_size();
@@ -221,6 +273,12 @@ int cmd_train(const std::vector<std::string>& argv) {
   tc.warmup_fraction = a.get_double("warmup", 0.25);
   tc.seed = static_cast<uint64_t>(a.get_int("seed", 1234));
   tc.device = device;
+  if (!cfg.causal) {
+    set_mask_token(mlm, tokenizer, tok_origin);
+    mlm.pad_id = bo.pad_id;
+    tc.mlm = mlm;
+    if (corpus.vocab_size > 0) tc.mlm.vocab_size = corpus.vocab_size;
+  }
   bo.seed = tc.seed;
   const int64_t eval_every = a.get_int("eval-every", std::max<int64_t>(tc.steps / 4, 1));
   const int64_t eval_batches = a.get_int("eval-batches", 8);
@@ -255,6 +313,12 @@ int cmd_train(const std::vector<std::string>& argv) {
       static_cast<long long>(val_loader.corpus().num_tokens()), bo.batch_size, bo.context,
       tc.grad_accum, on_gpu ? "cuda" : "cpu", ceiling.gflops, ceiling.threads,
       ceiling.corename.c_str());
+  if (!cfg.causal) {
+    std::printf(
+        "objective: masked-LM (encoder): %.0f%% of the non-pad positions chosen (80%% mask id "
+        "%d, 10%% random, 10%% kept); loss and accuracy over the chosen positions\n",
+        100 * tc.mlm.probability, tc.mlm.mask_id);
+  }
   std::fflush(stdout);
 
   std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
@@ -269,9 +333,9 @@ int cmd_train(const std::vector<std::string>& argv) {
   auto run_eval = [&](int64_t step) {
     last_eval = trainer.evaluate(val_loader, eval_batches);
     have_eval = true;
-    std::printf("step %6lld | val loss %.4f | ppl %.3f | acc %.2f%% | %.0f tok/s\n",
-                static_cast<long long>(step), last_eval.loss, last_eval.perplexity,
-                100 * last_eval.accuracy, last_eval.tokens_per_second);
+    std::printf("step %6lld | val %s %.4f | ppl %.3f | acc %.2f%% | %.0f tok/s\n",
+                static_cast<long long>(step), cfg.causal ? "loss" : "MLM loss", last_eval.loss,
+                last_eval.perplexity, 100 * last_eval.accuracy, last_eval.tokens_per_second);
     std::fflush(stdout);
     metrics << json{{"step", step},
                     {"val_loss", last_eval.loss},
@@ -352,6 +416,10 @@ int cmd_train(const std::vector<std::string>& argv) {
       {"threads", omp_get_max_threads()},
       {"device", on_gpu ? "cuda" : "cpu"},
       {"model_gflop_per_step", step_flops / 1e9}};
+  if (!cfg.causal) {
+    summary["objective"] = "masked-lm";
+    summary["mlm_probability"] = tc.mlm.probability;
+  }
   if (have_eval) {
     summary["val_loss"] = last_eval.loss;
     summary["val_ppl"] = last_eval.perplexity;
@@ -368,9 +436,12 @@ int cmd_eval(const std::vector<std::string>& argv) {
   reexec_with_passive_omp_wait("eval", argv);
   const Args a(argv, {"count-pad"});
   a.reject_unknown({"model", "data", "tokenizer", "batch", "context", "max-batches", "mode",
-                    "count-pad", "split-docs", "val-fraction", "json", "device"});
+                    "count-pad", "split-docs", "val-fraction", "json", "device", "mlm-probability",
+                    "mlm-seed"});
   const std::string model_dir = a.require("model");
   const ModelConfig cfg = load_model_config_for(model_dir);
+  // An encoder is evaluated on its masked-LM objective, with fixed masks (--mlm-seed).
+  MlmConfig mlm = mlm_options(a, cfg);
   const Device device = parse_device(a);
   Model<float> model(cfg);
   load_model_weights(model, model_dir);
@@ -389,6 +460,16 @@ int cmd_eval(const std::vector<std::string>& argv) {
     tokenizer = get_tokenizer(a, model_dir + "/tokenizer.json", nullptr, cfg.vocab_size);
     corpus = load_corpus(data, tokenizer, text_options(a));
   }
+  if (!cfg.causal) {
+    // The mask token comes from the tokenizer, also for token shards.
+    const std::string origin = tokenizer_source(a, model_dir + "/tokenizer.json");
+    require(!origin.empty(),
+            "evaluating an encoder needs its tokenizer (for the \"<mask>\" "
+            "token): give --tokenizer FILE (expected '",
+            model_dir, "/tokenizer.json')");
+    if (shard) tokenizer = Tokenizer::load(origin);
+    set_mask_token(mlm, tokenizer, origin);
+  }
   // --val-fraction F: evaluate the same tail split `sqa train` held out; default all data.
   if (a.has("val-fraction")) {
     const double f = a.get_double("val-fraction", 0.05);
@@ -404,24 +485,35 @@ int cmd_eval(const std::vector<std::string>& argv) {
   const int32_t pad = shard ? 1 : tokenizer.pad_id();
   bo.eos_id = eos >= 0 ? eos : 0;
   bo.pad_id = pad >= 0 ? pad : bo.eos_id;
+  mlm.pad_id = bo.pad_id;
+  if (!cfg.causal && corpus.vocab_size > 0) mlm.vocab_size = corpus.vocab_size;
   const BatchLoader loader(std::move(corpus), bo);
   const int64_t max_batches = a.get_int("max-batches", 0);
   const EvalResult r =
-      gpu ? evaluate(*gpu, loader, max_batches) : evaluate(model, loader, max_batches);
+      gpu ? evaluate(*gpu, loader, max_batches, &mlm) : evaluate(model, loader, max_batches, &mlm);
+  if (!cfg.causal) {
+    std::printf("eval %s: masked-LM, %.0f%% of the positions chosen, mask seed %llu\n",
+                model_dir.c_str(), 100 * mlm.probability,
+                static_cast<unsigned long long>(mlm.eval_seed));
+  }
   std::printf(
       "eval %s: %lld batches, %.0f tokens | loss %.4f | ppl %.3f | acc %.2f%% | %.0f "
       "tok/s\n",
       model_dir.c_str(), static_cast<long long>(r.batches), r.tokens, r.loss, r.perplexity,
       100 * r.accuracy, r.tokens_per_second);
   if (a.has("json")) {
-    write_file_atomic(a.get("json", ""), json{{"loss", r.loss},
-                                              {"perplexity", r.perplexity},
-                                              {"accuracy", r.accuracy},
-                                              {"tokens", r.tokens},
-                                              {"tokens_per_s", r.tokens_per_second},
-                                              {"device", gpu ? "cuda" : "cpu"}}
-                                                 .dump(2) +
-                                             "\n");
+    json j{{"loss", r.loss},
+           {"perplexity", r.perplexity},
+           {"accuracy", r.accuracy},
+           {"tokens", r.tokens},
+           {"tokens_per_s", r.tokens_per_second},
+           {"device", gpu ? "cuda" : "cpu"}};
+    if (!cfg.causal) {
+      j["objective"] = "masked-lm";
+      j["mlm_probability"] = mlm.probability;
+      j["mlm_seed"] = mlm.eval_seed;
+    }
+    write_file_atomic(a.get("json", ""), j.dump(2) + "\n");
   }
   return 0;
 }
