@@ -106,6 +106,12 @@ int64_t count_active_parameters(const ModelConfig& config);
 double training_flops(const ModelConfig& config, int64_t batch, int64_t seqlen);
 double forward_flops(const ModelConfig& config, int64_t batch, int64_t seqlen);
 
+// Checks a batch of token ids (batch, seqlen) before a forward: batch and seqlen >= 1, seqlen
+// within max_position_embeddings, every token and target id (targets may be null) inside the
+// vocabulary. Throws sqa::Error naming the value, its position and the rule.
+void validate_batch(const ModelConfig& config, const int32_t* tokens, const int32_t* targets,
+                    int64_t batch, int64_t seqlen);
+
 struct LossStats {
   double loss = 0;      // mean cross-entropy over counted tokens
   double aux_loss = 0;  // MoE aux loss (summed over layers)

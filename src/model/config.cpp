@@ -430,4 +430,21 @@ double training_flops(const ModelConfig& c, int64_t batch, int64_t seqlen) {
   return flops;
 }
 
+void validate_batch(const ModelConfig& config, const int32_t* tokens, const int32_t* targets,
+                    int64_t batch, int64_t seqlen) {
+  require(batch >= 1 && seqlen >= 1, "batch (", batch, ") and seqlen (", seqlen,
+          ") must be at least 1");
+  require(seqlen <= config.max_seq_len, "seqlen (", seqlen, ") exceeds max_position_embeddings (",
+          config.max_seq_len, ")");
+  const int64_t n = batch * seqlen, vocab = config.vocab_size;
+  for (int64_t i = 0; i < n; ++i) {
+    require(tokens[i] >= 0 && tokens[i] < vocab, "token id ", tokens[i], " at position ", i,
+            " is outside the vocabulary [0, ", vocab, ")");
+    if (targets) {
+      require(targets[i] >= 0 && targets[i] < vocab, "target id ", targets[i], " at position ", i,
+              " is outside the vocabulary [0, ", vocab, ")");
+    }
+  }
+}
+
 }  // namespace sqa

@@ -284,18 +284,8 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
                              double loss_scale) {
   const ModelConfig& c = config_;
   State& s = *state_;
-  require(B >= 1 && T >= 1, "batch (", B, ") and seqlen (", T, ") must be at least 1");
-  require(T <= c.max_seq_len, "seqlen (", T, ") exceeds max_position_embeddings (", c.max_seq_len,
-          ")");
+  validate_batch(c, tokens, targets, B, T);
   const int64_t BT = B * T, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
-  for (int64_t i = 0; i < BT; ++i) {
-    require(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " at position ", i,
-            " is outside the vocabulary [0, ", V, ")");
-    if (targets) {
-      require(targets[i] >= 0 && targets[i] < V, "target id ", targets[i], " at position ", i,
-              " is outside the vocabulary [0, ", V, ")");
-    }
-  }
   s.B = B;
   s.T = T;
   s.training = training;
