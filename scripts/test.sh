@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs dependencies, builds Release (with the CUDA code compiled and
+# The test command: installs dependencies, checks clang-format, builds Release (with the CUDA code compiled and
 # linked when nvcc is present) and an ASan+UBSan build, then runs every test: GoogleTest via
 # ctest on both builds, and pytest through the installed Python package.
 set -euo pipefail
@@ -8,6 +8,11 @@ export OMP_WAIT_POLICY=passive
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
+
+echo "== clang-format (style.md: every C, C++ and CUDA file formatted)"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  git ls-files '*.c' '*.h' '*.cpp' '*.hpp' '*.cu' '*.cuh' | xargs clang-format --dry-run -Werror
+fi
 
 echo "== Release build"
 bash scripts/build.sh build

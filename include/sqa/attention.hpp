@@ -38,8 +38,8 @@ struct AttentionParams {
   void* stream = nullptr;  // cudaStream_t for Device::cuda
 
   int64_t batch = 0;
-  int64_t seqlen_q = 0;  // varlen: max_seqlen_q
-  int64_t seqlen_k = 0;  // varlen: max_seqlen_k
+  int64_t seqlen_q = 0;                   // varlen: max_seqlen_q
+  int64_t seqlen_k = 0;                   // varlen: max_seqlen_k
   const int32_t* cu_seqlens_q = nullptr;  // varlen when both are set; length batch + 1
   const int32_t* cu_seqlens_k = nullptr;
 

@@ -46,15 +46,15 @@ typedef struct {
   sqa_device device;
   void* stream;
   int64_t batch;
-  int64_t seqlen_q; /* varlen: max_seqlen_q */
-  int64_t seqlen_k; /* varlen: max_seqlen_k */
+  int64_t seqlen_q;            /* varlen: max_seqlen_q */
+  int64_t seqlen_k;            /* varlen: max_seqlen_k */
   const int32_t* cu_seqlens_q; /* NULL for dense batches */
   const int32_t* cu_seqlens_k;
   const void* q;
   const void* k;
   const void* v;
   void* out;
-  float* lse; /* may be NULL in the forward */
+  float* lse;           /* may be NULL in the forward */
   int64_t q_strides[3]; /* batch, row, head; all zero = contiguous */
   int64_t k_strides[3];
   int64_t v_strides[3];

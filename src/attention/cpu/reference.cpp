@@ -110,18 +110,21 @@ void attention_backward_reference(const AttentionBackwardParams& g) {
         for (size_t j = 0; j < nk; ++j) {
           const double pij = P[i * nk + j];
           if (pij == 0.0) continue;
-          const int64_t vo = offset(p.v_strides, s, s.k_row0, static_cast<int64_t>(j), pair.kv_head);
+          const int64_t vo =
+              offset(p.v_strides, s, s.k_row0, static_cast<int64_t>(j), pair.kv_head);
           double dot = 0.0;
           for (int c = 0; c < d; ++c) dot += dout[c] * load(p.v, t, vo + c);
           dP[j] = dot;
           D += pij * dot;
         }
-        const int64_t qo = offset(p.q_strides, s, s.q_row0, static_cast<int64_t>(i), pair.query_head);
+        const int64_t qo =
+            offset(p.q_strides, s, s.q_row0, static_cast<int64_t>(i), pair.query_head);
         for (size_t j = 0; j < nk; ++j) {
           const double pij = P[i * nk + j];
           if (pij == 0.0) continue;
           const double dS = pij * (dP[j] - D) * scale;
-          const int64_t ko = offset(p.k_strides, s, s.k_row0, static_cast<int64_t>(j), pair.kv_head);
+          const int64_t ko =
+              offset(p.k_strides, s, s.k_row0, static_cast<int64_t>(j), pair.kv_head);
           double* dq_row = &dq[(i * p.spec.heads.num_query_heads + pair.query_head) * d];
           double* dk_row = &dk[(j * p.spec.heads.num_kv_heads + pair.kv_head) * d];
           double* dv_row = &dv[(j * p.spec.heads.num_kv_heads + pair.kv_head) * d];
@@ -142,8 +145,10 @@ void attention_backward_reference(const AttentionBackwardParams& g) {
       for (int h = 0; h < p.spec.heads.num_kv_heads; ++h)
         for (int c = 0; c < d; ++c) {
           const size_t idx = (j * p.spec.heads.num_kv_heads + h) * d + c;
-          store(g.dk, t, offset(g.dk_strides, s, s.k_row0, static_cast<int64_t>(j), h) + c, dk[idx]);
-          store(g.dv, t, offset(g.dv_strides, s, s.k_row0, static_cast<int64_t>(j), h) + c, dv[idx]);
+          store(g.dk, t, offset(g.dk_strides, s, s.k_row0, static_cast<int64_t>(j), h) + c,
+                dk[idx]);
+          store(g.dv, t, offset(g.dv_strides, s, s.k_row0, static_cast<int64_t>(j), h) + c,
+                dv[idx]);
         }
   }
 }

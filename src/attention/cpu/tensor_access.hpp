@@ -12,22 +12,31 @@ namespace sqa::cpu::detail {
 
 inline double load(const void* base, DType dtype, int64_t index) {
   switch (dtype) {
-    case DType::f32: return static_cast<const float*>(base)[index];
-    case DType::f64: return static_cast<const double*>(base)[index];
-    case DType::bf16: return bf16_to_float(static_cast<const bf16*>(base)[index]);
-    case DType::f16: break;
+    case DType::f32:
+      return static_cast<const float*>(base)[index];
+    case DType::f64:
+      return static_cast<const double*>(base)[index];
+    case DType::bf16:
+      return bf16_to_float(static_cast<const bf16*>(base)[index]);
+    case DType::f16:
+      break;
   }
   throw Error("the CPU attention kernels take f32, bf16 or f64 (f16 is CUDA-only)");
 }
 
 inline void store(void* base, DType dtype, int64_t index, double value) {
   switch (dtype) {
-    case DType::f32: static_cast<float*>(base)[index] = static_cast<float>(value); return;
-    case DType::f64: static_cast<double*>(base)[index] = value; return;
+    case DType::f32:
+      static_cast<float*>(base)[index] = static_cast<float>(value);
+      return;
+    case DType::f64:
+      static_cast<double*>(base)[index] = value;
+      return;
     case DType::bf16:
       static_cast<bf16*>(base)[index] = float_to_bf16(static_cast<float>(value));
       return;
-    case DType::f16: break;
+    case DType::f16:
+      break;
   }
   throw Error("the CPU attention kernels take f32, bf16 or f64 (f16 is CUDA-only)");
 }
