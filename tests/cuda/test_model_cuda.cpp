@@ -66,8 +66,8 @@ Batch random_batch(const ModelConfig& c, int64_t n, uint64_t seed) {
   return b;
 }
 
-void expect_agreement(const ModelConfig& cfg, const char* label) {
-  const int64_t B = 2, T = 40, BT = B * T, V = cfg.vocab_size;
+void expect_agreement(const ModelConfig& cfg, const char* label, int64_t B = 2, int64_t T = 40) {
+  const int64_t BT = B * T, V = cfg.vocab_size;
   Model<float> init(cfg);
   init.init_weights(11);
   Model<double> ref(cfg);
@@ -81,6 +81,13 @@ void expect_agreement(const ModelConfig& cfg, const char* label) {
 
   CudaModel gpu(cfg);
   gpu.set_weights(init.weights().data());
+  {
+    // A larger step on another batch first, so every scratch buffer (activations, column-sum
+    // partials) holds stale values: an element the real step fails to write shows up.
+    const Batch other = random_batch(cfg, (B + 1) * T, 17);
+    gpu.forward(other.tokens.data(), other.targets.data(), nullptr, B + 1, T, true, 7);
+    gpu.backward();
+  }
   gpu.zero_grad();
   const sqa::LossStats gs =
       gpu.forward(b.tokens.data(), b.targets.data(), b.mask.data(), B, T, true, dropout_seed, 0.5);
@@ -135,6 +142,32 @@ TEST(CudaModel, AgreesWithCpuOptions) {
   expect_agreement(small_config(R"("attention_variant": "ssqa", "hidden_act": "gelu",
       "final_norm": true, "tie_word_embeddings": true, "lm_head_bias": false)"),
                    "options");
+}
+
+// Widths that are not multiples of 8 (or of the warp) take the scalar variants of the
+// elementwise kernels and the generic cross entropy; an odd row count leaves partial chunks.
+TEST(CudaModel, AgreesWithCpuOddShapes) {
+  SKIP_WITHOUT_GPU();
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 157, "hidden_size": 52,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
+      "intermediate_size": 90, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "sqa"})"),
+                   "odd", 1, 37);
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 157, "hidden_size": 52,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
+      "intermediate_size": 90, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "gqa", "hidden_act": "gelu", "final_norm": true})"),
+                   "odd-gelu", 3, 13);
+}
+// A vocabulary over 8192 (as the paper's 10000): several 16-byte vectors per thread in the
+// fused cross entropy, with the LM-head bias and its gradient fused in.
+TEST(CudaModel, AgreesWithCpuLargeVocab) {
+  SKIP_WITHOUT_GPU();
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 10000, "hidden_size": 64,
+      "num_hidden_layers": 2, "num_attention_heads": 8, "head_dim": 16,
+      "intermediate_size": 96, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "xsqa"})"),
+                   "vocab");
 }
 
 TEST(CudaModel, TrainingStepsReduceLoss) {

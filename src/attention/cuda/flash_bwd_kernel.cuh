@@ -62,34 +62,46 @@ __device__ __forceinline__ bool key_visible(int key, int qrow, int nk, int diag,
   return key < nk && (left < 0 || key >= qd - left) && (right < 0 || key <= qd + right);
 }
 
-// D_i = dO_i . O_i for every row of the lse layout; one warp per row.
-template <typename T>
-__global__ void __launch_bounds__(128)
-    flash_bwd_dsum_kernel(const BwdKernelParams g, int head_dim) {
+// D_i = dO_i . O_i for every row of the lse layout. D / 8 neighbouring lanes share a row, one
+// 16-byte chunk of O and dO each, so a row's loads fill whole sectors and the lanes of a warp
+// cover consecutive rows, whose dsum stores coalesce (a warp per row left most lanes idle at
+// small head dims and moved 2 bytes per load).
+template <typename T, int D>
+__global__ void __launch_bounds__(256) flash_bwd_dsum_kernel(const BwdKernelParams g) {
+  static_assert(D % 8 == 0 && D / 8 <= 32, "dsum: D / 8 lanes per row within one warp");
+  constexpr int kLanes = D / 8;
   const FwdKernelParams& p = g.fwd;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + warp;
-  if (rid >= g.lse_rows) return;
-  int64_t o_off, do_off;
-  if (p.cu_seqlens_q != nullptr) {
-    const int64_t total_q = p.cu_seqlens_q[p.batch];
-    const int64_t h = rid / total_q, tok = rid % total_q;
-    o_off = tok * p.o_row + h * p.o_head;
-    do_off = tok * g.do_row + h * g.do_head;
-  } else {
-    const int64_t qrow = rid % p.seqlen_q;
-    const int64_t h = (rid / p.seqlen_q) % p.num_attention_heads;
-    const int64_t b = rid / (static_cast<int64_t>(p.seqlen_q) * p.num_attention_heads);
-    o_off = b * p.o_batch + qrow * p.o_row + h * p.o_head;
-    do_off = b * g.do_batch + qrow * g.do_row + h * g.do_head;
-  }
-  const T* o = static_cast<const T*>(p.out) + o_off;
-  const T* dout = static_cast<const T*>(g.dout) + do_off;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t rid = t / kLanes;
+  const int part = static_cast<int>(t % kLanes);
   float sum = 0.0f;
-  for (int c = lane; c < head_dim; c += 32) sum += to_float(o[c]) * to_float(dout[c]);
+  if (rid < g.lse_rows) {
+    int64_t o_off, do_off;
+    if (p.cu_seqlens_q != nullptr) {
+      const int64_t total_q = p.cu_seqlens_q[p.batch];
+      const int64_t h = rid / total_q, tok = rid % total_q;
+      o_off = tok * p.o_row + h * p.o_head;
+      do_off = tok * g.do_row + h * g.do_head;
+    } else {
+      const int64_t qrow = rid % p.seqlen_q;
+      const int64_t h = (rid / p.seqlen_q) % p.num_attention_heads;
+      const int64_t b = rid / (static_cast<int64_t>(p.seqlen_q) * p.num_attention_heads);
+      o_off = b * p.o_batch + qrow * p.o_row + h * p.o_head;
+      do_off = b * g.do_batch + qrow * g.do_row + h * g.do_head;
+    }
+    // Row starts and strides are multiples of 8 elements (api.cpp checks), so chunks align.
+    const uint4 o_raw =
+        *reinterpret_cast<const uint4*>(static_cast<const T*>(p.out) + o_off + part * 8);
+    const uint4 do_raw =
+        *reinterpret_cast<const uint4*>(static_cast<const T*>(g.dout) + do_off + part * 8);
+    const T* o = reinterpret_cast<const T*>(&o_raw);
+    const T* dout = reinterpret_cast<const T*>(&do_raw);
 #pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  if (lane == 0) g.dsum[rid] = sum;
+    for (int c = 0; c < 8; ++c) sum += to_float(o[c]) * to_float(dout[c]);
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (rid < g.lse_rows && part == 0) g.dsum[rid] = sum;
 }
 
 // Copies `rows` rows of D elements (row r at base + r * row_stride) into a padded shared tile;

@@ -30,7 +30,9 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
         "cudaMemsetAsync(dQ workspace)");
   }
   if (g.lse_rows > 0) {  // a varlen batch of empty query sequences has no rows at all
-    flash_bwd_dsum_kernel<T><<<static_cast<unsigned>((g.lse_rows + 3) / 4), 128, 0, stream>>>(g, D);
+    const int64_t threads = g.lse_rows * (D / 8);
+    flash_bwd_dsum_kernel<T, D>
+        <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g);
     check_cuda(cudaGetLastError(), "flash_bwd_dsum_kernel launch");
   }
 

@@ -77,150 +77,433 @@ __global__ void rmsnorm_forward(const float* x, const float* w, bfloat* out, flo
   for (int i = lane; i < d; i += 32) out[r * d + i] = __float2bfloat16(xr[i] * s * w[i]);
 }
 
-// nn::rmsnorm_backward's input part, one warp per row: dx += s w dy - s^3 x (sum w dy x) / D.
-__global__ void rmsnorm_backward(const float* dy, const float* x, const float* w, const float* rstd,
-                                 float* dx, int64_t rows, int d) {
+// The elementwise kernels are memory-bound: they move 16 bytes per access (8 bf16) where the
+// width allows it, W = 1 being the scalar variant for widths that are not multiples of 8.
+template <int W>
+__device__ inline void load_bf16(const bfloat* p, float (&v)[W]) {
+  if constexpr (W == 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(h[j]);
+      v[2 * j] = f.x;
+      v[2 * j + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) v[j] = __bfloat162float(p[j]);
+  }
+}
+
+template <int W>
+__device__ inline void store_bf16(bfloat* p, const float (&v)[W]) {
+  if constexpr (W == 8) {
+    uint4 raw;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) p[j] = __float2bfloat16(v[j]);
+  }
+}
+
+// The value a bf16 tensor stores for x.
+__device__ inline float round_bf16(float x) {
+  return __bfloat162float(__float2bfloat16(x));
+}
+
+// i / n (returned) and i % n (rem), in 32 bits when i fits: 64-bit division is a long
+// software sequence that would dominate these kernels.
+__device__ inline int64_t div_mod(int64_t i, int n, int& rem) {
+  if (i <= 0xffffffffLL) {
+    const uint32_t u = static_cast<uint32_t>(i), q = u / static_cast<uint32_t>(n);
+    rem = static_cast<int>(u - q * static_cast<uint32_t>(n));
+    return q;
+  }
+  const int64_t q = i / n;
+  rem = static_cast<int>(i - q * n);
+  return q;
+}
+
+// The residual add and the norm after it, one warp per row, so the norm reads the row from
+// cache instead of DRAM: out = x + dropout(y + b) (nn::dropout_apply's mask at flat index
+// r d + c when drop), then xn (bf16) = out * rstd * w as nn::rmsnorm_forward. Without w (no
+// norm follows: the last layer of a model without final_norm) xn = out in bf16, no rstd.
+__global__ void residual_rmsnorm(const float* x, const float* y, const float* b, float* out,
+                                 const float* w, bfloat* xn, float* rstd, int64_t rows, int d,
+                                 float eps, double p, uint64_t seed, bool drop) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  const float* xr = x + r * d;
-  const float* gr = dy + r * d;
-  float dot = 0;
-  for (int i = lane; i < d; i += 32) dot += w[i] * gr[i] * xr[i];
-  dot = warp_sum(dot);
-  const float s = rstd[r];
-  const float c = s * s * s * dot / static_cast<float>(d);
-  for (int i = lane; i < d; i += 32) dx[r * d + i] += s * w[i] * gr[i] - c * xr[i];
+  const float scale = static_cast<float>(1.0 / (1.0 - p));
+  const int64_t o = r * d;
+  float ss = 0;
+  for (int c = lane; c < d; c += 32) {
+    float v = y[o + c] + b[c];
+    if (drop) v = dropout_keep(seed, static_cast<uint64_t>(o + c), p) ? v * scale : 0.0f;
+    v += x[o + c];
+    out[o + c] = v;
+    if (w == nullptr) xn[o + c] = __float2bfloat16(v);
+    ss += v * v;
+  }
+  if (w == nullptr) return;
+  ss = warp_sum(ss);
+  const float s = rsqrtf(ss / static_cast<float>(d) + eps);
+  if (lane == 0) rstd[r] = s;
+  for (int c = lane; c < d; c += 32) xn[o + c] = __float2bfloat16(out[o + c] * s * w[c]);
+}
+
+// Backward through one RMSNorm into the residual stream, with the column sums that follow it
+// folded in (each was a separate pass over a (rows, d) fp32 tensor). Per row (one warp):
+//   dx (+)= s w dy - s^3 x (sum w dy x) / D        (nn::rmsnorm_backward's input part)
+//   dw_partial[chunk] += dy x s                      (the norm weight's gradient)
+// and optionally e = dropout(dx) (identity when !drop; the FFN output's dropout backward at
+// flat index r d + c) as the next matmul's bf16 operand, with e_partial[chunk] += e (the bias
+// gradient of the o_proj, or of the fc2 below). dy = nullptr skips the norm (dx is only read).
+struct NormBackward {
+  const float* dy = nullptr;    // (rows, d) gradient at the norm's output
+  const float* x = nullptr;     // (rows, d) the norm's input
+  const float* w = nullptr;     // (d)
+  const float* rstd = nullptr;  // (rows)
+  float* dx = nullptr;          // (rows, d)
+  bool dx_zero = false;         // dx holds nothing yet: assign instead of accumulate
+  float* dw_partial = nullptr;  // (chunks, d)
+  bfloat* e = nullptr;          // (rows, d) or null
+  float* e_partial = nullptr;   // (chunks, d), with e
+  double p = 0;
+  uint64_t seed = 0;
+  bool drop = false;
+  int64_t rows = 0, rows_per_chunk = 0;
+  int d = 0;
+};
+
+// One block per chunk of rows; each warp keeps its column sums in shared memory (a lane owns
+// the columns c = lane + 32 k, so no two threads touch one slot) and the warps are added in
+// order at the end, so the result does not depend on scheduling.
+__global__ void rmsnorm_backward(const NormBackward a) {
+  extern __shared__ float acc[];  // [2][warps][d]: norm weight, then e
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int d = a.d;
+  float* acc_w = acc + static_cast<int64_t>(warp) * d;
+  float* acc_e = acc + static_cast<int64_t>(warps + warp) * d;
+  for (int c = lane; c < d; c += 32) acc_w[c] = acc_e[c] = 0.0f;
+  const bool norm = a.dy != nullptr;
+  const float scale = static_cast<float>(1.0 / (1.0 - a.p));
+  const int64_t r0 = blockIdx.x * a.rows_per_chunk;
+  const int64_t r1 = r0 + a.rows_per_chunk < a.rows ? r0 + a.rows_per_chunk : a.rows;
+  for (int64_t r = r0 + warp; r < r1; r += warps) {
+    const int64_t o = r * d;
+    float s = 0, k = 0;
+    if (norm) {
+      float dot = 0;
+      for (int c = lane; c < d; c += 32) dot += a.w[c] * a.dy[o + c] * a.x[o + c];
+      dot = warp_sum(dot);
+      s = a.rstd[r];
+      k = s * s * s * dot / static_cast<float>(d);
+    }
+    for (int c = lane; c < d; c += 32) {
+      float v = a.dx_zero ? 0.0f : a.dx[o + c];
+      if (norm) {
+        const float g = a.dy[o + c], xv = a.x[o + c];
+        v += s * a.w[c] * g - k * xv;
+        a.dx[o + c] = v;
+        acc_w[c] += g * xv * s;
+      }
+      if (a.e != nullptr) {
+        float e = v;
+        if (a.drop) e = dropout_keep(a.seed, static_cast<uint64_t>(o + c), a.p) ? v * scale : 0.0f;
+        a.e[o + c] = __float2bfloat16(e);
+        acc_e[c] += e;
+      }
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float sw = 0, se = 0;
+    for (int w = 0; w < warps; ++w) {
+      sw += acc[static_cast<int64_t>(w) * d + c];
+      se += acc[static_cast<int64_t>(warps + w) * d + c];
+    }
+    if (norm) a.dw_partial[blockIdx.x * static_cast<int64_t>(d) + c] = sw;
+    if (a.e != nullptr) a.e_partial[blockIdx.x * static_cast<int64_t>(d) + c] = se;
+  }
 }
 
 // nn::rope_apply on `heads` heads of head_dim channels starting at `base` in rows of
 // row_stride elements; row r has position r % seqlen. cs holds (cos, sin) per (t, i) from the
 // host (angles in double, as the CPU). inverse rotates by the negative angle (the backward).
+// Each thread rotates 4 pairs with one 16-byte access (the CUDA model requires head_dim and
+// row_stride to be multiples of 8).
 __global__ void rope(bfloat* base, int64_t rows, int64_t row_stride, int heads, int head_dim,
-                     int64_t seqlen, const float2* cs, bool inverse) {
-  const int half = head_dim / 2;
-  SQA_GRID_STRIDE(i, rows * heads * half) {
-    const int64_t r = i / (heads * half);
-    const int rem = static_cast<int>(i - r * heads * half);
-    const int h = rem / half, p = rem % half;
-    const float2 c = cs[(r % seqlen) * half + p];
-    const float sn = inverse ? -c.y : c.y;
-    bfloat* v = base + r * row_stride + h * head_dim + 2 * p;
-    const float x0 = __bfloat162float(v[0]), x1 = __bfloat162float(v[1]);
-    v[0] = __float2bfloat16(x0 * c.x - x1 * sn);
-    v[1] = __float2bfloat16(x0 * sn + x1 * c.x);
+                     int seqlen, const float2* cs, bool inverse) {
+  const int half = head_dim / 2, per_head = head_dim / 8, per_row = heads * per_head;
+  SQA_GRID_STRIDE(i, rows * per_row) {
+    int rem = 0, t = 0;
+    const int64_t r = div_mod(i, per_row, rem);
+    (void)div_mod(r, seqlen, t);
+    const int h = rem / per_head, q = rem - h * per_head;
+    bfloat* p = base + r * row_stride + h * head_dim + q * 8;
+    float v[8], out[8];
+    load_bf16<8>(p, v);
+    // (cos, sin) of the 4 pairs: 32 aligned bytes, since half is a multiple of 4.
+    const float4* csv =
+        reinterpret_cast<const float4*>(cs + static_cast<int64_t>(t) * half + q * 4);
+    const float4 lo = csv[0], hi = csv[1];
+    const float cosv[4] = {lo.x, lo.z, hi.x, hi.z}, sinv[4] = {lo.y, lo.w, hi.y, hi.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float sn = inverse ? -sinv[j] : sinv[j];
+      const float x0 = v[2 * j], x1 = v[2 * j + 1];
+      out[2 * j] = x0 * cosv[j] - x1 * sn;
+      out[2 * j + 1] = x0 * sn + x1 * cosv[j];
+    }
+    store_bf16<8>(p, out);
   }
 }
 
-// out = x + y + b (attention residual with the o_proj bias), fp32 (rows, d).
-__global__ void residual_bias(const float* x, const float* y, const float* b, float* out,
-                              int64_t rows, int d) {
-  SQA_GRID_STRIDE(i, rows * d) out[i] = x[i] + y[i] + b[i % d];
-}
-
-// FFN output: out = x_mid + dropout(y + b), the dropout of nn::dropout_apply at flat index i.
-__global__ void ffn_residual(const float* x_mid, const float* y, const float* b, float* out,
-                             int64_t rows, int d, double p, uint64_t seed, bool training) {
-  const float scale = static_cast<float>(1.0 / (1.0 - p));
-  const bool drop = training && p > 0;
-  SQA_GRID_STRIDE(i, rows * d) {
-    float v = y[i] + b[i % d];
-    if (drop) v = dropout_keep(seed, static_cast<uint64_t>(i), p) ? v * scale : 0.0f;
-    out[i] = x_mid[i] + v;
+// fc1 bias, then the activation: SwiGLU (nn::swiglu_forward) a = value * SiLU(gate) over h
+// rows [value (ff) | gate (ff)], or GELU (nn::gelu_forward, erf form) over h rows of ff.
+// h keeps no bias: the backward adds it again with the same bf16 rounding, which saves
+// writing back the widest activation of the model.
+template <bool kSwiglu, int W>
+__global__ void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
+  const int per_row = ff / W;
+  const int64_t h_row = kSwiglu ? 2 * static_cast<int64_t>(ff) : ff;
+  SQA_GRID_STRIDE(i, rows * per_row) {
+    int cv = 0;
+    const int64_t r = div_mod(i, per_row, cv);
+    const int c = cv * W;
+    float v[W], out[W];
+    load_bf16<W>(h + r * h_row + c, v);
+    if constexpr (kSwiglu) {
+      float g[W];
+      load_bf16<W>(h + r * h_row + ff + c, g);
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        const float vr = round_bf16(v[j] + b[c + j]), gr = round_bf16(g[j] + b[ff + c + j]);
+        out[j] = vr * gr / (1.0f + __expf(-gr));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        const float x = round_bf16(v[j] + b[c + j]);
+        out[j] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+      }
+    }
+    store_bf16<W>(a + r * ff + c, out);
   }
 }
 
-// Backward of the dropout: dy = keep ? dx / (1 - p) : 0, in fp32 (bias gradient) and bf16
-// (matmul operand).
-__global__ void dropout_backward(const float* dx, float* dy, bfloat* dy_bf, int64_t n, double p,
-                                 uint64_t seed, bool training) {
-  const float scale = static_cast<float>(1.0 / (1.0 - p));
-  const bool drop = training && p > 0;
-  SQA_GRID_STRIDE(i, n) {
-    float v = dx[i];
-    if (drop) v = dropout_keep(seed, static_cast<uint64_t>(i), p) ? v * scale : 0.0f;
-    dy[i] = v;
-    dy_bf[i] = __float2bfloat16(v);
+// The activation's backward and the fc1 bias gradient in one pass: dh = [dy g sig |
+// dy v sig (1 + g (1 - sig))] (nn::swiglu_backward) or dh = dy (Phi(x) + x phi(x))
+// (nn::gelu_backward), on h + b rounded as in the forward, and partial[chunk] = the chunk's
+// column sums of dh as stored (bf16). Block (32, 8): threadIdx.x takes W columns of a 32 W
+// wide tile (both halves for SwiGLU), threadIdx.y every 8th row of the chunk (blockIdx.y);
+// the 8 row lanes are added in order at the end.
+// Three blocks per SM (at most 85 registers) keep enough 16-byte loads in flight.
+template <bool kSwiglu, int W>
+__global__ void __launch_bounds__(256, 3)
+    act_backward(const bfloat* da, const bfloat* h, const float* b, bfloat* dh, float* partial,
+                 int64_t rows, int64_t rows_per_chunk, int ff) {
+  constexpr int kHalves = kSwiglu ? 2 : 1;
+  __shared__ float s_acc[kHalves][8][32 * W];
+  const int64_t h_row = static_cast<int64_t>(kHalves) * ff;
+  const int c = (blockIdx.x * 32 + threadIdx.x) * W;
+  float acc[kHalves][W] = {};
+  if (c < ff) {
+    float bv[W], bg[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      bv[j] = b[c + j];
+      bg[j] = kSwiglu ? b[ff + c + j] : 0.0f;
+    }
+    const int64_t r0 = blockIdx.y * rows_per_chunk;
+    const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      float dy[W], v[W], o0[W];
+      load_bf16<W>(da + r * ff + c, dy);
+      load_bf16<W>(h + r * h_row + c, v);
+      if constexpr (kSwiglu) {
+        float g[W], o1[W];
+        load_bf16<W>(h + r * h_row + ff + c, g);
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          const float vr = round_bf16(v[j] + bv[j]), gr = round_bf16(g[j] + bg[j]);
+          const float sig = 1.0f / (1.0f + __expf(-gr));
+          o0[j] = round_bf16(dy[j] * gr * sig);
+          o1[j] = round_bf16(dy[j] * vr * sig * (1.0f + gr * (1.0f - sig)));
+          acc[0][j] += o0[j];
+          acc[kHalves - 1][j] += o1[j];
+        }
+        store_bf16<W>(dh + r * h_row + ff + c, o1);
+      } else {
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          const float x = round_bf16(v[j] + bv[j]);
+          const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+          const float pdf = 0.39894228040143268f * __expf(-0.5f * x * x);
+          o0[j] = round_bf16(dy[j] * (cdf + x * pdf));
+          acc[0][j] += o0[j];
+        }
+      }
+      store_bf16<W>(dh + r * h_row + c, o0);
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < kHalves; ++half) {
+#pragma unroll
+    for (int j = 0; j < W; ++j) s_acc[half][threadIdx.y][threadIdx.x * W + j] = acc[half][j];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.y * 32 + threadIdx.x; idx < kHalves * 32 * W; idx += 256) {
+    const int half = idx / (32 * W), col = idx % (32 * W);
+    const int cc = blockIdx.x * 32 * W + col;
+    if (cc >= ff) continue;
+    float sum = 0;
+    for (int y = 0; y < 8; ++y) sum += s_acc[half][y][col];
+    partial[blockIdx.y * h_row + half * ff + cc] = sum;
   }
 }
 
-// fc1 bias, then nn::swiglu_forward: h (rows, 2 ff) = [value | gate] gets its bias in place,
-// a (rows, ff) = value * SiLU(gate).
-__global__ void bias_swiglu(bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
-  SQA_GRID_STRIDE(i, rows * ff) {
-    const int64_t r = i / ff;
-    const int c = static_cast<int>(i - r * ff);
-    bfloat* hv = h + r * 2 * ff + c;
-    const float v = __bfloat162float(hv[0]) + b[c];
-    const float g = __bfloat162float(hv[ff]) + b[ff + c];
-    const bfloat vb = __float2bfloat16(v), gb = __float2bfloat16(g);
-    hv[0] = vb;
-    hv[ff] = gb;
-    const float vr = __bfloat162float(vb), gr = __bfloat162float(gb);
-    a[i] = __float2bfloat16(vr * gr / (1.0f + __expf(-gr)));
+__device__ inline bool first_max_wins(float ov, int oi, float v, int i) {
+  return ov > v || (ov == v && oi < i);
+}
+
+// nn::cross_entropy over rows of bf16 logits for vocabularies that are multiples of 8 and at
+// most kVecs * 4096: 512 threads per block and a chunk of rows per block, each row read once
+// into registers (16-byte loads; the old form read it three times), the LM-head bias added on
+// the fly as z = bf16(logit + b), the value the separate bias pass used to store. Per row:
+// loss and top-1 hit (first maximum, as the CPU); in training dlogits = grad_scale * w *
+// (softmax - onehot) in bf16, and with bias_partial the chunk's column sums of dlogits (the
+// bias gradient) in shared memory laid out [k][j][thread] so the adds never conflict.
+template <int kVecs>
+__global__ void __launch_bounds__(512)
+    cross_entropy_rows(const bfloat* logits, const float* bias, const int32_t* targets,
+                       const float* mask, bfloat* dlogits, float* bias_partial, float* row_loss,
+                       float* row_hit, int64_t rows, int64_t rows_per_chunk, int vocab,
+                       float grad_scale) {
+  constexpr int kThreads = 512, kWarps = kThreads / 32;
+  extern __shared__ float s_col[];  // kVecs * 8 * kThreads floats, with bias_partial
+  __shared__ float s_max[kWarps], s_sum[kWarps];
+  __shared__ int s_arg[kWarps];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  if (bias_partial != nullptr) {
+    for (int i = tid; i < kVecs * 8 * kThreads; i += kThreads) s_col[i] = 0.0f;
+  }
+  const int64_t r0 = blockIdx.x * rows_per_chunk;
+  const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  for (int64_t r = r0; r < r1; ++r) {
+    const bfloat* z = logits + r * vocab;
+    float v[kVecs][8];
+    float best = -INFINITY;
+    int arg = vocab;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c0 = (k * kThreads + tid) * 8;
+      if (c0 >= vocab) continue;
+      load_bf16<8>(z + c0, v[k]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (bias != nullptr) v[k][j] = round_bf16(v[k][j] + bias[c0 + j]);
+        if (v[k][j] > best) {
+          best = v[k][j];
+          arg = c0 + j;
+        }
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, arg, o);
+      if (first_max_wins(ov, oi, best, arg)) {
+        best = ov;
+        arg = oi;
+      }
+    }
+    if (lane == 0) {
+      s_max[warp] = best;
+      s_arg[warp] = arg;
+    }
+    __syncthreads();
+    float zmax = s_max[0];
+    int argmax = s_arg[0];
+    for (int w = 1; w < kWarps; ++w) {
+      if (first_max_wins(s_max[w], s_arg[w], zmax, argmax)) {
+        zmax = s_max[w];
+        argmax = s_arg[w];
+      }
+    }
+    float sum = 0;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      if ((k * kThreads + tid) * 8 >= vocab) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        v[k][j] = __expf(v[k][j] - zmax);
+        sum += v[k][j];
+      }
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) s_sum[warp] = sum;
+    __syncthreads();
+    float total = 0;
+    for (int w = 0; w < kWarps; ++w) total += s_sum[w];
+    const int target = targets[r];
+    if (tid == 0) {
+      float zt = __bfloat162float(z[target]);
+      if (bias != nullptr) zt = round_bf16(zt + bias[target]);
+      row_loss[r] = zmax + logf(total) - zt;
+      row_hit[r] = argmax == target ? 1.0f : 0.0f;
+    }
+    if (dlogits == nullptr) continue;
+    const float g = grad_scale * (mask ? mask[r] : 1.0f);
+    const float scale = g / total;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c0 = (k * kThreads + tid) * 8;
+      if (c0 >= vocab) continue;
+      float out[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float x = v[k][j] * scale;
+        if (c0 + j == target) x -= g;
+        out[j] = round_bf16(x);
+        if (bias_partial != nullptr) s_col[(k * 8 + j) * kThreads + tid] += out[j];
+      }
+      store_bf16<8>(dlogits + r * vocab + c0, out);
+    }
+  }
+  if (bias_partial == nullptr) return;
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int c0 = (k * kThreads + tid) * 8;
+    if (c0 >= vocab) continue;
+    float* dst = bias_partial + blockIdx.x * static_cast<int64_t>(vocab) + c0;
+    for (int j = 0; j < 8; ++j) dst[j] = s_col[(k * 8 + j) * kThreads + tid];
   }
 }
 
-// nn::swiglu_backward: dh = [dy g sig | dy v sig (1 + g (1 - sig))].
-__global__ void swiglu_backward(const bfloat* da, const bfloat* h, bfloat* dh, int64_t rows,
-                                int ff) {
-  SQA_GRID_STRIDE(i, rows * ff) {
-    const int64_t r = i / ff;
-    const int c = static_cast<int>(i - r * ff);
-    const float v = __bfloat162float(h[r * 2 * ff + c]);
-    const float g = __bfloat162float(h[r * 2 * ff + ff + c]);
-    const float dy = __bfloat162float(da[i]);
-    const float sig = 1.0f / (1.0f + __expf(-g));
-    dh[r * 2 * ff + c] = __float2bfloat16(dy * g * sig);
-    dh[r * 2 * ff + ff + c] = __float2bfloat16(dy * v * sig * (1.0f + g * (1.0f - sig)));
-  }
-}
-
-// fc1 bias, then nn::gelu_forward (erf form).
-__global__ void bias_gelu(bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
-  SQA_GRID_STRIDE(i, rows * ff) {
-    const int c = static_cast<int>(i % ff);
-    const bfloat xb = __float2bfloat16(__bfloat162float(h[i]) + b[c]);
-    h[i] = xb;
-    const float x = __bfloat162float(xb);
-    a[i] = __float2bfloat16(0.5f * x * (1.0f + erff(x * 0.70710678118654752f)));
-  }
-}
-
-// nn::gelu_backward: d/dx x Phi(x) = Phi(x) + x phi(x).
-__global__ void gelu_backward(const bfloat* da, const bfloat* h, bfloat* dh, int64_t n) {
-  SQA_GRID_STRIDE(i, n) {
-    const float x = __bfloat162float(h[i]);
-    const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-    const float pdf = 0.39894228040143268f * __expf(-0.5f * x * x);
-    dh[i] = __float2bfloat16(__bfloat162float(da[i]) * (cdf + x * pdf));
-  }
-}
-
-__global__ void bias_add_bf16(bfloat* z, const float* b, int64_t rows, int cols) {
-  SQA_GRID_STRIDE(i, rows * cols) {
-    z[i] = __float2bfloat16(__bfloat162float(z[i]) + b[i % cols]);
-  }
-}
-
-__global__ void f32_to_bf16(const float* in, bfloat* out, int64_t n) {
-  SQA_GRID_STRIDE(i, n) out[i] = __float2bfloat16(in[i]);
-}
-
-// nn::cross_entropy, one block per row over bf16 logits: per-row loss and top-1 hit (first
-// maximum, as the CPU), and when dlogits is set grad_scale * w * (softmax - onehot) in bf16.
+// nn::cross_entropy for any vocabulary, one block per row over bf16 logits (+ bias, rounded
+// as above, when set): per-row loss and top-1 hit (first maximum, as the CPU), and when
+// dlogits is set grad_scale * w * (softmax - onehot) in bf16.
 template <int kThreads>
-__global__ void cross_entropy(const bfloat* logits, const int32_t* targets, const float* mask,
-                              bfloat* dlogits, float* row_loss, float* row_hit, int vocab,
-                              float grad_scale) {
+__global__ void cross_entropy(const bfloat* logits, const float* bias, const int32_t* targets,
+                              const float* mask, bfloat* dlogits, float* row_loss, float* row_hit,
+                              int vocab, float grad_scale) {
   const int64_t r = blockIdx.x;
   const bfloat* z = logits + r * vocab;
+  auto logit = [&](int i) {
+    const float x = __bfloat162float(z[i]);
+    return bias != nullptr ? round_bf16(x + bias[i]) : x;
+  };
   __shared__ float s_val[kThreads];
   __shared__ int s_idx[kThreads];
   float best = -INFINITY;
   int arg = vocab;
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
-    const float v = __bfloat162float(z[i]);
+    const float v = logit(i);
     if (v > best) {
       best = v;
       arg = i;
@@ -233,7 +516,7 @@ __global__ void cross_entropy(const bfloat* logits, const int32_t* targets, cons
     if (threadIdx.x < s) {
       const float ov = s_val[threadIdx.x + s];
       const int oi = s_idx[threadIdx.x + s];
-      if (ov > s_val[threadIdx.x] || (ov == s_val[threadIdx.x] && oi < s_idx[threadIdx.x])) {
+      if (first_max_wins(ov, oi, s_val[threadIdx.x], s_idx[threadIdx.x])) {
         s_val[threadIdx.x] = ov;
         s_idx[threadIdx.x] = oi;
       }
@@ -244,7 +527,7 @@ __global__ void cross_entropy(const bfloat* logits, const int32_t* targets, cons
   const int argmax = s_idx[0];
   __syncthreads();
   float sum = 0;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) sum += __expf(__bfloat162float(z[i]) - zmax);
+  for (int i = threadIdx.x; i < vocab; i += kThreads) sum += __expf(logit(i) - zmax);
   s_val[threadIdx.x] = sum;
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
@@ -254,7 +537,7 @@ __global__ void cross_entropy(const bfloat* logits, const int32_t* targets, cons
   const float total = s_val[0];
   const int target = targets[r];
   if (threadIdx.x == 0) {
-    row_loss[r] = zmax + logf(total) - __bfloat162float(z[target]);
+    row_loss[r] = zmax + logf(total) - logit(target);
     row_hit[r] = argmax == target ? 1.0f : 0.0f;
   }
   if (dlogits != nullptr) {
@@ -262,37 +545,44 @@ __global__ void cross_entropy(const bfloat* logits, const int32_t* targets, cons
     const float k = g / total;
     bfloat* dz = dlogits + r * vocab;
     for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      float v = __expf(__bfloat162float(z[i]) - zmax) * k;
+      float v = __expf(logit(i) - zmax) * k;
       if (i == target) v -= g;
       dz[i] = __float2bfloat16(v);
     }
   }
 }
 
-// Column sums in two deterministic passes: partial[chunk][c] = sum over the chunk's rows of
-// a[r, c] (* b[r, c] * scale[r] when b is set); then out[c] += sum over chunks in order.
-template <typename T>
-__global__ void column_partial(const T* a, const float* b, const float* scale, int64_t rows,
-                               int cols, int64_t rows_per_chunk, float* partial) {
+// Column sums of a (rows, cols) bf16 matrix, partial[chunk][c] = sum over the chunk's rows;
+// only the generic cross-entropy path still needs a separate pass for this.
+__global__ void column_partial(const bfloat* a, int64_t rows, int cols, int64_t rows_per_chunk,
+                               float* partial) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   const int64_t r0 = blockIdx.y * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
   float acc = 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    float v = static_cast<float>(a[r * cols + c]);
-    if (b != nullptr) v *= b[r * cols + c] * scale[r];
-    acc += v;
-  }
+  for (int64_t r = r0; r < r1; ++r) acc += __bfloat162float(a[r * cols + c]);
   partial[blockIdx.y * static_cast<int64_t>(cols) + c] = acc;
 }
 
-__global__ void column_finish(const float* partial, int chunks, int cols, float* out) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
+// out[c] += sum over chunks of partial[chunk][c]. Block (32, 32): 32 columns; row lane y adds
+// the chunks y, y + 32, ... and the 32 lanes are added in a fixed order (deterministic, and
+// 32 times shorter dependent chains than one thread per column).
+__global__ void __launch_bounds__(1024)
+    column_finish(const float* partial, int chunks, int cols, float* out) {
+  __shared__ float s[32][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
   float acc = 0;
-  for (int k = 0; k < chunks; ++k) acc += partial[static_cast<int64_t>(k) * cols + c];
-  out[c] += acc;
+  if (c < cols) {
+    for (int k = threadIdx.y; k < chunks; k += 32)
+      acc += partial[k * static_cast<int64_t>(cols) + c];
+  }
+  s[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= cols) return;
+  float total = 0;
+  for (int y = 0; y < 32; ++y) total += s[y][threadIdx.x];
+  out[c] += total;
 }
 
 // Sum of squares per block (fixed grid and order): the global gradient norm.

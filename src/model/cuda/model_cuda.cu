@@ -100,8 +100,12 @@ struct CudaModel::State {
   uint64_t dropout_seed = 0;
   std::vector<LayerActs> acts;
   DeviceArray<int32_t> tokens, targets;
-  DeviceArray<float> mask, x_last, rstdf, row_loss, row_hit, tmp, dx, dn, dtmp, partial;
+  DeviceArray<float> mask, x_last, rstdf, row_loss, row_hit, tmp, dx, dn, partial, partial2;
   DeviceArray<bfloat> xf, logits, dlogits, dy, da, dh, datt, dqkv;
+  // The LM-head bias gradient's per-chunk column sums, written by the forward's cross entropy
+  // (which reads dlogits as it makes them) and added into the gradient by backward().
+  DeviceArray<float> head_partial;
+  int64_t head_chunks = 0;  // 0: backward() sums the columns of dlogits itself
   DeviceArray<double> norm_partial;
   DeviceArray<float2> rope_table;
   int64_t rope_T = 0;
@@ -120,20 +124,105 @@ struct CudaModel::State {
           "cublasGemmEx");
   }
 
-  // out[c] += column sums of a (rows, cols) (times b * scale[r] when b is set).
-  template <typename T>
-  void column_sums(float* out, const T* a, const float* b, const float* scale, int64_t rows,
-                   int cols) {
-    if (rows == 0) return;
+  // out[c] += sum over chunks of partial (chunks, cols).
+  void finish(float* out, const float* p, int64_t chunks, int64_t cols) {
+    k::column_finish<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 32), 0, stream>>>(
+        p, static_cast<int>(chunks), static_cast<int>(cols), out);
+    check_launch("column sums");
+  }
+
+  // out[c] += column sums of a bf16 (rows, cols) matrix (the generic cross-entropy path).
+  void column_sums(float* out, const bfloat* a, int64_t rows, int cols) {
     const int col_blocks = (cols + 255) / 256;
     int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 64, 1024 / col_blocks));
     const int64_t per_chunk = (rows + chunks - 1) / chunks;
     chunks = (rows + per_chunk - 1) / per_chunk;
     float* p = partial.ensure(chunks * cols);
-    k::column_partial<T><<<dim3(col_blocks, static_cast<unsigned>(chunks)), 256, 0, stream>>>(
-        a, b, scale, rows, cols, per_chunk, p);
-    k::column_finish<<<col_blocks, 256, 0, stream>>>(p, static_cast<int>(chunks), cols, out);
+    k::column_partial<<<dim3(col_blocks, static_cast<unsigned>(chunks)), 256, 0, stream>>>(
+        a, rows, cols, per_chunk, p);
     check_launch("column sums");
+    finish(out, p, chunks, cols);
+  }
+
+  // k::rmsnorm_backward over a.rows rows, then its column sums into dw_out (norm weight
+  // gradient, when a.dy is set) and e_out (with a.e). Chunks of rows per block are fixed by
+  // the shape alone, so the gradients do not depend on the device.
+  void norm_backward(k::NormBackward a, float* dw_out, float* e_out) {
+    const int64_t d = a.d;
+    // Two (warps, d) fp32 accumulators per block; fewer warps where d is wide.
+    const int64_t max_smem = 200 * 1024;
+    const int64_t warps = std::min<int64_t>(8, max_smem / (2 * d * 4));
+    require(warps >= 1, "d_model (", d,
+            ") is too wide for the CUDA model's norm backward (at most ", max_smem / 8, ")");
+    const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 1024);
+    a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
+    const int64_t blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
+    a.dw_partial = partial.ensure(blocks * d);
+    a.e_partial = partial2.ensure(blocks * d);
+    const size_t smem = static_cast<size_t>(2 * warps * d) * sizeof(float);
+    if (smem > 48 * 1024) {
+      check(cudaFuncSetAttribute(&k::rmsnorm_backward, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(smem)),
+            "cudaFuncSetAttribute(norm backward)");
+    }
+    k::rmsnorm_backward<<<static_cast<unsigned>(blocks), static_cast<unsigned>(warps * 32), smem,
+                          stream>>>(a);
+    check_launch("norm backward");
+    if (a.dy != nullptr) finish(dw_out, a.dw_partial, blocks, d);
+    if (a.e != nullptr) finish(e_out, a.e_partial, blocks, d);
+  }
+
+  // The activation's backward into dh with the fc1 bias gradient added into db.
+  template <bool kSwiglu, int W>
+  void act_backward(const bfloat* da, const bfloat* h, const float* b, bfloat* dh, float* db,
+                    int64_t rows, int64_t ff) {
+    const int64_t tiles = (ff + 32 * W - 1) / (32 * W);
+    // About 2048 blocks of 8 row lanes, fixed by the shape (deterministic sums).
+    const int64_t chunks =
+        std::max<int64_t>(1, std::min<int64_t>((2048 + tiles - 1) / tiles, (rows + 7) / 8));
+    const int64_t per_chunk = (rows + chunks - 1) / chunks;
+    const int64_t blocks = (rows + per_chunk - 1) / per_chunk;
+    const int64_t h_dim = kSwiglu ? 2 * ff : ff;
+    float* p = partial.ensure(blocks * h_dim);
+    k::act_backward<kSwiglu, W>
+        <<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(blocks)), dim3(32, 8), 0,
+           stream>>>(da, h, b, dh, p, rows, per_chunk, static_cast<int>(ff));
+    check_launch("activation backward");
+    finish(db, p, blocks, h_dim);
+  }
+
+  template <bool kSwiglu, int W>
+  void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int64_t ff) {
+    k::bias_act<kSwiglu, W>
+        <<<k::blocks_for(rows * ff / W), 256, 0, stream>>>(h, b, a, rows, static_cast<int>(ff));
+    check_launch("activation");
+  }
+
+  // Cross entropy (+ LM-head bias) over the logits; with dlogits, also the bias gradient's
+  // partial column sums for backward() when the fused path runs.
+  template <int kVecs>
+  void cross_entropy_rows(const bfloat* logits, const float* bias, const float* mask,
+                          bfloat* dlogits, int64_t rows, int vocab, float grad_scale) {
+    const int64_t chunks = std::min<int64_t>(rows, 1024);
+    const int64_t per_chunk = (rows + chunks - 1) / chunks;
+    const int64_t blocks = (rows + per_chunk - 1) / per_chunk;
+    float* bp = nullptr;
+    head_chunks = 0;
+    if (dlogits != nullptr && bias != nullptr) {
+      bp = head_partial.ensure(blocks * vocab);
+      head_chunks = blocks;
+    }
+    auto* kernel = &k::cross_entropy_rows<kVecs>;
+    const size_t smem = bp != nullptr ? static_cast<size_t>(kVecs) * 8 * 512 * sizeof(float) : 0;
+    if (smem > 48 * 1024) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(smem)),
+            "cudaFuncSetAttribute(cross entropy)");
+    }
+    kernel<<<static_cast<unsigned>(blocks), 512, smem, stream>>>(
+        logits, bias, targets.ptr, mask, dlogits, bp, row_loss.ptr, row_hit.ptr, rows, per_chunk,
+        vocab, grad_scale);
+    check_launch("cross entropy");
   }
 };
 
@@ -148,7 +237,7 @@ CudaModel::CudaModel(const ModelConfig& config)
           ") > 0: the CUDA model runs dense FFNs only so far; train MoE configs with "
           "--device cpu");
   require(config_.head_dim % 8 == 0, "head_dim (", config_.head_dim,
-          ") must be a multiple of 8 on CUDA (16-byte rows for the attention kernels)");
+          ") must be a multiple of 8 on CUDA (16-byte rows for the attention and rope kernels)");
   require(available(), "--device cuda: no CUDA device is present");
   for (const ParamSpec& p : params_) num_params_ += p.numel();
   std::map<std::string, int64_t> off;
@@ -346,49 +435,53 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     bfloat* act = a.a.ensure(BT * ff);
     float* tmp = s.tmp.ensure(BT * d);
 
-    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + lo.attn_norm, xn1, rstd1, BT,
-                                                   static_cast<int>(d), eps);
+    // Layer 0 normalises the embedding; every later layer's xn1 comes from the residual
+    // kernel that ends the layer before.
+    if (l == 0) {
+      k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + lo.attn_norm, xn1, rstd1, BT,
+                                                     static_cast<int>(d), eps);
+    }
     s.gemm(false, true, BT, width, d, xn1, Wb + lo.qkv, qkv, false, false);
-    k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 2), 256, 0, st>>>(
-        qkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), T, s.rope_table.ptr,
-        false);
+    k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 8), 256, 0, st>>>(
+        qkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(T),
+        s.rope_table.ptr, false);
     check_launch("rope");
     cuda::attention_forward(attention_params(c, l, B, T, qkv, att, lse, st));
     s.gemm(false, true, BT, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
-    k::residual_bias<<<k::blocks_for(BT * d), 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, BT,
-                                                            static_cast<int>(d));
-    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x_mid, W + lo.ffn_norm, xn2, rstd2, BT,
-                                                   static_cast<int>(d), eps);
+    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
+                                                    rstd2, BT, static_cast<int>(d), eps, 0.0, 0,
+                                                    false);
     s.gemm(false, true, BT, h_dim, d, xn2, Wb + lo.fc1_w, h, false, false);
+    // 16-byte accesses when ff keeps every row start aligned.
     if (swiglu) {
-      k::bias_swiglu<<<k::blocks_for(BT * ff), 256, 0, st>>>(h, W + lo.fc1_b, act, BT,
-                                                             static_cast<int>(ff));
+      ff % 8 == 0 ? s.bias_act<true, 8>(h, W + lo.fc1_b, act, BT, ff)
+                  : s.bias_act<true, 1>(h, W + lo.fc1_b, act, BT, ff);
     } else {
-      k::bias_gelu<<<k::blocks_for(BT * ff), 256, 0, st>>>(h, W + lo.fc1_b, act, BT,
-                                                           static_cast<int>(ff));
+      ff % 8 == 0 ? s.bias_act<false, 8>(h, W + lo.fc1_b, act, BT, ff)
+                  : s.bias_act<false, 1>(h, W + lo.fc1_b, act, BT, ff);
     }
     s.gemm(false, true, BT, d, ff, act, Wb + lo.fc2_w, tmp, true, false);
-    k::ffn_residual<<<k::blocks_for(BT * d), 256, 0, st>>>(x_mid, tmp, W + lo.fc2_b, x_out, BT,
-                                                           static_cast<int>(d), c.ffn_dropout,
-                                                           layer_seed(dropout_seed, l), training);
+    // x_out = x_mid + dropout(fc2 + b), normalised for the next layer's attention (or by the
+    // final norm, or only cast to bf16 for the LM head).
+    const bool last = l + 1 == c.num_layers;
+    const float* next_w = last ? (c.final_norm ? W + s.final_norm : nullptr)
+                               : W + s.layers[static_cast<size_t>(l + 1)].attn_norm;
+    LayerActs* next = last ? nullptr : &s.acts[static_cast<size_t>(l + 1)];
+    bfloat* next_xn = last ? s.xf.ensure(BT * d) : next->xn1.ensure(BT * d);
+    float* next_rstd =
+        last ? (c.final_norm ? s.rstdf.ensure(BT) : nullptr) : next->rstd1.ensure(BT);
+    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(
+        x_mid, tmp, W + lo.fc2_b, x_out, next_w, next_xn, next_rstd, BT, static_cast<int>(d), eps,
+        c.ffn_dropout, layer_seed(dropout_seed, l), training && c.ffn_dropout > 0);
     check_launch("layer kernels");
   }
 
-  const float* xl = s.x_last.ensure(BT * d);
   bfloat* xf = s.xf.ensure(BT * d);
-  if (c.final_norm) {
-    k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(xl, W + s.final_norm, xf, s.rstdf.ensure(BT), BT,
-                                                   static_cast<int>(d), eps);
-  } else {
-    k::f32_to_bf16<<<k::blocks_for(BT * d), 256, 0, st>>>(xl, xf, BT * d);
-  }
+  // The LM-head bias is not added here: the cross entropy adds it as it reads the logits (a
+  // whole pass over (BT, V) saved), and logits() adds it on the host.
   bfloat* logits = s.logits.ensure(BT * V);
   s.gemm(false, true, BT, V, d, xf, Wb + s.head_w, logits, false, false);
-  if (s.head_b >= 0) {
-    k::bias_add_bf16<<<k::blocks_for(BT * V), 256, 0, st>>>(logits, W + s.head_b, BT,
-                                                            static_cast<int>(V));
-  }
-  check_launch("lm head");
+  const float* head_bias = s.head_b >= 0 ? W + s.head_b : nullptr;
   LossStats stats;
   if (targets) {
     double weight = 0;
@@ -404,10 +497,29 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     }
     bfloat* dlogits = training ? s.dlogits.ensure(BT * V) : nullptr;
     const float grad_scale = static_cast<float>(weight > 0 ? loss_scale / weight : 0.0);
-    k::cross_entropy<256><<<static_cast<unsigned>(BT), 256, 0, st>>>(
-        logits, s.targets.ptr, mask, dlogits, s.row_loss.ensure(BT), s.row_hit.ensure(BT),
-        static_cast<int>(V), grad_scale);
-    check_launch("cross entropy");
+    s.row_loss.ensure(BT);
+    s.row_hit.ensure(BT);
+    const int vocab = static_cast<int>(V);
+    const int64_t vecs = (V + 4095) / 4096;  // 16-byte vectors per thread of 512
+    s.head_chunks = 0;
+    if (V % 8 != 0 || vecs > 8) {
+      k::cross_entropy<256><<<static_cast<unsigned>(BT), 256, 0, st>>>(
+          logits, head_bias, s.targets.ptr, mask, dlogits, s.row_loss.ptr, s.row_hit.ptr, vocab,
+          grad_scale);
+      check_launch("cross entropy");
+    } else if (vecs == 1) {
+      s.cross_entropy_rows<1>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    } else if (vecs == 2) {
+      s.cross_entropy_rows<2>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    } else if (vecs == 3) {
+      s.cross_entropy_rows<3>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    } else if (vecs == 4) {
+      s.cross_entropy_rows<4>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    } else if (vecs <= 6) {
+      s.cross_entropy_rows<6>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    } else {
+      s.cross_entropy_rows<8>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    }
     std::vector<float> row_loss(static_cast<size_t>(BT)), row_hit(static_cast<size_t>(BT));
     check(cudaMemcpyAsync(row_loss.data(), s.row_loss.ptr, BT * sizeof(float),
                           cudaMemcpyDeviceToHost, st),
@@ -439,61 +551,90 @@ void CudaModel::backward() {
   const float* W = s.w.ptr;
   const bfloat* Wb = s.wb.ptr;
   float* G = s.g.ptr;
-  const unsigned row_blocks = static_cast<unsigned>((BT * 32 + 255) / 256);
   const bool swiglu = c.activation == Activation::swiglu;
   const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  const int L = c.num_layers;
 
-  // LM head: dW += dlogits^T xf, db += column sums, d xfin = dlogits W.
+  // LM head: dW += dlogits^T xf, db += column sums (partials from the forward's cross
+  // entropy), d xfin = dlogits W.
   float* dx = s.dx.ensure(BT * d);
   float* dn = s.dn.ensure(BT * d);
-  float* dtmp = s.dtmp.ensure(BT * d);
+  bfloat* dy = s.dy.ensure(BT * std::max<int64_t>(d, 1));
   const bfloat* dlogits = s.dlogits.ptr;
   s.gemm(true, false, V, d, BT, dlogits, s.xf.ptr, G + s.head_w, true, true);
-  if (s.head_b >= 0)
-    s.column_sums<bfloat>(G + s.head_b, dlogits, nullptr, nullptr, BT, static_cast<int>(V));
-  if (c.final_norm) {
-    s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dn, true, false);
-    check(cudaMemsetAsync(dx, 0, BT * d * sizeof(float), st), "cudaMemset");
-    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, s.x_last.ptr, W + s.final_norm, s.rstdf.ptr,
-                                                    dx, BT, static_cast<int>(d));
-    s.column_sums<float>(G + s.final_norm, dn, s.x_last.ptr, s.rstdf.ptr, BT, static_cast<int>(d));
-  } else {
-    s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dx, true, false);
+  if (s.head_b >= 0) {
+    if (s.head_chunks > 0) {
+      s.finish(G + s.head_b, s.head_partial.ptr, s.head_chunks, V);
+    } else {
+      s.column_sums(G + s.head_b, dlogits, BT, static_cast<int>(V));
+    }
+  }
+  // Every norm backward also emits the gradient entering the layer below: the top layer's FFN
+  // output through its dropout (bf16 into dy, bias column sums into its fc2 bias).
+  auto emit_ffn_output = [&](k::NormBackward& a, int layer) {
+    a.e = dy;
+    a.p = c.ffn_dropout;
+    a.seed = layer_seed(s.dropout_seed, layer);
+    a.drop = s.training && c.ffn_dropout > 0;
+  };
+  {
+    k::NormBackward a;
+    a.dx = dx;
+    a.rows = BT;
+    a.d = static_cast<int>(d);
+    if (c.final_norm) {
+      s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dn, true, false);
+      a.dy = dn;
+      a.x = s.x_last.ptr;
+      a.w = W + s.final_norm;
+      a.rstd = s.rstdf.ptr;
+      a.dx_zero = true;
+    } else {
+      s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dx, true, false);
+    }
+    emit_ffn_output(a, L - 1);
+    s.norm_backward(a, c.final_norm ? G + s.final_norm : nullptr,
+                    G + s.layers[static_cast<size_t>(L - 1)].fc2_b);
   }
 
-  bfloat* dy = s.dy.ensure(BT * std::max<int64_t>(d, 1));
-  for (int l = c.num_layers - 1; l >= 0; --l) {
+  for (int l = L - 1; l >= 0; --l) {
     const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
     LayerActs& a = s.acts[static_cast<size_t>(l)];
     const HeadLayout& hl = c.layers[static_cast<size_t>(l)].heads;
     const int64_t hq = hl.num_query_heads, hkv = hl.num_kv_heads, ha = hl.num_attention_heads();
     const int64_t width = (hq + 2 * hkv) * dh;
-    // FFN branch: x_out = x_mid + dropout(fc2(act(fc1(xn2)))).
-    k::dropout_backward<<<k::blocks_for(BT * d), 256, 0, st>>>(
-        dx, dtmp, dy, BT * d, c.ffn_dropout, layer_seed(s.dropout_seed, l), s.training);
-    check_launch("dropout backward");
-    s.column_sums<float>(G + lo.fc2_b, dtmp, nullptr, nullptr, BT, static_cast<int>(d));
+    // FFN branch: x_out = x_mid + dropout(fc2(act(fc1(xn2)))); dy holds the gradient of the
+    // fc2 output (dropout applied, its bias gradient already added).
     s.gemm(true, false, d, ff, BT, dy, a.a.ptr, G + lo.fc2_w, true, true);
     bfloat* da = s.da.ensure(BT * ff);
     s.gemm(false, false, BT, ff, d, dy, Wb + lo.fc2_w, da, false, false);
     bfloat* dh_buf = s.dh.ensure(BT * h_dim);
     if (swiglu) {
-      k::swiglu_backward<<<k::blocks_for(BT * ff), 256, 0, st>>>(da, a.h.ptr, dh_buf, BT,
-                                                                 static_cast<int>(ff));
+      ff % 8 == 0
+          ? s.act_backward<true, 8>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff)
+          : s.act_backward<true, 1>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff);
     } else {
-      k::gelu_backward<<<k::blocks_for(BT * ff), 256, 0, st>>>(da, a.h.ptr, dh_buf, BT * ff);
+      ff % 8 == 0
+          ? s.act_backward<false, 8>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff)
+          : s.act_backward<false, 1>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff);
     }
-    check_launch("activation backward");
-    s.column_sums<bfloat>(G + lo.fc1_b, dh_buf, nullptr, nullptr, BT, static_cast<int>(h_dim));
     s.gemm(true, false, h_dim, d, BT, dh_buf, a.xn2.ptr, G + lo.fc1_w, true, true);
     s.gemm(false, false, BT, d, h_dim, dh_buf, Wb + lo.fc1_w, dn, true, false);
-    // dx becomes d x_mid: the residual plus the norm's input gradient.
-    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, a.x_mid.ptr, W + lo.ffn_norm, a.rstd2.ptr,
-                                                    dx, BT, static_cast<int>(d));
-    s.column_sums<float>(G + lo.ffn_norm, dn, a.x_mid.ptr, a.rstd2.ptr, BT, static_cast<int>(d));
+    // dx becomes d x_mid (the residual plus the norm's input gradient), which is also the
+    // o_proj output's gradient: bf16 into dy, its column sums into the o_proj bias.
+    {
+      k::NormBackward nb;
+      nb.dy = dn;
+      nb.x = a.x_mid.ptr;
+      nb.w = W + lo.ffn_norm;
+      nb.rstd = a.rstd2.ptr;
+      nb.dx = dx;
+      nb.e = dy;
+      nb.rows = BT;
+      nb.d = static_cast<int>(d);
+      s.norm_backward(nb, G + lo.ffn_norm, G + lo.o_b);
+    }
     // Attention branch: x_mid = x + o_proj(att).
-    k::f32_to_bf16<<<k::blocks_for(BT * d), 256, 0, st>>>(dx, dy, BT * d);
-    s.column_sums<float>(G + lo.o_b, dx, nullptr, nullptr, BT, static_cast<int>(d));
     s.gemm(true, false, d, ha * dh, BT, dy, a.att.ptr, G + lo.o_w, true, true);
     bfloat* datt = s.datt.ensure(BT * ha * dh);
     s.gemm(false, false, BT, ha * dh, d, dy, Wb + lo.o_w, datt, false, false);
@@ -507,16 +648,29 @@ void CudaModel::backward() {
     g.dout_strides = g.forward.out_strides;
     g.dq_strides = g.dk_strides = g.dv_strides = g.forward.q_strides;
     cuda::attention_backward(g);
-    k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 2), 256, 0, st>>>(
-        dqkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), T, s.rope_table.ptr,
-        true);
+    k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 8), 256, 0, st>>>(
+        dqkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(T),
+        s.rope_table.ptr, true);
     check_launch("rope backward");
     s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.qkv, true, true);
     s.gemm(false, false, BT, d, width, dqkv, Wb + lo.qkv, dn, true, false);
-    k::rmsnorm_backward<<<row_blocks, 256, 0, st>>>(dn, a.x.ptr, W + lo.attn_norm, a.rstd1.ptr, dx,
-                                                    BT, static_cast<int>(d));
-    s.column_sums<float>(G + lo.attn_norm, dn, a.x.ptr, a.rstd1.ptr, BT, static_cast<int>(d));
-    check_launch("layer backward");
+    // dx becomes d x (the layer's input); below layer 0 it feeds the next FFN's dropout.
+    {
+      k::NormBackward nb;
+      nb.dy = dn;
+      nb.x = a.x.ptr;
+      nb.w = W + lo.attn_norm;
+      nb.rstd = a.rstd1.ptr;
+      nb.dx = dx;
+      nb.rows = BT;
+      nb.d = static_cast<int>(d);
+      float* fc2_b = nullptr;
+      if (l > 0) {
+        emit_ffn_output(nb, l - 1);
+        fc2_b = G + s.layers[static_cast<size_t>(l - 1)].fc2_b;
+      }
+      s.norm_backward(nb, G + lo.attn_norm, fc2_b);
+    }
   }
   k::embed_backward<<<k::blocks_for(BT * d), 256, 0, st>>>(s.tokens.ptr, dx, G + s.embed, BT,
                                                            static_cast<int>(d));
@@ -525,14 +679,26 @@ void CudaModel::backward() {
 
 std::vector<float> CudaModel::logits() const {
   const State& s = *state_;
-  const int64_t n = s.B * s.T * config_.vocab_size;
+  const int64_t V = config_.vocab_size, n = s.B * s.T * V;
   std::vector<bfloat> raw(static_cast<size_t>(n));
   check(cudaMemcpyAsync(raw.data(), s.logits.ptr, n * sizeof(bfloat), cudaMemcpyDeviceToHost,
                         s.stream),
         "copy logits");
+  // The device keeps the logits without the LM-head bias (the cross entropy adds it); add it
+  // here with the same bf16 rounding.
+  std::vector<float> bias;
+  if (s.head_b >= 0) {
+    bias.resize(static_cast<size_t>(V));
+    check(cudaMemcpyAsync(bias.data(), s.w.ptr + s.head_b, V * sizeof(float),
+                          cudaMemcpyDeviceToHost, s.stream),
+          "copy lm_head bias");
+  }
   synchronize();
   std::vector<float> out(raw.size());
-  for (size_t i = 0; i < raw.size(); ++i) out[i] = __bfloat162float(raw[i]);
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const float z = __bfloat162float(raw[i]);
+    out[i] = bias.empty() ? z : __bfloat162float(__float2bfloat16(z + bias[i % bias.size()]));
+  }
   return out;
 }
 
