@@ -154,7 +154,9 @@ struct CudaModel::State {
     const int64_t warps = std::min<int64_t>(8, max_smem / (2 * d * 4));
     require(warps >= 1, "d_model (", d,
             ") is too wide for the CUDA model's norm backward (at most ", max_smem / 8, ")");
-    const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 1024);
+    // Many short chunks: the blocks spread evenly over the SMs (few rows left for a last,
+    // partly idle wave), and the finish reads only (chunks, d) floats.
+    const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 4096);
     a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
     const int64_t blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
     a.dw_partial = partial.ensure(blocks * d);
@@ -177,9 +179,10 @@ struct CudaModel::State {
   void act_backward(const bfloat* da, const bfloat* h, const float* b, bfloat* dh, float* db,
                     int64_t rows, int64_t ff) {
     const int64_t tiles = (ff + 32 * W - 1) / (32 * W);
-    // About 2048 blocks of 8 row lanes, fixed by the shape (deterministic sums).
+    // About 4096 blocks of 8 row lanes (an even spread over the SMs), fixed by the shape so
+    // the sums do not depend on the device.
     const int64_t chunks =
-        std::max<int64_t>(1, std::min<int64_t>((2048 + tiles - 1) / tiles, (rows + 7) / 8));
+        std::max<int64_t>(1, std::min<int64_t>((4096 + tiles - 1) / tiles, (rows + 7) / 8));
     const int64_t per_chunk = (rows + chunks - 1) / chunks;
     const int64_t blocks = (rows + per_chunk - 1) / per_chunk;
     const int64_t h_dim = kSwiglu ? 2 * ff : ff;
@@ -214,7 +217,8 @@ struct CudaModel::State {
     }
     auto* kernel = &k::cross_entropy_rows<kVecs>;
     const size_t smem = bp != nullptr ? static_cast<size_t>(kVecs) * 8 * 512 * sizeof(float) : 0;
-    if (smem > 48 * 1024) {
+    // The kernel's static shared memory counts against the same 48 KiB default limit.
+    if (smem > 0) {
       check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  static_cast<int>(smem)),
             "cudaFuncSetAttribute(cross entropy)");
