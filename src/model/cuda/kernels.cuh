@@ -132,6 +132,7 @@ __device__ inline int64_t div_mod(int64_t i, int n, int& rem) {
 // cache instead of DRAM: out = x + dropout(y + b) (nn::dropout_apply's mask at flat index
 // r d + c when drop), then xn (bf16) = out * rstd * w as nn::rmsnorm_forward. Without w (no
 // norm follows: the last layer of a model without final_norm) xn = out in bf16, no rstd.
+// b may be null (a branch without a bias).
 __global__ void residual_rmsnorm(const float* x, const float* y, const float* b, float* out,
                                  const float* w, bfloat* xn, float* rstd, int64_t rows, int d,
                                  float eps, double p, uint64_t seed, bool drop) {
@@ -142,7 +143,7 @@ __global__ void residual_rmsnorm(const float* x, const float* y, const float* b,
   const int64_t o = r * d;
   float ss = 0;
   for (int c = lane; c < d; c += 32) {
-    float v = y[o + c] + b[c];
+    float v = b != nullptr ? y[o + c] + b[c] : y[o + c];
     if (drop) v = dropout_keep(seed, static_cast<uint64_t>(o + c), p) ? v * scale : 0.0f;
     v += x[o + c];
     out[o + c] = v;

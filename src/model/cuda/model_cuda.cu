@@ -145,8 +145,9 @@ struct CudaModel::State {
   }
 
   // k::rmsnorm_backward over a.rows rows, then its column sums into dw_out (norm weight
-  // gradient, when a.dy is set) and e_out (with a.e). Chunks of rows per block are fixed by
-  // the shape alone, so the gradients do not depend on the device.
+  // gradient, when a.dy is set) and e_out (with a.e; null: e has no bias to take them).
+  // Chunks of rows per block are fixed by the shape alone, so the gradients do not depend on
+  // the device.
   void norm_backward(k::NormBackward a, float* dw_out, float* e_out) {
     const int64_t d = a.d;
     // Two (warps, d) fp32 accumulators per block; fewer warps where d is wide.
@@ -171,7 +172,7 @@ struct CudaModel::State {
                           stream>>>(a);
     check_launch("norm backward");
     if (a.dy != nullptr) finish(dw_out, a.dw_partial, blocks, d);
-    if (a.e != nullptr) finish(e_out, a.e_partial, blocks, d);
+    if (a.e != nullptr && e_out != nullptr) finish(e_out, a.e_partial, blocks, d);
   }
 
   // The activation's backward into dh with the fc1 bias gradient added into db.
