@@ -119,12 +119,13 @@ __global__ void residual_bias(const float* x, const float* y, const float* b, fl
 }
 
 // FFN output: out = x_mid + dropout(y + b), the dropout of nn::dropout_apply at flat index i.
+// b may be null (MoE: the expert biases are in y already).
 __global__ void ffn_residual(const float* x_mid, const float* y, const float* b, float* out,
                              int64_t rows, int d, double p, uint64_t seed, bool training) {
   const float scale = static_cast<float>(1.0 / (1.0 - p));
   const bool drop = training && p > 0;
   SQA_GRID_STRIDE(i, rows * d) {
-    float v = y[i] + b[i % d];
+    float v = b != nullptr ? y[i] + b[i % d] : y[i];
     if (drop) v = dropout_keep(seed, static_cast<uint64_t>(i), p) ? v * scale : 0.0f;
     out[i] = x_mid[i] + v;
   }
