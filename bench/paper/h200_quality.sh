@@ -2,8 +2,9 @@
 # One device command for Tables 1 and 2 (issue 5): bench/paper/quality.py on the H200, time-boxed
 # so it fits the device's 10-minute limit. Runs finished in an earlier command are skipped when
 # their summary.json files are in RUNS_DIR (copy them back from the last command's results), so
-# repeating the command completes the table. Each run's summary.json and metrics.jsonl, the
-# results and the log come back in $OUT.
+# repeating the command completes the table. What comes back in $OUT (the device returns at most
+# 8 files): env.txt, quality-log.txt, results.json and quality-runs.tgz, which holds each run's
+# summary.json and metrics.jsonl (unpack it into RUNS_DIR to continue there).
 #
 #   bench/paper/h200_quality.sh CARRY.tgz RUNS_DIR BUDGET_S [quality.py options...]
 #   e.g. bench/paper/h200_quality.sh .carry-lead/sqa.tgz .carry-lead/table1 520 --table 1 \
@@ -19,11 +20,7 @@ shift 3
 source bench/paper/h200_env.sh "$carry" quality
 python3 bench/paper/quality.py --sqa "$sqa" --out "$runs" --time-budget "$budget" "$@" 2>&1 |
   tee "$out/quality-log.txt"
-for d in "$runs"/*/; do
-  [ -f "$d/summary.json" ] || continue
-  n=$(basename "$d")
-  mkdir -p "$out/runs/$n"
-  cp "$d/summary.json" "$d/metrics.jsonl" "$out/runs/$n/" 2>/dev/null
-done
+(cd "$runs" && tar -czf - --exclude='*.safetensors' */summary.json */metrics.jsonl \
+  */config.json) >"$out/quality-runs.tgz"
 cp "$runs/results.json" "$out/" 2>/dev/null
 echo "== done" | tee -a "$out/env.txt"
