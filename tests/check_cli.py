@@ -2,7 +2,7 @@
 """Smoke tests of the `sqa` program: `sqa info`, `sqa bench attention --json` and its option
 errors. Standard library only (CI has no numpy guaranteed).
 
-usage: check_cli.py SQA_BINARY MODE WORKDIR     MODE: info | bench | decode | errors
+usage: check_cli.py SQA_BINARY MODE WORKDIR     MODE: info | bench | decode | errors | help
 """
 import json
 import math
@@ -169,11 +169,47 @@ def mode_errors(sqa, _):
             check(needle in err, f"{' '.join(args)}: stderr lacks '{needle}': {err!r}")
 
 
+SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "sqa")
+# (subcommand words, source file, the function whose reject_unknown set lists its options)
+HELP_COMMANDS = [(["train"], "cmd_model.cpp", "cmd_train"), (["eval"], "cmd_model.cpp", "cmd_eval"),
+                 (["generate"], "cmd_model.cpp", "cmd_generate"),
+                 (["info"], "cmd_info.cpp", "cmd_info"),
+                 (["dump"], "cmd_dump.cpp", "cmd_dump"),
+                 (["bench", "model"], "cmd_bench_model.cpp", "bench_model"),
+                 (["bench", "attention"], "cmd_bench.cpp", "parse_options")]
+
+
+def accepted_options(source, function):
+    """The option names in the first reject_unknown({...}) after `function(` in the source."""
+    text = open(os.path.join(SOURCES, source)).read()
+    start = text.find(function + "(")
+    if start < 0:
+        return None
+    call = text.find("reject_unknown(", start)
+    if call < 0:
+        return None
+    body = text[call:text.find("})", call)]
+    return [o for o in __import__("re").findall(r'"([a-z0-9-]+)"', body) if o != "help"]
+
+
+def mode_help(sqa, _):
+    """Every subcommand answers --help with exit code 0 and documents every option it accepts."""
+    for words, source, function in HELP_COMMANDS:
+        rc, out, err = run(sqa, words + ["--help"])
+        name = " ".join(words)
+        check(rc == 0, f"sqa {name} --help: exit code {rc}: {err!r}")
+        check(out.startswith("usage: sqa " + name), f"sqa {name} --help: no usage line: {out!r}")
+        options = accepted_options(source, function)
+        check(options is not None, f"{source}: no reject_unknown set after {function}(")
+        for option in options or []:
+            check(f"--{option}" in out, f"sqa {name} --help does not document --{option}")
+
+
 def main():
     sqa, mode, work = sys.argv[1], sys.argv[2], sys.argv[3]
     os.makedirs(work, exist_ok=True)
     {"info": mode_info, "bench": mode_bench, "decode": mode_decode,
-     "errors": mode_errors}[mode](sqa, work)
+     "errors": mode_errors, "help": mode_help}[mode](sqa, work)
     for f in failures:
         print("FAIL:", f)
     print(f"{mode}: {len(failures)} failure(s)")

@@ -175,6 +175,44 @@ TEST_P(FastPath, DecodeStackedGroups) {
   EXPECT_TRUE(r.ok) << r.message;
 }
 
+// Stacked decode against a long cache prefetches the next key tile while computing one and
+// touches the pages of a tile further on (flash_kernels.hpp, forward_item): cover slices long
+// enough for both, odd cache lengths (a partial last tile), one and several KV heads (strided K
+// rows), misaligned rows (head_dim 40 in bf16, padded strides), a peaky softmax, and a cache
+// shorter than one tile.
+TEST_P(FastPath, DecodeStackedLongCachePrefetch) {
+  ScopedSimd simd(GetParam().c_str());
+  struct Case {
+    int hq, hkv, d;
+    DType dtype;
+    int padding;
+    int64_t nk;
+  };
+  const int64_t nk = testing::small_scale() ? 3001 : 12289;
+  const std::vector<Case> cases = {
+      {16, 1, 64, DType::f32, 0, nk},  {16, 1, 64, DType::bf16, 0, nk + 2},
+      {16, 2, 40, DType::bf16, 3, nk}, {8, 1, 128, DType::f32, 1, nk + 1},
+      {12, 1, 32, DType::f32, 0, 37},  {16, 1, 64, DType::bf16, 2, 63},
+  };
+  uint64_t seed = 900;
+  for (const Case& k : cases) {
+    testing::HarnessCase c;
+    c.spec = make_spec(Variant::mha, k.hq, k.d, Window::none());
+    c.spec.heads = {k.hq, k.hkv};
+    c.spec.num_baseline_heads = k.hq;
+    c.dtype = k.dtype;
+    c.seqlen_q = 1;
+    c.seqlen_k = k.nk;
+    c.batch = 1;
+    c.padding = k.padding;
+    c.q_gain = seed % 2 ? 4.0 : 1.0;
+    c.seed = ++seed;
+    const testing::CheckResult r =
+        testing::check_forward(c, [](const AttentionParams& p) { cpu::attention_forward(p); });
+    EXPECT_TRUE(r.ok) << r.message;
+  }
+}
+
 // The backward must be bit-identical run to run (exact resume of training depends on it): dQ
 // is summed from per-thread accumulators, so the work split must not depend on timing.
 TEST_P(FastPath, BackwardIsDeterministic) {

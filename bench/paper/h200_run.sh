@@ -14,22 +14,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 carry=${1:?usage: h200_run.sh CARRY.tgz [compare|table3|all]}
 part=${2:-all}
-out=${OUT:-bench/results/h200-run-$(date -u +%Y%m%dT%H%M%S)}
-mkdir -p "$out" /tmp/sqa-h200
-tar -C /tmp/sqa-h200 -xzf "$carry"
-site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
-libdirs=$(find "$site/nvidia" \( -name 'libcublas*.so.13' -o -name 'libcudnn.so.9' \) \
-  -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH=/tmp/sqa-h200/lib:${libdirs}${LD_LIBRARY_PATH:-}
-export PYTHONUNBUFFERED=1
-sqa=/tmp/sqa-h200/bin/sqa
-{
-  date -u
-  git log -1 --format='commit %H %s' 2>/dev/null || true
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
-  python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
-  ldd $sqa | grep -E 'not found|cublas|cudnn|cudart'
-} 2>&1 | tee "$out/env.txt"
+source bench/paper/h200_env.sh "$carry" run
 
 if [ "$part" = compare ] || [ "$part" = all ]; then
   echo "== compare: our logits and first-step gradients vs bench/torch_reference.py" | tee "$out/compare.txt"

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -60,6 +61,8 @@ def parse_args():
     p.add_argument("--out", required=True, help="run folder (resumable)")
     p.add_argument("--sqa", default=os.path.join(ROOT, "build", "sqa"), help="sqa binary")
     p.add_argument("--data", default=DEFAULT_DATA, help="text/HTML/JSONL corpus or token shard")
+    p.add_argument("--tokenizer", help="tokenizer.json to use (default: train one on --data; "
+                   "required when --data is a token shard)")
     p.add_argument("--variants", help="comma list (default: the table's)")
     p.add_argument("--seeds", default="1,2,3", help="model seeds, comma list (>= 3 for std)")
     p.add_argument("--tokens", type=float, default=2e6, help="training tokens per run")
@@ -93,7 +96,7 @@ def train_command(a, t, variant, seed, steps, batch, tokenizer):
            "--out", run_dir(a.out, variant, seed), "--steps", str(steps), "--batch", str(batch),
            "--context", str(t["context"]), "--lr", str(t["lr"]), "--schedule", t["schedule"],
            "--warmup", str(t["warmup"]), "--seed", str(seed), "--eval-every", str(eval_every),
-           "--eval-batches", str(a.eval_batches), "--ckpt-every", str(max(1, steps // 20)),
+           "--eval-batches", str(a.eval_batches), "--ckpt-every", str(max(1, steps // 5)),
            "--log-every", str(max(1, steps // 10)), "--resume", "--tokenizer", tokenizer]
     if a.device != "cpu":
         cmd += ["--device", a.device]
@@ -101,10 +104,18 @@ def train_command(a, t, variant, seed, steps, batch, tokenizer):
 
 
 def ensure_tokenizer(a, t):
-    """One tokenizer per --out, trained on the corpus at the table's vocabulary size."""
+    """One tokenizer per --out: the given one, or one trained on the corpus at the table's
+    vocabulary size."""
     path = os.path.join(a.out, "tokenizer.json")
     if os.path.isfile(path):
         return path
+    if a.tokenizer:
+        shutil.copyfile(a.tokenizer, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return path
+    if a.data.endswith(".tok"):
+        sys.exit(f"--data ({a.data}) is a token shard: give the tokenizer that made it "
+                 "(--tokenizer FILE)")
     tool = os.path.join(os.path.dirname(a.sqa), "sqa-data")
     tmp = path + ".tmp"
     subprocess.run([tool, "tokenizer", "--data", a.data, "--vocab", str(t["vocab"]),
@@ -135,17 +146,19 @@ def main():
     tokenizer = ensure_tokenizer(a, t)
     start = time.monotonic()
     out_of_time = False
+    longest = 0.0  # the longest run so far: a run that cannot finish in time is not started
     for seed in seeds:
         for v in variants:
             summary = os.path.join(run_dir(a.out, v, seed), "summary.json")
             if os.path.isfile(summary) and json.load(open(summary)).get("steps") == steps:
                 continue
             left = a.time_budget - (time.monotonic() - start) if a.time_budget else None
-            if left is not None and left < 30:
+            if left is not None and left < max(30.0, 1.1 * longest):
                 out_of_time = True
                 break
             cmd = train_command(a, t, v, seed, steps, batch, tokenizer)
             print("+", " ".join(cmd), flush=True)
+            began = time.monotonic()
             proc = subprocess.Popen(cmd)
             try:
                 rc = proc.wait(timeout=left)
@@ -156,6 +169,7 @@ def main():
                 break
             if rc != 0:
                 sys.exit(f"training {v} seed {seed} failed with exit code {rc}")
+            longest = max(longest, time.monotonic() - began)
         if out_of_time:
             break
     results = collect(a, t, variants, seeds, steps, batch)

@@ -12,7 +12,11 @@
 // Differences: activations and matmul inputs are bf16 (expect ~1e-2 relative differences), the
 // embedding gradient is summed with atomics (not bit-reproducible from run to run).
 //
-// Dense FFN only for now: an MoE config throws sqa::Error naming the rule.
+// MoE FFN as the CPU's: router softmax, top-k, renormalised gate weights, both aux losses (in
+// LossStats::aux_loss; their gradient scaled by loss_scale as on the CPU). Routing and the
+// counting sort of tokens by expert run on the device; each MoE layer's forward syncs with the
+// host once to read the expert row counts (cuBLAS takes shapes from the host). Routing can
+// differ from the CPU's where two experts' probabilities are within bf16 rounding.
 // Without a CUDA build (SQA_CUDA=OFF) the constructor throws sqa::Error saying so.
 #pragma once
 
@@ -60,7 +64,7 @@ class CudaModel {
   LossStats forward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
                     int64_t batch, int64_t seqlen, bool training, uint64_t dropout_seed = 0,
                     double loss_scale = 1.0);
-  // Accumulates d(loss_scale * loss)/d(weights) into the device gradients.
+  // Accumulates d(loss_scale * (loss + aux_loss))/d(weights) into the device gradients.
   void backward();
   // Logits of the last forward as fp32 on the host, (batch*seqlen, vocab).
   std::vector<float> logits() const;

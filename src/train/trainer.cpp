@@ -307,6 +307,7 @@ StepResult Trainer::step() {
                                     true, dropout_seed(config_.seed, step, micro), scale);
       g.backward();
       r.loss += s.loss * scale;
+      r.aux_loss += s.aux_loss * scale;
       r.tokens += static_cast<double>(batch_.batch_size) * batch_.context;
     }
     const OptimizerConfig& o = config_.optim;

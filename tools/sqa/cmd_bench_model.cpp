@@ -51,7 +51,10 @@ int bench_model(const Args& a) {
   if (a.flag("help")) {
     std::printf(
         "usage: sqa bench model --config FILE --device cuda --batch B --seq N [--train]\n"
-        "                       [--warmup 3] [--iters 10] [--json out.json]\n");
+        "                       [--warmup 3] [--iters 10] [--seed 1] [--json out.json]\n\n"
+        "Times the whole GPU model on random tokens: forward, and with --train a training step\n"
+        "(forward, backward, AdamW); median of --iters synchronised runs; tokens/s and MFU\n"
+        "against the H200 bf16 peak. --seed sets the weights.\n");
     return 0;
   }
   const std::string config_path = a.require("config");

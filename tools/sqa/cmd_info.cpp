@@ -67,7 +67,14 @@ void print_config_summary(const std::string& path, const ModelConfig& c) {
 }  // namespace
 
 int cmd_info(const std::vector<std::string>& argv) {
-  const Args args(argv);
+  const Args args(argv, {"help"});
+  if (args.flag("help")) {
+    std::printf(
+        "usage: sqa info [--config FILE]\n\n"
+        "The build (version, compiler, CUDA), CPU features, threads and attention backends;\n"
+        "with --config, the model's shape per layer and its parameter count.\n");
+    return 0;
+  }
   args.reject_unknown({"config"});
   require(args.positional().empty(), "sqa info takes no positional arguments (got '",
           args.positional().empty() ? "" : args.positional().front(), "')");

@@ -153,11 +153,64 @@ void set_mask_token(MlmConfig& m, const Tokenizer& tokenizer, const std::string&
   m.vocab_size = tokenizer.vocab_size();
 }
 
+constexpr const char* kTrainUsage =
+    R"(usage: sqa train --config FILE --data PATH --out DIR [options]
+
+Trains a model and writes DIR/{config.json, model.safetensors, tokenizer.json, checkpoint,
+metrics.jsonl, summary.json}. Decoders learn next-token prediction, encoders masked-LM.
+
+data
+  --data PATH           text file, folder of .txt/.html, .jsonl ("text" field) or a .tok shard
+  --tokenizer FILE      HF tokenizer.json (default: DIR's, else train one at the config's vocab)
+  --vocab-size N        override the config's vocab_size
+  --split-docs S        separator | file | paragraph | line (default separator: <|endoftext|>)
+  --val-fraction F      last fraction of the token stream held out (default 0.05)
+  --mode M              pack (default) | pad (the paper's pad-to-length)
+  --count-pad           count padding targets in loss and accuracy (the paper's mode)
+  --no-shuffle          keep sequence order
+optimisation
+  --steps N (200)  --batch B (8)  --context T (min(max_position, 128))  --accum K (1)
+  --lr X (5e-4)  --schedule warmup-cosine|cosine|constant  --warmup F (0.25)
+  --weight-decay X (0.01)  --grad-clip X (1.0, 0 = off)  --dropout P (config's)  --seed S (1234)
+  --mlm-probability P (0.15)  --mlm-seed S (0)   encoders only
+progress and checkpoints
+  --log-every N (steps/50)  --eval-every N (steps/4)  --eval-batches N (8)
+  --ckpt-every N (steps/4)  --resume (continue DIR's checkpoint exactly)
+  --stop-at N (stop after step N of --steps; resume later)  --quiet
+device
+  --device cpu|cuda (cpu)  --nondeterministic (CPU: faster attention backward)
+  --ceiling-size N (1536: the in-run sgemm size behind the CPU MFU)
+)";
+
+constexpr const char* kEvalUsage = R"(usage: sqa eval --model DIR --data PATH [options]
+
+Validation loss, perplexity, next-token (or masked-token) accuracy and tokens/s of a trained
+model on all of PATH, or with --val-fraction F on the tail that `sqa train` held out.
+  --tokenizer FILE  --batch B (8)  --context T  --max-batches N (0 = all)  --mode pack|pad
+  --count-pad  --split-docs S  --val-fraction F  --json FILE  --device cpu|cuda
+  --mlm-probability P  --mlm-seed S   encoders only
+)";
+
+constexpr const char* kGenerateUsage = R"(usage: sqa generate --model DIR [options]
+
+Samples text from a decoder, with a KV cache on the CPU (--device cuda re-runs the prefix).
+  --prompt TEXT  --tokens N (100)  --temperature X (0.8, 0 = greedy)  --top-k K (40, 0 = off)
+  --top-p P (0.95)  --seed S (1)  --tokenizer FILE  --device cpu|cuda
+)";
+
+// --help prints the usage and ends the command.
+bool print_help(const Args& a, const char* usage) {
+  if (!a.flag("help")) return false;
+  std::fputs(usage, stdout);
+  return true;
+}
+
 }  // namespace
 
 int cmd_train(const std::vector<std::string>& argv) {
   reexec_with_passive_omp_wait("train", argv);
-  const Args a(argv, {"resume", "count-pad", "no-shuffle", "quiet", "nondeterministic"});
+  const Args a(argv, {"resume", "count-pad", "no-shuffle", "quiet", "nondeterministic", "help"});
+  if (print_help(a, kTrainUsage)) return 0;
   a.reject_unknown({"nondeterministic",
                     "stop-at",
                     "config",
@@ -434,7 +487,8 @@ int cmd_train(const std::vector<std::string>& argv) {
 
 int cmd_eval(const std::vector<std::string>& argv) {
   reexec_with_passive_omp_wait("eval", argv);
-  const Args a(argv, {"count-pad"});
+  const Args a(argv, {"count-pad", "help"});
+  if (print_help(a, kEvalUsage)) return 0;
   a.reject_unknown({"model", "data", "tokenizer", "batch", "context", "max-batches", "mode",
                     "count-pad", "split-docs", "val-fraction", "json", "device", "mlm-probability",
                     "mlm-seed"});
@@ -519,7 +573,8 @@ int cmd_eval(const std::vector<std::string>& argv) {
 }
 
 int cmd_generate(const std::vector<std::string>& argv) {
-  const Args a(argv);
+  const Args a(argv, {"help"});
+  if (print_help(a, kGenerateUsage)) return 0;
   a.reject_unknown({"model", "prompt", "tokenizer", "tokens", "temperature", "top-k", "top-p",
                     "seed", "device"});
   const std::string model_dir = a.require("model");

@@ -2,7 +2,9 @@
 // model; cmd_data() has the subcommand signature of tools/sqa/commands.hpp so it can become
 // `sqa data ...` unchanged.
 //
-//   corpus     --html DIR --out FILE [--separator S]   HTML pages -> text documents joined by S
+//   corpus     --html DIR --out FILE [--separator S] [--exclude A,B]
+//                                      HTML pages -> text documents joined by S; folders A, B
+//                                      (relative to DIR) are left out
 //   tokenizer  --data PATH --vocab N --out FILE [--special a,b] [--min-frequency K]
 //   tokenize   --tokenizer FILE --data PATH --out FILE.tok [--split separator|file|paragraph|line]
 //   encode     --tokenizer FILE --text FILE      ids of the file's text, as a JSON array
@@ -40,8 +42,14 @@ TextSplit parse_split(const std::string& name) {
 }
 
 int corpus(const Args& args) {
-  args.reject_unknown({"html", "out", "separator"});
+  args.reject_unknown({"html", "out", "separator", "exclude"});
   const std::string folder = args.require("html");
+  // e.g. the kernel documentation's translations/ (not English) for an English corpus.
+  const std::vector<std::string> excluded = args.get_list("exclude", {});
+  for (const std::string& name : excluded) {
+    require(std::filesystem::is_directory(std::filesystem::path(folder) / name), "--exclude '",
+            name, "' is not a folder inside --html '", folder, "'");
+  }
   const std::string out = args.require("out");
   const std::string separator = args.get("separator", "\n<|endoftext|>\n");
   const auto start = std::chrono::steady_clock::now();
@@ -57,6 +65,10 @@ int corpus(const Args& args) {
     for (const fs::path& part : relative) {
       const std::string name = part.string();
       skip = skip || name.starts_with("_") || name.starts_with(".");
+    }
+    for (const std::string& prefix : excluded) {
+      const fs::path first = *relative.begin();
+      skip = skip || first == fs::path(prefix);
     }
     const std::string file = relative.filename().string();
     skip =

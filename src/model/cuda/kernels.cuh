@@ -553,16 +553,18 @@ __global__ void cross_entropy(const bfloat* logits, const float* bias, const int
   }
 }
 
-// Column sums of a (rows, cols) bf16 matrix, partial[chunk][c] = sum over the chunk's rows;
-// only the generic cross-entropy path still needs a separate pass for this.
-__global__ void column_partial(const bfloat* a, int64_t rows, int cols, int64_t rows_per_chunk,
+// Column sums of a (rows, cols) bf16 or fp32 matrix, partial[chunk][c] = sum over the chunk's
+// rows; for the tensors no producing kernel sums on the way (the generic cross-entropy path,
+// the MoE router's aux-loss statistics and the per-expert fc2 bias gradients).
+template <typename T>
+__global__ void column_partial(const T* a, int64_t rows, int cols, int64_t rows_per_chunk,
                                float* partial) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   const int64_t r0 = blockIdx.y * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
   float acc = 0;
-  for (int64_t r = r0; r < r1; ++r) acc += __bfloat162float(a[r * cols + c]);
+  for (int64_t r = r0; r < r1; ++r) acc += static_cast<float>(a[r * cols + c]);
   partial[blockIdx.y * static_cast<int64_t>(cols) + c] = acc;
 }
 

@@ -1,7 +1,7 @@
 // The CUDA model (include/sqa/model_cuda.hpp): the forward and backward of src/model/model.cpp
 // with bf16 activations, cuBLAS matmuls (bf16 in, fp32 accumulate), the project's CUDA
-// attention, and the kernels of kernels.cuh. Shapes: B batch, T seqlen, BT = B * T token rows,
-// d = d_model, dh = head_dim, W_qkv = (H_q + 2 H_kv) dh.
+// attention, and the kernels of kernels.cuh (MoE: moe_kernels.cuh). Shapes: B batch, T seqlen,
+// BT = B * T token rows, d = d_model, dh = head_dim, W_qkv = (H_q + 2 H_kv) dh.
 //
 // Q, K and V come from ONE matmul: parameter_specs() stores q_proj, k_proj and v_proj
 // back to back, so their rows form one (W_qkv, d) weight (and gradient) and the attention reads
@@ -11,12 +11,15 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "model/cuda/kernels.cuh"
+#include "model/cuda/moe_kernels.cuh"
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
 #include "sqa/model_cuda.hpp"
@@ -74,13 +77,29 @@ uint64_t layer_seed(uint64_t seed, int layer) {
   return k::mix64(seed ^ k::mix64(0x5eed0000ULL + static_cast<uint64_t>(layer)));
 }
 
+// Offsets of one FFN (dense, or one expert) in the flat buffer.
+struct FfnOffsets {
+  int64_t fc1_w = 0, fc1_b = 0, fc2_w = 0, fc2_b = 0;
+};
+
 struct LayerOffsets {
-  int64_t attn_norm, qkv, o_w, o_b, ffn_norm, fc1_w, fc1_b, fc2_w, fc2_b;
+  int64_t attn_norm = 0, qkv = 0, o_w = 0, o_b = 0, ffn_norm = 0, router = -1;
+  FfnOffsets ffn;                   // dense
+  std::vector<FfnOffsets> experts;  // MoE
 };
 
 struct LayerActs {
   DeviceArray<float> x, rstd1, lse, x_mid, rstd2;
+  // h, a: the FFN's fc1 and activation outputs; MoE: of all N = BT * top_k routed rows, in
+  // expert order.
   DeviceArray<bfloat> xn1, qkv, att, xn2, h, a;
+  // MoE (moe_kernels.cuh): probs (BT, E) fp32, sel / gate_w (BT, K), chosen (BT), the counting
+  // sort's row_slot / slot_row (N) and offsets (E + 1, also on the host, where the per-expert
+  // matmuls need the row counts), the gathered inputs xin (N, d) and expert outputs y (N, d).
+  DeviceArray<float> probs, gate_w, chosen, y;
+  DeviceArray<int32_t> sel, row_slot, slot_row, offsets;
+  DeviceArray<bfloat> xin;
+  std::vector<int32_t> host_offsets;
 };
 
 }  // namespace
@@ -98,6 +117,7 @@ struct CudaModel::State {
   int64_t B = 0, T = 0;
   bool training = false, has_targets = false;
   uint64_t dropout_seed = 0;
+  double loss_scale = 1.0;  // scales the aux-loss gradient (the CE one is in dlogits)
   std::vector<LayerActs> acts;
   DeviceArray<int32_t> tokens, targets;
   DeviceArray<float> mask, x_last, rstdf, row_loss, row_hit, tmp, dx, dn, partial, partial2;
@@ -107,6 +127,12 @@ struct CudaModel::State {
   DeviceArray<float> head_partial;
   int64_t head_chunks = 0;  // 0: backward() sums the columns of dlogits itself
   DeviceArray<double> norm_partial;
+  // MoE scratch: counting-sort counts and bases (chunks, E), aux-loss column sums (E + 1); the
+  // backward's dgate (N), routed output gradients dyr (N, d) fp32 and bf16, expert input
+  // gradients din (N, d) and router logit gradients dlogit (BT, E).
+  DeviceArray<int32_t> moe_counts, moe_base;
+  DeviceArray<float> moe_sums, dgate, dyr, din;
+  DeviceArray<bfloat> dyr_bf, dlogit;
   DeviceArray<float2> rope_table;
   int64_t rope_T = 0;
 
@@ -131,14 +157,16 @@ struct CudaModel::State {
     check_launch("column sums");
   }
 
-  // out[c] += column sums of a bf16 (rows, cols) matrix (the generic cross-entropy path).
-  void column_sums(float* out, const bfloat* a, int64_t rows, int cols) {
+  // out[c] += column sums of a bf16 or fp32 (rows, cols) matrix.
+  template <typename T>
+  void column_sums(float* out, const T* a, int64_t rows, int cols) {
+    if (rows == 0) return;
     const int col_blocks = (cols + 255) / 256;
     int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 64, 1024 / col_blocks));
     const int64_t per_chunk = (rows + chunks - 1) / chunks;
     chunks = (rows + per_chunk - 1) / per_chunk;
     float* p = partial.ensure(chunks * cols);
-    k::column_partial<<<dim3(col_blocks, static_cast<unsigned>(chunks)), 256, 0, stream>>>(
+    k::column_partial<T><<<dim3(col_blocks, static_cast<unsigned>(chunks)), 256, 0, stream>>>(
         a, rows, cols, per_chunk, p);
     check_launch("column sums");
     finish(out, p, chunks, cols);
@@ -229,7 +257,204 @@ struct CudaModel::State {
         vocab, grad_scale);
     check_launch("cross entropy");
   }
+
+  // a = act(h + fc1 bias): (rows, h_dim) -> (rows, ff); h keeps no bias (bias_act). 16-byte
+  // accesses when ff keeps every row start aligned.
+  void bias_activation(bool swiglu, const bfloat* h, const float* b, bfloat* a, int64_t rows,
+                       int64_t ff) {
+    if (rows == 0) return;
+    if (swiglu) {
+      ff % 8 == 0 ? bias_act<true, 8>(h, b, a, rows, ff) : bias_act<true, 1>(h, b, a, rows, ff);
+    } else {
+      ff % 8 == 0 ? bias_act<false, 8>(h, b, a, rows, ff) : bias_act<false, 1>(h, b, a, rows, ff);
+    }
+  }
+  // The activation's backward: da (rows, ff) -> dh (rows, h_dim), h the saved fc1 output
+  // without its bias b; the fc1 bias gradient is added into db.
+  void activation_backward(bool swiglu, const bfloat* da, const bfloat* h, const float* b,
+                           bfloat* dh, float* db, int64_t rows, int64_t ff) {
+    if (rows == 0) return;
+    if (swiglu) {
+      ff % 8 == 0 ? act_backward<true, 8>(da, h, b, dh, db, rows, ff)
+                  : act_backward<true, 1>(da, h, b, dh, db, rows, ff);
+    } else {
+      ff % 8 == 0 ? act_backward<false, 8>(da, h, b, dh, db, rows, ff)
+                  : act_backward<false, 1>(da, h, b, dh, db, rows, ff);
+    }
+  }
+
+  // The MoE FFN of layer l (definitions below the struct).
+  double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out);
+  void moe_backward(const ModelConfig& c, int l, int64_t BT, const bfloat* dout, float* dxn);
 };
+
+// MoE FFN (moe_forward in model.cpp) of layer l over xn2 (BT, d) into out (BT, d) fp32: the
+// gate-weighted sum of the chosen experts' outputs, fc2 biases included. Returns the aux loss.
+//
+// Routing and the counting sort run on the device; then ONE host sync per layer reads the
+// expert row offsets (E + 1 ints, with the aux loss's column sums), because cuBLAS takes matrix
+// shapes from the host. The backward reuses these host offsets and never syncs.
+//
+// Experts run as one cublasGemmEx each over their contiguous rows rather than a padded strided
+// batch or a grouped GEMM: padding every expert to the largest count wastes the load imbalance
+// (large early in training), a grouped GEMM needs the same host-side shapes and only saves
+// launches, and with the paper's 12 experts each matmul is thousands of rows, big enough to
+// run well alone.
+double CudaModel::State::moe_forward(const ModelConfig& c, int l, int64_t BT, float* out) {
+  const LayerOffsets& lo = layers[static_cast<size_t>(l)];
+  LayerActs& a = acts[static_cast<size_t>(l)];
+  const int64_t d = c.d_model, E = c.num_experts, K = c.top_k, N = BT * K;
+  require(N <= std::numeric_limits<int32_t>::max(), "batch * seqlen * num_experts_per_tok (", N,
+          ") must fit in int32 on CUDA (the routed-row indices)");
+  const bool swiglu = c.activation == Activation::swiglu;
+  const int64_t ff = c.expert_ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  const float* W = w.ptr;
+  const bfloat* Wb = wb.ptr;
+  cudaStream_t st = stream;
+
+  // Router logits (BT, E) in fp32, then softmax and top-k in place.
+  float* probs = a.probs.ensure(BT * E);
+  gemm(false, true, BT, E, d, a.xn2.ptr, Wb + lo.router, probs, true, false);
+  int32_t* sel = a.sel.ensure(N);
+  float* gate_w = a.gate_w.ensure(N);
+  float* chosen = a.chosen.ensure(BT);
+  k::moe_route<<<k::blocks_for(BT), 256, 0, st>>>(probs, sel, gate_w, chosen, BT,
+                                                  static_cast<int>(E), static_cast<int>(K));
+  check_launch("moe route");
+
+  // Counting sort of the N slots by expert (token order within an expert).
+  const int64_t chunks = (BT + k::kMoeChunk - 1) / k::kMoeChunk;
+  const size_t e_bytes = static_cast<size_t>(E) * sizeof(int32_t);
+  int32_t* counts = moe_counts.ensure(chunks * E);
+  int32_t* base = moe_base.ensure(chunks * E);
+  int32_t* offsets = a.offsets.ensure(E + 1);
+  int32_t* row_slot = a.row_slot.ensure(N);
+  int32_t* slot_row = a.slot_row.ensure(N);
+  k::moe_count<<<static_cast<unsigned>(chunks), k::kMoeChunk, e_bytes, st>>>(
+      sel, BT, static_cast<int>(E), static_cast<int>(K), counts);
+  k::moe_offsets<<<1, 256, e_bytes, st>>>(counts, chunks, static_cast<int>(E), base, offsets);
+  k::moe_scatter<<<static_cast<unsigned>(chunks), k::kMoeChunk,
+                   static_cast<size_t>(k::kMoeChunk * K) * sizeof(int32_t), st>>>(
+      sel, BT, static_cast<int>(K), static_cast<int>(E), base, row_slot, slot_row);
+  check_launch("moe counting sort");
+
+  // Aux-loss sums: sum_t p_te per expert (switch) and sum_t S_t (paper, S_t = the chosen mass).
+  float* sums = moe_sums.ensure(E + 1);
+  const bool aux = c.aux_loss != AuxLoss::none;
+  if (aux) {
+    check(cudaMemsetAsync(sums, 0, static_cast<size_t>(E + 1) * sizeof(float), st), "cudaMemset");
+    column_sums<float>(sums, probs, BT, static_cast<int>(E));
+    column_sums<float>(sums + E, chosen, BT, 1);
+  }
+  a.host_offsets.resize(static_cast<size_t>(E + 1));
+  std::vector<float> host_sums(static_cast<size_t>(E + 1), 0.0f);
+  check(cudaMemcpyAsync(a.host_offsets.data(), offsets,
+                        static_cast<size_t>(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost, st),
+        "copy expert offsets");
+  if (aux) {
+    check(cudaMemcpyAsync(host_sums.data(), sums, static_cast<size_t>(E + 1) * sizeof(float),
+                          cudaMemcpyDeviceToHost, st),
+          "copy aux sums");
+  }
+  check(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+  const std::vector<int32_t>& off = a.host_offsets;
+
+  // Experts over their rows of the gathered inputs.
+  bfloat* xin = a.xin.ensure(N * d);
+  bfloat* h = a.h.ensure(N * h_dim);
+  bfloat* act = a.a.ensure(N * ff);
+  float* y = a.y.ensure(N * d);
+  k::moe_gather<<<k::blocks_for(N * d), 256, 0, st>>>(a.xn2.ptr, row_slot, xin, N,
+                                                      static_cast<int>(d), static_cast<int>(K));
+  check_launch("moe gather");
+  for (int64_t e = 0; e < E; ++e) {
+    const FfnOffsets& o = lo.experts[static_cast<size_t>(e)];
+    const int64_t r0 = off[static_cast<size_t>(e)], n = off[static_cast<size_t>(e + 1)] - r0;
+    if (n == 0) continue;
+    gemm(false, true, n, h_dim, d, xin + r0 * d, Wb + o.fc1_w, h + r0 * h_dim, false, false);
+    bias_activation(swiglu, h + r0 * h_dim, W + o.fc1_b, act + r0 * ff, n, ff);
+    gemm(false, true, n, d, ff, act + r0 * ff, Wb + o.fc2_w, y + r0 * d, true, false);
+    k::bias_add_f32<<<k::blocks_for(n * d), 256, 0, st>>>(y + r0 * d, W + o.fc2_b, n,
+                                                          static_cast<int>(d));
+    check_launch("expert bias");
+  }
+  k::moe_combine<<<k::blocks_for(BT * d), 256, 0, st>>>(y, gate_w, slot_row, out, BT,
+                                                        static_cast<int>(d), static_cast<int>(K));
+  check_launch("moe combine");
+
+  // The aux losses of model.cpp from the sums (double, as the CPU).
+  if (!aux) return 0.0;
+  const double rows = static_cast<double>(BT), experts = static_cast<double>(E);
+  double value = 0.0;
+  if (c.aux_loss == AuxLoss::paper) {
+    value = experts / rows * host_sums[static_cast<size_t>(E)];
+  } else {
+    for (int64_t e = 0; e < E; ++e) {
+      const double fe = (off[static_cast<size_t>(e + 1)] - off[static_cast<size_t>(e)]) / rows;
+      value += fe * host_sums[static_cast<size_t>(e)] / rows;
+    }
+    value *= experts;
+  }
+  return c.aux_loss_coef * value;
+}
+
+// moe_backward in model.cpp: dout (BT, d) bf16 (after the dropout's backward) -> dxn (BT, d)
+// overwritten; router and expert gradients accumulated, the aux loss's scaled by loss_scale.
+void CudaModel::State::moe_backward(const ModelConfig& c, int l, int64_t BT, const bfloat* dout,
+                                    float* dxn) {
+  const LayerOffsets& lo = layers[static_cast<size_t>(l)];
+  LayerActs& a = acts[static_cast<size_t>(l)];
+  const int64_t d = c.d_model, E = c.num_experts, K = c.top_k, N = BT * K;
+  const bool swiglu = c.activation == Activation::swiglu;
+  const int64_t ff = c.expert_ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  const float* W = w.ptr;
+  const bfloat* Wb = wb.ptr;
+  float* G = g.ptr;
+  cudaStream_t st = stream;
+  const std::vector<int32_t>& off = a.host_offsets;
+
+  float* dg = dgate.ensure(N);
+  float* dy_f = dyr.ensure(N * d);
+  bfloat* dy_b = dyr_bf.ensure(N * d);
+  k::moe_dispatch_grad<<<static_cast<unsigned>((N * 32 + 255) / 256), 256, 0, st>>>(
+      dout, a.y.ptr, a.gate_w.ptr, a.slot_row.ptr, dg, dy_f, dy_b, N, static_cast<int>(d),
+      static_cast<int>(K));
+  check_launch("moe dispatch grad");
+  bfloat* da_buf = da.ensure(N * ff);
+  bfloat* dh_buf = dh.ensure(N * h_dim);
+  float* din_buf = din.ensure(N * d);
+  for (int64_t e = 0; e < E; ++e) {
+    const FfnOffsets& o = lo.experts[static_cast<size_t>(e)];
+    const int64_t r0 = off[static_cast<size_t>(e)], n = off[static_cast<size_t>(e + 1)] - r0;
+    if (n == 0) continue;
+    column_sums<float>(G + o.fc2_b, dy_f + r0 * d, n, static_cast<int>(d));
+    gemm(true, false, d, ff, n, dy_b + r0 * d, a.a.ptr + r0 * ff, G + o.fc2_w, true, true);
+    gemm(false, false, n, ff, d, dy_b + r0 * d, Wb + o.fc2_w, da_buf + r0 * ff, false, false);
+    // h holds no fc1 bias (bias_act): the backward adds the expert's own, and takes its
+    // gradient on the way.
+    activation_backward(swiglu, da_buf + r0 * ff, a.h.ptr + r0 * h_dim, W + o.fc1_b,
+                        dh_buf + r0 * h_dim, G + o.fc1_b, n, ff);
+    gemm(true, false, h_dim, d, n, dh_buf + r0 * h_dim, a.xin.ptr + r0 * d, G + o.fc1_w, true,
+         true);
+    gemm(false, false, n, d, h_dim, dh_buf + r0 * h_dim, Wb + o.fc1_w, din_buf + r0 * d, true,
+         false);
+  }
+  k::moe_combine_grad<<<k::blocks_for(BT * d), 256, 0, st>>>(
+      din_buf, a.slot_row.ptr, dxn, BT, static_cast<int>(d), static_cast<int>(K));
+  check_launch("moe combine grad");
+
+  // Router: through the renormalisation, the aux loss and the softmax, then its linear.
+  const int aux_kind = c.aux_loss == AuxLoss::paper ? 1 : c.aux_loss == AuxLoss::switch_ ? 2 : 0;
+  const float aux_g = static_cast<float>(loss_scale * c.aux_loss_coef * static_cast<double>(E) /
+                                         static_cast<double>(BT));
+  bfloat* dl = dlogit.ensure(BT * E);
+  k::moe_router_backward<<<k::blocks_for(BT), 256, 0, st>>>(
+      a.probs.ptr, a.sel.ptr, a.gate_w.ptr, a.chosen.ptr, dg, a.offsets.ptr, dl, BT,
+      static_cast<int>(E), static_cast<int>(K), aux_kind, aux_g);
+  check_launch("moe router backward");
+  gemm(true, false, E, d, BT, dl, a.xn2.ptr, G + lo.router, true, true);
+  gemm(false, false, BT, d, E, dl, Wb + lo.router, dxn, true, true);
+}
 
 bool CudaModel::available() {
   return cuda::available();
@@ -238,11 +463,15 @@ bool CudaModel::available() {
 CudaModel::CudaModel(const ModelConfig& config)
     : config_(config), params_(parameter_specs(config)), state_(std::make_unique<State>()) {
   config_.validate();
-  require(!config_.is_moe(), "num_experts (", config_.num_experts,
-          ") > 0: the CUDA model runs dense FFNs only so far; train MoE configs with "
-          "--device cpu");
   require(config_.head_dim % 8 == 0, "head_dim (", config_.head_dim,
           ") must be a multiple of 8 on CUDA (16-byte rows for the attention and rope kernels)");
+  if (config_.is_moe()) {
+    // Shared-memory sizes of the counting sort (moe_kernels.cuh), far above any real config.
+    require(config_.num_experts <= 4096, "num_experts (", config_.num_experts,
+            ") must be at most 4096 on CUDA (per-expert counters live in shared memory)");
+    require(config_.top_k <= 32, "num_experts_per_tok (", config_.top_k,
+            ") must be at most 32 on CUDA (a chunk's choices live in shared memory)");
+  }
   require(available(), "--device cuda: no CUDA device is present");
   for (const ParamSpec& p : params_) num_params_ += p.numel();
   std::map<std::string, int64_t> off;
@@ -265,10 +494,25 @@ CudaModel::CudaModel(const ModelConfig& config)
                 v == kk + numel.at(p + "attn.k_proj.weight"),
             "internal: q_proj, k_proj and v_proj of layer ", i,
             " are not adjacent in the parameter layout (the CUDA model fuses them)");
-    s.layers.push_back({at(p + "attn_norm.weight"), q, at(p + "attn.o_proj.weight"),
-                        at(p + "attn.o_proj.bias"), at(p + "ffn_norm.weight"),
-                        at(p + "ffn.fc1.weight"), at(p + "ffn.fc1.bias"), at(p + "ffn.fc2.weight"),
-                        at(p + "ffn.fc2.bias")});
+    auto ffn = [&](const std::string& f) {
+      return FfnOffsets{at(f + "fc1.weight"), at(f + "fc1.bias"), at(f + "fc2.weight"),
+                        at(f + "fc2.bias")};
+    };
+    LayerOffsets l;
+    l.attn_norm = at(p + "attn_norm.weight");
+    l.qkv = q;
+    l.o_w = at(p + "attn.o_proj.weight");
+    l.o_b = at(p + "attn.o_proj.bias");
+    l.ffn_norm = at(p + "ffn_norm.weight");
+    if (config_.is_moe()) {
+      l.router = at(p + "ffn.router.weight");
+      for (int e = 0; e < config_.num_experts; ++e) {
+        l.experts.push_back(ffn(p + "ffn.experts." + std::to_string(e) + "."));
+      }
+    } else {
+      l.ffn = ffn(p + "ffn.");
+    }
+    s.layers.push_back(std::move(l));
   }
   check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
   check(cublasCreate(&s.blas), "cublasCreate");
@@ -385,6 +629,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
   s.training = training;
   s.has_targets = targets != nullptr;
   s.dropout_seed = dropout_seed;
+  s.loss_scale = loss_scale;
   cudaStream_t st = s.stream;
   const float* W = s.w.ptr;
   const bfloat* Wb = s.wb.ptr;
@@ -419,6 +664,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
   const float eps = static_cast<float>(c.norm_eps);
   const bool swiglu = c.activation == Activation::swiglu;
   const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  LossStats stats;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
     LayerActs& a = s.acts[static_cast<size_t>(l)];
@@ -436,8 +682,6 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     float* x_mid = a.x_mid.ensure(BT * d);
     bfloat* xn2 = a.xn2.ensure(BT * d);
     float* rstd2 = a.rstd2.ensure(BT);
-    bfloat* h = a.h.ensure(BT * h_dim);
-    bfloat* act = a.a.ensure(BT * ff);
     float* tmp = s.tmp.ensure(BT * d);
 
     // Layer 0 normalises the embedding; every later layer's xn1 comes from the residual
@@ -456,16 +700,17 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
                                                     rstd2, BT, static_cast<int>(d), eps, 0.0, 0,
                                                     false);
-    s.gemm(false, true, BT, h_dim, d, xn2, Wb + lo.fc1_w, h, false, false);
-    // 16-byte accesses when ff keeps every row start aligned.
-    if (swiglu) {
-      ff % 8 == 0 ? s.bias_act<true, 8>(h, W + lo.fc1_b, act, BT, ff)
-                  : s.bias_act<true, 1>(h, W + lo.fc1_b, act, BT, ff);
+    const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
+    if (c.is_moe()) {
+      stats.aux_loss += s.moe_forward(c, l, BT, tmp);
     } else {
-      ff % 8 == 0 ? s.bias_act<false, 8>(h, W + lo.fc1_b, act, BT, ff)
-                  : s.bias_act<false, 1>(h, W + lo.fc1_b, act, BT, ff);
+      bfloat* h = a.h.ensure(BT * h_dim);
+      bfloat* act = a.a.ensure(BT * ff);
+      s.gemm(false, true, BT, h_dim, d, xn2, Wb + lo.ffn.fc1_w, h, false, false);
+      s.bias_activation(swiglu, h, W + lo.ffn.fc1_b, act, BT, ff);
+      s.gemm(false, true, BT, d, ff, act, Wb + lo.ffn.fc2_w, tmp, true, false);
+      ffn_bias = W + lo.ffn.fc2_b;
     }
-    s.gemm(false, true, BT, d, ff, act, Wb + lo.fc2_w, tmp, true, false);
     // x_out = x_mid + dropout(fc2 + b), normalised for the next layer's attention (or by the
     // final norm, or only cast to bf16 for the LM head).
     const bool last = l + 1 == c.num_layers;
@@ -476,7 +721,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     float* next_rstd =
         last ? (c.final_norm ? s.rstdf.ensure(BT) : nullptr) : next->rstd1.ensure(BT);
     k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(
-        x_mid, tmp, W + lo.fc2_b, x_out, next_w, next_xn, next_rstd, BT, static_cast<int>(d), eps,
+        x_mid, tmp, ffn_bias, x_out, next_w, next_xn, next_rstd, BT, static_cast<int>(d), eps,
         c.ffn_dropout, layer_seed(dropout_seed, l), training && c.ffn_dropout > 0);
     check_launch("layer kernels");
   }
@@ -487,7 +732,6 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
   bfloat* logits = s.logits.ensure(BT * V);
   s.gemm(false, true, BT, V, d, xf, Wb + s.head_w, logits, false, false);
   const float* head_bias = s.head_b >= 0 ? W + s.head_b : nullptr;
-  LossStats stats;
   if (targets) {
     double weight = 0;
     for (int64_t i = 0; i < BT; ++i) weight += loss_mask ? loss_mask[i] : 1.0;
@@ -576,6 +820,11 @@ void CudaModel::backward() {
   }
   // Every norm backward also emits the gradient entering the layer below: the top layer's FFN
   // output through its dropout (bf16 into dy, bias column sums into its fc2 bias).
+  // A dense FFN's fc2 bias takes the emitted gradient's column sums; an MoE FFN has none
+  // shared (its experts' biases are summed per expert in moe_backward).
+  auto fc2_bias_grad = [&](int layer) -> float* {
+    return c.is_moe() ? nullptr : G + s.layers[static_cast<size_t>(layer)].ffn.fc2_b;
+  };
   auto emit_ffn_output = [&](k::NormBackward& a, int layer) {
     a.e = dy;
     a.p = c.ffn_dropout;
@@ -598,8 +847,7 @@ void CudaModel::backward() {
       s.gemm(false, false, BT, d, V, dlogits, Wb + s.head_w, dx, true, false);
     }
     emit_ffn_output(a, L - 1);
-    s.norm_backward(a, c.final_norm ? G + s.final_norm : nullptr,
-                    G + s.layers[static_cast<size_t>(L - 1)].fc2_b);
+    s.norm_backward(a, c.final_norm ? G + s.final_norm : nullptr, fc2_bias_grad(L - 1));
   }
 
   for (int l = L - 1; l >= 0; --l) {
@@ -608,23 +856,20 @@ void CudaModel::backward() {
     const HeadLayout& hl = c.layers[static_cast<size_t>(l)].heads;
     const int64_t hq = hl.num_query_heads, hkv = hl.num_kv_heads, ha = hl.num_attention_heads();
     const int64_t width = (hq + 2 * hkv) * dh;
-    // FFN branch: x_out = x_mid + dropout(fc2(act(fc1(xn2)))); dy holds the gradient of the
-    // fc2 output (dropout applied, its bias gradient already added).
-    s.gemm(true, false, d, ff, BT, dy, a.a.ptr, G + lo.fc2_w, true, true);
-    bfloat* da = s.da.ensure(BT * ff);
-    s.gemm(false, false, BT, ff, d, dy, Wb + lo.fc2_w, da, false, false);
-    bfloat* dh_buf = s.dh.ensure(BT * h_dim);
-    if (swiglu) {
-      ff % 8 == 0
-          ? s.act_backward<true, 8>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff)
-          : s.act_backward<true, 1>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff);
+    // FFN branch: x_out = x_mid + dropout(FFN(xn2)); dy holds the gradient of the FFN output
+    // (dropout applied; a dense FFN's fc2 bias gradient already added).
+    if (c.is_moe()) {
+      s.moe_backward(c, l, BT, dy, dn);
     } else {
-      ff % 8 == 0
-          ? s.act_backward<false, 8>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff)
-          : s.act_backward<false, 1>(da, a.h.ptr, W + lo.fc1_b, dh_buf, G + lo.fc1_b, BT, ff);
+      s.gemm(true, false, d, ff, BT, dy, a.a.ptr, G + lo.ffn.fc2_w, true, true);
+      bfloat* da = s.da.ensure(BT * ff);
+      s.gemm(false, false, BT, ff, d, dy, Wb + lo.ffn.fc2_w, da, false, false);
+      bfloat* dh_buf = s.dh.ensure(BT * h_dim);
+      s.activation_backward(swiglu, da, a.h.ptr, W + lo.ffn.fc1_b, dh_buf, G + lo.ffn.fc1_b, BT,
+                            ff);
+      s.gemm(true, false, h_dim, d, BT, dh_buf, a.xn2.ptr, G + lo.ffn.fc1_w, true, true);
+      s.gemm(false, false, BT, d, h_dim, dh_buf, Wb + lo.ffn.fc1_w, dn, true, false);
     }
-    s.gemm(true, false, h_dim, d, BT, dh_buf, a.xn2.ptr, G + lo.fc1_w, true, true);
-    s.gemm(false, false, BT, d, h_dim, dh_buf, Wb + lo.fc1_w, dn, true, false);
     // dx becomes d x_mid (the residual plus the norm's input gradient), which is also the
     // o_proj output's gradient: bf16 into dy, its column sums into the o_proj bias.
     {
@@ -672,7 +917,7 @@ void CudaModel::backward() {
       float* fc2_b = nullptr;
       if (l > 0) {
         emit_ffn_output(nb, l - 1);
-        fc2_b = G + s.layers[static_cast<size_t>(l - 1)].fc2_b;
+        fc2_b = fc2_bias_grad(l - 1);
       }
       s.norm_backward(nb, G + lo.attn_norm, fc2_b);
     }
