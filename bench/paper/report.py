@@ -10,7 +10,8 @@ rewritten, so the discussion stays where it is written. Inputs (newest by file n
   bench/results/*-table1-*.json, *-table2-*.json   bench/paper/quality.py --json
   bench/results/*-table3-sqa*.json                  bench/paper/table3.sh, sqa side
   bench/results/*-table3-torch*.json                bench/torch_reference.py bench, same run
-Plots (docs/img/*.png) need matplotlib; without it the tables are still written.
+Plots (docs/img/*.png) need matplotlib; without it the tables are still written. A quality
+result's `-runs.tgz` beside its JSON (each run's metrics.jsonl) adds validation-loss curves.
 """
 
 import argparse
@@ -21,6 +22,10 @@ import os
 import re
 import statistics
 import sys
+import tarfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stats  # noqa: E402  (bench/paper/stats.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -92,6 +97,10 @@ def quality_section(path, plots):
             names.append(LABEL.get(row["variant"], row["variant"]))
             losses.append(loss[0])
             errs.append(0 if math.isnan(loss[1]) else loss[1])
+    lines += ["", *differences(r)]
+    curves = learning_curves(path, r, plots)
+    if curves:
+        lines += ["", curves]
     name = f"table{r['table']}-loss.png"
     if plots and names:
         import matplotlib.pyplot as plt
@@ -109,6 +118,74 @@ def quality_section(path, plots):
     if names and os.path.isfile(os.path.join(IMG, name)):
         lines += ["", f"![Table {r['table']} validation loss](img/{name})"]
     return "\n".join(lines)
+
+
+# The paper's baseline for each quality table: the differences are taken against it.
+BASELINE = {1: "mha", 2: "gqa"}
+
+
+def differences(r):
+    """Each variant's validation loss minus the baseline's, with Welch's 95% interval."""
+    base_name = BASELINE[r["table"]]
+    runs = {row["variant"]: [x["val_loss"] for x in row["runs"]] for row in r["rows"]}
+    base = runs.get(base_name, [])
+    paper = {row["variant"]: row["paper"]["val_loss"] for row in r["rows"]}
+    lines = [f"Validation loss minus {LABEL[base_name]}'s (positive: worse), Welch's t-test over "
+             "seeds, 95% interval; the paper's difference from its single runs:", "",
+             "| model | Δ loss | 95% interval | t | df | p | paper Δ |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        v = row["variant"]
+        if v == base_name:
+            continue
+        w = stats.welch(runs[v], base)
+        paper_diff = f"{paper[v] - paper[base_name]:+.4f}"
+        if w is None:
+            lines.append(f"| {LABEL.get(v, v)} | - | - | - | - | - | {paper_diff} |")
+            continue
+        lines.append(f"| {LABEL.get(v, v)} | {w['diff']:+.4f} | [{w['lo']:+.4f}, {w['hi']:+.4f}] "
+                     f"| {w['t']:.1f} | {w['df']:.1f} | {w['p']:.3f} | {paper_diff} |")
+    return lines
+
+
+def learning_curves(path, r, plots):
+    """Validation loss against tokens seen, mean over seeds, from the runs archive."""
+    archive = path[:-len(".json")] + "-runs.tgz"
+    if not os.path.isfile(archive):
+        return ""
+    curves = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not member.name.endswith("metrics.jsonl"):
+                continue
+            run = os.path.basename(os.path.dirname(member.name))
+            variant = run.rsplit("-s", 1)[0]
+            points = [json.loads(line) for line in tar.extractfile(member).read().splitlines()]
+            for p in points:
+                if "val_loss" in p:
+                    curves.setdefault(variant, {}).setdefault(p["step"], []).append(p["val_loss"])
+    name = f"table{r['table']}-curves.png"
+    if plots and curves:
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        tokens_per_step = r["batch"] * r["context"]
+        for row in r["rows"]:
+            steps = sorted(curves.get(row["variant"], {}))
+            if not steps:
+                continue
+            ax.plot([s * tokens_per_step / 1e6 for s in steps],
+                    [statistics.fmean(curves[row["variant"]][s]) for s in steps], marker="o",
+                    markersize=3, label=LABEL.get(row["variant"], row["variant"]))
+        ax.set_xlabel("training tokens (M)")
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"Table {r['table']}: validation loss, mean over seeds")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(IMG, name), dpi=120)
+        plt.close(fig)
+    if os.path.isfile(os.path.join(IMG, name)):
+        return f"![Table {r['table']} validation curves](img/{name}) (from `{rel(archive)}`)"
+    return ""
 
 
 def table3_section(sqa_path, torch_path, plots):
@@ -170,7 +247,6 @@ def table3_section(sqa_path, torch_path, plots):
                     ax.plot(*zip(*pts), style, color=color, label=f"{LABEL[v]} {label}",
                             markersize=4)
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("sequence length (batch per the paper)")
         ax.set_ylabel("seconds per forward step")
         ax.legend(fontsize=7, ncol=3)
