@@ -8,8 +8,9 @@ docs/results.md keeps hand-written text (setup notes, discussion) outside the ma
 `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`; only the text between a pair is
 rewritten, so the discussion stays where it is written. Inputs (newest by file name):
   bench/results/*-table1-*.json, *-table2-*.json   bench/paper/quality.py --json
-  bench/results/*-table3-sqa*.json                  bench/paper/table3.sh, sqa side
+  bench/results/*-table3-sqa*.json                  bench/paper/table3_sqa.py, sqa side
   bench/results/*-table3-torch*.json                bench/torch_reference.py bench, same run
+(Table 3 merges every file of the newest one's date, e.g. a forward and a training part.)
 Plots (docs/img/*.png) need matplotlib; without it the tables are still written. A quality
 result's `-runs.tgz` beside its JSON (each run's metrics.jsonl) adds validation-loss curves.
 """
@@ -188,9 +189,28 @@ def learning_curves(path, r, plots):
     return ""
 
 
-def table3_section(sqa_path, torch_path, plots):
-    sqa = json.load(open(sqa_path)) if sqa_path else {"results": []}
-    ref = json.load(open(torch_path)) if torch_path else {"results": []}
+def merged(paths):
+    """One report from several result files of one device run (e.g. the forward and the
+    training parts): later files' cells replace earlier ones with the same key."""
+    cells = {}
+    for path in paths:
+        for x in json.load(open(path))["results"]:
+            cells[(x["variant"], x["kind"], x["seqlen"], x["batch"])] = x
+    return {"results": list(cells.values())}
+
+
+def same_day(pattern):
+    """Every result file matching pattern from the newest one's date (its YYYY-MM-DD prefix)."""
+    newest_path = newest(pattern)
+    if not newest_path:
+        return []
+    day = os.path.basename(newest_path)[:10]
+    return sorted(p for p in glob.glob(os.path.join(RESULTS, pattern))
+                  if os.path.basename(p).startswith(day))
+
+
+def table3_section(sqa_paths, torch_paths, plots):
+    sqa, ref = merged(sqa_paths), merged(torch_paths)
 
     def find(report, variant, kind, T):
         for x in report["results"]:
@@ -200,9 +220,9 @@ def table3_section(sqa_path, torch_path, plots):
         return None
 
     lines = []
-    head = [f"sqa: `{rel(sqa_path)}`" if sqa_path else "sqa: no result file yet",
-            f"PyTorch reference: `{rel(torch_path)}`" if torch_path else
-            "PyTorch: no result file yet"]
+    head = ["sqa: " + (", ".join(f"`{rel(p)}`" for p in sqa_paths) or "no result file yet"),
+            "PyTorch reference: " + (", ".join(f"`{rel(p)}`" for p in torch_paths) or
+                                     "no result file yet")]
     lines.append("Sources: " + "; ".join(head) + ". Seconds per forward step (median), bf16; "
                  "speed-up = MHA time / time in the same row.")
     lines += ["", "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
@@ -227,12 +247,17 @@ def table3_section(sqa_path, torch_path, plots):
             cells = [find(report, v, kind, T) for v in TABLE3_VARIANTS]
             if any(cells):
                 b = next(c for c in cells if c)["batch"]
+                x, m = cells[0], cells[-1]
+                sp = f"{x['tokens_per_s'] / m['tokens_per_s']:.2f}x" if x and m else "-"
                 train_rows.append(f"| {T:,} × {b} | {label} | " + " | ".join(
-                    f"{c['tokens_per_s'] / 1e6:.3f}" if c else "-" for c in cells) + " |")
+                    f"{c['tokens_per_s'] / 1e6:.3f}" if c else "-" for c in cells) +
+                    f" | {sp} |")
     if train_rows:
-        lines += ["", "Training step (forward + backward + AdamW), million tokens/s:", "",
-                  "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) + " |",
-                  "|---|---|" + "---:|" * len(TABLE3_VARIANTS)] + train_rows
+        lines += ["", "Training step (forward + backward + AdamW), million tokens/s; speed-up = "
+                  "xSQA tokens/s / MHA tokens/s:", "",
+                  "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
+                  " | xSQA vs MHA |", "|---|---|" + "---:|" * (len(TABLE3_VARIANTS) + 1)]
+        lines += train_rows
     if plots and (sqa["results"] or ref["results"]):
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -284,8 +309,8 @@ def main():
     os.makedirs(IMG, exist_ok=True)
     text = open(DOC).read()
     new = text
-    new = replace_block(new, "table3", table3_section(newest("*-table3-sqa*.json"),
-                                                      newest("*-table3-torch*.json"), plots))
+    new = replace_block(new, "table3", table3_section(same_day("*-table3-sqa*.json"),
+                                                      same_day("*-table3-torch*.json"), plots))
     for t in (1, 2):
         path = newest(f"*-table{t}-*.json")
         body = quality_section(path, plots) if path else "No result file yet."
