@@ -232,6 +232,25 @@ TEST(CudaModel, AgreesWithCpuLargeVocab) {
                    "vocab");
 }
 
+// Widths of the vectorised norm kernels: the paper's dense model (d_model 256: every lane of
+// a warp owns 8 columns; SwiGLU ff 768, vocabulary 10000), and widths that leave the second
+// (328) or third (520) group of 256 columns partly filled.
+TEST(CudaModel, AgreesWithCpuWideModels) {
+  SKIP_WITHOUT_GPU();
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 10000, "hidden_size": 256,
+      "num_hidden_layers": 2, "num_attention_heads": 16, "head_dim": 16,
+      "intermediate_size": 768, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "xsqa"})"),
+                   "paper-d256");
+  for (const char* d : {"328", "520"}) {
+    expect_agreement(sqa::parse_config(std::string(R"({"vocab_size": 300, "hidden_size": )") + d +
+                                       R"(, "num_hidden_layers": 2, "num_attention_heads": 8,
+        "head_dim": 16, "intermediate_size": 96, "max_position_embeddings": 64,
+        "ffn_dropout": 0.1, "attention_variant": "sqa"})"),
+                     d == std::string("328") ? "d328" : "d520", {}, 3, 21);
+  }
+}
+
 TEST(CudaModel, TrainingStepsReduceLoss) {
   SKIP_WITHOUT_GPU();
   const ModelConfig cfg = small_config(R"("attention_variant": "sqa")");

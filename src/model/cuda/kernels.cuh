@@ -233,6 +233,116 @@ __global__ void rmsnorm_backward(const NormBackward a) {
   }
 }
 
+// fp32 rows as 16-byte accesses: 8 floats at p (32-byte aligned: a row start of a (rows, d)
+// buffer with d a multiple of 8, plus a multiple of 8).
+__device__ inline void load_f32x8(const float* p, float (&v)[8]) {
+  const float4 lo = reinterpret_cast<const float4*>(p)[0],
+               hi = reinterpret_cast<const float4*>(p)[1];
+  v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z,
+  v[7] = hi.w;
+}
+__device__ inline void store_f32x8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// rmsnorm_backward for d a multiple of 8 and at most kVecs * 256: lane l owns the columns
+// 8 (l + 32 k) .. + 7, k < kVecs, so each row is read once with 16-byte accesses and stays in
+// registers from the dot product to the update (the scalar kernel reads dy and x twice), and
+// the column sums stay in registers over all the rows a warp takes. Only then do the 8 warps
+// meet in shared memory, added in warp order: the result depends on the shape alone.
+// d <= 256: 4 blocks of 256 threads per SM (at most 64 registers, the norm weight in shared
+// memory to stay there) keep about 100 KB of loads in flight.
+template <int kVecs>
+__global__ void __launch_bounds__(256, 4 / kVecs) rmsnorm_backward_vec(const NormBackward a) {
+  constexpr int kWarps = 8;
+  __shared__ float s_acc[kWarps][kVecs * 256];
+  __shared__ __align__(16) float s_w[kVecs * 256];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, d = a.d;
+  const bool norm = a.dy != nullptr, emit = a.e != nullptr;
+  const float scale = static_cast<float>(1.0 / (1.0 - a.p));
+  float acc_w[kVecs][8] = {}, acc_e[kVecs][8] = {};
+  for (int c = threadIdx.x; c < kVecs * 256; c += blockDim.x)
+    s_w[c] = norm && c < d ? a.w[c] : 0.0f;
+  __syncthreads();
+  const int64_t r0 = blockIdx.x * a.rows_per_chunk;
+  const int64_t r1 = r0 + a.rows_per_chunk < a.rows ? r0 + a.rows_per_chunk : a.rows;
+  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+    const int64_t o = r * d;
+    float g[kVecs][8], x[kVecs][8], v[kVecs][8];
+    float dot = 0;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      if (a.dx_zero) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
+      } else {
+        load_f32x8(a.dx + o + c, v[k]);
+      }
+      if (!norm) continue;
+      load_f32x8(a.dy + o + c, g[k]);
+      load_f32x8(a.x + o + c, x[k]);
+      float w[8];
+      load_f32x8(s_w + c, w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dot += w[j] * g[k][j] * x[k][j];
+    }
+    float s = 0, kd = 0;
+    if (norm) {
+      dot = warp_sum(dot);
+      s = a.rstd[r];
+      kd = s * s * s * dot / static_cast<float>(d);
+    }
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      if (norm) {
+        float w[8];
+        load_f32x8(s_w + c, w);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          v[k][j] += s * w[j] * g[k][j] - kd * x[k][j];
+          acc_w[k][j] += g[k][j] * x[k][j] * s;
+        }
+        store_f32x8(a.dx + o + c, v[k]);
+      }
+      if (!emit) continue;
+      float e[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        e[j] = v[k][j];
+        if (a.drop) {
+          e[j] = dropout_keep(a.seed, static_cast<uint64_t>(o + c + j), a.p) ? e[j] * scale : 0.0f;
+        }
+        acc_e[k][j] += e[j];
+      }
+      store_bf16<8>(a.e + o + c, e);
+    }
+  }
+  // The two column sums in turn through the same shared array.
+  for (int pass = 0; pass < 2; ++pass) {
+    float* out = pass == 0 ? a.dw_partial : a.e_partial;
+    if (pass == 0 ? !norm : !emit) continue;  // uniform over the block
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        s_acc[warp][8 * (lane + 32 * k) + j] = pass == 0 ? acc_w[k][j] : acc_e[k][j];
+      }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      float sum = 0;
+      for (int wi = 0; wi < kWarps; ++wi) sum += s_acc[wi][c];
+      out[blockIdx.x * static_cast<int64_t>(d) + c] = sum;
+    }
+  }
+}
+
 // nn::rope_apply on `heads` heads of head_dim channels starting at `base` in rows of
 // row_stride elements; row r has position r % seqlen. cs holds (cos, sin) per (t, i) from the
 // host (angles in double, as the CPU). inverse rotates by the negative angle (the backward).

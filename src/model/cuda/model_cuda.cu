@@ -178,26 +178,46 @@ struct CudaModel::State {
   // the device.
   void norm_backward(k::NormBackward a, float* dw_out, float* e_out) {
     const int64_t d = a.d;
-    // Two (warps, d) fp32 accumulators per block; fewer warps where d is wide.
-    const int64_t max_smem = 200 * 1024;
-    const int64_t warps = std::min<int64_t>(8, max_smem / (2 * d * 4));
-    require(warps >= 1, "d_model (", d,
-            ") is too wide for the CUDA model's norm backward (at most ", max_smem / 8, ")");
-    // Many short chunks: the blocks spread evenly over the SMs (few rows left for a last,
-    // partly idle wave), and the finish reads only (chunks, d) floats.
-    const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 4096);
-    a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
-    const int64_t blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
-    a.dw_partial = partial.ensure(blocks * d);
-    a.e_partial = partial2.ensure(blocks * d);
-    const size_t smem = static_cast<size_t>(2 * warps * d) * sizeof(float);
-    if (smem > 48 * 1024) {
-      check(cudaFuncSetAttribute(&k::rmsnorm_backward, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    int64_t blocks = 0;
+    if (d % 8 == 0 && d <= 4 * 256) {
+      // 512 chunks of 8 warps: one wave at 4 blocks per SM on an H200 (132 SMs), and the
+      // finish reads only 512 d floats (at BT = 131072 each warp takes 32 rows).
+      const int64_t chunks = std::min<int64_t>((a.rows + 7) / 8, 512);
+      a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
+      blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
+      a.dw_partial = partial.ensure(blocks * d);
+      a.e_partial = partial2.ensure(blocks * d);
+      const unsigned grid = static_cast<unsigned>(blocks);
+      if (d <= 256) {
+        k::rmsnorm_backward_vec<1><<<grid, 256, 0, stream>>>(a);
+      } else if (d <= 512) {
+        k::rmsnorm_backward_vec<2><<<grid, 256, 0, stream>>>(a);
+      } else {
+        k::rmsnorm_backward_vec<4><<<grid, 256, 0, stream>>>(a);
+      }
+    } else {
+      // Two (warps, d) fp32 accumulators per block; fewer warps where d is wide.
+      const int64_t max_smem = 200 * 1024;
+      const int64_t warps = std::min<int64_t>(8, max_smem / (2 * d * 4));
+      require(warps >= 1, "d_model (", d,
+              ") is too wide for the CUDA model's norm backward (at most ", max_smem / 8, ")");
+      // Many short chunks: the blocks spread evenly over the SMs (few rows left for a last,
+      // partly idle wave), and the finish reads only (chunks, d) floats.
+      const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 4096);
+      a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
+      blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
+      a.dw_partial = partial.ensure(blocks * d);
+      a.e_partial = partial2.ensure(blocks * d);
+      const size_t smem = static_cast<size_t>(2 * warps * d) * sizeof(float);
+      if (smem > 48 * 1024) {
+        check(
+            cudaFuncSetAttribute(&k::rmsnorm_backward, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  static_cast<int>(smem)),
             "cudaFuncSetAttribute(norm backward)");
+      }
+      k::rmsnorm_backward<<<static_cast<unsigned>(blocks), static_cast<unsigned>(warps * 32), smem,
+                            stream>>>(a);
     }
-    k::rmsnorm_backward<<<static_cast<unsigned>(blocks), static_cast<unsigned>(warps * 32), smem,
-                          stream>>>(a);
     check_launch("norm backward");
     if (a.dy != nullptr) finish(dw_out, a.dw_partial, blocks, d);
     if (a.e != nullptr && e_out != nullptr) finish(e_out, a.e_partial, blocks, d);
