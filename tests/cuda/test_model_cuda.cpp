@@ -230,6 +230,12 @@ TEST(CudaModel, AgreesWithCpuLargeVocab) {
       "intermediate_size": 96, "max_position_embeddings": 64, "ffn_dropout": 0.1,
       "attention_variant": "xsqa"})"),
                    "vocab");
+  // Three vectors per thread (the paper's MoE vocabulary), without the LM-head bias.
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 5000, "hidden_size": 64,
+      "num_hidden_layers": 1, "num_attention_heads": 8, "head_dim": 16,
+      "intermediate_size": 96, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "gqa", "lm_head_bias": false})"),
+                   "vocab-nobias", {}, 3, 29);
 }
 
 // Widths of the vectorised norm kernels: the paper's dense model (d_model 256: every lane of

@@ -483,67 +483,105 @@ __device__ inline bool first_max_wins(float ov, int oi, float v, int i) {
   return ov > v || (ov == v && oi < i);
 }
 
+// (max, sum of exp(z - max), first argmax) of a set of logits, merged with another set's.
+__device__ inline void softmax_merge(float& m, float& s, int& arg, float om, float os, int oi) {
+  const float nm = fmaxf(m, om);
+  // An empty set (m = -inf, s = 0) adds nothing; exp(-inf - -inf) would be NaN.
+  const float a = m == -INFINITY ? 0.0f : s * __expf(m - nm);
+  const float b = om == -INFINITY ? 0.0f : os * __expf(om - nm);
+  if (first_max_wins(om, oi, m, arg)) arg = oi;
+  m = nm;
+  s = a + b;
+}
+
 // nn::cross_entropy over rows of bf16 logits for vocabularies that are multiples of 8 and at
-// most kVecs * 4096: 512 threads per block and a chunk of rows per block, each row read once
-// into registers (16-byte loads; the old form read it three times), the LM-head bias added on
-// the fly as z = bf16(logit + b), the value the separate bias pass used to store. Per row:
-// loss and top-1 hit (first maximum, as the CPU); in training dlogits = grad_scale * w *
-// (softmax - onehot) in bf16, and with bias_partial the chunk's column sums of dlogits (the
-// bias gradient) in shared memory laid out [k][j][thread] so the adds never conflict.
+// most kVecs * 2048: 256 threads and a chunk of rows per block, thread t owning the columns
+// 8 (t + 256 k) .. + 7 of every row. Per row: loss and top-1 hit (first maximum, as the CPU);
+// in training dlogits = grad_scale * w * (softmax - onehot) in bf16, and with bias_partial
+// the chunk's column sums of dlogits (the LM-head bias gradient). The LM-head bias is added
+// on the fly as z = bf16(logit + b), the value a separate bias pass would store.
+//
+// Bandwidth, not arithmetic, bounds it (2 bytes read and 2 written per logit), so:
+// - the next row's logits are loaded (raw, 16 bytes per access) while this one is worked on,
+//   so each block always has a row of loads in flight;
+// - each thread keeps its own max and sum of exp(z - max) (one exp per logit) and the block
+//   merges them once per row: one barrier per row, the reduction buffers alternating between
+//   rows so that no second barrier guards their reuse;
+// - the bias and the bias-gradient sums live in shared memory laid out [k][j][thread], so
+//   every access is one conflict-free wavefront (bias reads from global memory, 8 scalars 32
+//   bytes apart per lane, took as many L1 wavefronts as the logits themselves);
+// - the thread that owns the target column writes the row's loss, from its registers.
+// Merges run in a fixed order, so results depend on the shape alone.
 template <int kVecs>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(256)
     cross_entropy_rows(const bfloat* logits, const float* bias, const int32_t* targets,
                        const float* mask, bfloat* dlogits, float* bias_partial, float* row_loss,
                        float* row_hit, int64_t rows, int64_t rows_per_chunk, int vocab,
                        float grad_scale) {
-  constexpr int kThreads = 512, kWarps = kThreads / 32;
-  extern __shared__ float s_col[];  // kVecs * 8 * kThreads floats, with bias_partial
-  __shared__ float s_max[kWarps], s_sum[kWarps];
-  __shared__ int s_arg[kWarps];
+  constexpr int kThreads = 256, kWarps = kThreads / 32;
+  // [kVecs * 8][kThreads] bias, then (with bias_partial) as many column sums.
+  extern __shared__ float s_dyn[];
+  __shared__ float s_max[2][kWarps], s_sum[2][kWarps];
+  __shared__ int s_arg[2][kWarps];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  if (bias_partial != nullptr) {
-    for (int i = tid; i < kVecs * 8 * kThreads; i += kThreads) s_col[i] = 0.0f;
+  float* s_bias = s_dyn;
+  float* s_col = s_dyn + kVecs * 8 * kThreads;
+  const bool has_bias = bias != nullptr, sums = bias_partial != nullptr;
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int c0 = (k * kThreads + tid) * 8;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (has_bias) s_bias[(k * 8 + j) * kThreads + tid] = c0 < vocab ? bias[c0 + j] : 0.0f;
+      if (sums) s_col[(k * 8 + j) * kThreads + tid] = 0.0f;
+    }
   }
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  uint4 next[kVecs];
+  auto load_row = [&](int64_t r) {
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c0 = (k * kThreads + tid) * 8;
+      if (c0 < vocab) next[k] = *reinterpret_cast<const uint4*>(logits + r * vocab + c0);
+    }
+  };
+  int next_target = 0;
+  if (r0 < r1) {
+    load_row(r0);
+    next_target = targets[r0];
+  }
   for (int64_t r = r0; r < r1; ++r) {
-    const bfloat* z = logits + r * vocab;
     float v[kVecs][8];
-    float best = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&next[k]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __bfloat1622float2(h[j]);
+        v[k][2 * j] = f.x;
+        v[k][2 * j + 1] = f.y;
+      }
+    }
+    const int target = next_target;
+    if (r + 1 < r1) {
+      load_row(r + 1);
+      next_target = targets[r + 1];
+    }
+    float m = -INFINITY, zt = 0;
     int arg = vocab;
 #pragma unroll
     for (int k = 0; k < kVecs; ++k) {
       const int c0 = (k * kThreads + tid) * 8;
       if (c0 >= vocab) continue;
-      load_bf16<8>(z + c0, v[k]);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (bias != nullptr) v[k][j] = round_bf16(v[k][j] + bias[c0 + j]);
-        if (v[k][j] > best) {
-          best = v[k][j];
+        if (has_bias) v[k][j] = round_bf16(v[k][j] + s_bias[(k * 8 + j) * kThreads + tid]);
+        if (c0 + j == target) zt = v[k][j];
+        if (v[k][j] > m) {
+          m = v[k][j];
           arg = c0 + j;
         }
-      }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, arg, o);
-      if (first_max_wins(ov, oi, best, arg)) {
-        best = ov;
-        arg = oi;
-      }
-    }
-    if (lane == 0) {
-      s_max[warp] = best;
-      s_arg[warp] = arg;
-    }
-    __syncthreads();
-    float zmax = s_max[0];
-    int argmax = s_arg[0];
-    for (int w = 1; w < kWarps; ++w) {
-      if (first_max_wins(s_max[w], s_arg[w], zmax, argmax)) {
-        zmax = s_max[w];
-        argmax = s_arg[w];
       }
     }
     float sum = 0;
@@ -552,25 +590,40 @@ __global__ void __launch_bounds__(512)
       if ((k * kThreads + tid) * 8 >= vocab) continue;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        v[k][j] = __expf(v[k][j] - zmax);
+        v[k][j] = __expf(v[k][j] - m);
         sum += v[k][j];
       }
     }
-    sum = warp_sum(sum);
-    if (lane == 0) s_sum[warp] = sum;
+    const float m_own = m;
+    float bm = m, bs = sum;
+    int barg = arg;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float om = __shfl_xor_sync(0xffffffffu, bm, o);
+      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, barg, o);
+      softmax_merge(bm, bs, barg, om, os, oi);
+    }
+    const int buf = static_cast<int>((r - r0) & 1);
+    if (lane == 0) {
+      s_max[buf][warp] = bm;
+      s_sum[buf][warp] = bs;
+      s_arg[buf][warp] = barg;
+    }
     __syncthreads();
-    float total = 0;
-    for (int w = 0; w < kWarps; ++w) total += s_sum[w];
-    const int target = targets[r];
-    if (tid == 0) {
-      float zt = __bfloat162float(z[target]);
-      if (bias != nullptr) zt = round_bf16(zt + bias[target]);
+    float zmax = s_max[buf][0], total = s_sum[buf][0];
+    int argmax = s_arg[buf][0];
+    for (int w = 1; w < kWarps; ++w) {
+      softmax_merge(zmax, total, argmax, s_max[buf][w], s_sum[buf][w], s_arg[buf][w]);
+    }
+    const int tv = target / 8;
+    if (tv % kThreads == tid) {
       row_loss[r] = zmax + logf(total) - zt;
       row_hit[r] = argmax == target ? 1.0f : 0.0f;
     }
     if (dlogits == nullptr) continue;
     const float g = grad_scale * (mask ? mask[r] : 1.0f);
-    const float scale = g / total;
+    // exp(z - zmax) / total = exp(z - m_own) * exp(m_own - zmax) / total.
+    const float scale = m_own == -INFINITY ? 0.0f : __expf(m_own - zmax) * (g / total);
 #pragma unroll
     for (int k = 0; k < kVecs; ++k) {
       const int c0 = (k * kThreads + tid) * 8;
@@ -581,12 +634,12 @@ __global__ void __launch_bounds__(512)
         float x = v[k][j] * scale;
         if (c0 + j == target) x -= g;
         out[j] = round_bf16(x);
-        if (bias_partial != nullptr) s_col[(k * 8 + j) * kThreads + tid] += out[j];
+        if (sums) s_col[(k * 8 + j) * kThreads + tid] += out[j];
       }
       store_bf16<8>(dlogits + r * vocab + c0, out);
     }
   }
-  if (bias_partial == nullptr) return;
+  if (!sums) return;
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
     const int c0 = (k * kThreads + tid) * 8;
