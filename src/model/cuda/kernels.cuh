@@ -765,10 +765,62 @@ __global__ void sum_squares(const float* g, int64_t n, double* partial) {
   if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
 
-// sqa::AdamW::step after clip_grad_norm's scaling of g, plus the bf16 copy of the new weights.
+// Sums n doubles per lane of a 1024-thread block in a fixed order; thread 0 gets the total.
+template <int kN>
+__device__ inline void block_sum_1024(double (&v)[kN]) {
+  __shared__ double s[kN][1024];
+#pragma unroll
+  for (int j = 0; j < kN; ++j) s[j][threadIdx.x] = v[j];
+  __syncthreads();
+  for (int k = 512; k > 0; k >>= 1) {
+    if (threadIdx.x < k) {
+#pragma unroll
+      for (int j = 0; j < kN; ++j) s[j][threadIdx.x] += s[j][threadIdx.x + k];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < kN; ++j) v[j] = s[j][0];
+}
+
+// One block of 1024 threads: the gradient norm from sum_squares' partials into norm[0] and
+// clip_grad_norm's factor (train.hpp: max_norm / (norm + 1e-6) above the limit) into clip[0],
+// so the AdamW kernel can follow at once without the host reading the norm first.
+__global__ void __launch_bounds__(1024)
+    grad_norm_clip(const double* partial, int n, double max_norm, double* norm, float* clip) {
+  double v[1] = {0.0};
+  for (int i = threadIdx.x; i < n; i += 1024) v[0] += partial[i];
+  block_sum_1024<1>(v);
+  if (threadIdx.x != 0) return;
+  const double total = sqrt(v[0]);
+  norm[0] = total;
+  clip[0] = max_norm > 0 && total > max_norm ? static_cast<float>(max_norm / (total + 1e-6)) : 1.0f;
+}
+
+// One block of 1024 threads: the loss-weighted sums of the per-row losses and hits (rows of
+// weight 0 skipped, as their loss may not be finite), so forward() copies back three doubles
+// instead of two per-row arrays: out = (sum w loss, sum w, sum w hit).
+__global__ void __launch_bounds__(1024) loss_sums(const float* row_loss, const float* row_hit,
+                                                  const float* mask, int64_t rows, double* out) {
+  double v[3] = {0.0, 0.0, 0.0};
+  for (int64_t r = threadIdx.x; r < rows; r += 1024) {
+    const double w = mask != nullptr ? static_cast<double>(mask[r]) : 1.0;
+    if (w == 0.0) continue;
+    v[0] += w * row_loss[r];
+    v[1] += w;
+    v[2] += w * row_hit[r];
+  }
+  block_sum_1024<3>(v);
+  if (threadIdx.x != 0) return;
+  for (int j = 0; j < 3; ++j) out[j] = v[j];
+}
+
+// sqa::AdamW::step after clip_grad_norm's scaling of g (the factor from grad_norm_clip), plus
+// the bf16 copy of the new weights.
 __global__ void adamw(float* w, float* g, float* m, float* v, bfloat* w_bf, int64_t n,
-                      float clip_scale, float b1, float b2, float decay, float step_size,
+                      const float* clip, float b1, float b2, float decay, float step_size,
                       float inv_sqrt_bc2, float eps) {
+  const float clip_scale = *clip;
   SQA_GRID_STRIDE(i, n) {
     const float gi = g[i] * clip_scale;
     g[i] = gi;

@@ -125,8 +125,10 @@ struct CudaModel::State {
   // The LM-head bias gradient's per-chunk column sums, written by the forward's cross entropy
   // (which reads dlogits as it makes them) and added into the gradient by backward().
   DeviceArray<float> head_partial;
-  int64_t head_chunks = 0;  // 0: backward() sums the columns of dlogits itself
-  DeviceArray<double> norm_partial;
+  int64_t head_chunks = 0;           // 0: backward() sums the columns of dlogits itself
+  DeviceArray<double> norm_partial;  // sum_squares' partials, then the norm
+  DeviceArray<float> clip_scale;     // clip_grad_norm's factor, for the AdamW kernel
+  DeviceArray<double> loss_sums;     // forward(): sum w loss, sum w, sum w hit
   // MoE scratch: counting-sort counts and bases (chunks, E), aux-loss column sums (E + 1); the
   // backward's dgate (N), routed output gradients dyr (N, d) fp32 and bf16, expert input
   // gradients din (N, d) and router logit gradients dlogit (BT, E).
@@ -790,22 +792,15 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     } else {
       s.cross_entropy_rows<8>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
     }
-    std::vector<float> row_loss(static_cast<size_t>(BT)), row_hit(static_cast<size_t>(BT));
-    check(cudaMemcpyAsync(row_loss.data(), s.row_loss.ptr, BT * sizeof(float),
-                          cudaMemcpyDeviceToHost, st),
-          "copy losses");
-    check(cudaMemcpyAsync(row_hit.data(), s.row_hit.ptr, BT * sizeof(float), cudaMemcpyDeviceToHost,
-                          st),
-          "copy hits");
+    double* sums = s.loss_sums.ensure(3);
+    k::loss_sums<<<1, 1024, 0, st>>>(s.row_loss.ptr, s.row_hit.ptr, mask, BT, sums);
+    check_launch("loss sums");
+    double host[3] = {0.0, 0.0, 0.0};
+    check(cudaMemcpyAsync(host, sums, sizeof(host), cudaMemcpyDeviceToHost, st), "copy losses");
     synchronize();
-    double loss_sum = 0;
-    for (int64_t i = 0; i < BT; ++i) {
-      const double w = loss_mask ? static_cast<double>(loss_mask[i]) : 1.0;
-      if (w == 0.0) continue;
-      loss_sum += w * row_loss[static_cast<size_t>(i)];
-      stats.tokens += w;
-      stats.correct += w * row_hit[static_cast<size_t>(i)];
-    }
+    const double loss_sum = host[0];
+    stats.tokens = host[1];
+    stats.correct = host[2];
     stats.loss = weight > 0 ? loss_sum / weight : 0.0;
   }
   return stats;
@@ -976,21 +971,14 @@ std::vector<float> CudaModel::logits() const {
 double CudaModel::optimizer_step(const CudaAdamW& o) {
   State& s = *state_;
   constexpr int kBlocks = 1024;
-  double* partial = s.norm_partial.ensure(kBlocks);
+  // The norm and the clip factor stay on the device, so AdamW is enqueued behind them and the
+  // step syncs once, at its end, to return the norm.
+  double* partial = s.norm_partial.ensure(kBlocks + 1);
+  float* clip = s.clip_scale.ensure(1);
   k::sum_squares<<<kBlocks, 256, 0, s.stream>>>(s.g.ptr, num_params_, partial);
+  k::grad_norm_clip<<<1, 1024, 0, s.stream>>>(partial, kBlocks, o.grad_clip, partial + kBlocks,
+                                              clip);
   check_launch("gradient norm");
-  std::vector<double> host(kBlocks);
-  check(cudaMemcpyAsync(host.data(), partial, kBlocks * sizeof(double), cudaMemcpyDeviceToHost,
-                        s.stream),
-        "copy norm");
-  synchronize();
-  double total = 0;
-  for (double p : host) total += p;
-  const double norm = std::sqrt(total);
-  // As clip_grad_norm (train.hpp): scale by max_norm / (norm + 1e-6) when above the limit.
-  const float clip = o.grad_clip > 0 && norm > o.grad_clip
-                         ? static_cast<float>(o.grad_clip / (norm + 1e-6))
-                         : 1.0f;
   ++s.adam_steps;
   const double t = static_cast<double>(s.adam_steps);
   const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
@@ -1000,6 +988,10 @@ double CudaModel::optimizer_step(const CudaAdamW& o) {
       static_cast<float>(o.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2)),
       static_cast<float>(o.eps));
   check_launch("adamw");
+  double norm = 0;
+  check(cudaMemcpyAsync(&norm, partial + kBlocks, sizeof(double), cudaMemcpyDeviceToHost, s.stream),
+        "copy norm");
+  synchronize();
   return norm;
 }
 
