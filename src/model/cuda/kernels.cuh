@@ -110,6 +110,19 @@ __device__ inline void store_bf16(bfloat* p, const float (&v)[W]) {
   }
 }
 
+// fp32 rows as 16-byte accesses: 8 floats at p (32-byte aligned: a row start of a (rows, d)
+// buffer with d a multiple of 8, plus a multiple of 8).
+__device__ inline void load_f32x8(const float* p, float (&v)[8]) {
+  const float4 lo = reinterpret_cast<const float4*>(p)[0],
+               hi = reinterpret_cast<const float4*>(p)[1];
+  v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z,
+  v[7] = hi.w;
+}
+__device__ inline void store_f32x8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 // The value a bf16 tensor stores for x.
 __device__ inline float round_bf16(float x) {
   return __bfloat162float(__float2bfloat16(x));
@@ -155,6 +168,67 @@ __global__ void residual_rmsnorm(const float* x, const float* y, const float* b,
   const float s = rsqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[r] = s;
   for (int c = lane; c < d; c += 32) xn[o + c] = __float2bfloat16(out[o + c] * s * w[c]);
+}
+
+// residual_rmsnorm for d a multiple of 8 and at most kVecs * 256, lane l owning the columns
+// 8 (l + 32 k) .. + 7: 16-byte accesses, the row held in registers between the sum of squares
+// and the normalisation (the scalar kernel reads `out` back), and b and w loaded once per
+// warp into registers rather than once per row (8 scalar loads 32 bytes apart per lane cost
+// as many L1 wavefronts as the row itself). Warps stride over the rows of a fixed grid.
+template <int kVecs>
+__global__ void __launch_bounds__(256)
+    residual_rmsnorm_vec(const float* x, const float* y, const float* b, float* out, const float* w,
+                         bfloat* xn, float* rstd, int64_t rows, int d, float eps, double p,
+                         uint64_t seed, bool drop) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const float scale = static_cast<float>(1.0 / (1.0 - p));
+  float bv[kVecs][8], wv[kVecs][8];
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int c = 8 * (lane + 32 * k);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      bv[k][j] = b != nullptr && c < d ? b[c + j] : 0.0f;
+      wv[k][j] = w != nullptr && c < d ? w[c + j] : 0.0f;
+    }
+  }
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; r < rows;
+       r += warps) {
+    const int64_t o = r * d;
+    float v[kVecs][8];
+    float ss = 0;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      float xv[8];
+      load_f32x8(y + o + c, v[k]);
+      load_f32x8(x + o + c, xv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float t = b != nullptr ? v[k][j] + bv[k][j] : v[k][j];
+        if (drop) t = dropout_keep(seed, static_cast<uint64_t>(o + c + j), p) ? t * scale : 0.0f;
+        v[k][j] = t + xv[j];
+        ss += v[k][j] * v[k][j];
+      }
+      store_f32x8(out + o + c, v[k]);
+      if (w == nullptr) store_bf16<8>(xn + o + c, v[k]);
+    }
+    if (w == nullptr) continue;
+    ss = warp_sum(ss);
+    const float s = rsqrtf(ss / static_cast<float>(d) + eps);
+    if (lane == 0) rstd[r] = s;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      float n[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) n[j] = v[k][j] * s * wv[k][j];
+      store_bf16<8>(xn + o + c, n);
+    }
+  }
 }
 
 // Backward through one RMSNorm into the residual stream, with the column sums that follow it
@@ -231,19 +305,6 @@ __global__ void rmsnorm_backward(const NormBackward a) {
     if (norm) a.dw_partial[blockIdx.x * static_cast<int64_t>(d) + c] = sw;
     if (a.e != nullptr) a.e_partial[blockIdx.x * static_cast<int64_t>(d) + c] = se;
   }
-}
-
-// fp32 rows as 16-byte accesses: 8 floats at p (32-byte aligned: a row start of a (rows, d)
-// buffer with d a multiple of 8, plus a multiple of 8).
-__device__ inline void load_f32x8(const float* p, float (&v)[8]) {
-  const float4 lo = reinterpret_cast<const float4*>(p)[0],
-               hi = reinterpret_cast<const float4*>(p)[1];
-  v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z,
-  v[7] = hi.w;
-}
-__device__ inline void store_f32x8(float* p, const float (&v)[8]) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
 // rmsnorm_backward for d a multiple of 8 and at most kVecs * 256: lane l owns the columns

@@ -306,6 +306,25 @@ struct CudaModel::State {
     }
   }
 
+  // out = x + dropout(y + b), xn = rmsnorm(out) * w (k::residual_rmsnorm): the vectorised
+  // kernel where d allows, on a fixed grid of warps striding over the rows.
+  void residual_norm(const float* x, const float* y, const float* b, float* out, const float* w,
+                     bfloat* xn, float* rstd, int64_t rows, int64_t d, float eps, double p,
+                     uint64_t seed, bool drop) {
+    const int di = static_cast<int>(d);
+    if (d % 8 == 0 && d <= 4 * 256) {
+      const unsigned grid = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 2048));
+      auto* kernel = d <= 256   ? &k::residual_rmsnorm_vec<1>
+                     : d <= 512 ? &k::residual_rmsnorm_vec<2>
+                                : &k::residual_rmsnorm_vec<4>;
+      kernel<<<grid, 256, 0, stream>>>(x, y, b, out, w, xn, rstd, rows, di, eps, p, seed, drop);
+    } else {
+      k::residual_rmsnorm<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, stream>>>(
+          x, y, b, out, w, xn, rstd, rows, di, eps, p, seed, drop);
+    }
+    check_launch("residual norm");
+  }
+
   // The MoE FFN of layer l (definitions below the struct).
   double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out);
   void moe_backward(const ModelConfig& c, int l, int64_t BT, const bfloat* dout, float* dxn);
@@ -720,9 +739,8 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     check_launch("rope");
     cuda::attention_forward(attention_params(c, l, B, T, qkv, att, lse, st));
     s.gemm(false, true, BT, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
-    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
-                                                    rstd2, BT, static_cast<int>(d), eps, 0.0, 0,
-                                                    false);
+    s.residual_norm(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2, rstd2, BT, d, eps, 0.0, 0,
+                    false);
     const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
     if (c.is_moe()) {
       stats.aux_loss += s.moe_forward(c, l, BT, tmp);
@@ -743,9 +761,8 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     bfloat* next_xn = last ? s.xf.ensure(BT * d) : next->xn1.ensure(BT * d);
     float* next_rstd =
         last ? (c.final_norm ? s.rstdf.ensure(BT) : nullptr) : next->rstd1.ensure(BT);
-    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(
-        x_mid, tmp, ffn_bias, x_out, next_w, next_xn, next_rstd, BT, static_cast<int>(d), eps,
-        c.ffn_dropout, layer_seed(dropout_seed, l), training && c.ffn_dropout > 0);
+    s.residual_norm(x_mid, tmp, ffn_bias, x_out, next_w, next_xn, next_rstd, BT, d, eps,
+                    c.ffn_dropout, layer_seed(dropout_seed, l), training && c.ffn_dropout > 0);
     check_launch("layer kernels");
   }
 
