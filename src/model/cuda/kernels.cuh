@@ -440,14 +440,24 @@ __global__ void rope(bfloat* base, int64_t rows, int64_t row_stride, int heads, 
 // rows [value (ff) | gate (ff)], or GELU (nn::gelu_forward, erf form) over h rows of ff.
 // h keeps no bias: the backward adds it again with the same bf16 rounding, which saves
 // writing back the widest activation of the model.
+// Block (32, 8) as act_backward: threadIdx.x takes W columns of a 32 W wide tile (blockIdx.x)
+// and keeps their biases in registers while the 8 row lanes stride over the rows; loading the
+// bias per element (8 scalars 32 bytes apart per lane, twice for SwiGLU) cost more L1
+// wavefronts than the activations themselves.
 template <bool kSwiglu, int W>
-__global__ void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
-  const int per_row = ff / W;
+__global__ void __launch_bounds__(256)
+    bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
   const int64_t h_row = kSwiglu ? 2 * static_cast<int64_t>(ff) : ff;
-  SQA_GRID_STRIDE(i, rows * per_row) {
-    int cv = 0;
-    const int64_t r = div_mod(i, per_row, cv);
-    const int c = cv * W;
+  const int c = (blockIdx.x * 32 + threadIdx.x) * W;
+  if (c >= ff) return;
+  float bv[W], bg[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    bv[j] = b[c + j];
+    bg[j] = kSwiglu ? b[ff + c + j] : 0.0f;
+  }
+  const int64_t stride = static_cast<int64_t>(gridDim.y) * 8;
+  for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += stride) {
     float v[W], out[W];
     load_bf16<W>(h + r * h_row + c, v);
     if constexpr (kSwiglu) {
@@ -455,13 +465,13 @@ __global__ void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t row
       load_bf16<W>(h + r * h_row + ff + c, g);
 #pragma unroll
       for (int j = 0; j < W; ++j) {
-        const float vr = round_bf16(v[j] + b[c + j]), gr = round_bf16(g[j] + b[ff + c + j]);
+        const float vr = round_bf16(v[j] + bv[j]), gr = round_bf16(g[j] + bg[j]);
         out[j] = vr * gr / (1.0f + __expf(-gr));
       }
     } else {
 #pragma unroll
       for (int j = 0; j < W; ++j) {
-        const float x = round_bf16(v[j] + b[c + j]);
+        const float x = round_bf16(v[j] + bv[j]);
         out[j] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
       }
     }

@@ -247,8 +247,13 @@ struct CudaModel::State {
 
   template <bool kSwiglu, int W>
   void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int64_t ff) {
-    k::bias_act<kSwiglu, W>
-        <<<k::blocks_for(rows * ff / W), 256, 0, stream>>>(h, b, a, rows, static_cast<int>(ff));
+    const int64_t tiles = (ff + 32 * W - 1) / (32 * W);
+    // About 4096 blocks of 8 row lanes in all: enough to fill the SMs, few enough that each
+    // thread's bias registers serve many rows.
+    const int64_t groups =
+        std::max<int64_t>(1, std::min<int64_t>((4096 + tiles - 1) / tiles, (rows + 7) / 8));
+    k::bias_act<kSwiglu, W><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(groups)),
+                              dim3(32, 8), 0, stream>>>(h, b, a, rows, static_cast<int>(ff));
     check_launch("activation");
   }
 
