@@ -609,7 +609,7 @@ __global__ void __launch_bounds__(256)
   }
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
-  uint4 next[kVecs];
+  uint4 next[kVecs] = {};  // lanes past the vocabulary convert zeros they never use
   auto load_row = [&](int64_t r) {
 #pragma unroll
     for (int k = 0; k < kVecs; ++k) {
