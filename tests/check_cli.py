@@ -63,7 +63,10 @@ def check_rows(rows, d, seqs, passes, causal):
         check(isinstance(r["seconds"], float) and 0 < r["seconds"] < 600,
               f"{name}: seconds = {r['seconds']} is not a sane time")
         check(r["gflops"] > 0 and math.isfinite(r["gflops"]), f"{name}: gflops = {r['gflops']}")
-        check(0 < r["pct_of_sgemm"] < 1000, f"{name}: pct_of_sgemm = {r['pct_of_sgemm']}")
+        # No upper bound: the smoke run's 256^3 sgemm ceiling is tiny and, on a loaded
+        # machine, can read far below the kernels' rate; the exact relation is checked below.
+        check(r["pct_of_sgemm"] > 0 and math.isfinite(r["pct_of_sgemm"]),
+              f"{name}: pct_of_sgemm = {r['pct_of_sgemm']}")
         check(r.get("sgemm_gflops", 0) > 1, f"{name}: sgemm_gflops = {r.get('sgemm_gflops')}")
         if r.get("sgemm_gflops"):
             check(close(r["pct_of_sgemm"], 100 * r["gflops"] / r["sgemm_gflops"]),

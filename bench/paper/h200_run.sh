@@ -4,7 +4,7 @@
 # (2) Table 3: the whole dense model at the paper's sizes, sqa (bench/paper/table3_sqa.py) and
 # the PyTorch reference (eager, SDPA) in the same run. Everything goes to $OUT.
 #
-#   bench/paper/h200_run.sh CARRY.tgz [compare|table3|all]
+#   bench/paper/h200_run.sh CARRY.tgz [compare|table3|all|table3train]
 #
 # CARRY.tgz (bench/paper/pack.sh) holds bin/sqa and the non-system libraries it needs; cuBLAS
 # and cuDNN come from the machine's PyTorch wheels or system. Each part is time-boxed so the
@@ -12,7 +12,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-carry=${1:?usage: h200_run.sh CARRY.tgz [compare|table3|all]}
+carry=${1:?usage: h200_run.sh CARRY.tgz [compare|table3|all|table3train]}
 part=${2:-all}
 source bench/paper/h200_env.sh "$carry" run
 
@@ -43,5 +43,19 @@ if [ "$part" = table3 ] || [ "$part" = all ]; then
   timeout 200 python3 bench/torch_reference.py bench --variants xsqa,sqa,ssqa,sw-sqa,mqa,gqa,mha \
     --kinds forward,train_eager --train-sizes 1024x128 --iters 5 \
     --out "$out/table3-torch.json" 2>&1 | tee -a "$out/table3.txt"
+fi
+
+# Table 3's training-step columns at the paper's other four sizes (1024 x 128 is in `table3`);
+# a command of its own: PyTorch's eager step at 200k tokens takes seconds per variant.
+if [ "$part" = table3train ]; then
+  sizes=4096x32,32768x4,131072x1,200000x1
+  echo "== table 3 training steps, sqa" | tee "$out/table3train.txt"
+  timeout 200 python3 bench/paper/table3_sqa.py --sqa $sqa --out "$out/table3-sqa-train.json" \
+    --variants xsqa,sqa,ssqa,swsqa,mqa,gqa,mha --sizes "" --train-sizes $sizes --warmup 1 \
+    --iters 3 2>&1 | tee -a "$out/table3train.txt"
+  echo "== table 3 training steps, PyTorch reference (eager)" | tee -a "$out/table3train.txt"
+  timeout 330 python3 bench/torch_reference.py bench --variants xsqa,sqa,ssqa,sw-sqa,mqa,gqa,mha \
+    --kinds train_eager --train-sizes $sizes --iters 3 --out "$out/table3-torch-train.json" 2>&1 |
+    tee -a "$out/table3train.txt"
 fi
 echo "== done" | tee -a "$out/env.txt"

@@ -15,7 +15,10 @@ Runs are resumable: each (variant, seed) lives in OUT/<variant>-s<seed> and `sqa
 continues from its last checkpoint. With --time-budget S the script stops starting or
 continuing runs once S seconds have passed (the run in flight is stopped with SIGTERM after
 its next checkpoint interval at the latest), so a 10-minute device command can be repeated
-until every run is done. Results: OUT/results.json, and a markdown table on stdout; --json
+until every run is done. --jobs N runs N at once (each logging to OUT/<run>/train.log);
+--gpus 0,1,2,3 spreads them over GPUs (CUDA_VISIBLE_DEVICES, least-loaded first), so a 2- or
+4-GPU machine trains several variants at once, and a small model can share one GPU with
+others. Results: OUT/results.json, and a markdown table on stdout; --json
 copies the results to a file (e.g. bench/results/<date>-table2-cpu.json).
 """
 
@@ -69,6 +72,9 @@ def parse_args():
     p.add_argument("--batch", type=int, help="sequences per step (default: the paper's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--eval-batches", type=int, default=64)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once (default 1); with --gpus they spread over the GPUs")
+    p.add_argument("--gpus", help="comma list of GPU indices for the runs (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--time-budget", type=float, default=0.0,
                    help="seconds; 0 = no limit. Stop (resumably) once spent")
     p.add_argument("--json", help="also write the results to this file")
@@ -82,6 +88,16 @@ def positive_int_list(text, what):
         sys.exit(f"--{what} ({text}) must be a comma list of integers")
     if not values:
         sys.exit(f"--{what} ({text}) must name at least one value")
+    return values
+
+
+def positive_or_zero_list(text, what):
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        sys.exit(f"--{what} ({text}) must be a comma list of integers")
+    if not values or any(x < 0 for x in values):
+        sys.exit(f"--{what} ({text}) must name at least one index, none negative")
     return values
 
 
@@ -133,6 +149,8 @@ def main():
             sys.exit(f"--variants: '{v}' is not a Table {a.table} variant "
                      f"({', '.join(t['variants'])})")
     seeds = positive_int_list(a.seeds, "seeds")
+    if a.jobs < 1:
+        sys.exit(f"--jobs ({a.jobs}) must be at least 1")
     batch = a.batch or t["batch"]
     if batch <= 0:
         sys.exit(f"--batch ({batch}) must be positive")
@@ -147,31 +165,69 @@ def main():
     start = time.monotonic()
     out_of_time = False
     longest = 0.0  # the longest run so far: a run that cannot finish in time is not started
+    pending = []
     for seed in seeds:
         for v in variants:
             summary = os.path.join(run_dir(a.out, v, seed), "summary.json")
-            if os.path.isfile(summary) and json.load(open(summary)).get("steps") == steps:
-                continue
-            left = a.time_budget - (time.monotonic() - start) if a.time_budget else None
+            if not (os.path.isfile(summary) and json.load(open(summary)).get("steps") == steps):
+                pending.append((v, seed))
+    gpus = positive_or_zero_list(a.gpus, "gpus") if a.gpus else [None]
+    running = {}  # Popen -> (variant, seed, start time, gpu, log file or None)
+
+    def stop_all():
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc, (_, _, _, _, log) in running.items():
+            proc.wait()
+            if log:
+                log.close()
+        running.clear()
+
+    while pending or running:
+        left = a.time_budget - (time.monotonic() - start) if a.time_budget else None
+        while pending and len(running) < a.jobs:
             if left is not None and left < max(30.0, 1.1 * longest):
                 out_of_time = True
+                pending.clear()
                 break
+            v, seed = pending.pop(0)
             cmd = train_command(a, t, v, seed, steps, batch, tokenizer)
-            print("+", " ".join(cmd), flush=True)
-            began = time.monotonic()
-            proc = subprocess.Popen(cmd)
-            try:
-                rc = proc.wait(timeout=left)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait()
-                out_of_time = True
-                break
-            if rc != 0:
-                sys.exit(f"training {v} seed {seed} failed with exit code {rc}")
-            longest = max(longest, time.monotonic() - began)
-        if out_of_time:
+            # The least-loaded GPU (several runs may share one: small models leave it idle).
+            load = {g: 0 for g in gpus}
+            for *_, g, _ in running.values():
+                load[g] += 1
+            gpu = min(gpus, key=lambda g: load[g])
+            env = dict(os.environ)
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            log = None
+            if a.jobs > 1:  # concurrent runs each write their own log; one stream otherwise
+                os.makedirs(run_dir(a.out, v, seed), exist_ok=True)
+                log = open(os.path.join(run_dir(a.out, v, seed), "train.log"), "w")
+            where = "" if gpu is None else f"[GPU {gpu}] "
+            print(f"+ {where}" + " ".join(cmd), flush=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log
+                                    else None)
+            running[proc] = (v, seed, time.monotonic(), gpu, log)
+        if not running:
             break
+        if left is not None and left <= 0:
+            stop_all()
+            out_of_time = True
+            break
+        time.sleep(0.2)
+        for proc in [p for p in running if p.poll() is not None]:
+            v, seed, began, _, log = running.pop(proc)
+            if log:
+                log.close()
+            if proc.returncode != 0:
+                stop_all()
+                where = f" (log: {log.name})" if log else ""
+                sys.exit(f"training {v} seed {seed} failed with exit code {proc.returncode}"
+                         f"{where}")
+            longest = max(longest, time.monotonic() - began)
+            if a.jobs > 1:
+                print(f"done {v} seed {seed} in {time.monotonic() - began:.0f} s", flush=True)
     results = collect(a, t, variants, seeds, steps, batch)
     text = json.dumps(results, indent=2) + "\n"
     with open(os.path.join(a.out, "results.json"), "w") as f:

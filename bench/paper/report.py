@@ -8,9 +8,11 @@ docs/results.md keeps hand-written text (setup notes, discussion) outside the ma
 `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`; only the text between a pair is
 rewritten, so the discussion stays where it is written. Inputs (newest by file name):
   bench/results/*-table1-*.json, *-table2-*.json   bench/paper/quality.py --json
-  bench/results/*-table3-sqa*.json                  bench/paper/table3.sh, sqa side
+  bench/results/*-table3-sqa*.json                  bench/paper/table3_sqa.py, sqa side
   bench/results/*-table3-torch*.json                bench/torch_reference.py bench, same run
-Plots (docs/img/*.png) need matplotlib; without it the tables are still written.
+(Table 3 merges every file of the newest one's date, e.g. a forward and a training part.)
+Plots (docs/img/*.png) need matplotlib; without it the tables are still written. A quality
+result's `-runs.tgz` beside its JSON (each run's metrics.jsonl) adds validation-loss curves.
 """
 
 import argparse
@@ -21,6 +23,10 @@ import os
 import re
 import statistics
 import sys
+import tarfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stats  # noqa: E402  (bench/paper/stats.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -92,6 +98,10 @@ def quality_section(path, plots):
             names.append(LABEL.get(row["variant"], row["variant"]))
             losses.append(loss[0])
             errs.append(0 if math.isnan(loss[1]) else loss[1])
+    lines += ["", *differences(r)]
+    curves = learning_curves(path, r, plots)
+    if curves:
+        lines += ["", curves]
     name = f"table{r['table']}-loss.png"
     if plots and names:
         import matplotlib.pyplot as plt
@@ -111,9 +121,96 @@ def quality_section(path, plots):
     return "\n".join(lines)
 
 
-def table3_section(sqa_path, torch_path, plots):
-    sqa = json.load(open(sqa_path)) if sqa_path else {"results": []}
-    ref = json.load(open(torch_path)) if torch_path else {"results": []}
+# The paper's baseline for each quality table: the differences are taken against it.
+BASELINE = {1: "mha", 2: "gqa"}
+
+
+def differences(r):
+    """Each variant's validation loss minus the baseline's, with Welch's 95% interval."""
+    base_name = BASELINE[r["table"]]
+    runs = {row["variant"]: [x["val_loss"] for x in row["runs"]] for row in r["rows"]}
+    base = runs.get(base_name, [])
+    paper = {row["variant"]: row["paper"]["val_loss"] for row in r["rows"]}
+    lines = [f"Validation loss minus {LABEL[base_name]}'s (positive: worse), Welch's t-test over "
+             "seeds, 95% interval; the paper's difference from its single runs:", "",
+             "| model | Δ loss | 95% interval | t | df | p | paper Δ |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        v = row["variant"]
+        if v == base_name:
+            continue
+        w = stats.welch(runs[v], base)
+        paper_diff = f"{paper[v] - paper[base_name]:+.4f}"
+        if w is None:
+            lines.append(f"| {LABEL.get(v, v)} | - | - | - | - | - | {paper_diff} |")
+            continue
+        lines.append(f"| {LABEL.get(v, v)} | {w['diff']:+.4f} | [{w['lo']:+.4f}, {w['hi']:+.4f}] "
+                     f"| {w['t']:.1f} | {w['df']:.1f} | {w['p']:.3f} | {paper_diff} |")
+    return lines
+
+
+def learning_curves(path, r, plots):
+    """Validation loss against tokens seen, mean over seeds, from the runs archive."""
+    archive = path[:-len(".json")] + "-runs.tgz"
+    if not os.path.isfile(archive):
+        return ""
+    curves = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not member.name.endswith("metrics.jsonl"):
+                continue
+            run = os.path.basename(os.path.dirname(member.name))
+            variant = run.rsplit("-s", 1)[0]
+            points = [json.loads(line) for line in tar.extractfile(member).read().splitlines()]
+            for p in points:
+                if "val_loss" in p:
+                    curves.setdefault(variant, {}).setdefault(p["step"], []).append(p["val_loss"])
+    name = f"table{r['table']}-curves.png"
+    if plots and curves:
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        tokens_per_step = r["batch"] * r["context"]
+        for row in r["rows"]:
+            steps = sorted(curves.get(row["variant"], {}))
+            if not steps:
+                continue
+            ax.plot([s * tokens_per_step / 1e6 for s in steps],
+                    [statistics.fmean(curves[row["variant"]][s]) for s in steps], marker="o",
+                    markersize=3, label=LABEL.get(row["variant"], row["variant"]))
+        ax.set_xlabel("training tokens (M)")
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"Table {r['table']}: validation loss, mean over seeds")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(IMG, name), dpi=120)
+        plt.close(fig)
+    if os.path.isfile(os.path.join(IMG, name)):
+        return f"![Table {r['table']} validation curves](img/{name}) (from `{rel(archive)}`)"
+    return ""
+
+
+def merged(paths):
+    """One report from several result files of one device run (e.g. the forward and the
+    training parts): later files' cells replace earlier ones with the same key."""
+    cells = {}
+    for path in paths:
+        for x in json.load(open(path))["results"]:
+            cells[(x["variant"], x["kind"], x["seqlen"], x["batch"])] = x
+    return {"results": list(cells.values())}
+
+
+def same_day(pattern):
+    """Every result file matching pattern from the newest one's date (its YYYY-MM-DD prefix)."""
+    newest_path = newest(pattern)
+    if not newest_path:
+        return []
+    day = os.path.basename(newest_path)[:10]
+    return sorted(p for p in glob.glob(os.path.join(RESULTS, pattern))
+                  if os.path.basename(p).startswith(day))
+
+
+def table3_section(sqa_paths, torch_paths, plots):
+    sqa, ref = merged(sqa_paths), merged(torch_paths)
 
     def find(report, variant, kind, T):
         for x in report["results"]:
@@ -123,9 +220,9 @@ def table3_section(sqa_path, torch_path, plots):
         return None
 
     lines = []
-    head = [f"sqa: `{rel(sqa_path)}`" if sqa_path else "sqa: no result file yet",
-            f"PyTorch reference: `{rel(torch_path)}`" if torch_path else
-            "PyTorch: no result file yet"]
+    head = ["sqa: " + (", ".join(f"`{rel(p)}`" for p in sqa_paths) or "no result file yet"),
+            "PyTorch reference: " + (", ".join(f"`{rel(p)}`" for p in torch_paths) or
+                                     "no result file yet")]
     lines.append("Sources: " + "; ".join(head) + ". Seconds per forward step (median), bf16; "
                  "speed-up = MHA time / time in the same row.")
     lines += ["", "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
@@ -150,12 +247,17 @@ def table3_section(sqa_path, torch_path, plots):
             cells = [find(report, v, kind, T) for v in TABLE3_VARIANTS]
             if any(cells):
                 b = next(c for c in cells if c)["batch"]
+                x, m = cells[0], cells[-1]
+                sp = f"{x['tokens_per_s'] / m['tokens_per_s']:.2f}x" if x and m else "-"
                 train_rows.append(f"| {T:,} × {b} | {label} | " + " | ".join(
-                    f"{c['tokens_per_s'] / 1e6:.3f}" if c else "-" for c in cells) + " |")
+                    f"{c['tokens_per_s'] / 1e6:.3f}" if c else "-" for c in cells) +
+                    f" | {sp} |")
     if train_rows:
-        lines += ["", "Training step (forward + backward + AdamW), million tokens/s:", "",
-                  "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) + " |",
-                  "|---|---|" + "---:|" * len(TABLE3_VARIANTS)] + train_rows
+        lines += ["", "Training step (forward + backward + AdamW), million tokens/s; speed-up = "
+                  "xSQA tokens/s / MHA tokens/s:", "",
+                  "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
+                  " | xSQA vs MHA |", "|---|---|" + "---:|" * (len(TABLE3_VARIANTS) + 1)]
+        lines += train_rows
     if plots and (sqa["results"] or ref["results"]):
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -170,7 +272,6 @@ def table3_section(sqa_path, torch_path, plots):
                     ax.plot(*zip(*pts), style, color=color, label=f"{LABEL[v]} {label}",
                             markersize=4)
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("sequence length (batch per the paper)")
         ax.set_ylabel("seconds per forward step")
         ax.legend(fontsize=7, ncol=3)
@@ -208,8 +309,8 @@ def main():
     os.makedirs(IMG, exist_ok=True)
     text = open(DOC).read()
     new = text
-    new = replace_block(new, "table3", table3_section(newest("*-table3-sqa*.json"),
-                                                      newest("*-table3-torch*.json"), plots))
+    new = replace_block(new, "table3", table3_section(same_day("*-table3-sqa*.json"),
+                                                      same_day("*-table3-torch*.json"), plots))
     for t in (1, 2):
         path = newest(f"*-table{t}-*.json")
         body = quality_section(path, plots) if path else "No result file yet."

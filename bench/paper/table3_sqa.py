@@ -48,6 +48,8 @@ def main():
     p.add_argument("--iters", type=int, default=10)
     a = p.parse_args()
     fwd, train = sizes(a.sizes, "sizes"), sizes(a.train_sizes, "train-sizes")
+    if not fwd and not train:
+        sys.exit("--sizes and --train-sizes are both empty: nothing to time")
     longest = max(t for t, _ in fwd + train)
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip().splitlines()

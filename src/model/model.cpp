@@ -20,6 +20,7 @@
 #include <map>
 #include <numeric>
 
+#include "model/offsets.hpp"
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
 #include "sqa/nn.hpp"
@@ -38,14 +39,8 @@ void resize(std::vector<Real>& v, int64_t n) {
 }
 
 // Offsets of one FFN (dense, or one expert) in the flat buffer.
-struct FfnOffsets {
-  int64_t fc1_w, fc1_b, fc2_w, fc2_b;
-};
-struct LayerOffsets {
-  int64_t attn_norm, q, k, v, o_w, o_b, ffn_norm, router = -1;
-  FfnOffsets ffn{};
-  std::vector<FfnOffsets> experts;
-};
+using detail::FfnOffsets;
+using detail::LayerOffsets;
 
 // Activations of one FFN application (dense: all rows; MoE: one expert's rows).
 template <typename Real>
@@ -106,38 +101,13 @@ Model<Real>::Model(const ModelConfig& config)
   for (const ParamSpec& p : params_) total += p.numel();
   weights_.assign(static_cast<size_t>(total), Real(0));
   grads_.assign(static_cast<size_t>(total), Real(0));
-  std::map<std::string, int64_t> off;
-  for (const ParamSpec& p : params_) off[p.name] = p.offset;
-  auto at = [&](const std::string& name) { return off.at(name); };
   State& s = *state_;
-  s.embed = at("embed.weight");
-  if (config_.final_norm) s.final_norm = at("final_norm.weight");
-  s.head_w = config_.tie_word_embeddings ? s.embed : at("lm_head.weight");
-  if (config_.lm_head_bias) s.head_b = at("lm_head.bias");
-  auto ffn = [&](const std::string& p) {
-    return FfnOffsets{at(p + "fc1.weight"), at(p + "fc1.bias"), at(p + "fc2.weight"),
-                      at(p + "fc2.bias")};
-  };
-  for (int i = 0; i < config_.num_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    LayerOffsets l;
-    l.attn_norm = at(p + "attn_norm.weight");
-    l.q = at(p + "attn.q_proj.weight");
-    l.k = at(p + "attn.k_proj.weight");
-    l.v = at(p + "attn.v_proj.weight");
-    l.o_w = at(p + "attn.o_proj.weight");
-    l.o_b = at(p + "attn.o_proj.bias");
-    l.ffn_norm = at(p + "ffn_norm.weight");
-    if (config_.is_moe()) {
-      l.router = at(p + "ffn.router.weight");
-      for (int e = 0; e < config_.num_experts; ++e) {
-        l.experts.push_back(ffn(p + "ffn.experts." + std::to_string(e) + "."));
-      }
-    } else {
-      l.ffn = ffn(p + "ffn.");
-    }
-    s.layers.push_back(std::move(l));
-  }
+  detail::ModelOffsets m = detail::model_offsets(config_, params_);
+  s.layers = std::move(m.layers);
+  s.embed = m.embed;
+  s.final_norm = m.final_norm;
+  s.head_w = m.head_w;
+  s.head_b = m.head_b;
 }
 
 template <typename Real>

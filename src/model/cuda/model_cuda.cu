@@ -20,6 +20,7 @@
 
 #include "model/cuda/kernels.cuh"
 #include "model/cuda/moe_kernels.cuh"
+#include "model/offsets.hpp"
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
 #include "sqa/model_cuda.hpp"
@@ -78,15 +79,8 @@ uint64_t layer_seed(uint64_t seed, int layer) {
 }
 
 // Offsets of one FFN (dense, or one expert) in the flat buffer.
-struct FfnOffsets {
-  int64_t fc1_w = 0, fc1_b = 0, fc2_w = 0, fc2_b = 0;
-};
-
-struct LayerOffsets {
-  int64_t attn_norm = 0, qkv = 0, o_w = 0, o_b = 0, ffn_norm = 0, router = -1;
-  FfnOffsets ffn;                   // dense
-  std::vector<FfnOffsets> experts;  // MoE
-};
+using detail::FfnOffsets;
+using detail::LayerOffsets;
 
 struct LayerActs {
   DeviceArray<float> x, rstd1, lse, x_mid, rstd2;
@@ -521,46 +515,17 @@ CudaModel::CudaModel(const ModelConfig& config)
   }
   require(available(), "--device cuda: no CUDA device is present");
   for (const ParamSpec& p : params_) num_params_ += p.numel();
-  std::map<std::string, int64_t> off;
-  std::map<std::string, int64_t> numel;
-  for (const ParamSpec& p : params_) {
-    off[p.name] = p.offset;
-    numel[p.name] = p.numel();
-  }
-  auto at = [&](const std::string& name) { return off.at(name); };
   State& s = *state_;
-  s.embed = at("embed.weight");
-  if (config_.final_norm) s.final_norm = at("final_norm.weight");
-  s.head_w = config_.tie_word_embeddings ? s.embed : at("lm_head.weight");
-  if (config_.lm_head_bias) s.head_b = at("lm_head.bias");
-  for (int i = 0; i < config_.num_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    const int64_t q = at(p + "attn.q_proj.weight"), kk = at(p + "attn.k_proj.weight"),
-                  v = at(p + "attn.v_proj.weight");
-    require(kk == q + numel.at(p + "attn.q_proj.weight") &&
-                v == kk + numel.at(p + "attn.k_proj.weight"),
-            "internal: q_proj, k_proj and v_proj of layer ", i,
+  detail::ModelOffsets m = detail::model_offsets(config_, params_);
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    require(m.layers[i].qkv_adjacent, "internal: q_proj, k_proj and v_proj of layer ", i,
             " are not adjacent in the parameter layout (the CUDA model fuses them)");
-    auto ffn = [&](const std::string& f) {
-      return FfnOffsets{at(f + "fc1.weight"), at(f + "fc1.bias"), at(f + "fc2.weight"),
-                        at(f + "fc2.bias")};
-    };
-    LayerOffsets l;
-    l.attn_norm = at(p + "attn_norm.weight");
-    l.qkv = q;
-    l.o_w = at(p + "attn.o_proj.weight");
-    l.o_b = at(p + "attn.o_proj.bias");
-    l.ffn_norm = at(p + "ffn_norm.weight");
-    if (config_.is_moe()) {
-      l.router = at(p + "ffn.router.weight");
-      for (int e = 0; e < config_.num_experts; ++e) {
-        l.experts.push_back(ffn(p + "ffn.experts." + std::to_string(e) + "."));
-      }
-    } else {
-      l.ffn = ffn(p + "ffn.");
-    }
-    s.layers.push_back(std::move(l));
   }
+  s.layers = std::move(m.layers);
+  s.embed = m.embed;
+  s.final_norm = m.final_norm;
+  s.head_w = m.head_w;
+  s.head_b = m.head_b;
   check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
   check(cublasCreate(&s.blas), "cublasCreate");
   check(cublasSetStream(s.blas, s.stream), "cublasSetStream");
@@ -737,7 +702,8 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
       k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + lo.attn_norm, xn1, rstd1, BT,
                                                      static_cast<int>(d), eps);
     }
-    s.gemm(false, true, BT, width, d, xn1, Wb + lo.qkv, qkv, false, false);
+    // q_proj, k_proj and v_proj are adjacent (checked at construction): one matmul from lo.q.
+    s.gemm(false, true, BT, width, d, xn1, Wb + lo.q, qkv, false, false);
     k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 8), 256, 0, st>>>(
         qkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(T),
         s.rope_table.ptr, false);
@@ -940,8 +906,8 @@ void CudaModel::backward() {
         dqkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(T),
         s.rope_table.ptr, true);
     check_launch("rope backward");
-    s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.qkv, true, true);
-    s.gemm(false, false, BT, d, width, dqkv, Wb + lo.qkv, dn, true, false);
+    s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.q, true, true);
+    s.gemm(false, false, BT, d, width, dqkv, Wb + lo.q, dn, true, false);
     // dx becomes d x (the layer's input); below layer 0 it feeds the next FFN's dropout.
     {
       k::NormBackward nb;
