@@ -24,6 +24,7 @@
 #include "sqa/io.hpp"
 #include "sqa/model.hpp"
 #include "sqa/model_cuda.hpp"
+#include "sqa/sampling.hpp"
 #include "sqa/tokenizer.hpp"
 #include "sqa/train.hpp"
 
@@ -161,7 +162,8 @@ metrics.jsonl, summary.json}. Decoders learn next-token prediction, encoders mas
 
 data
   --data PATH           text file, folder of .txt/.html, .jsonl ("text" field) or a .tok shard
-  --tokenizer FILE      HF tokenizer.json (default: DIR's, else train one at the config's vocab)
+  --tokenizer FILE      HF tokenizer.json (default: DIR's, else train one at the config's vocab);
+                        with a .tok shard, the one that made it (checked, copied into DIR)
   --vocab-size N        override the config's vocab_size
   --split-docs S        separator | file | paragraph | line (default separator: <|endoftext|>)
   --val-fraction F      last fraction of the token stream held out (default 0.05)
@@ -197,6 +199,16 @@ Samples text from a decoder, with a KV cache on the CPU (--device cuda re-runs t
   --prompt TEXT  --tokens N (100)  --temperature X (0.8, 0 = greedy)  --top-k K (40, 0 = off)
   --top-p P (0.95)  --seed S (1)  --tokenizer FILE  --device cpu|cuda
 )";
+
+// A token shard says which vocabulary made it; a tokenizer given with it must be that one,
+// or everything decoded from the run (generate, the MLM mask token) would be wrong text.
+void check_shard_tokenizer(const Tokenizer& tokenizer, const std::string& origin,
+                           const TokenCorpus& corpus, const std::string& shard) {
+  require(corpus.vocab_size == 0 || tokenizer.vocab_size() == corpus.vocab_size, "the tokenizer '",
+          origin, "' (vocabulary ", tokenizer.vocab_size(), ") did not make the token shard '",
+          shard, "' (vocabulary ", corpus.vocab_size,
+          "): give the tokenizer the shard was made with");
+}
 
 // --help prints the usage and ends the command.
 bool print_help(const Args& a, const char* usage) {
@@ -279,14 +291,18 @@ int cmd_train(const std::vector<std::string>& argv) {
   Tokenizer tokenizer;
   TokenCorpus corpus;
   std::string tok_origin = tokenizer_source(a, tok_file);
+  bool have_tokenizer = false;
   if (shard) {
     corpus = read_token_shard(data);
     // An encoder's mask token comes from the shard's tokenizer.
-    if (!cfg.causal) {
-      require(!tok_origin.empty(),
-              "an encoder (architecture 'encoder') trained on a token shard "
-              "needs --tokenizer FILE for the id of its \"<mask>\" token");
+    require(cfg.causal || !tok_origin.empty(),
+            "an encoder (architecture 'encoder') trained on a token shard "
+            "needs --tokenizer FILE for the id of its \"<mask>\" token");
+    // With the shard's tokenizer the run folder is complete: eval and generate find it there.
+    if (!tok_origin.empty()) {
       tokenizer = Tokenizer::load(tok_origin);
+      check_shard_tokenizer(tokenizer, tok_origin, corpus, data);
+      have_tokenizer = true;
     }
   } else {
     documents = load_documents(data, text_options(a));
@@ -439,7 +455,9 @@ int cmd_train(const std::vector<std::string>& argv) {
     if (r.step % eval_every == 0 || last) run_eval(r.step);
     if (r.step % ckpt_every == 0 || last) trainer.save_checkpoint(out);
   }
-  if (!is_regular_file(out + "/tokenizer.json") && !shard) tokenizer.save(out + "/tokenizer.json");
+  if (!is_regular_file(out + "/tokenizer.json") && (!shard || have_tokenizer)) {
+    tokenizer.save(out + "/tokenizer.json");
+  }
   // The ceiling again at the end (all threads), and MFU against the better of the two: on a
   // shared machine the first measurement may have been taken while something else ran.
   openblas_set_num_threads(omp_get_max_threads());
@@ -521,7 +539,10 @@ int cmd_eval(const std::vector<std::string>& argv) {
             "evaluating an encoder needs its tokenizer (for the \"<mask>\" "
             "token): give --tokenizer FILE (expected '",
             model_dir, "/tokenizer.json')");
-    if (shard) tokenizer = Tokenizer::load(origin);
+    if (shard) {
+      tokenizer = Tokenizer::load(origin);
+      check_shard_tokenizer(tokenizer, origin, corpus, data);
+    }
     set_mask_token(mlm, tokenizer, origin);
   }
   // --val-fraction F: evaluate the same tail split `sqa train` held out; default all data.
@@ -599,12 +620,14 @@ int cmd_generate(const std::vector<std::string>& argv) {
   const Tokenizer tokenizer = get_tokenizer(a, model_dir + "/tokenizer.json", nullptr, 0);
   const std::string prompt = a.get("prompt", "");
   const int64_t max_new = a.get_int("tokens", 100);
-  const double temperature = a.get_double("temperature", 0.8);
-  const int64_t top_k = a.get_int("top-k", 40);
-  const double top_p = a.get_double("top-p", 0.95);
-  require(temperature >= 0, "option --temperature (", temperature, ") must be >= 0 (0 = greedy)");
-  require(top_p > 0 && top_p <= 1, "option --top-p (", top_p, ") must be in (0, 1]");
+  SamplingOptions sampling;
+  sampling.temperature = a.get_double("temperature", sampling.temperature);
+  sampling.top_k = a.get_int("top-k", sampling.top_k);
+  sampling.top_p = a.get_double("top-p", sampling.top_p);
+  validate(sampling);
   require(max_new >= 1, "option --tokens (", max_new, ") must be at least 1");
+  // Rows of a vocabulary padded past the tokenizer's ids have no text: never sample them.
+  const int usable = std::min(cfg.vocab_size, tokenizer.vocab_size());
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back(tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0);
   const int64_t total =
@@ -621,38 +644,8 @@ int cmd_generate(const std::vector<std::string>& argv) {
     logits = model.decode_step(ids.data(), static_cast<int64_t>(ids.size()));
   }
   const size_t prompt_len = ids.size();
-  std::vector<std::pair<float, int32_t>> cand;
   while (static_cast<int64_t>(ids.size()) < total) {
-    int32_t next = 0;
-    const int V = cfg.vocab_size;
-    if (temperature == 0) {
-      next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
-    } else {
-      cand.clear();
-      for (int v = 0; v < V; ++v) cand.emplace_back(logits[v], v);
-      std::sort(cand.begin(), cand.end(), [](auto& x, auto& y) {
-        return x.first > y.first || (x.first == y.first && x.second < y.second);
-      });
-      if (top_k > 0 && top_k < V) cand.resize(static_cast<size_t>(top_k));
-      // Softmax at the temperature, then keep the smallest prefix with mass >= top_p.
-      std::vector<double> p(cand.size());
-      double sum = 0;
-      for (size_t i = 0; i < cand.size(); ++i) {
-        p[i] = std::exp((cand[i].first - cand[0].first) / temperature);
-        sum += p[i];
-      }
-      double acc = 0;
-      size_t keep = cand.size();
-      for (size_t i = 0; i < cand.size(); ++i) {
-        acc += p[i] / sum;
-        if (acc >= top_p) {
-          keep = i + 1;
-          break;
-        }
-      }
-      std::discrete_distribution<size_t> dist(p.begin(), p.begin() + static_cast<long>(keep));
-      next = cand[dist(rng)].second;
-    }
+    const int32_t next = sample_token(logits, usable, sampling, rng);
     ids.push_back(next);
     if (next == tokenizer.eos_id()) break;
     if (static_cast<int64_t>(ids.size()) >= total) break;
