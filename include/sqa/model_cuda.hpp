@@ -79,8 +79,10 @@ class CudaModel {
   // RoPE) and V in bf16, (batch, max_len, H_kv, d_head) each, so the attention reads it as
   // strided K and V with its bottom-right aligned mask: N_q new queries over N_k cached keys,
   // sliding windows included, the split-KV path when N_q is small.
+  // All sequences have the same length (no per-sequence lengths: one prompt length per batch).
   // decode_reset starts `batch` empty sequences of at most max_len tokens each (1 <= max_len <=
-  // max_position_embeddings); the cache grows to fit and keeps its memory.
+  // max_position_embeddings) for a decoder (causal) config; the cache grows to fit and keeps
+  // its memory.
   void decode_reset(int64_t batch, int64_t max_len);
   // Feeds `count` tokens per sequence (host array (batch, count), row-major) at positions
   // [decode_length(), decode_length() + count): count > 1 is a prefill (a whole prompt in one
