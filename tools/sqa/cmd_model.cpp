@@ -24,6 +24,7 @@
 #include "sqa/io.hpp"
 #include "sqa/model.hpp"
 #include "sqa/model_cuda.hpp"
+#include "sqa/sampling.hpp"
 #include "sqa/tokenizer.hpp"
 #include "sqa/train.hpp"
 
@@ -591,12 +592,14 @@ int cmd_generate(const std::vector<std::string>& argv) {
   const Tokenizer tokenizer = get_tokenizer(a, model_dir + "/tokenizer.json", nullptr, 0);
   const std::string prompt = a.get("prompt", "");
   const int64_t max_new = a.get_int("tokens", 100);
-  const double temperature = a.get_double("temperature", 0.8);
-  const int64_t top_k = a.get_int("top-k", 40);
-  const double top_p = a.get_double("top-p", 0.95);
-  require(temperature >= 0, "option --temperature (", temperature, ") must be >= 0 (0 = greedy)");
-  require(top_p > 0 && top_p <= 1, "option --top-p (", top_p, ") must be in (0, 1]");
+  SamplingOptions sampling;
+  sampling.temperature = a.get_double("temperature", sampling.temperature);
+  sampling.top_k = a.get_int("top-k", sampling.top_k);
+  sampling.top_p = a.get_double("top-p", sampling.top_p);
+  validate(sampling);
   require(max_new >= 1, "option --tokens (", max_new, ") must be at least 1");
+  // Rows of a vocabulary padded past the tokenizer's ids have no text: never sample them.
+  const int usable = std::min(cfg.vocab_size, tokenizer.vocab_size());
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back(tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0);
   const int64_t total =
@@ -614,38 +617,8 @@ int cmd_generate(const std::vector<std::string>& argv) {
     logits = model.decode_step(ids.data(), static_cast<int64_t>(ids.size()));
   }
   const size_t prompt_len = ids.size();
-  std::vector<std::pair<float, int32_t>> cand;
   while (static_cast<int64_t>(ids.size()) < total) {
-    int32_t next = 0;
-    const int V = cfg.vocab_size;
-    if (temperature == 0) {
-      next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
-    } else {
-      cand.clear();
-      for (int v = 0; v < V; ++v) cand.emplace_back(logits[v], v);
-      std::sort(cand.begin(), cand.end(), [](auto& x, auto& y) {
-        return x.first > y.first || (x.first == y.first && x.second < y.second);
-      });
-      if (top_k > 0 && top_k < V) cand.resize(static_cast<size_t>(top_k));
-      // Softmax at the temperature, then keep the smallest prefix with mass >= top_p.
-      std::vector<double> p(cand.size());
-      double sum = 0;
-      for (size_t i = 0; i < cand.size(); ++i) {
-        p[i] = std::exp((cand[i].first - cand[0].first) / temperature);
-        sum += p[i];
-      }
-      double acc = 0;
-      size_t keep = cand.size();
-      for (size_t i = 0; i < cand.size(); ++i) {
-        acc += p[i] / sum;
-        if (acc >= top_p) {
-          keep = i + 1;
-          break;
-        }
-      }
-      std::discrete_distribution<size_t> dist(p.begin(), p.begin() + static_cast<long>(keep));
-      next = cand[dist(rng)].second;
-    }
+    const int32_t next = sample_token(logits, usable, sampling, rng);
     ids.push_back(next);
     if (next == tokenizer.eos_id()) break;
     if (static_cast<int64_t>(ids.size()) >= total) break;
