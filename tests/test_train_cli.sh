@@ -115,4 +115,23 @@ expect_error decoder-mlm "--mlm-probability" "decoder" -- \
   "$sqa" train "${common[@]}" --out "$tmp/bad" --mlm-probability 0.2
 expect_error eval-nomask '"<mask>"' -- \
   "$sqa" eval --model "$tmp/enc" --data "$tmp/data" --tokenizer "$tmp/straight/tokenizer.json"
+
+# A token shard with the tokenizer that made it: the run folder gets the tokenizer, so generate
+# works from it; a tokenizer of another vocabulary size is refused before anything is written
+# (the shard records only the size, so two tokenizers of one size cannot be told apart).
+data_tool="$(dirname "$sqa")/sqa-data"
+if [ -x "$data_tool" ]; then
+  "$data_tool" tokenize --tokenizer "$tmp/straight/tokenizer.json" --data "$tmp/data" \
+    --out "$tmp/docs.tok" > /dev/null
+  "$sqa" train --config "$tmp/config.json" --data "$tmp/docs.tok" --steps 2 --batch 4 \
+    --context 32 --ceiling-size 128 --quiet --tokenizer "$tmp/straight/tokenizer.json" \
+    --out "$tmp/from-shard" > /dev/null
+  cmp "$tmp/straight/tokenizer.json" "$tmp/from-shard/tokenizer.json"
+  "$sqa" generate --model "$tmp/from-shard" --prompt "Python" --tokens 4 > /dev/null 2>&1
+  "$data_tool" tokenizer --data "$tmp/data" --vocab 300 --out "$tmp/tok300.json" > /dev/null
+  expect_error shard-tok "did not make the token shard" "tok300.json" "vocabulary 300" -- \
+    "$sqa" train --config "$tmp/config.json" --data "$tmp/docs.tok" --steps 2 --batch 4 \
+    --context 32 --quiet --tokenizer "$tmp/tok300.json" --out "$tmp/bad-shard"
+  [ ! -e "$tmp/bad-shard/tokenizer.json" ] || { echo "refused run wrote a tokenizer" >&2; exit 1; }
+fi
 echo "test_train_cli: ok"

@@ -162,7 +162,8 @@ metrics.jsonl, summary.json}. Decoders learn next-token prediction, encoders mas
 
 data
   --data PATH           text file, folder of .txt/.html, .jsonl ("text" field) or a .tok shard
-  --tokenizer FILE      HF tokenizer.json (default: DIR's, else train one at the config's vocab)
+  --tokenizer FILE      HF tokenizer.json (default: DIR's, else train one at the config's vocab);
+                        with a .tok shard, the one that made it (checked, copied into DIR)
   --vocab-size N        override the config's vocab_size
   --split-docs S        separator | file | paragraph | line (default separator: <|endoftext|>)
   --val-fraction F      last fraction of the token stream held out (default 0.05)
@@ -199,6 +200,16 @@ Samples text from a decoder with a KV cache: the prompt in one pass, then one to
   --prompt TEXT  --tokens N (100)  --temperature X (0.8, 0 = greedy)  --top-k K (40, 0 = off)
   --top-p P (0.95)  --seed S (1)  --tokenizer FILE  --device cpu|cuda
 )";
+
+// A token shard says which vocabulary made it; a tokenizer given with it must be that one,
+// or everything decoded from the run (generate, the MLM mask token) would be wrong text.
+void check_shard_tokenizer(const Tokenizer& tokenizer, const std::string& origin,
+                           const TokenCorpus& corpus, const std::string& shard) {
+  require(corpus.vocab_size == 0 || tokenizer.vocab_size() == corpus.vocab_size, "the tokenizer '",
+          origin, "' (vocabulary ", tokenizer.vocab_size(), ") did not make the token shard '",
+          shard, "' (vocabulary ", corpus.vocab_size,
+          "): give the tokenizer the shard was made with");
+}
 
 // --help prints the usage and ends the command.
 bool print_help(const Args& a, const char* usage) {
@@ -281,14 +292,18 @@ int cmd_train(const std::vector<std::string>& argv) {
   Tokenizer tokenizer;
   TokenCorpus corpus;
   std::string tok_origin = tokenizer_source(a, tok_file);
+  bool have_tokenizer = false;
   if (shard) {
     corpus = read_token_shard(data);
     // An encoder's mask token comes from the shard's tokenizer.
-    if (!cfg.causal) {
-      require(!tok_origin.empty(),
-              "an encoder (architecture 'encoder') trained on a token shard "
-              "needs --tokenizer FILE for the id of its \"<mask>\" token");
+    require(cfg.causal || !tok_origin.empty(),
+            "an encoder (architecture 'encoder') trained on a token shard "
+            "needs --tokenizer FILE for the id of its \"<mask>\" token");
+    // With the shard's tokenizer the run folder is complete: eval and generate find it there.
+    if (!tok_origin.empty()) {
       tokenizer = Tokenizer::load(tok_origin);
+      check_shard_tokenizer(tokenizer, tok_origin, corpus, data);
+      have_tokenizer = true;
     }
   } else {
     documents = load_documents(data, text_options(a));
@@ -441,7 +456,9 @@ int cmd_train(const std::vector<std::string>& argv) {
     if (r.step % eval_every == 0 || last) run_eval(r.step);
     if (r.step % ckpt_every == 0 || last) trainer.save_checkpoint(out);
   }
-  if (!is_regular_file(out + "/tokenizer.json") && !shard) tokenizer.save(out + "/tokenizer.json");
+  if (!is_regular_file(out + "/tokenizer.json") && (!shard || have_tokenizer)) {
+    tokenizer.save(out + "/tokenizer.json");
+  }
   // The ceiling again at the end (all threads), and MFU against the better of the two: on a
   // shared machine the first measurement may have been taken while something else ran.
   openblas_set_num_threads(omp_get_max_threads());
@@ -523,7 +540,10 @@ int cmd_eval(const std::vector<std::string>& argv) {
             "evaluating an encoder needs its tokenizer (for the \"<mask>\" "
             "token): give --tokenizer FILE (expected '",
             model_dir, "/tokenizer.json')");
-    if (shard) tokenizer = Tokenizer::load(origin);
+    if (shard) {
+      tokenizer = Tokenizer::load(origin);
+      check_shard_tokenizer(tokenizer, origin, corpus, data);
+    }
     set_mask_token(mlm, tokenizer, origin);
   }
   // --val-fraction F: evaluate the same tail split `sqa train` held out; default all data.
