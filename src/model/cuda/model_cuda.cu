@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "model/cuda/decode_kernels.cuh"
 #include "model/cuda/kernels.cuh"
 #include "model/cuda/moe_kernels.cuh"
 #include "model/offsets.hpp"
@@ -131,6 +132,20 @@ struct CudaModel::State {
   DeviceArray<bfloat> dyr_bf, dlogit;
   DeviceArray<float2> rope_table;
   int64_t rope_T = 0;
+
+  // KV-cache decoding (decode_reset / decode_step): dec_B sequences of at most dec_max tokens,
+  // dec_len fed so far. Per layer K and V caches (dec_B, dec_max, H_kv, dh) in bf16; the rope
+  // table of positions [0, dec_rope_len); one layer's worth of activations (dec), shared by
+  // all layers since only the caches outlive a layer; the final rows (dec_xf), each sequence's
+  // last one (dec_last) and its logits on the device and the host.
+  int64_t dec_B = 0, dec_max = 0, dec_len = 0, dec_rope_len = 0;
+  std::vector<DeviceArray<bfloat>> k_cache, v_cache;
+  DeviceArray<float2> dec_rope;
+  LayerActs dec;
+  DeviceArray<int32_t> dec_tokens;
+  DeviceArray<float> dec_tmp, dec_rstdf, dec_logits;
+  DeviceArray<bfloat> dec_xf, dec_last;
+  std::vector<float> dec_host_logits;
 
   // Row-major C (M, N) = op(A) op(B) (+ C when accumulate): A, B bf16, C bf16 or fp32, fp32
   // accumulation. cuBLAS is column-major, so this computes C^T = op(B)^T op(A)^T.
@@ -324,8 +339,10 @@ struct CudaModel::State {
     check_launch("residual norm");
   }
 
-  // The MoE FFN of layer l (definitions below the struct).
-  double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out);
+  // The MoE FFN of layer l (definitions below the struct). acts_in: buffers to use instead of
+  // layer l's training activations (decoding's scratch).
+  double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out,
+                     LayerActs* acts_in = nullptr);
   void moe_backward(const ModelConfig& c, int l, int64_t BT, const bfloat* dout, float* dxn);
 };
 
@@ -341,9 +358,10 @@ struct CudaModel::State {
 // (large early in training), a grouped GEMM needs the same host-side shapes and only saves
 // launches, and with the paper's 12 experts each matmul is thousands of rows, big enough to
 // run well alone.
-double CudaModel::State::moe_forward(const ModelConfig& c, int l, int64_t BT, float* out) {
+double CudaModel::State::moe_forward(const ModelConfig& c, int l, int64_t BT, float* out,
+                                     LayerActs* acts_in) {
   const LayerOffsets& lo = layers[static_cast<size_t>(l)];
-  LayerActs& a = acts[static_cast<size_t>(l)];
+  LayerActs& a = acts_in != nullptr ? *acts_in : acts[static_cast<size_t>(l)];
   const int64_t d = c.d_model, E = c.num_experts, K = c.top_k, N = BT * K;
   require(N <= std::numeric_limits<int32_t>::max(), "batch * seqlen * num_experts_per_tok (", N,
           ") must fit in int32 on CUDA (the routed-row indices)");
@@ -603,6 +621,26 @@ void CudaModel::synchronize() const {
 
 namespace {
 
+// RoPE's (cos, sin) per (position, pair) for positions [0, positions), angles in double as
+// nn::rope_apply, uploaded into `table`; the forward and decoding share it.
+void upload_rope_table(const ModelConfig& c, int64_t positions, DeviceArray<float2>& table,
+                       cudaStream_t stream) {
+  const int64_t dh = c.head_dim, half = dh / 2;
+  std::vector<float2> host(static_cast<size_t>(positions * half));
+  for (int64_t t = 0; t < positions; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double freq = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / dh);
+      const double a = static_cast<double>(t) * freq;
+      host[static_cast<size_t>(t * half + i)] =
+          make_float2(static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
+    }
+  }
+  check(cudaMemcpyAsync(table.ensure(positions * half), host.data(), host.size() * sizeof(float2),
+                        cudaMemcpyHostToDevice, stream),
+        "copy rope table");
+  check(cudaStreamSynchronize(stream), "sync");  // the host table goes out of scope
+}
+
 // Attention over the fused qkv buffer (rows of W_qkv elements) into att (B, T, H_attn, dh).
 AttentionParams attention_params(const ModelConfig& c, int layer, int64_t B, int64_t T,
                                  const bfloat* qkv, bfloat* att, float* lse, cudaStream_t stream) {
@@ -650,21 +688,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
                         st),
         "copy tokens");
   if (s.rope_T != T) {
-    // cos/sin per (position, pair), angles in double as nn::rope_apply.
-    const int64_t half = dh / 2;
-    std::vector<float2> table(static_cast<size_t>(T * half));
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = 0; i < half; ++i) {
-        const double freq = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / dh);
-        const double a = static_cast<double>(t) * freq;
-        table[static_cast<size_t>(t * half + i)] =
-            make_float2(static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
-      }
-    }
-    check(cudaMemcpyAsync(s.rope_table.ensure(T * half), table.data(),
-                          table.size() * sizeof(float2), cudaMemcpyHostToDevice, st),
-          "copy rope table");
-    check(cudaStreamSynchronize(st), "sync");  // the host table goes out of scope
+    upload_rope_table(c, T, s.rope_table, st);
     s.rope_T = T;
   }
 
@@ -981,6 +1005,170 @@ double CudaModel::optimizer_step(const CudaAdamW& o) {
         "copy norm");
   synchronize();
   return norm;
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV-cache decoding: Model<Real>::decode_step (model.cpp) for dec_B sequences in lockstep, with
+// the forward's kernels over the n new rows of each sequence. The new K and V go through the
+// same bf16 matmul and RoPE as the forward's, then into the cache; the attention reads the
+// cache directly, its mask aligned bottom-right (spec.hpp), so the n new queries sit at
+// positions [dec_len, dec_len + n) and a sliding window counts back from each of them.
+
+void CudaModel::decode_reset(int64_t batch, int64_t max_len) {
+  const ModelConfig& c = config_;
+  require(c.causal, "KV-cache decoding needs a decoder (causal) model; this config is an encoder");
+  require(batch >= 1 && batch <= 65535, "decode batch (", batch,
+          ") must be in [1, 65535] (the CUDA attention's grid)");
+  require(max_len >= 1 && max_len <= c.max_seq_len, "decode length (", max_len,
+          ") must be in [1, max_position_embeddings (", c.max_seq_len, ")]");
+  State& s = *state_;
+  const size_t L = static_cast<size_t>(c.num_layers);
+  s.k_cache.resize(L);
+  s.v_cache.resize(L);
+  for (size_t l = 0; l < L; ++l) {
+    const int64_t n = batch * max_len * c.layers[l].heads.num_kv_heads * c.head_dim;
+    s.k_cache[l].ensure(n);
+    s.v_cache[l].ensure(n);
+  }
+  if (s.dec_rope_len < max_len) {
+    upload_rope_table(c, max_len, s.dec_rope, s.stream);
+    s.dec_rope_len = max_len;
+  }
+  s.dec_B = batch;
+  s.dec_max = max_len;
+  s.dec_len = 0;
+}
+
+int64_t CudaModel::decode_length() const {
+  return state_->dec_len;
+}
+
+const float* CudaModel::decode_step(const int32_t* tokens, int64_t n) {
+  const ModelConfig& c = config_;
+  State& s = *state_;
+  require(s.dec_max > 0, "decode_step() needs decode_reset() first");
+  const int64_t B = s.dec_B, pos = s.dec_len, max_len = s.dec_max;
+  require(n >= 1, "decode_step: count (", n, ") must be at least 1 token per sequence");
+  if (pos == 0) {
+    require(n <= max_len, "the prompt (", n, " tokens) is longer than the KV cache (max_len ",
+            max_len, " from decode_reset)");
+  } else {
+    require(pos + n <= max_len, "decode_step: positions [", pos, ", ", pos + n,
+            ") reach past the KV cache: positions must stay below max_len (", max_len,
+            ") from decode_reset");
+  }
+  const int64_t rows = B * n, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
+  for (int64_t i = 0; i < rows; ++i) {
+    require(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " of sequence ", i / n,
+            " at position ", pos + i % n, " is outside the vocabulary [0, ", V, ")");
+  }
+  cudaStream_t st = s.stream;
+  const float* W = s.w.ptr;
+  const bfloat* Wb = s.wb.ptr;
+  LayerActs& a = s.dec;
+  check(cudaMemcpyAsync(s.dec_tokens.ensure(rows), tokens, rows * sizeof(int32_t),
+                        cudaMemcpyHostToDevice, st),
+        "copy tokens");
+  float* x = a.x.ensure(rows * d);
+  float* x_mid = a.x_mid.ensure(rows * d);
+  bfloat* xn1 = a.xn1.ensure(rows * d);
+  float* rstd1 = a.rstd1.ensure(rows);
+  bfloat* xn2 = a.xn2.ensure(rows * d);
+  float* rstd2 = a.rstd2.ensure(rows);
+  float* tmp = s.dec_tmp.ensure(rows * d);
+  bfloat* xf = s.dec_xf.ensure(rows * d);
+  k::embed_forward<<<k::blocks_for(rows * d), 256, 0, st>>>(s.dec_tokens.ptr, W + s.embed, x, rows,
+                                                            static_cast<int>(d));
+  check_launch("embedding");
+  const unsigned row_blocks = static_cast<unsigned>((rows * 32 + 255) / 256);
+  const float eps = static_cast<float>(c.norm_eps);
+  const bool swiglu = c.activation == Activation::swiglu;
+  const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + s.layers[0].attn_norm, xn1, rstd1, rows,
+                                                 static_cast<int>(d), eps);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
+    const HeadLayout& hl = c.layers[static_cast<size_t>(l)].heads;
+    const int64_t hq = hl.num_query_heads, hkv = hl.num_kv_heads, ha = hl.num_attention_heads();
+    const int64_t width = (hq + 2 * hkv) * dh, kv_width = hkv * dh;
+    bfloat* qkv = a.qkv.ensure(rows * width);
+    bfloat* att = a.att.ensure(rows * ha * dh);
+    bfloat* kc = s.k_cache[static_cast<size_t>(l)].ptr;
+    bfloat* vc = s.v_cache[static_cast<size_t>(l)].ptr;
+    s.gemm(false, true, rows, width, d, xn1, Wb + lo.q, qkv, false, false);
+    // Row r is position pos + r % n: the table from position pos on.
+    k::rope<<<k::blocks_for(rows * (hq + hkv) * dh / 8), 256, 0, st>>>(
+        qkv, rows, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(n),
+        s.dec_rope.ptr + pos * (dh / 2), false);
+    k::kv_cache_append<<<k::blocks_for(rows * 2 * kv_width / 8), 256, 0, st>>>(
+        qkv, rows, static_cast<int>(n), width, hq * dh, static_cast<int>(kv_width), kc, vc, max_len,
+        pos);
+    check_launch("rope and cache append");
+    AttentionParams p;
+    p.spec = c.attention_spec(l);
+    p.dtype = DType::bf16;
+    p.device = Device::cuda;
+    p.stream = st;
+    p.batch = B;
+    p.seqlen_q = n;
+    p.seqlen_k = pos + n;
+    p.q = qkv;
+    p.k = kc;
+    p.v = vc;
+    p.out = att;
+    p.q_strides = {n * width, width, dh};
+    p.k_strides = p.v_strides = {max_len * kv_width, kv_width, dh};
+    p.out_strides = {n * ha * dh, ha * dh, dh};
+    cuda::attention_forward(p);
+    s.gemm(false, true, rows, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
+    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
+                                                    rstd2, rows, static_cast<int>(d), eps, 0.0, 0,
+                                                    false);
+    const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
+    if (c.is_moe()) {
+      s.moe_forward(c, l, rows, tmp, &a);
+    } else {
+      bfloat* h = a.h.ensure(rows * h_dim);
+      bfloat* act = a.a.ensure(rows * ff);
+      s.gemm(false, true, rows, h_dim, d, xn2, Wb + lo.ffn.fc1_w, h, false, false);
+      s.bias_activation(swiglu, h, W + lo.ffn.fc1_b, act, rows, ff);
+      s.gemm(false, true, rows, d, ff, act, Wb + lo.ffn.fc2_w, tmp, true, false);
+      ffn_bias = W + lo.ffn.fc2_b;
+    }
+    // x = x_mid + FFN, normalised for the next layer (into xn1) or the LM head (into xf), as
+    // in forward() without dropout.
+    const bool last = l + 1 == c.num_layers;
+    const float* next_w = last ? (c.final_norm ? W + s.final_norm : nullptr)
+                               : W + s.layers[static_cast<size_t>(l + 1)].attn_norm;
+    bfloat* next_xn = last ? xf : xn1;
+    float* next_rstd = last ? (c.final_norm ? s.dec_rstdf.ensure(rows) : nullptr) : rstd1;
+    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x_mid, tmp, ffn_bias, x, next_w, next_xn,
+                                                    next_rstd, rows, static_cast<int>(d), eps, 0.0,
+                                                    0, false);
+    check_launch("layer kernels");
+  }
+  // Only each sequence's last row reaches the LM head. The logits stay fp32 (the forward's
+  // are bf16 for the cross entropy's bandwidth), bias added on the device.
+  bfloat* last_rows = s.dec_last.ensure(B * d);
+  const size_t row_bytes = static_cast<size_t>(d) * sizeof(bfloat);
+  check(
+      cudaMemcpy2DAsync(last_rows, row_bytes, xf + (n - 1) * d, static_cast<size_t>(n) * row_bytes,
+                        row_bytes, static_cast<size_t>(B), cudaMemcpyDeviceToDevice, st),
+      "gather last rows");
+  float* logits = s.dec_logits.ensure(B * V);
+  s.gemm(false, true, B, V, d, last_rows, Wb + s.head_w, logits, true, false);
+  if (s.head_b >= 0) {
+    k::bias_add_f32<<<k::blocks_for(B * V), 256, 0, st>>>(logits, W + s.head_b, B,
+                                                          static_cast<int>(V));
+    check_launch("lm_head bias");
+  }
+  s.dec_host_logits.resize(static_cast<size_t>(B * V));
+  check(cudaMemcpyAsync(s.dec_host_logits.data(), logits, B * V * sizeof(float),
+                        cudaMemcpyDeviceToHost, st),
+        "copy logits");
+  synchronize();
+  s.dec_len += n;
+  return s.dec_host_logits.data();
 }
 
 }  // namespace sqa
