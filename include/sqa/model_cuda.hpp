@@ -74,6 +74,26 @@ class CudaModel {
   // Waits for the device (for timing).
   void synchronize() const;
 
+  // KV-cache decoding, as Model<float>::decode_reset / decode_step, for `batch` sequences fed
+  // in lockstep; eval mode (no dropout, no gradients). The cache holds every layer's K (after
+  // RoPE) and V in bf16, (batch, max_len, H_kv, d_head) each, so the attention reads it as
+  // strided K and V with its bottom-right aligned mask: N_q new queries over N_k cached keys,
+  // sliding windows included, the split-KV path when N_q is small.
+  // All sequences have the same length (no per-sequence lengths: one prompt length per batch).
+  // decode_reset starts `batch` empty sequences of at most max_len tokens each (1 <= max_len <=
+  // max_position_embeddings) for a decoder (causal) config; the cache grows to fit and keeps
+  // its memory.
+  void decode_reset(int64_t batch, int64_t max_len);
+  // Feeds `count` tokens per sequence (host array (batch, count), row-major) at positions
+  // [decode_length(), decode_length() + count): count > 1 is a prefill (a whole prompt in one
+  // pass), count = 1 a step. Returns each sequence's logits at its last fed token, a host array
+  // (batch, vocab) in fp32 (LM-head bias included) that stays valid until the next call.
+  // Throws sqa::Error naming the value and the rule for a call before decode_reset, a count
+  // that would pass max_len, or a token id outside the vocabulary.
+  const float* decode_step(const int32_t* tokens, int64_t count);
+  // Tokens fed per sequence since decode_reset (the cache length).
+  int64_t decode_length() const;
+
  private:
   struct State;
   ModelConfig config_;

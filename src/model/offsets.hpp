@@ -1,7 +1,6 @@
 // Where each parameter of parameter_specs() starts in the model's flat weight buffer, by role.
-// The one place that maps the PyTorch tensor names to offsets for the CPU model (model.cpp).
-// The CUDA model (cuda/model_cuda.cu) still resolves its own; it moves onto this map once that
-// change has run on a GPU (branch gpu-next carries it).
+// The one place that maps the PyTorch tensor names to offsets; the CPU model (model.cpp) and the
+// CUDA model (cuda/model_cuda.cu) both index their weights, gradients and AdamW moments with it.
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,9 @@
 // gradient of every parameter, for MHA, SQA, xSQA, rSQA, a sliding-window layer and the
 // options (GELU, final norm, tied embeddings), and the MoE FFN (both aux losses, with and
 // without dropout, top-1 with unused experts). Then a few GPU training steps must reduce the
-// loss, and MoE training steps must follow the CPU's. Skips without a GPU.
+// loss, and MoE training steps must follow the CPU's. KV-cache decoding (CudaModelDecode) must
+// give the full forward's logits and the CPU decode's, and greedy generation must pick the
+// full recompute's tokens. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -230,6 +232,31 @@ TEST(CudaModel, AgreesWithCpuLargeVocab) {
       "intermediate_size": 96, "max_position_embeddings": 64, "ffn_dropout": 0.1,
       "attention_variant": "xsqa"})"),
                    "vocab");
+  // Three vectors per thread (the paper's MoE vocabulary), without the LM-head bias.
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 5000, "hidden_size": 64,
+      "num_hidden_layers": 1, "num_attention_heads": 8, "head_dim": 16,
+      "intermediate_size": 96, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "gqa", "lm_head_bias": false})"),
+                   "vocab-nobias", {}, 3, 29);
+}
+
+// Widths of the vectorised norm kernels: the paper's dense model (d_model 256: every lane of
+// a warp owns 8 columns; SwiGLU ff 768, vocabulary 10000), and widths that leave the second
+// (328) or third (520) group of 256 columns partly filled.
+TEST(CudaModel, AgreesWithCpuWideModels) {
+  SKIP_WITHOUT_GPU();
+  expect_agreement(sqa::parse_config(R"({"vocab_size": 10000, "hidden_size": 256,
+      "num_hidden_layers": 2, "num_attention_heads": 16, "head_dim": 16,
+      "intermediate_size": 768, "max_position_embeddings": 64, "ffn_dropout": 0.1,
+      "attention_variant": "xsqa"})"),
+                   "paper-d256");
+  for (const char* d : {"328", "520"}) {
+    expect_agreement(sqa::parse_config(std::string(R"({"vocab_size": 300, "hidden_size": )") + d +
+                                       R"(, "num_hidden_layers": 2, "num_attention_heads": 8,
+        "head_dim": 16, "intermediate_size": 96, "max_position_embeddings": 64,
+        "ffn_dropout": 0.1, "attention_variant": "sqa"})"),
+                     d == std::string("328") ? "d328" : "d520", {}, 3, 21);
+  }
 }
 
 TEST(CudaModel, TrainingStepsReduceLoss) {
@@ -365,6 +392,272 @@ TEST(CudaModel, MoeTrainingStepsFollowTheCpu) {
                 c.loss, g.aux_loss, c.aux_loss, gpu_norm, cpu_norm);
   }
   EXPECT_LT(last, first);
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV-cache decoding (CudaModel::decode_reset / decode_step).
+
+// Tokens [t0, t0 + n) of each of the B sequences of `all` (B, T), as a (B, n) array.
+std::vector<int32_t> columns(const std::vector<int32_t>& all, int64_t B, int64_t T, int64_t t0,
+                             int64_t n) {
+  std::vector<int32_t> out;
+  for (int64_t b = 0; b < B; ++b) {
+    out.insert(out.end(), all.begin() + b * T + t0, all.begin() + b * T + t0 + n);
+  }
+  return out;
+}
+
+// Feeds B sequences of sum(chunks) tokens to the GPU's cache in chunks (the first a prefill,
+// chunks of 1 are steps) and checks the logits returned after each chunk, at its last
+// position: against the GPU's full forward over the same tokens (causal, so row t of the full
+// forward is the logits of the prefix [0, t]) within bf16 noise of one computation against
+// another, and against the CPU fp32 model's own cached decode of each sequence (batch 1) at
+// the tolerance of the CPU-GPU agreement tests. Before the checked run, the cache and every
+// decode buffer are filled from other tokens, one sequence more, over the whole length, so a
+// cache row the checked run forgot to write (or wrote at the wrong position) carries another
+// prompt's K/V, and the checked run reuses buffers laid out for another batch.
+void expect_decode_agreement(const ModelConfig& cfg, const char* label,
+                             const std::vector<int64_t>& chunks, const Prepare& prepare = {},
+                             int64_t B = 3) {
+  const int64_t T = std::accumulate(chunks.begin(), chunks.end(), int64_t{0});
+  const int64_t V = cfg.vocab_size;
+  Model<float> cpu(cfg);
+  cpu.init_weights(21);
+  if (prepare) prepare(cpu);
+  CudaModel gpu(cfg);
+  gpu.set_weights(cpu.weights().data());
+  const std::vector<int32_t> tokens = random_batch(cfg, B * T, 31).tokens;
+
+  gpu.forward(tokens.data(), nullptr, nullptr, B, T, false);
+  const std::vector<float> full = gpu.logits();  // (B, T, V)
+
+  {
+    const std::vector<int32_t> other = random_batch(cfg, (B + 1) * T, 32).tokens;
+    gpu.decode_reset(B + 1, T);
+    gpu.decode_step(other.data(), T);
+    ASSERT_EQ(gpu.decode_length(), T);
+  }
+  gpu.decode_reset(B, T);
+  EXPECT_EQ(gpu.decode_length(), 0);
+  double worst_full = 0, worst_cpu = 0;
+  std::vector<std::vector<float>> gpu_at(chunks.size());  // (B, V) after each chunk
+  int64_t pos = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const int64_t n = chunks[i];
+    const std::vector<int32_t> feed = columns(tokens, B, T, pos, n);
+    const float* z = gpu.decode_step(feed.data(), n);
+    pos += n;
+    ASSERT_EQ(gpu.decode_length(), pos) << label;
+    gpu_at[i].assign(z, z + B * V);
+    std::vector<float> want;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* row = full.data() + (b * T + pos - 1) * V;
+      want.insert(want.end(), row, row + V);
+    }
+    const double err = rel_error(z, want.data(), B * V);
+    worst_full = std::max(worst_full, err);
+    EXPECT_LT(err, 1e-2) << label << ": decode vs full forward after position " << pos - 1;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    cpu.decode_reset(T);
+    pos = 0;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const float* z = cpu.decode_step(tokens.data() + b * T + pos, chunks[i]);
+      pos += chunks[i];
+      const double err = rel_error(gpu_at[i].data() + b * V, z, V);
+      worst_cpu = std::max(worst_cpu, err);
+      EXPECT_LT(err, 2e-2) << label << ": GPU vs CPU decode, sequence " << b << " position "
+                           << pos - 1;
+    }
+  }
+  std::printf("%-14s decode vs full forward %.2e  vs CPU decode %.2e\n", label, worst_full,
+              worst_cpu);
+}
+
+// A prefill, then one token per step for the rest of the sequence.
+std::vector<int64_t> prefill_then_steps(int64_t prefill, int64_t total) {
+  std::vector<int64_t> chunks = {prefill};
+  for (int64_t t = prefill; t < total; ++t) chunks.push_back(1);
+  return chunks;
+}
+
+TEST(CudaModelDecode, MatchesFullForwardSqa) {
+  SKIP_WITHOUT_GPU();
+  expect_decode_agreement(small_config(R"("attention_variant": "sqa")"), "sqa",
+                          prefill_then_steps(13, 40));
+}
+// H_kv = 1: the decode path packs every query head of the one KV head into a tile.
+TEST(CudaModelDecode, MatchesFullForwardXsmqa) {
+  SKIP_WITHOUT_GPU();
+  expect_decode_agreement(small_config(R"("attention_variant": "xsmqa")"), "xsmqa",
+                          prefill_then_steps(7, 30));
+}
+TEST(CudaModelDecode, MatchesFullForwardRsqa) {
+  SKIP_WITHOUT_GPU();
+  expect_decode_agreement(small_config(R"("attention_variant": "rsqa")"), "rsqa",
+                          prefill_then_steps(13, 40));
+}
+// A window of 8 against 40 positions: once the sequence is longer than the window, each step's
+// query must count its window back from its own position in the cache.
+TEST(CudaModelDecode, MatchesFullForwardSlidingWindowLayer) {
+  SKIP_WITHOUT_GPU();
+  expect_decode_agreement(small_config(R"("attention_variant": "sqa", "layer_types": [
+      {"attention_variant": "sqa", "sliding_window": 8}, {"attention_variant": "gqa"}])"),
+                          "sw-sqa", prefill_then_steps(5, 40));
+}
+// Final norm, GELU, tied embeddings, no LM-head bias; prefill in uneven chunks.
+TEST(CudaModelDecode, MatchesFullForwardOptionsAndChunks) {
+  SKIP_WITHOUT_GPU();
+  expect_decode_agreement(small_config(R"("attention_variant": "ssqa", "hidden_act": "gelu",
+      "final_norm": true, "tie_word_embeddings": true, "lm_head_bias": false)"),
+                          "options", {9, 1, 6, 1, 1, 17, 1, 1}, {}, 2);
+}
+// The MoE FFN over the B rows of a step (routing made clear-cut as in the agreement tests).
+TEST(CudaModelDecode, MatchesFullForwardMoe) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig cfg = moe_config(R"(, "router_aux_loss": "paper")");
+  expect_decode_agreement(cfg, "moe", prefill_then_steps(11, 40), route_by_token(cfg, 4));
+  const ModelConfig top1 = moe_config(R"(, "router_aux_loss": "none")", 8, 1);
+  expect_decode_agreement(top1, "moe-top1", prefill_then_steps(11, 40), route_by_token(top1, 4), 5);
+}
+// A long cache at head_dim 64: a 500-token prefill and a 130-token chunk (query rows enough for
+// the automatic backend to pick cuDNN, the chunk with N_q < N_k and its mask aligned
+// bottom-right), then steps over 630+ keys, where the attention splits the keys over CTAs
+// (split-KV: 8 or more key blocks of 64).
+TEST(CudaModelDecode, MatchesFullForwardLongCache) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig cfg = sqa::parse_config(R"({"vocab_size": 512, "hidden_size": 128,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 64,
+      "intermediate_size": 192, "max_position_embeddings": 640, "ffn_dropout": 0.1,
+      "attention_variant": "sqa", "layer_types": [
+      {"attention_variant": "sqa", "sliding_window": 200}, {"attention_variant": "sqa"}]})");
+  std::vector<int64_t> chunks = {500, 130};
+  for (int i = 0; i < 8; ++i) chunks.push_back(1);
+  expect_decode_agreement(cfg, "long", chunks, {}, 2);
+}
+
+// Greedy decoding with the cache against greedy decoding by full recompute (the GPU forward
+// over the whole prefix at every step). Two bf16 computations of the same logits differ by
+// ~1e-2 of their spread, so where a row's top two logits are closer than that the two argmaxes
+// may legitimately differ. Hence the token is compared only where the full recompute's top-2
+// margin exceeds kMargin times the row's standard deviation (about 10x the noise), and both
+// runs then continue with the full recompute's token, so one near tie does not end the
+// comparison: the sequence generated is the full recompute's greedy one, and the cached run
+// must pick the same token at every step with a clear margin. At least half of the steps must
+// be clear (random logits leave about 1 in 4 below the margin), so the test cannot pass by
+// skipping them all.
+TEST(CudaModelDecode, GreedyMatchesFullRecompute) {
+  SKIP_WITHOUT_GPU();
+  constexpr double kMargin = 0.1;
+  const ModelConfig cfg = small_config(R"("attention_variant": "sqa", "layer_types": [
+      {"attention_variant": "sqa", "sliding_window": 8}, {"attention_variant": "xsqa"}])");
+  const int64_t B = 2, prompt = 6, total = 48, V = cfg.vocab_size;
+  Model<float> init(cfg);
+  init.init_weights(41);
+  CudaModel gpu(cfg);
+  gpu.set_weights(init.weights().data());
+  std::vector<std::vector<int32_t>> ids(static_cast<size_t>(B));
+  const std::vector<int32_t> start = random_batch(cfg, B * prompt, 43).tokens;
+  for (int64_t b = 0; b < B; ++b) {
+    ids[static_cast<size_t>(b)].assign(start.begin() + b * prompt,
+                                       start.begin() + (b + 1) * prompt);
+  }
+  {  // poison: another prompt through the whole cache
+    const std::vector<int32_t> other = random_batch(cfg, B * total, 44).tokens;
+    gpu.decode_reset(B, total);
+    gpu.decode_step(other.data(), total);
+  }
+  gpu.decode_reset(B, total);
+  const float* cached = gpu.decode_step(start.data(), prompt);
+  int64_t clear = 0, steps = 0;
+  for (int64_t len = prompt; len < total; ++len) {
+    std::vector<int32_t> prefix;
+    for (const auto& seq : ids) prefix.insert(prefix.end(), seq.begin(), seq.end());
+    gpu.forward(prefix.data(), nullptr, nullptr, B, len, false);
+    const std::vector<float> full = gpu.logits();
+    std::vector<int32_t> next(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) {
+      const float* f = full.data() + (b * len + len - 1) * V;
+      const float* z = cached + b * V;
+      std::vector<int> order(static_cast<size_t>(V));
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + 2, order.end(),
+                        [f](int x, int y) { return f[x] > f[y] || (f[x] == f[y] && x < y); });
+      double mean = 0, var = 0;
+      for (int64_t v = 0; v < V; ++v) mean += f[v] / static_cast<double>(V);
+      for (int64_t v = 0; v < V; ++v) var += (f[v] - mean) * (f[v] - mean) / static_cast<double>(V);
+      const double margin = f[order[0]] - f[order[1]];
+      const int cached_top = static_cast<int>(std::max_element(z, z + V) - z);
+      ++steps;
+      if (margin > kMargin * std::sqrt(var)) {
+        ++clear;
+        EXPECT_EQ(cached_top, order[0]) << "sequence " << b << " step " << len << " margin "
+                                        << margin << " std " << std::sqrt(var);
+      }
+      next[static_cast<size_t>(b)] = order[0];
+      ids[static_cast<size_t>(b)].push_back(order[0]);
+    }
+    if (len + 1 < total) cached = gpu.decode_step(next.data(), 1);
+  }
+  EXPECT_EQ(gpu.decode_length(), total - 1);
+  EXPECT_GE(2 * clear, steps) << clear << " of " << steps << " steps had a clear margin";
+  std::printf("greedy: %lld of %lld steps compared (clear margin)\n", static_cast<long long>(clear),
+              static_cast<long long>(steps));
+}
+
+// Runs f, which must throw sqa::Error with `needle` in its message.
+template <typename F>
+void expect_error(F f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing '" << needle << "'";
+  } catch (const sqa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+        << "'" << e.what() << "' lacks '" << needle << "'";
+  }
+}
+
+TEST(CudaModelDecode, BadInputsAreErrors) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig cfg = small_config(R"("attention_variant": "sqa")");
+  Model<float> init(cfg);
+  init.init_weights(3);
+  CudaModel gpu(cfg);
+  gpu.set_weights(init.weights().data());
+  std::vector<int32_t> tokens(16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(7 * i % 160);
+
+  EXPECT_THROW(gpu.decode_step(tokens.data(), 1), sqa::Error);
+  expect_error([&] { gpu.decode_step(tokens.data(), 1); }, "needs decode_reset() first");
+  expect_error([&] { gpu.decode_reset(1, 65); },
+               "decode length (65) must be in [1, max_position_embeddings (64)]");
+  expect_error([&] { gpu.decode_reset(0, 8); }, "decode batch (0)");
+
+  gpu.decode_reset(2, 4);
+  EXPECT_THROW(gpu.decode_step(tokens.data(), 5), sqa::Error);
+  expect_error([&] { gpu.decode_step(tokens.data(), 5); },
+               "the prompt (5 tokens) is longer than the KV cache (max_len 4");
+  expect_error([&] { gpu.decode_step(tokens.data(), 0); }, "count (0) must be at least 1");
+  // Sequence 1, position 2 of a (2, 3) prefill: flat index 5.
+  std::vector<int32_t> bad(tokens.begin(), tokens.begin() + 6);
+  bad[5] = 160;
+  expect_error([&] { gpu.decode_step(bad.data(), 3); },
+               "token id 160 of sequence 1 at position 2 is outside the vocabulary [0, 160)");
+  bad[5] = 0;
+  bad[0] = -1;
+  expect_error([&] { gpu.decode_step(bad.data(), 3); }, "token id -1 of sequence 0 at position 0");
+  // The refused calls left the cache empty; a valid prefill and step fill it.
+  EXPECT_EQ(gpu.decode_length(), 0);
+  gpu.decode_step(tokens.data(), 3);
+  gpu.decode_step(tokens.data(), 1);
+  EXPECT_EQ(gpu.decode_length(), 4);
+  expect_error([&] { gpu.decode_step(tokens.data(), 1); },
+               "positions [4, 5) reach past the KV cache: positions must stay below max_len (4)");
+  EXPECT_EQ(gpu.decode_length(), 4);
+
+  const ModelConfig enc = small_config(R"("attention_variant": "sqa", "architecture": "encoder")");
+  CudaModel encoder(enc);
+  expect_error([&] { encoder.decode_reset(1, 8); }, "needs a decoder (causal) model");
 }
 
 TEST(CudaModel, BadTokenIsAnError) {

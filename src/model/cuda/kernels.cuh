@@ -110,6 +110,19 @@ __device__ inline void store_bf16(bfloat* p, const float (&v)[W]) {
   }
 }
 
+// fp32 rows as 16-byte accesses: 8 floats at p (32-byte aligned: a row start of a (rows, d)
+// buffer with d a multiple of 8, plus a multiple of 8).
+__device__ inline void load_f32x8(const float* p, float (&v)[8]) {
+  const float4 lo = reinterpret_cast<const float4*>(p)[0],
+               hi = reinterpret_cast<const float4*>(p)[1];
+  v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z,
+  v[7] = hi.w;
+}
+__device__ inline void store_f32x8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 // The value a bf16 tensor stores for x.
 __device__ inline float round_bf16(float x) {
   return __bfloat162float(__float2bfloat16(x));
@@ -155,6 +168,67 @@ __global__ void residual_rmsnorm(const float* x, const float* y, const float* b,
   const float s = rsqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[r] = s;
   for (int c = lane; c < d; c += 32) xn[o + c] = __float2bfloat16(out[o + c] * s * w[c]);
+}
+
+// residual_rmsnorm for d a multiple of 8 and at most kVecs * 256, lane l owning the columns
+// 8 (l + 32 k) .. + 7: 16-byte accesses, the row held in registers between the sum of squares
+// and the normalisation (the scalar kernel reads `out` back), and b and w loaded once per
+// warp into registers rather than once per row (8 scalar loads 32 bytes apart per lane cost
+// as many L1 wavefronts as the row itself). Warps stride over the rows of a fixed grid.
+template <int kVecs>
+__global__ void __launch_bounds__(256)
+    residual_rmsnorm_vec(const float* x, const float* y, const float* b, float* out, const float* w,
+                         bfloat* xn, float* rstd, int64_t rows, int d, float eps, double p,
+                         uint64_t seed, bool drop) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  const float scale = static_cast<float>(1.0 / (1.0 - p));
+  float bv[kVecs][8], wv[kVecs][8];
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int c = 8 * (lane + 32 * k);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      bv[k][j] = b != nullptr && c < d ? b[c + j] : 0.0f;
+      wv[k][j] = w != nullptr && c < d ? w[c + j] : 0.0f;
+    }
+  }
+  for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; r < rows;
+       r += warps) {
+    const int64_t o = r * d;
+    float v[kVecs][8];
+    float ss = 0;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      float xv[8];
+      load_f32x8(y + o + c, v[k]);
+      load_f32x8(x + o + c, xv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float t = b != nullptr ? v[k][j] + bv[k][j] : v[k][j];
+        if (drop) t = dropout_keep(seed, static_cast<uint64_t>(o + c + j), p) ? t * scale : 0.0f;
+        v[k][j] = t + xv[j];
+        ss += v[k][j] * v[k][j];
+      }
+      store_f32x8(out + o + c, v[k]);
+      if (w == nullptr) store_bf16<8>(xn + o + c, v[k]);
+    }
+    if (w == nullptr) continue;
+    ss = warp_sum(ss);
+    const float s = rsqrtf(ss / static_cast<float>(d) + eps);
+    if (lane == 0) rstd[r] = s;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      float n[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) n[j] = v[k][j] * s * wv[k][j];
+      store_bf16<8>(xn + o + c, n);
+    }
+  }
 }
 
 // Backward through one RMSNorm into the residual stream, with the column sums that follow it
@@ -233,6 +307,103 @@ __global__ void rmsnorm_backward(const NormBackward a) {
   }
 }
 
+// rmsnorm_backward for d a multiple of 8 and at most kVecs * 256: lane l owns the columns
+// 8 (l + 32 k) .. + 7, k < kVecs, so each row is read once with 16-byte accesses and stays in
+// registers from the dot product to the update (the scalar kernel reads dy and x twice), and
+// the column sums stay in registers over all the rows a warp takes. Only then do the 8 warps
+// meet in shared memory, added in warp order: the result depends on the shape alone.
+// d <= 256: 4 blocks of 256 threads per SM (at most 64 registers, the norm weight in shared
+// memory to stay there) keep about 100 KB of loads in flight.
+template <int kVecs>
+__global__ void __launch_bounds__(256, 4 / kVecs) rmsnorm_backward_vec(const NormBackward a) {
+  constexpr int kWarps = 8;
+  __shared__ float s_acc[kWarps][kVecs * 256];
+  __shared__ __align__(16) float s_w[kVecs * 256];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, d = a.d;
+  const bool norm = a.dy != nullptr, emit = a.e != nullptr;
+  const float scale = static_cast<float>(1.0 / (1.0 - a.p));
+  float acc_w[kVecs][8] = {}, acc_e[kVecs][8] = {};
+  for (int c = threadIdx.x; c < kVecs * 256; c += blockDim.x)
+    s_w[c] = norm && c < d ? a.w[c] : 0.0f;
+  __syncthreads();
+  const int64_t r0 = blockIdx.x * a.rows_per_chunk;
+  const int64_t r1 = r0 + a.rows_per_chunk < a.rows ? r0 + a.rows_per_chunk : a.rows;
+  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+    const int64_t o = r * d;
+    float g[kVecs][8], x[kVecs][8], v[kVecs][8];
+    float dot = 0;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      if (a.dx_zero) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
+      } else {
+        load_f32x8(a.dx + o + c, v[k]);
+      }
+      if (!norm) continue;
+      load_f32x8(a.dy + o + c, g[k]);
+      load_f32x8(a.x + o + c, x[k]);
+      float w[8];
+      load_f32x8(s_w + c, w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dot += w[j] * g[k][j] * x[k][j];
+    }
+    float s = 0, kd = 0;
+    if (norm) {
+      dot = warp_sum(dot);
+      s = a.rstd[r];
+      kd = s * s * s * dot / static_cast<float>(d);
+    }
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c = 8 * (lane + 32 * k);
+      if (c >= d) continue;
+      if (norm) {
+        float w[8];
+        load_f32x8(s_w + c, w);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          v[k][j] += s * w[j] * g[k][j] - kd * x[k][j];
+          acc_w[k][j] += g[k][j] * x[k][j] * s;
+        }
+        store_f32x8(a.dx + o + c, v[k]);
+      }
+      if (!emit) continue;
+      float e[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        e[j] = v[k][j];
+        if (a.drop) {
+          e[j] = dropout_keep(a.seed, static_cast<uint64_t>(o + c + j), a.p) ? e[j] * scale : 0.0f;
+        }
+        acc_e[k][j] += e[j];
+      }
+      store_bf16<8>(a.e + o + c, e);
+    }
+  }
+  // The two column sums in turn through the same shared array.
+  for (int pass = 0; pass < 2; ++pass) {
+    float* out = pass == 0 ? a.dw_partial : a.e_partial;
+    if (pass == 0 ? !norm : !emit) continue;  // uniform over the block
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        s_acc[warp][8 * (lane + 32 * k) + j] = pass == 0 ? acc_w[k][j] : acc_e[k][j];
+      }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      float sum = 0;
+      for (int wi = 0; wi < kWarps; ++wi) sum += s_acc[wi][c];
+      out[blockIdx.x * static_cast<int64_t>(d) + c] = sum;
+    }
+  }
+}
+
 // nn::rope_apply on `heads` heads of head_dim channels starting at `base` in rows of
 // row_stride elements; row r has position r % seqlen. cs holds (cos, sin) per (t, i) from the
 // host (angles in double, as the CPU). inverse rotates by the negative angle (the backward).
@@ -269,14 +440,24 @@ __global__ void rope(bfloat* base, int64_t rows, int64_t row_stride, int heads, 
 // rows [value (ff) | gate (ff)], or GELU (nn::gelu_forward, erf form) over h rows of ff.
 // h keeps no bias: the backward adds it again with the same bf16 rounding, which saves
 // writing back the widest activation of the model.
+// Block (32, 8) as act_backward: threadIdx.x takes W columns of a 32 W wide tile (blockIdx.x)
+// and keeps their biases in registers while the 8 row lanes stride over the rows; loading the
+// bias per element (8 scalars 32 bytes apart per lane, twice for SwiGLU) cost more L1
+// wavefronts than the activations themselves.
 template <bool kSwiglu, int W>
-__global__ void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
-  const int per_row = ff / W;
+__global__ void __launch_bounds__(256)
+    bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int ff) {
   const int64_t h_row = kSwiglu ? 2 * static_cast<int64_t>(ff) : ff;
-  SQA_GRID_STRIDE(i, rows * per_row) {
-    int cv = 0;
-    const int64_t r = div_mod(i, per_row, cv);
-    const int c = cv * W;
+  const int c = (blockIdx.x * 32 + threadIdx.x) * W;
+  if (c >= ff) return;
+  float bv[W], bg[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    bv[j] = b[c + j];
+    bg[j] = kSwiglu ? b[ff + c + j] : 0.0f;
+  }
+  const int64_t stride = static_cast<int64_t>(gridDim.y) * 8;
+  for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += stride) {
     float v[W], out[W];
     load_bf16<W>(h + r * h_row + c, v);
     if constexpr (kSwiglu) {
@@ -284,13 +465,13 @@ __global__ void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t row
       load_bf16<W>(h + r * h_row + ff + c, g);
 #pragma unroll
       for (int j = 0; j < W; ++j) {
-        const float vr = round_bf16(v[j] + b[c + j]), gr = round_bf16(g[j] + b[ff + c + j]);
+        const float vr = round_bf16(v[j] + bv[j]), gr = round_bf16(g[j] + bg[j]);
         out[j] = vr * gr / (1.0f + __expf(-gr));
       }
     } else {
 #pragma unroll
       for (int j = 0; j < W; ++j) {
-        const float x = round_bf16(v[j] + b[c + j]);
+        const float x = round_bf16(v[j] + bv[j]);
         out[j] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
       }
     }
@@ -373,67 +554,105 @@ __device__ inline bool first_max_wins(float ov, int oi, float v, int i) {
   return ov > v || (ov == v && oi < i);
 }
 
+// (max, sum of exp(z - max), first argmax) of a set of logits, merged with another set's.
+__device__ inline void softmax_merge(float& m, float& s, int& arg, float om, float os, int oi) {
+  const float nm = fmaxf(m, om);
+  // An empty set (m = -inf, s = 0) adds nothing; exp(-inf - -inf) would be NaN.
+  const float a = m == -INFINITY ? 0.0f : s * __expf(m - nm);
+  const float b = om == -INFINITY ? 0.0f : os * __expf(om - nm);
+  if (first_max_wins(om, oi, m, arg)) arg = oi;
+  m = nm;
+  s = a + b;
+}
+
 // nn::cross_entropy over rows of bf16 logits for vocabularies that are multiples of 8 and at
-// most kVecs * 4096: 512 threads per block and a chunk of rows per block, each row read once
-// into registers (16-byte loads; the old form read it three times), the LM-head bias added on
-// the fly as z = bf16(logit + b), the value the separate bias pass used to store. Per row:
-// loss and top-1 hit (first maximum, as the CPU); in training dlogits = grad_scale * w *
-// (softmax - onehot) in bf16, and with bias_partial the chunk's column sums of dlogits (the
-// bias gradient) in shared memory laid out [k][j][thread] so the adds never conflict.
+// most kVecs * 2048: 256 threads and a chunk of rows per block, thread t owning the columns
+// 8 (t + 256 k) .. + 7 of every row. Per row: loss and top-1 hit (first maximum, as the CPU);
+// in training dlogits = grad_scale * w * (softmax - onehot) in bf16, and with bias_partial
+// the chunk's column sums of dlogits (the LM-head bias gradient). The LM-head bias is added
+// on the fly as z = bf16(logit + b), the value a separate bias pass would store.
+//
+// Bandwidth, not arithmetic, bounds it (2 bytes read and 2 written per logit), so:
+// - the next row's logits are loaded (raw, 16 bytes per access) while this one is worked on,
+//   so each block always has a row of loads in flight;
+// - each thread keeps its own max and sum of exp(z - max) (one exp per logit) and the block
+//   merges them once per row: one barrier per row, the reduction buffers alternating between
+//   rows so that no second barrier guards their reuse;
+// - the bias and the bias-gradient sums live in shared memory laid out [k][j][thread], so
+//   every access is one conflict-free wavefront (bias reads from global memory, 8 scalars 32
+//   bytes apart per lane, took as many L1 wavefronts as the logits themselves);
+// - the thread that owns the target column writes the row's loss, from its registers.
+// Merges run in a fixed order, so results depend on the shape alone.
 template <int kVecs>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(256)
     cross_entropy_rows(const bfloat* logits, const float* bias, const int32_t* targets,
                        const float* mask, bfloat* dlogits, float* bias_partial, float* row_loss,
                        float* row_hit, int64_t rows, int64_t rows_per_chunk, int vocab,
                        float grad_scale) {
-  constexpr int kThreads = 512, kWarps = kThreads / 32;
-  extern __shared__ float s_col[];  // kVecs * 8 * kThreads floats, with bias_partial
-  __shared__ float s_max[kWarps], s_sum[kWarps];
-  __shared__ int s_arg[kWarps];
+  constexpr int kThreads = 256, kWarps = kThreads / 32;
+  // [kVecs * 8][kThreads] bias, then (with bias_partial) as many column sums.
+  extern __shared__ float s_dyn[];
+  __shared__ float s_max[2][kWarps], s_sum[2][kWarps];
+  __shared__ int s_arg[2][kWarps];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  if (bias_partial != nullptr) {
-    for (int i = tid; i < kVecs * 8 * kThreads; i += kThreads) s_col[i] = 0.0f;
+  float* s_bias = s_dyn;
+  float* s_col = s_dyn + kVecs * 8 * kThreads;
+  const bool has_bias = bias != nullptr, sums = bias_partial != nullptr;
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int c0 = (k * kThreads + tid) * 8;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (has_bias) s_bias[(k * 8 + j) * kThreads + tid] = c0 < vocab ? bias[c0 + j] : 0.0f;
+      if (sums) s_col[(k * 8 + j) * kThreads + tid] = 0.0f;
+    }
   }
   const int64_t r0 = blockIdx.x * rows_per_chunk;
   const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  uint4 next[kVecs] = {};  // lanes past the vocabulary convert zeros they never use
+  auto load_row = [&](int64_t r) {
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int c0 = (k * kThreads + tid) * 8;
+      if (c0 < vocab) next[k] = *reinterpret_cast<const uint4*>(logits + r * vocab + c0);
+    }
+  };
+  int next_target = 0;
+  if (r0 < r1) {
+    load_row(r0);
+    next_target = targets[r0];
+  }
   for (int64_t r = r0; r < r1; ++r) {
-    const bfloat* z = logits + r * vocab;
     float v[kVecs][8];
-    float best = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&next[k]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __bfloat1622float2(h[j]);
+        v[k][2 * j] = f.x;
+        v[k][2 * j + 1] = f.y;
+      }
+    }
+    const int target = next_target;
+    if (r + 1 < r1) {
+      load_row(r + 1);
+      next_target = targets[r + 1];
+    }
+    float m = -INFINITY, zt = 0;
     int arg = vocab;
 #pragma unroll
     for (int k = 0; k < kVecs; ++k) {
       const int c0 = (k * kThreads + tid) * 8;
       if (c0 >= vocab) continue;
-      load_bf16<8>(z + c0, v[k]);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (bias != nullptr) v[k][j] = round_bf16(v[k][j] + bias[c0 + j]);
-        if (v[k][j] > best) {
-          best = v[k][j];
+        if (has_bias) v[k][j] = round_bf16(v[k][j] + s_bias[(k * 8 + j) * kThreads + tid]);
+        if (c0 + j == target) zt = v[k][j];
+        if (v[k][j] > m) {
+          m = v[k][j];
           arg = c0 + j;
         }
-      }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, arg, o);
-      if (first_max_wins(ov, oi, best, arg)) {
-        best = ov;
-        arg = oi;
-      }
-    }
-    if (lane == 0) {
-      s_max[warp] = best;
-      s_arg[warp] = arg;
-    }
-    __syncthreads();
-    float zmax = s_max[0];
-    int argmax = s_arg[0];
-    for (int w = 1; w < kWarps; ++w) {
-      if (first_max_wins(s_max[w], s_arg[w], zmax, argmax)) {
-        zmax = s_max[w];
-        argmax = s_arg[w];
       }
     }
     float sum = 0;
@@ -442,25 +661,40 @@ __global__ void __launch_bounds__(512)
       if ((k * kThreads + tid) * 8 >= vocab) continue;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        v[k][j] = __expf(v[k][j] - zmax);
+        v[k][j] = __expf(v[k][j] - m);
         sum += v[k][j];
       }
     }
-    sum = warp_sum(sum);
-    if (lane == 0) s_sum[warp] = sum;
+    const float m_own = m;
+    float bm = m, bs = sum;
+    int barg = arg;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float om = __shfl_xor_sync(0xffffffffu, bm, o);
+      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, barg, o);
+      softmax_merge(bm, bs, barg, om, os, oi);
+    }
+    const int buf = static_cast<int>((r - r0) & 1);
+    if (lane == 0) {
+      s_max[buf][warp] = bm;
+      s_sum[buf][warp] = bs;
+      s_arg[buf][warp] = barg;
+    }
     __syncthreads();
-    float total = 0;
-    for (int w = 0; w < kWarps; ++w) total += s_sum[w];
-    const int target = targets[r];
-    if (tid == 0) {
-      float zt = __bfloat162float(z[target]);
-      if (bias != nullptr) zt = round_bf16(zt + bias[target]);
+    float zmax = s_max[buf][0], total = s_sum[buf][0];
+    int argmax = s_arg[buf][0];
+    for (int w = 1; w < kWarps; ++w) {
+      softmax_merge(zmax, total, argmax, s_max[buf][w], s_sum[buf][w], s_arg[buf][w]);
+    }
+    const int tv = target / 8;
+    if (tv % kThreads == tid) {
       row_loss[r] = zmax + logf(total) - zt;
       row_hit[r] = argmax == target ? 1.0f : 0.0f;
     }
     if (dlogits == nullptr) continue;
     const float g = grad_scale * (mask ? mask[r] : 1.0f);
-    const float scale = g / total;
+    // exp(z - zmax) / total = exp(z - m_own) * exp(m_own - zmax) / total.
+    const float scale = m_own == -INFINITY ? 0.0f : __expf(m_own - zmax) * (g / total);
 #pragma unroll
     for (int k = 0; k < kVecs; ++k) {
       const int c0 = (k * kThreads + tid) * 8;
@@ -471,12 +705,12 @@ __global__ void __launch_bounds__(512)
         float x = v[k][j] * scale;
         if (c0 + j == target) x -= g;
         out[j] = round_bf16(x);
-        if (bias_partial != nullptr) s_col[(k * 8 + j) * kThreads + tid] += out[j];
+        if (sums) s_col[(k * 8 + j) * kThreads + tid] += out[j];
       }
       store_bf16<8>(dlogits + r * vocab + c0, out);
     }
   }
-  if (bias_partial == nullptr) return;
+  if (!sums) return;
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
     const int c0 = (k * kThreads + tid) * 8;
@@ -602,10 +836,62 @@ __global__ void sum_squares(const float* g, int64_t n, double* partial) {
   if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
 
-// sqa::AdamW::step after clip_grad_norm's scaling of g, plus the bf16 copy of the new weights.
+// Sums n doubles per lane of a 1024-thread block in a fixed order; thread 0 gets the total.
+template <int kN>
+__device__ inline void block_sum_1024(double (&v)[kN]) {
+  __shared__ double s[kN][1024];
+#pragma unroll
+  for (int j = 0; j < kN; ++j) s[j][threadIdx.x] = v[j];
+  __syncthreads();
+  for (int k = 512; k > 0; k >>= 1) {
+    if (threadIdx.x < k) {
+#pragma unroll
+      for (int j = 0; j < kN; ++j) s[j][threadIdx.x] += s[j][threadIdx.x + k];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < kN; ++j) v[j] = s[j][0];
+}
+
+// One block of 1024 threads: the gradient norm from sum_squares' partials into norm[0] and
+// clip_grad_norm's factor (train.hpp: max_norm / (norm + 1e-6) above the limit) into clip[0],
+// so the AdamW kernel can follow at once without the host reading the norm first.
+__global__ void __launch_bounds__(1024)
+    grad_norm_clip(const double* partial, int n, double max_norm, double* norm, float* clip) {
+  double v[1] = {0.0};
+  for (int i = threadIdx.x; i < n; i += 1024) v[0] += partial[i];
+  block_sum_1024<1>(v);
+  if (threadIdx.x != 0) return;
+  const double total = sqrt(v[0]);
+  norm[0] = total;
+  clip[0] = max_norm > 0 && total > max_norm ? static_cast<float>(max_norm / (total + 1e-6)) : 1.0f;
+}
+
+// One block of 1024 threads: the loss-weighted sums of the per-row losses and hits (rows of
+// weight 0 skipped, as their loss may not be finite), so forward() copies back three doubles
+// instead of two per-row arrays: out = (sum w loss, sum w, sum w hit).
+__global__ void __launch_bounds__(1024) loss_sums(const float* row_loss, const float* row_hit,
+                                                  const float* mask, int64_t rows, double* out) {
+  double v[3] = {0.0, 0.0, 0.0};
+  for (int64_t r = threadIdx.x; r < rows; r += 1024) {
+    const double w = mask != nullptr ? static_cast<double>(mask[r]) : 1.0;
+    if (w == 0.0) continue;
+    v[0] += w * row_loss[r];
+    v[1] += w;
+    v[2] += w * row_hit[r];
+  }
+  block_sum_1024<3>(v);
+  if (threadIdx.x != 0) return;
+  for (int j = 0; j < 3; ++j) out[j] = v[j];
+}
+
+// sqa::AdamW::step after clip_grad_norm's scaling of g (the factor from grad_norm_clip), plus
+// the bf16 copy of the new weights.
 __global__ void adamw(float* w, float* g, float* m, float* v, bfloat* w_bf, int64_t n,
-                      float clip_scale, float b1, float b2, float decay, float step_size,
+                      const float* clip, float b1, float b2, float decay, float step_size,
                       float inv_sqrt_bc2, float eps) {
+  const float clip_scale = *clip;
   SQA_GRID_STRIDE(i, n) {
     const float gi = g[i] * clip_scale;
     g[i] = gi;

@@ -18,8 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "model/cuda/decode_kernels.cuh"
 #include "model/cuda/kernels.cuh"
 #include "model/cuda/moe_kernels.cuh"
+#include "model/offsets.hpp"
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
 #include "sqa/model_cuda.hpp"
@@ -78,15 +80,8 @@ uint64_t layer_seed(uint64_t seed, int layer) {
 }
 
 // Offsets of one FFN (dense, or one expert) in the flat buffer.
-struct FfnOffsets {
-  int64_t fc1_w = 0, fc1_b = 0, fc2_w = 0, fc2_b = 0;
-};
-
-struct LayerOffsets {
-  int64_t attn_norm = 0, qkv = 0, o_w = 0, o_b = 0, ffn_norm = 0, router = -1;
-  FfnOffsets ffn;                   // dense
-  std::vector<FfnOffsets> experts;  // MoE
-};
+using detail::FfnOffsets;
+using detail::LayerOffsets;
 
 struct LayerActs {
   DeviceArray<float> x, rstd1, lse, x_mid, rstd2;
@@ -125,8 +120,10 @@ struct CudaModel::State {
   // The LM-head bias gradient's per-chunk column sums, written by the forward's cross entropy
   // (which reads dlogits as it makes them) and added into the gradient by backward().
   DeviceArray<float> head_partial;
-  int64_t head_chunks = 0;  // 0: backward() sums the columns of dlogits itself
-  DeviceArray<double> norm_partial;
+  int64_t head_chunks = 0;           // 0: backward() sums the columns of dlogits itself
+  DeviceArray<double> norm_partial;  // sum_squares' partials, then the norm
+  DeviceArray<float> clip_scale;     // clip_grad_norm's factor, for the AdamW kernel
+  DeviceArray<double> loss_sums;     // forward(): sum w loss, sum w, sum w hit
   // MoE scratch: counting-sort counts and bases (chunks, E), aux-loss column sums (E + 1); the
   // backward's dgate (N), routed output gradients dyr (N, d) fp32 and bf16, expert input
   // gradients din (N, d) and router logit gradients dlogit (BT, E).
@@ -135,6 +132,20 @@ struct CudaModel::State {
   DeviceArray<bfloat> dyr_bf, dlogit;
   DeviceArray<float2> rope_table;
   int64_t rope_T = 0;
+
+  // KV-cache decoding (decode_reset / decode_step): dec_B sequences of at most dec_max tokens,
+  // dec_len fed so far. Per layer K and V caches (dec_B, dec_max, H_kv, dh) in bf16; the rope
+  // table of positions [0, dec_rope_len); one layer's worth of activations (dec), shared by
+  // all layers since only the caches outlive a layer; the final rows (dec_xf), each sequence's
+  // last one (dec_last) and its logits on the device and the host.
+  int64_t dec_B = 0, dec_max = 0, dec_len = 0, dec_rope_len = 0;
+  std::vector<DeviceArray<bfloat>> k_cache, v_cache;
+  DeviceArray<float2> dec_rope;
+  LayerActs dec;
+  DeviceArray<int32_t> dec_tokens;
+  DeviceArray<float> dec_tmp, dec_rstdf, dec_logits;
+  DeviceArray<bfloat> dec_xf, dec_last;
+  std::vector<float> dec_host_logits;
 
   // Row-major C (M, N) = op(A) op(B) (+ C when accumulate): A, B bf16, C bf16 or fp32, fp32
   // accumulation. cuBLAS is column-major, so this computes C^T = op(B)^T op(A)^T.
@@ -178,26 +189,46 @@ struct CudaModel::State {
   // the device.
   void norm_backward(k::NormBackward a, float* dw_out, float* e_out) {
     const int64_t d = a.d;
-    // Two (warps, d) fp32 accumulators per block; fewer warps where d is wide.
-    const int64_t max_smem = 200 * 1024;
-    const int64_t warps = std::min<int64_t>(8, max_smem / (2 * d * 4));
-    require(warps >= 1, "d_model (", d,
-            ") is too wide for the CUDA model's norm backward (at most ", max_smem / 8, ")");
-    // Many short chunks: the blocks spread evenly over the SMs (few rows left for a last,
-    // partly idle wave), and the finish reads only (chunks, d) floats.
-    const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 4096);
-    a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
-    const int64_t blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
-    a.dw_partial = partial.ensure(blocks * d);
-    a.e_partial = partial2.ensure(blocks * d);
-    const size_t smem = static_cast<size_t>(2 * warps * d) * sizeof(float);
-    if (smem > 48 * 1024) {
-      check(cudaFuncSetAttribute(&k::rmsnorm_backward, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    int64_t blocks = 0;
+    if (d % 8 == 0 && d <= 4 * 256) {
+      // 512 chunks of 8 warps: one wave at 4 blocks per SM on an H200 (132 SMs), and the
+      // finish reads only 512 d floats (at BT = 131072 each warp takes 32 rows).
+      const int64_t chunks = std::min<int64_t>((a.rows + 7) / 8, 512);
+      a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
+      blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
+      a.dw_partial = partial.ensure(blocks * d);
+      a.e_partial = partial2.ensure(blocks * d);
+      const unsigned grid = static_cast<unsigned>(blocks);
+      if (d <= 256) {
+        k::rmsnorm_backward_vec<1><<<grid, 256, 0, stream>>>(a);
+      } else if (d <= 512) {
+        k::rmsnorm_backward_vec<2><<<grid, 256, 0, stream>>>(a);
+      } else {
+        k::rmsnorm_backward_vec<4><<<grid, 256, 0, stream>>>(a);
+      }
+    } else {
+      // Two (warps, d) fp32 accumulators per block; fewer warps where d is wide.
+      const int64_t max_smem = 200 * 1024;
+      const int64_t warps = std::min<int64_t>(8, max_smem / (2 * d * 4));
+      require(warps >= 1, "d_model (", d,
+              ") is too wide for the CUDA model's norm backward (at most ", max_smem / 8, ")");
+      // Many short chunks: the blocks spread evenly over the SMs (few rows left for a last,
+      // partly idle wave), and the finish reads only (chunks, d) floats.
+      const int64_t chunks = std::min<int64_t>((a.rows + warps - 1) / warps, 4096);
+      a.rows_per_chunk = (a.rows + chunks - 1) / chunks;
+      blocks = (a.rows + a.rows_per_chunk - 1) / a.rows_per_chunk;
+      a.dw_partial = partial.ensure(blocks * d);
+      a.e_partial = partial2.ensure(blocks * d);
+      const size_t smem = static_cast<size_t>(2 * warps * d) * sizeof(float);
+      if (smem > 48 * 1024) {
+        check(
+            cudaFuncSetAttribute(&k::rmsnorm_backward, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  static_cast<int>(smem)),
             "cudaFuncSetAttribute(norm backward)");
+      }
+      k::rmsnorm_backward<<<static_cast<unsigned>(blocks), static_cast<unsigned>(warps * 32), smem,
+                            stream>>>(a);
     }
-    k::rmsnorm_backward<<<static_cast<unsigned>(blocks), static_cast<unsigned>(warps * 32), smem,
-                          stream>>>(a);
     check_launch("norm backward");
     if (a.dy != nullptr) finish(dw_out, a.dw_partial, blocks, d);
     if (a.e != nullptr && e_out != nullptr) finish(e_out, a.e_partial, blocks, d);
@@ -225,8 +256,13 @@ struct CudaModel::State {
 
   template <bool kSwiglu, int W>
   void bias_act(const bfloat* h, const float* b, bfloat* a, int64_t rows, int64_t ff) {
-    k::bias_act<kSwiglu, W>
-        <<<k::blocks_for(rows * ff / W), 256, 0, stream>>>(h, b, a, rows, static_cast<int>(ff));
+    const int64_t tiles = (ff + 32 * W - 1) / (32 * W);
+    // About 4096 blocks of 8 row lanes in all: enough to fill the SMs, few enough that each
+    // thread's bias registers serve many rows.
+    const int64_t groups =
+        std::max<int64_t>(1, std::min<int64_t>((4096 + tiles - 1) / tiles, (rows + 7) / 8));
+    k::bias_act<kSwiglu, W><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(groups)),
+                              dim3(32, 8), 0, stream>>>(h, b, a, rows, static_cast<int>(ff));
     check_launch("activation");
   }
 
@@ -235,7 +271,9 @@ struct CudaModel::State {
   template <int kVecs>
   void cross_entropy_rows(const bfloat* logits, const float* bias, const float* mask,
                           bfloat* dlogits, int64_t rows, int vocab, float grad_scale) {
-    const int64_t chunks = std::min<int64_t>(rows, 1024);
+    // 264 chunks: two blocks on each of an H200's 132 SMs, one wave of long chunks (the row
+    // prefetch starts once per chunk), and the finish reads 264 rows of partial sums.
+    const int64_t chunks = std::min<int64_t>(rows, 264);
     const int64_t per_chunk = (rows + chunks - 1) / chunks;
     const int64_t blocks = (rows + per_chunk - 1) / per_chunk;
     float* bp = nullptr;
@@ -245,14 +283,13 @@ struct CudaModel::State {
       head_chunks = blocks;
     }
     auto* kernel = &k::cross_entropy_rows<kVecs>;
-    const size_t smem = bp != nullptr ? static_cast<size_t>(kVecs) * 8 * 512 * sizeof(float) : 0;
+    const size_t smem =
+        static_cast<size_t>(kVecs) * 8 * 256 * sizeof(float) * (bp != nullptr ? 2 : 1);
     // The kernel's static shared memory counts against the same 48 KiB default limit.
-    if (smem > 0) {
-      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(smem)),
-            "cudaFuncSetAttribute(cross entropy)");
-    }
-    kernel<<<static_cast<unsigned>(blocks), 512, smem, stream>>>(
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "cudaFuncSetAttribute(cross entropy)");
+    kernel<<<static_cast<unsigned>(blocks), 256, smem, stream>>>(
         logits, bias, targets.ptr, mask, dlogits, bp, row_loss.ptr, row_hit.ptr, rows, per_chunk,
         vocab, grad_scale);
     check_launch("cross entropy");
@@ -283,8 +320,29 @@ struct CudaModel::State {
     }
   }
 
-  // The MoE FFN of layer l (definitions below the struct).
-  double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out);
+  // out = x + dropout(y + b), xn = rmsnorm(out) * w (k::residual_rmsnorm): the vectorised
+  // kernel where d allows, on a fixed grid of warps striding over the rows.
+  void residual_norm(const float* x, const float* y, const float* b, float* out, const float* w,
+                     bfloat* xn, float* rstd, int64_t rows, int64_t d, float eps, double p,
+                     uint64_t seed, bool drop) {
+    const int di = static_cast<int>(d);
+    if (d % 8 == 0 && d <= 4 * 256) {
+      const unsigned grid = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 2048));
+      auto* kernel = d <= 256   ? &k::residual_rmsnorm_vec<1>
+                     : d <= 512 ? &k::residual_rmsnorm_vec<2>
+                                : &k::residual_rmsnorm_vec<4>;
+      kernel<<<grid, 256, 0, stream>>>(x, y, b, out, w, xn, rstd, rows, di, eps, p, seed, drop);
+    } else {
+      k::residual_rmsnorm<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, stream>>>(
+          x, y, b, out, w, xn, rstd, rows, di, eps, p, seed, drop);
+    }
+    check_launch("residual norm");
+  }
+
+  // The MoE FFN of layer l (definitions below the struct). acts_in: buffers to use instead of
+  // layer l's training activations (decoding's scratch).
+  double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out,
+                     LayerActs* acts_in = nullptr);
   void moe_backward(const ModelConfig& c, int l, int64_t BT, const bfloat* dout, float* dxn);
 };
 
@@ -300,9 +358,10 @@ struct CudaModel::State {
 // (large early in training), a grouped GEMM needs the same host-side shapes and only saves
 // launches, and with the paper's 12 experts each matmul is thousands of rows, big enough to
 // run well alone.
-double CudaModel::State::moe_forward(const ModelConfig& c, int l, int64_t BT, float* out) {
+double CudaModel::State::moe_forward(const ModelConfig& c, int l, int64_t BT, float* out,
+                                     LayerActs* acts_in) {
   const LayerOffsets& lo = layers[static_cast<size_t>(l)];
-  LayerActs& a = acts[static_cast<size_t>(l)];
+  LayerActs& a = acts_in != nullptr ? *acts_in : acts[static_cast<size_t>(l)];
   const int64_t d = c.d_model, E = c.num_experts, K = c.top_k, N = BT * K;
   require(N <= std::numeric_limits<int32_t>::max(), "batch * seqlen * num_experts_per_tok (", N,
           ") must fit in int32 on CUDA (the routed-row indices)");
@@ -474,46 +533,17 @@ CudaModel::CudaModel(const ModelConfig& config)
   }
   require(available(), "--device cuda: no CUDA device is present");
   for (const ParamSpec& p : params_) num_params_ += p.numel();
-  std::map<std::string, int64_t> off;
-  std::map<std::string, int64_t> numel;
-  for (const ParamSpec& p : params_) {
-    off[p.name] = p.offset;
-    numel[p.name] = p.numel();
-  }
-  auto at = [&](const std::string& name) { return off.at(name); };
   State& s = *state_;
-  s.embed = at("embed.weight");
-  if (config_.final_norm) s.final_norm = at("final_norm.weight");
-  s.head_w = config_.tie_word_embeddings ? s.embed : at("lm_head.weight");
-  if (config_.lm_head_bias) s.head_b = at("lm_head.bias");
-  for (int i = 0; i < config_.num_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    const int64_t q = at(p + "attn.q_proj.weight"), kk = at(p + "attn.k_proj.weight"),
-                  v = at(p + "attn.v_proj.weight");
-    require(kk == q + numel.at(p + "attn.q_proj.weight") &&
-                v == kk + numel.at(p + "attn.k_proj.weight"),
-            "internal: q_proj, k_proj and v_proj of layer ", i,
+  detail::ModelOffsets m = detail::model_offsets(config_, params_);
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    require(m.layers[i].qkv_adjacent, "internal: q_proj, k_proj and v_proj of layer ", i,
             " are not adjacent in the parameter layout (the CUDA model fuses them)");
-    auto ffn = [&](const std::string& f) {
-      return FfnOffsets{at(f + "fc1.weight"), at(f + "fc1.bias"), at(f + "fc2.weight"),
-                        at(f + "fc2.bias")};
-    };
-    LayerOffsets l;
-    l.attn_norm = at(p + "attn_norm.weight");
-    l.qkv = q;
-    l.o_w = at(p + "attn.o_proj.weight");
-    l.o_b = at(p + "attn.o_proj.bias");
-    l.ffn_norm = at(p + "ffn_norm.weight");
-    if (config_.is_moe()) {
-      l.router = at(p + "ffn.router.weight");
-      for (int e = 0; e < config_.num_experts; ++e) {
-        l.experts.push_back(ffn(p + "ffn.experts." + std::to_string(e) + "."));
-      }
-    } else {
-      l.ffn = ffn(p + "ffn.");
-    }
-    s.layers.push_back(std::move(l));
   }
+  s.layers = std::move(m.layers);
+  s.embed = m.embed;
+  s.final_norm = m.final_norm;
+  s.head_w = m.head_w;
+  s.head_b = m.head_b;
   check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
   check(cublasCreate(&s.blas), "cublasCreate");
   check(cublasSetStream(s.blas, s.stream), "cublasSetStream");
@@ -591,6 +621,26 @@ void CudaModel::synchronize() const {
 
 namespace {
 
+// RoPE's (cos, sin) per (position, pair) for positions [0, positions), angles in double as
+// nn::rope_apply, uploaded into `table`; the forward and decoding share it.
+void upload_rope_table(const ModelConfig& c, int64_t positions, DeviceArray<float2>& table,
+                       cudaStream_t stream) {
+  const int64_t dh = c.head_dim, half = dh / 2;
+  std::vector<float2> host(static_cast<size_t>(positions * half));
+  for (int64_t t = 0; t < positions; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double freq = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / dh);
+      const double a = static_cast<double>(t) * freq;
+      host[static_cast<size_t>(t * half + i)] =
+          make_float2(static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
+    }
+  }
+  check(cudaMemcpyAsync(table.ensure(positions * half), host.data(), host.size() * sizeof(float2),
+                        cudaMemcpyHostToDevice, stream),
+        "copy rope table");
+  check(cudaStreamSynchronize(stream), "sync");  // the host table goes out of scope
+}
+
 // Attention over the fused qkv buffer (rows of W_qkv elements) into att (B, T, H_attn, dh).
 AttentionParams attention_params(const ModelConfig& c, int layer, int64_t B, int64_t T,
                                  const bfloat* qkv, bfloat* att, float* lse, cudaStream_t stream) {
@@ -638,21 +688,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
                         st),
         "copy tokens");
   if (s.rope_T != T) {
-    // cos/sin per (position, pair), angles in double as nn::rope_apply.
-    const int64_t half = dh / 2;
-    std::vector<float2> table(static_cast<size_t>(T * half));
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = 0; i < half; ++i) {
-        const double freq = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / dh);
-        const double a = static_cast<double>(t) * freq;
-        table[static_cast<size_t>(t * half + i)] =
-            make_float2(static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
-      }
-    }
-    check(cudaMemcpyAsync(s.rope_table.ensure(T * half), table.data(),
-                          table.size() * sizeof(float2), cudaMemcpyHostToDevice, st),
-          "copy rope table");
-    check(cudaStreamSynchronize(st), "sync");  // the host table goes out of scope
+    upload_rope_table(c, T, s.rope_table, st);
     s.rope_T = T;
   }
 
@@ -690,16 +726,16 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
       k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + lo.attn_norm, xn1, rstd1, BT,
                                                      static_cast<int>(d), eps);
     }
-    s.gemm(false, true, BT, width, d, xn1, Wb + lo.qkv, qkv, false, false);
+    // q_proj, k_proj and v_proj are adjacent (checked at construction): one matmul from lo.q.
+    s.gemm(false, true, BT, width, d, xn1, Wb + lo.q, qkv, false, false);
     k::rope<<<k::blocks_for(BT * (hq + hkv) * dh / 8), 256, 0, st>>>(
         qkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(T),
         s.rope_table.ptr, false);
     check_launch("rope");
     cuda::attention_forward(attention_params(c, l, B, T, qkv, att, lse, st));
     s.gemm(false, true, BT, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
-    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
-                                                    rstd2, BT, static_cast<int>(d), eps, 0.0, 0,
-                                                    false);
+    s.residual_norm(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2, rstd2, BT, d, eps, 0.0, 0,
+                    false);
     const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
     if (c.is_moe()) {
       stats.aux_loss += s.moe_forward(c, l, BT, tmp);
@@ -720,9 +756,8 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     bfloat* next_xn = last ? s.xf.ensure(BT * d) : next->xn1.ensure(BT * d);
     float* next_rstd =
         last ? (c.final_norm ? s.rstdf.ensure(BT) : nullptr) : next->rstd1.ensure(BT);
-    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(
-        x_mid, tmp, ffn_bias, x_out, next_w, next_xn, next_rstd, BT, static_cast<int>(d), eps,
-        c.ffn_dropout, layer_seed(dropout_seed, l), training && c.ffn_dropout > 0);
+    s.residual_norm(x_mid, tmp, ffn_bias, x_out, next_w, next_xn, next_rstd, BT, d, eps,
+                    c.ffn_dropout, layer_seed(dropout_seed, l), training && c.ffn_dropout > 0);
     check_launch("layer kernels");
   }
 
@@ -749,7 +784,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     s.row_loss.ensure(BT);
     s.row_hit.ensure(BT);
     const int vocab = static_cast<int>(V);
-    const int64_t vecs = (V + 4095) / 4096;  // 16-byte vectors per thread of 512
+    const int64_t vecs = (V + 2047) / 2048;  // 16-byte vectors per thread of 256
     s.head_chunks = 0;
     if (V % 8 != 0 || vecs > 8) {
       k::cross_entropy<256><<<static_cast<unsigned>(BT), 256, 0, st>>>(
@@ -764,27 +799,20 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
       s.cross_entropy_rows<3>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
     } else if (vecs == 4) {
       s.cross_entropy_rows<4>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
-    } else if (vecs <= 6) {
-      s.cross_entropy_rows<6>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
+    } else if (vecs == 5) {
+      s.cross_entropy_rows<5>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
     } else {
       s.cross_entropy_rows<8>(logits, head_bias, mask, dlogits, BT, vocab, grad_scale);
     }
-    std::vector<float> row_loss(static_cast<size_t>(BT)), row_hit(static_cast<size_t>(BT));
-    check(cudaMemcpyAsync(row_loss.data(), s.row_loss.ptr, BT * sizeof(float),
-                          cudaMemcpyDeviceToHost, st),
-          "copy losses");
-    check(cudaMemcpyAsync(row_hit.data(), s.row_hit.ptr, BT * sizeof(float), cudaMemcpyDeviceToHost,
-                          st),
-          "copy hits");
+    double* sums = s.loss_sums.ensure(3);
+    k::loss_sums<<<1, 1024, 0, st>>>(s.row_loss.ptr, s.row_hit.ptr, mask, BT, sums);
+    check_launch("loss sums");
+    double host[3] = {0.0, 0.0, 0.0};
+    check(cudaMemcpyAsync(host, sums, sizeof(host), cudaMemcpyDeviceToHost, st), "copy losses");
     synchronize();
-    double loss_sum = 0;
-    for (int64_t i = 0; i < BT; ++i) {
-      const double w = loss_mask ? static_cast<double>(loss_mask[i]) : 1.0;
-      if (w == 0.0) continue;
-      loss_sum += w * row_loss[static_cast<size_t>(i)];
-      stats.tokens += w;
-      stats.correct += w * row_hit[static_cast<size_t>(i)];
-    }
+    const double loss_sum = host[0];
+    stats.tokens = host[1];
+    stats.correct = host[2];
     stats.loss = weight > 0 ? loss_sum / weight : 0.0;
   }
   return stats;
@@ -902,8 +930,8 @@ void CudaModel::backward() {
         dqkv, BT, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(T),
         s.rope_table.ptr, true);
     check_launch("rope backward");
-    s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.qkv, true, true);
-    s.gemm(false, false, BT, d, width, dqkv, Wb + lo.qkv, dn, true, false);
+    s.gemm(true, false, width, d, BT, dqkv, a.xn1.ptr, G + lo.q, true, true);
+    s.gemm(false, false, BT, d, width, dqkv, Wb + lo.q, dn, true, false);
     // dx becomes d x (the layer's input); below layer 0 it feeds the next FFN's dropout.
     {
       k::NormBackward nb;
@@ -955,21 +983,14 @@ std::vector<float> CudaModel::logits() const {
 double CudaModel::optimizer_step(const CudaAdamW& o) {
   State& s = *state_;
   constexpr int kBlocks = 1024;
-  double* partial = s.norm_partial.ensure(kBlocks);
+  // The norm and the clip factor stay on the device, so AdamW is enqueued behind them and the
+  // step syncs once, at its end, to return the norm.
+  double* partial = s.norm_partial.ensure(kBlocks + 1);
+  float* clip = s.clip_scale.ensure(1);
   k::sum_squares<<<kBlocks, 256, 0, s.stream>>>(s.g.ptr, num_params_, partial);
+  k::grad_norm_clip<<<1, 1024, 0, s.stream>>>(partial, kBlocks, o.grad_clip, partial + kBlocks,
+                                              clip);
   check_launch("gradient norm");
-  std::vector<double> host(kBlocks);
-  check(cudaMemcpyAsync(host.data(), partial, kBlocks * sizeof(double), cudaMemcpyDeviceToHost,
-                        s.stream),
-        "copy norm");
-  synchronize();
-  double total = 0;
-  for (double p : host) total += p;
-  const double norm = std::sqrt(total);
-  // As clip_grad_norm (train.hpp): scale by max_norm / (norm + 1e-6) when above the limit.
-  const float clip = o.grad_clip > 0 && norm > o.grad_clip
-                         ? static_cast<float>(o.grad_clip / (norm + 1e-6))
-                         : 1.0f;
   ++s.adam_steps;
   const double t = static_cast<double>(s.adam_steps);
   const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
@@ -979,7 +1000,175 @@ double CudaModel::optimizer_step(const CudaAdamW& o) {
       static_cast<float>(o.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2)),
       static_cast<float>(o.eps));
   check_launch("adamw");
+  double norm = 0;
+  check(cudaMemcpyAsync(&norm, partial + kBlocks, sizeof(double), cudaMemcpyDeviceToHost, s.stream),
+        "copy norm");
+  synchronize();
   return norm;
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV-cache decoding: Model<Real>::decode_step (model.cpp) for dec_B sequences in lockstep, with
+// the forward's kernels over the n new rows of each sequence. The new K and V go through the
+// same bf16 matmul and RoPE as the forward's, then into the cache; the attention reads the
+// cache directly, its mask aligned bottom-right (spec.hpp), so the n new queries sit at
+// positions [dec_len, dec_len + n) and a sliding window counts back from each of them.
+
+void CudaModel::decode_reset(int64_t batch, int64_t max_len) {
+  const ModelConfig& c = config_;
+  require(c.causal, "KV-cache decoding needs a decoder (causal) model; this config is an encoder");
+  require(batch >= 1 && batch <= 65535, "decode batch (", batch,
+          ") must be in [1, 65535] (the CUDA attention's grid)");
+  require(max_len >= 1 && max_len <= c.max_seq_len, "decode length (", max_len,
+          ") must be in [1, max_position_embeddings (", c.max_seq_len, ")]");
+  State& s = *state_;
+  const size_t L = static_cast<size_t>(c.num_layers);
+  s.k_cache.resize(L);
+  s.v_cache.resize(L);
+  for (size_t l = 0; l < L; ++l) {
+    const int64_t n = batch * max_len * c.layers[l].heads.num_kv_heads * c.head_dim;
+    s.k_cache[l].ensure(n);
+    s.v_cache[l].ensure(n);
+  }
+  if (s.dec_rope_len < max_len) {
+    upload_rope_table(c, max_len, s.dec_rope, s.stream);
+    s.dec_rope_len = max_len;
+  }
+  s.dec_B = batch;
+  s.dec_max = max_len;
+  s.dec_len = 0;
+}
+
+int64_t CudaModel::decode_length() const {
+  return state_->dec_len;
+}
+
+const float* CudaModel::decode_step(const int32_t* tokens, int64_t n) {
+  const ModelConfig& c = config_;
+  State& s = *state_;
+  require(s.dec_max > 0, "decode_step() needs decode_reset() first");
+  const int64_t B = s.dec_B, pos = s.dec_len, max_len = s.dec_max;
+  require(n >= 1, "decode_step: count (", n, ") must be at least 1 token per sequence");
+  if (pos == 0) {
+    require(n <= max_len, "the prompt (", n, " tokens) is longer than the KV cache (max_len ",
+            max_len, " from decode_reset)");
+  } else {
+    require(pos + n <= max_len, "decode_step: positions [", pos, ", ", pos + n,
+            ") reach past the KV cache: positions must stay below max_len (", max_len,
+            ") from decode_reset");
+  }
+  const int64_t rows = B * n, d = c.d_model, dh = c.head_dim, V = c.vocab_size;
+  for (int64_t i = 0; i < rows; ++i) {
+    require(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " of sequence ", i / n,
+            " at position ", pos + i % n, " is outside the vocabulary [0, ", V, ")");
+  }
+  cudaStream_t st = s.stream;
+  const float* W = s.w.ptr;
+  const bfloat* Wb = s.wb.ptr;
+  LayerActs& a = s.dec;
+  check(cudaMemcpyAsync(s.dec_tokens.ensure(rows), tokens, rows * sizeof(int32_t),
+                        cudaMemcpyHostToDevice, st),
+        "copy tokens");
+  float* x = a.x.ensure(rows * d);
+  float* x_mid = a.x_mid.ensure(rows * d);
+  bfloat* xn1 = a.xn1.ensure(rows * d);
+  float* rstd1 = a.rstd1.ensure(rows);
+  bfloat* xn2 = a.xn2.ensure(rows * d);
+  float* rstd2 = a.rstd2.ensure(rows);
+  float* tmp = s.dec_tmp.ensure(rows * d);
+  bfloat* xf = s.dec_xf.ensure(rows * d);
+  k::embed_forward<<<k::blocks_for(rows * d), 256, 0, st>>>(s.dec_tokens.ptr, W + s.embed, x, rows,
+                                                            static_cast<int>(d));
+  check_launch("embedding");
+  const unsigned row_blocks = static_cast<unsigned>((rows * 32 + 255) / 256);
+  const float eps = static_cast<float>(c.norm_eps);
+  const bool swiglu = c.activation == Activation::swiglu;
+  const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+  k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + s.layers[0].attn_norm, xn1, rstd1, rows,
+                                                 static_cast<int>(d), eps);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
+    const HeadLayout& hl = c.layers[static_cast<size_t>(l)].heads;
+    const int64_t hq = hl.num_query_heads, hkv = hl.num_kv_heads, ha = hl.num_attention_heads();
+    const int64_t width = (hq + 2 * hkv) * dh, kv_width = hkv * dh;
+    bfloat* qkv = a.qkv.ensure(rows * width);
+    bfloat* att = a.att.ensure(rows * ha * dh);
+    bfloat* kc = s.k_cache[static_cast<size_t>(l)].ptr;
+    bfloat* vc = s.v_cache[static_cast<size_t>(l)].ptr;
+    s.gemm(false, true, rows, width, d, xn1, Wb + lo.q, qkv, false, false);
+    // Row r is position pos + r % n: the table from position pos on.
+    k::rope<<<k::blocks_for(rows * (hq + hkv) * dh / 8), 256, 0, st>>>(
+        qkv, rows, width, static_cast<int>(hq + hkv), static_cast<int>(dh), static_cast<int>(n),
+        s.dec_rope.ptr + pos * (dh / 2), false);
+    k::kv_cache_append<<<k::blocks_for(rows * 2 * kv_width / 8), 256, 0, st>>>(
+        qkv, rows, static_cast<int>(n), width, hq * dh, static_cast<int>(kv_width), kc, vc, max_len,
+        pos);
+    check_launch("rope and cache append");
+    AttentionParams p;
+    p.spec = c.attention_spec(l);
+    p.dtype = DType::bf16;
+    p.device = Device::cuda;
+    p.stream = st;
+    p.batch = B;
+    p.seqlen_q = n;
+    p.seqlen_k = pos + n;
+    p.q = qkv;
+    p.k = kc;
+    p.v = vc;
+    p.out = att;
+    p.q_strides = {n * width, width, dh};
+    p.k_strides = p.v_strides = {max_len * kv_width, kv_width, dh};
+    p.out_strides = {n * ha * dh, ha * dh, dh};
+    cuda::attention_forward(p);
+    s.gemm(false, true, rows, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
+    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
+                                                    rstd2, rows, static_cast<int>(d), eps, 0.0, 0,
+                                                    false);
+    const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
+    if (c.is_moe()) {
+      s.moe_forward(c, l, rows, tmp, &a);
+    } else {
+      bfloat* h = a.h.ensure(rows * h_dim);
+      bfloat* act = a.a.ensure(rows * ff);
+      s.gemm(false, true, rows, h_dim, d, xn2, Wb + lo.ffn.fc1_w, h, false, false);
+      s.bias_activation(swiglu, h, W + lo.ffn.fc1_b, act, rows, ff);
+      s.gemm(false, true, rows, d, ff, act, Wb + lo.ffn.fc2_w, tmp, true, false);
+      ffn_bias = W + lo.ffn.fc2_b;
+    }
+    // x = x_mid + FFN, normalised for the next layer (into xn1) or the LM head (into xf), as
+    // in forward() without dropout.
+    const bool last = l + 1 == c.num_layers;
+    const float* next_w = last ? (c.final_norm ? W + s.final_norm : nullptr)
+                               : W + s.layers[static_cast<size_t>(l + 1)].attn_norm;
+    bfloat* next_xn = last ? xf : xn1;
+    float* next_rstd = last ? (c.final_norm ? s.dec_rstdf.ensure(rows) : nullptr) : rstd1;
+    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x_mid, tmp, ffn_bias, x, next_w, next_xn,
+                                                    next_rstd, rows, static_cast<int>(d), eps, 0.0,
+                                                    0, false);
+    check_launch("layer kernels");
+  }
+  // Only each sequence's last row reaches the LM head. The logits stay fp32 (the forward's
+  // are bf16 for the cross entropy's bandwidth), bias added on the device.
+  bfloat* last_rows = s.dec_last.ensure(B * d);
+  const size_t row_bytes = static_cast<size_t>(d) * sizeof(bfloat);
+  check(
+      cudaMemcpy2DAsync(last_rows, row_bytes, xf + (n - 1) * d, static_cast<size_t>(n) * row_bytes,
+                        row_bytes, static_cast<size_t>(B), cudaMemcpyDeviceToDevice, st),
+      "gather last rows");
+  float* logits = s.dec_logits.ensure(B * V);
+  s.gemm(false, true, B, V, d, last_rows, Wb + s.head_w, logits, true, false);
+  if (s.head_b >= 0) {
+    k::bias_add_f32<<<k::blocks_for(B * V), 256, 0, st>>>(logits, W + s.head_b, B,
+                                                          static_cast<int>(V));
+    check_launch("lm_head bias");
+  }
+  s.dec_host_logits.resize(static_cast<size_t>(B * V));
+  check(cudaMemcpyAsync(s.dec_host_logits.data(), logits, B * V * sizeof(float),
+                        cudaMemcpyDeviceToHost, st),
+        "copy logits");
+  synchronize();
+  s.dec_len += n;
+  return s.dec_host_logits.data();
 }
 
 }  // namespace sqa

@@ -38,5 +38,12 @@ double CudaModel::optimizer_step(const CudaAdamW&) {
   return 0;
 }
 void CudaModel::synchronize() const {}
+void CudaModel::decode_reset(int64_t, int64_t) {}
+const float* CudaModel::decode_step(const int32_t*, int64_t) {
+  return nullptr;
+}
+int64_t CudaModel::decode_length() const {
+  return 0;
+}
 
 }  // namespace sqa
