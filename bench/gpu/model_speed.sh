@@ -5,6 +5,8 @@
 # with torch.compile, forward eager) on VARIANTS, and an Nsight Compute per-kernel profile of
 # one xSQA training step. Fits one device command (about 4 minutes).
 #   bench/gpu/model_speed.sh CARRY.tgz [VARIANTS=mha,xsqa]
+# Environment: OURS (space-separated dense variants for `sqa bench model`, default all seven),
+# TORCH=0 skips the PyTorch peer.
 # CARRY.tgz: bench/paper/pack.sh BUILD OUT.tgz tests/test_model_cuda tests/test_attention_cuda.
 # $OUT receives env.txt, tests.txt, ours.txt, torch.txt and speed-json.tgz (every JSON, the
 # ncu CSV and its kernel table kernels-xsqa.md).
@@ -26,7 +28,7 @@ if [ -x /tmp/sqa-h200/bin/test_attention_cuda ]; then
 fi
 
 echo "== ours: sqa bench model" | tee "$out/ours.txt"
-for v in mha gqa mqa sqa ssqa xsqa swsqa; do
+for v in ${OURS:-mha gqa mqa sqa ssqa xsqa swsqa}; do
   timeout 60 $sqa bench model --config configs/paper/dense-$v.json --device cuda --batch 128 \
     --seq 1024 --train --warmup 2 --iters 5 --json $json/train-$v.json 2>&1 | tee -a "$out/ours.txt"
 done
@@ -36,10 +38,10 @@ for v in mha xsqa; do
 done
 
 echo "== torch: training step with torch.compile, eager forward at 200k" | tee "$out/torch.txt"
-timeout 150 python3 bench/torch_reference.py bench --quick --variants "$peers" \
+[ "${TORCH:-1}" = 0 ] || timeout 150 python3 bench/torch_reference.py bench --quick --variants "$peers" \
   --train-sizes 1024x128 --kinds train_compile --out $json/torch-compile.json 2>&1 |
   tee -a "$out/torch.txt"
-timeout 60 python3 bench/torch_reference.py bench --quick --variants "$peers" --sizes 200000x1 \
+[ "${TORCH:-1}" = 0 ] || timeout 60 python3 bench/torch_reference.py bench --quick --variants "$peers" --sizes 200000x1 \
   --kinds forward --out $json/torch-forward.json 2>&1 | tee -a "$out/torch.txt"
 
 echo "== profile: one xSQA training step"

@@ -104,22 +104,6 @@ __global__ void __launch_bounds__(256) flash_bwd_dsum_kernel(const BwdKernelPara
   if (rid < g.lse_rows && part == 0) g.dsum[rid] = sum;
 }
 
-// Copies `rows` rows of D elements (row r at base + r * row_stride) into a padded shared tile;
-// rows at or past `valid_rows` become zeros.
-template <typename T, int D, int kRows, int kThreads>
-__device__ __forceinline__ void load_tile(T* dst, const T* base, int64_t row_stride, int row0,
-                                          int valid_rows, int tid) {
-  constexpr int kChunks = D / 8;
-  constexpr int kStride = D + 8;
-#pragma unroll
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-    const int i = idx / kChunks, c = idx % kChunks;
-    const int row = row0 + i;
-    const bool valid = row < valid_rows;
-    cp_async_16(dst + i * kStride + c * 8, valid ? base + row * row_stride + c * 8 : base, valid);
-  }
-}
-
 // Row of the fp32 dQ workspace for (sequence b, query head qh, local query row r): dense
 // (B, H_q, N_q), varlen (H_q, total_q); D floats per row.
 __device__ __forceinline__ int64_t dq_accum_row(const FwdKernelParams& p, int b, int qh,
@@ -147,8 +131,11 @@ struct BwdDkDvTile {
   static_assert(kNWarps % (BM / 16) == 0 && kDqDims % 16 == 0, "dQ step tiling");
 };
 
+// At D = 16 three CTAs per SM (a 170-register cap) keep enough warps resident to hide the
+// softmax's latencies; ptxas otherwise takes ~200 registers there and fits only two.
 template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
-__global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdKernelParams g) {
+__global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
+    flash_bwd_dkdv_kernel(const BwdKernelParams g) {
   using Tile = BwdDkDvTile<T, D, BM, kNWarps, kKVInRegs, kAtomicDq>;
   constexpr int BN = Tile::BN;
   constexpr int kStride = Tile::kStride;
@@ -183,6 +170,8 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
 
   const int h_first = p.reverse ? kv_head : kv_head * p.group_size;
   const int h_count = p.reverse ? 1 : p.group_size;
+  // rSQA: the CTA's one attention head reads query head kv_head % H_q (division once, here).
+  const int rsqa_qh = p.reverse ? kv_head % p.num_query_heads : 0;
   // Query rows that see at least one of keys [n0, last_key].
   const int last_key = min(n0 + BN, s.nk) - 1;
   int q_lo = 0, q_hi = s.nq;
@@ -199,17 +188,20 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   load_tile<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, s.nk, tid);
   load_tile<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, s.nk, tid);
 
-  auto load_q_block = [&](int stage, int it) {
-    const int h = h_first + it / nqb;
-    const int m0 = (qb_begin + it % nqb) * BM;
-    const int qh = p.reverse ? h % p.num_query_heads : h;
+  // Step it works on head h_first + it / nqb and query block qb_begin + it % nqb; both are
+  // tracked by counters (a division by the runtime nqb costs ~20 integer instructions a step).
+  auto load_q_block = [&](int stage, int h, int m0) {
+    const int qh = p.reverse ? rsqa_qh : h;
     const T* q_base =
         static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
     const T* do_base =
         static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
     load_tile<T, D, BM, kThreads>(sQ + stage * BM * kStride, q_base, p.q_row, m0, s.nq, tid);
     load_tile<T, D, BM, kThreads>(sdO + stage * BM * kStride, do_base, g.do_row, m0, s.nq, tid);
-    for (int i = tid; i < BM; i += kThreads) {
+#pragma unroll
+    for (int i0 = 0; i0 < BM; i0 += kThreads) {
+      const int i = i0 + tid;
+      if (i >= BM) break;
       const int q = m0 + i;
       const bool valid = q < s.nq;
       const int64_t rid = valid ? lse_row(p, b, h, s.q_row0, q, s.total_q) : 0;
@@ -218,9 +210,17 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
       sD[stage * BM + i] = valid ? g.dsum[rid] : 0.0f;
     }
   };
-  if (n_iter > 0) load_q_block(0, 0);
+  int load_h = h_first, load_qb = 0;  // the next block to load
+  auto load_next = [&](int stage) {
+    load_q_block(stage, load_h, (qb_begin + load_qb) * BM);
+    if (++load_qb == nqb) {
+      load_qb = 0;
+      ++load_h;
+    }
+  };
+  if (n_iter > 0) load_next(0);
   cp_async_commit();
-  if (n_iter > 1) load_q_block(1, 1);
+  if (n_iter > 1) load_next(1);
   cp_async_commit();
 
   float dk[kDT][4], dv[kDT][4];
@@ -234,13 +234,15 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
   };
   const float scale_log2 = p.scale_log2;
 
-  for (int it = 0; it < n_iter; ++it) {
+  for (int it = 0, h = h_first, qb = 0; it < n_iter; ++it) {
     const int stage = it % kQStages;
+    const int m0 = (qb_begin + qb) * BM;
+    const int qh = p.reverse ? rsqa_qh : h;
     cp_async_wait<1>();  // block it landed (block it + 1 may still be in flight)
     // Every warp is done with step it - 1, so the stage that step it - 1 read (the third one)
     // can take block it + 2, and the dQ step's dS^T tile can be rewritten.
     __syncthreads();
-    if (it + 2 < n_iter) load_q_block((it + 2) % kQStages, it + 2);
+    if (it + 2 < n_iter) load_next((it + 2) % kQStages);
     cp_async_commit();
     if (kKVInRegs && it == 0) {
 #pragma unroll
@@ -253,7 +255,6 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
     const T* do_tile = sdO + stage * BM * kStride;
     const float* l_tile = sL + stage * BM;
     const float* d_tile = sD + stage * BM;
-    const int m0 = (qb_begin + it % nqb) * BM;
 
     // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
     float st[kQT][4], dpt[kQT][4];
@@ -371,8 +372,6 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
           M::run(dqp[2 * d2 + 1], as, bk[2], bk[3]);
         }
       }
-      const int h = h_first + it / nqb;
-      const int qh = p.reverse ? h % p.num_query_heads : h;
       const float scale = g.scale;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -386,6 +385,10 @@ __global__ void __launch_bounds__(kNWarps * 32) flash_bwd_dkdv_kernel(const BwdK
                     make_float2(dqp[dt][2 * r] * scale, dqp[dt][2 * r + 1] * scale));
         }
       }
+    }
+    if (++qb == nqb) {
+      qb = 0;
+      ++h;
     }
   }
   cp_async_wait<0>();

@@ -84,6 +84,30 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into a padded
+// shared tile (row stride D + 8) with cp.async; rows at or past valid_rows become zeros. Thread
+// tid copies 16-byte chunk tid % (D / 8) of rows tid / (D / 8) + i * kRowStep: a compile-time
+// trip count and one 64-bit address step per copy (a loop bounded by tid compiles to a generic
+// loop with remainder handling, ~100 integer instructions per 64-row tile at D = 16, a third of
+// the forward's per-block budget there).
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile(T* dst, const T* base, int64_t row_stride, int row0,
+                                          int valid_rows, int tid) {
+  constexpr int kChunks = D / 8;
+  constexpr int kStride = D + 8;
+  static_assert(kThreads % kChunks == 0, "each thread copies one fixed chunk column");
+  constexpr int kRowStep = kThreads / kChunks;
+  const int r = tid / kChunks, c = tid % kChunks;
+  const T* src = base + static_cast<int64_t>(row0 + r) * row_stride + c * 8;
+#pragma unroll
+  for (int i = 0; i < (kRows + kRowStep - 1) / kRowStep; ++i) {
+    if (kRows % kRowStep != 0 && r + i * kRowStep >= kRows) break;
+    const bool valid = row0 + r + i * kRowStep < valid_rows;
+    cp_async_16(dst + (r + i * kRowStep) * kStride + c * 8, valid ? src : base, valid);
+    src += kRowStep * row_stride;
+  }
+}
+
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

@@ -34,8 +34,8 @@ void run_flash_bwd_hdim32(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 
-// Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ or pipe; unset:
-// the default per head dim). See flash_fwd_launch.cuh.
+// Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ or pipe; unset: the
+// default per head dim). See flash_fwd_launch.cuh.
 enum class FwdVariant { automatic, base, ilp, occ, pipe };
 FwdVariant fwd_variant();
 

@@ -136,14 +136,9 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     cp_async_16(sQ + i * kStride + c * 8, src, valid);
   }
   auto load_kv = [&](T* dst, const T* base, int64_t row_stride, int nb) {
-#pragma unroll
-    for (int idx = tid; idx < BN * kChunks; idx += kThreads) {
-      const int j = idx / kChunks, c = idx % kChunks;
-      const int key = nb * BN + j;
-      const bool valid = key < nk;
-      cp_async_16(dst + j * kStride + c * 8, valid ? base + key * row_stride + c * 8 : base, valid);
-    }
+    load_tile<T, D, BN, kThreads>(dst, base, row_stride, nb * BN, nk, tid);
   };
+
   if (nb_end > nb_begin) {
     load_kv(sK, k_base, p.k_row, nb_end - 1);
     if constexpr (kTwoStage) load_kv(sV, v_base, p.v_row, nb_end - 1);
@@ -182,33 +177,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   };
   const float scale_log2 = p.scale_log2;
 
-  for (int nb = nb_end - 1; nb >= nb_begin; --nb) {
-    // Two-stage: block nb sits in buffer (nb_end - 1 - nb) % 2.
-    const int stage = kTwoStage ? (nb_end - 1 - nb) & 1 : 0;
-    const T* sKc = sK + stage * BN * kStride;
-    const T* sVc = sV + stage * BN * kStride;
-    cp_async_wait<0>();
-    // Two-stage: K(nb) and V(nb) landed; every warp is done with block nb + 1's buffers, which
-    // block nb - 1 refills now. One stage: K(nb) landed; every warp is done reading V(nb + 1).
-    __syncthreads();
-    if (nb == nb_end - 1 && Tile::kQInRegs) {
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int kk = 0; kk < kKD; ++kk) load_q_frag(qf[mt][kk], mt, kk);
-    }
-    if constexpr (kTwoStage) {
-      if (nb > nb_begin) {
-        load_kv(sK + (stage ^ 1) * BN * kStride, k_base, p.k_row, nb - 1);
-        load_kv(sV + (stage ^ 1) * BN * kStride, v_base, p.v_row, nb - 1);
-      }
-    } else {
-      load_kv(sV, v_base, p.v_row, nb);
-    }
-    cp_async_commit();
-
-    // S = Q K^T for this key block.
-    float s[kMT][kNT][4];
+  // S = Q K^T for one key block (K in sKc).
+  auto compute_s = [&](float(&s)[kMT][kNT][4], const T* sKc) {
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -240,8 +210,12 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         }
       }
     }
+  };
 
-    // Mask only blocks that the window or the sequence end cuts for some row of the tile.
+  // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
+  // the online softmax (base 2): when the running max grows, the sum and the output are
+  // rescaled; s becomes P.
+  auto softmax = [&](float(&s)[kMT][kNT][4], int nb) {
     const int n0 = nb * BN;
     const bool full = n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
                       (right < 0 || n0 + BN - 1 <= qrow_lo + diag + right);
@@ -259,8 +233,6 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
             if (!visible) s[mt][nt][e] = -INFINITY;
           }
     }
-
-    // Online softmax (base 2): when the running max grows, rescale the sum and the output.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -315,15 +287,10 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
           row_sum[mt][r] += sum;  // per-thread partial; reduced over the quad once at the end
         }
       }
+  };
 
-    if constexpr (!kTwoStage) {
-      cp_async_wait<0>();
-      __syncthreads();  // V(nb) landed; every warp is done reading K(nb)
-      if (nb > nb_begin) load_kv(sK, k_base, p.k_row, nb - 1);
-      cp_async_commit();
-    }
-
-    // O += P V: the S accumulators are already laid out as the A fragments of the next MMA.
+  // O += P V (V in sVc): the S accumulators are already laid out as the A fragments.
+  auto accumulate_pv = [&](float(&s)[kMT][kNT][4], const T* sVc) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       uint32_t pa[kMT][4];
@@ -348,6 +315,44 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         }
       }
     }
+  };
+  auto load_q_frags = [&] {
+    if constexpr (Tile::kQInRegs) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < kKD; ++kk) load_q_frag(qf[mt][kk], mt, kk);
+    }
+  };
+
+  for (int nb = nb_end - 1; nb >= nb_begin; --nb) {
+    // Two-stage: block nb sits in buffer (nb_end - 1 - nb) % 2.
+    const int stage = kTwoStage ? (nb_end - 1 - nb) & 1 : 0;
+    cp_async_wait<0>();
+    // Two-stage: K(nb) and V(nb) landed; every warp is done with block nb + 1's buffers,
+    // which block nb - 1 refills now. One stage: K(nb) landed; every warp is done reading
+    // V(nb + 1).
+    __syncthreads();
+    if (nb == nb_end - 1) load_q_frags();
+    if constexpr (kTwoStage) {
+      if (nb > nb_begin) {
+        load_kv(sK + (stage ^ 1) * BN * kStride, k_base, p.k_row, nb - 1);
+        load_kv(sV + (stage ^ 1) * BN * kStride, v_base, p.v_row, nb - 1);
+      }
+    } else {
+      load_kv(sV, v_base, p.v_row, nb);
+    }
+    cp_async_commit();
+    float s[kMT][kNT][4];
+    compute_s(s, sK + stage * BN * kStride);
+    softmax(s, nb);
+    if constexpr (!kTwoStage) {
+      cp_async_wait<0>();
+      __syncthreads();  // V(nb) landed; every warp is done reading K(nb)
+      if (nb > nb_begin) load_kv(sK, k_base, p.k_row, nb - 1);
+      cp_async_commit();
+    }
+    accumulate_pv(s, sV + stage * BN * kStride);
   }
   cp_async_wait<0>();
 

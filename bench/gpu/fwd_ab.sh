@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One H200 call for the small-head-dim forward work (issue 3): the attention correctness sweep,
+# the A/B of the forward variants against SDPA (bench/gpu/fwd_variants.py), and an Nsight
+# Compute profile of one forward launch per variant in PROFILE (pipe utilisation, issue
+# activity, warp stall reasons, occupancy).
+#   bench/gpu/fwd_ab.sh CARRY.tgz [VARIANTS=pipe,occ,base] [PROFILE=pipe]
+# CARRY.tgz: bench/paper/pack.sh BUILD OUT.tgz tests/test_attention_cuda src/capi/libsqa.so
+# $OUT receives env.txt, tests.txt, ab.txt, ab.json, ncu-VARIANT.txt.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+carry=${1:?usage: fwd_ab.sh CARRY.tgz [VARIANTS] [PROFILE]}
+variants=${2:-pipe,occ,base}
+profile=${3:-pipe}
+source bench/paper/h200_env.sh "$carry" fwd-ab
+lib=/tmp/sqa-h200/bin/libsqa.so
+
+echo "== tests" | tee "$out/tests.txt"
+SQA_CUDA_BACKEND=own timeout ${TEST_TIMEOUT:-150} /tmp/sqa-h200/bin/test_attention_cuda \
+  --gtest_brief=1 ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} 2>&1 | tail -8 | tee -a "$out/tests.txt"
+
+echo "== A/B"
+timeout ${AB_TIMEOUT:-300} python3 bench/gpu/fwd_variants.py --lib $lib --variants "$variants" \
+  ${CONFIGS:+--configs "$CONFIGS"} --json "$out/ab.json" 2>&1 | tee "$out/ab.txt"
+
+metrics=sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active
+metrics+=,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
+metrics+=,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active
+metrics+=,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active
+metrics+=,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active
+metrics+=,sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active
+metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active
+metrics+=,sm__cycles_elapsed.avg.per_second
+for v in ${profile//,/ }; do
+  echo "== ncu $v"
+  timeout 120 ncu --kernel-name regex:flash_fwd_kernel --launch-count 1 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+    --section SchedulerStats --section Occupancy --section InstructionStats --metrics "$metrics" \
+    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$v" --configs d16-32k-mha-causal \
+    --rounds 1 >"$out/ncu-$v.txt" 2>&1
+  grep -E "Duration|SM Frequency|Issue Slots|Executed Ipc|pipe|Stall|Achieved Occupancy|Registers|One or More|No Eligible" \
+    "$out/ncu-$v.txt" | head -40
+done
+nvidia-smi -q -d PERFORMANCE,CLOCK >>"$out/env.txt" 2>&1
+echo "== done"
