@@ -34,8 +34,10 @@ FwdVariant fwd_variant() {
   if (m == "ilp") return FwdVariant::ilp;
   if (m == "occ") return FwdVariant::occ;
   if (m == "pipe") return FwdVariant::pipe;
-  throw Error(
-      sqa::detail::concat("SQA_CUDA_FWD (", m, ") must be base, ilp, occ or pipe, or unset"));
+  if (m == "pipe2") return FwdVariant::pipe2;
+  if (m == "pipe8") return FwdVariant::pipe8;
+  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
+                                  ") must be base, ilp, occ, pipe, pipe2 or pipe8, or unset"));
 }
 
 namespace {

@@ -35,6 +35,8 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
 //         SM: latency hiding by more resident warps;
+//   pipe2: pipe with 2 m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
+//   pipe8: pipe with 8 warps per CTA (K/V tiles shared by twice the rows, 2 CTAs/SM);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
@@ -58,6 +60,14 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
         launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::pipe2) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::pipe8) {
+        launch_flash_fwd<T, D, 1, 8, 64, true, 2, true>(p, stream);
         return;
       }
     }
