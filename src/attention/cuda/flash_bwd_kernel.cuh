@@ -297,16 +297,24 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
 #pragma unroll
     for (int j = 0; j < kQT; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ql = j * 8 + 2 * t + (e & 1);
-        float pv = fast_exp2(st[j][e] * scale_log2 - l_tile[ql]);
-        if (!full) {
+      for (int e = 0; e < 4; ++e)
+        st[j][e] = fast_exp2(st[j][e] * scale_log2 - l_tile[j * 8 + 2 * t + (e & 1)]);
+    // One branch for the block (a test per element compiled to a branch per element).
+    if (!full) {
+#pragma unroll
+      for (int j = 0; j < kQT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
           const int key = n0 + warp * 16 + g4 + 8 * (e / 2);
-          if (!key_visible(key, m0 + ql, s.nk, diag, left, right)) pv = 0.0f;
+          if (!key_visible(key, m0 + j * 8 + 2 * t + (e & 1), s.nk, diag, left, right))
+            st[j][e] = 0.0f;
         }
-        st[j][e] = pv;
-        dpt[j][e] = pv * (dpt[j][e] - d_tile[ql]);
-      }
+    }
+#pragma unroll
+    for (int j = 0; j < kQT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dpt[j][e] = st[j][e] * (dpt[j][e] - d_tile[j * 8 + 2 * t + (e & 1)]);
 
     if constexpr (kAtomicDq) {
       // dS^T to shared memory (key-major, two query rows per 32-bit store) for the dQ step.
