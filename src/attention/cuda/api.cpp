@@ -36,8 +36,9 @@ FwdVariant fwd_variant() {
   if (m == "pipe") return FwdVariant::pipe;
   if (m == "pipe2") return FwdVariant::pipe2;
   if (m == "pipe8") return FwdVariant::pipe8;
-  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
-                                  ") must be base, ilp, occ, pipe, pipe2 or pipe8, or unset"));
+  if (m == "pipe128") return FwdVariant::pipe128;
+  throw Error(sqa::detail::concat(
+      "SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe, pipe2, pipe8 or pipe128, or unset"));
 }
 
 namespace {

@@ -36,6 +36,7 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
 //         SM: latency hiding by more resident warps;
 //   pipe2: pipe with 2 m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
+//   pipe128: pipe with 128-key blocks (half the per-block fixed cost, 3 CTAs/SM);
 //   pipe8: pipe with 8 warps per CTA (K/V tiles shared by twice the rows, 2 CTAs/SM);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
@@ -64,6 +65,10 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
       }
       if (v == FwdVariant::pipe2) {
         launch_flash_fwd<T, D, 2, 4, 64, true, 3, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::pipe128) {
+        launch_flash_fwd<T, D, 1, 4, 128, true, 3, true>(p, stream);
         return;
       }
       if (v == FwdVariant::pipe8) {
