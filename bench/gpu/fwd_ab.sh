@@ -31,14 +31,26 @@ metrics+=,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active
 metrics+=,sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active
 metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active
 metrics+=,sm__cycles_elapsed.avg.per_second
-for v in ${profile//,/ }; do
-  echo "== ncu $v"
+# Warp stall reasons, cycles per issued instruction (short_scoreboard: MUFU/shared results;
+# math_pipe_throttle: a busy pipe; wait: fixed-latency dependencies; barrier: __syncthreads).
+stalls=""
+for r in barrier short_scoreboard long_scoreboard math_pipe_throttle mio_throttle wait \
+  not_selected dispatch_stall no_instruction branch_resolving lg_throttle; do
+  stalls+=,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
+done
+profile_one() {  # variant, metric list
   timeout 120 ncu --kernel-name regex:flash_fwd_kernel --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
-    --section SchedulerStats --section Occupancy --section InstructionStats --metrics "$metrics" \
-    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$v" --configs d16-32k-mha-causal \
-    --rounds 1 >"$out/ncu-$v.txt" 2>&1
-  grep -E "Duration|SM Frequency|Issue Slots|Executed Ipc|pipe|Stall|Achieved Occupancy|Registers|One or More|No Eligible" \
+    --section SchedulerStats --section Occupancy --section InstructionStats --metrics "$2" \
+    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$1" --configs d16-32k-mha-causal \
+    --rounds 1 >"$out/ncu-$1.txt" 2>&1
+}
+for v in ${profile//,/ }; do
+  echo "== ncu $v"
+  # Without the stall metrics if this ncu does not know one of them.
+  profile_one "$v" "$metrics$stalls" || grep -q "Duration" "$out/ncu-$v.txt" ||
+    profile_one "$v" "$metrics"
+  grep -E "Duration|SM Frequency|Issue Slots|Executed Ipc|pipe|stalled|Achieved Occupancy|Registers|One or More|No Eligible" \
     "$out/ncu-$v.txt" | head -40
 done
 nvidia-smi -q -d PERFORMANCE,CLOCK >>"$out/env.txt" 2>&1

@@ -122,11 +122,13 @@ def main() -> int:
     variants = [v for v in a.variants.split(",") if v]
     rows = []
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; TFLOP/s (x best SDPA peer)")
-    print(f"{'config':24s} " + " ".join(f"{v:>16s}" for v in variants) + f" {'cudnn':>7s} {'fa2':>7s}")
+    print(f"{'config':24s} " + " ".join(f"{v:>16s}" for v in variants) +
+          f" {'cudnn':>7s} {'fa2':>7s}")
     for name in a.configs.split(","):
         r = run(lib, name, variants, a.rounds)
         rows.append(r)
-        cells = " ".join(f"{r[f'{v}_tflops']:6.1f} ({r[f'{v}_vs_best_peer']:4.2f}x)" for v in variants)
+        cells = " ".join(f"{r[f'{v}_tflops']:6.1f} ({r[f'{v}_vs_best_peer']:4.2f}x)"
+                         for v in variants)
         errs = " ".join(f"{r[f'{v}_rel_err']:.1e}" for v in variants)
         print(f"{name:24s} {cells} {r['cudnn_tflops']:7.1f} {r['fa2_tflops']:7.1f}  err {errs}",
               flush=True)

@@ -224,19 +224,22 @@ def table3_section(sqa_paths, torch_paths, plots):
             "PyTorch reference: " + (", ".join(f"`{rel(p)}`" for p in torch_paths) or
                                      "no result file yet")]
     lines.append("Sources: " + "; ".join(head) + ". Seconds per forward step (median), bf16; "
-                 "speed-up = MHA time / time in the same row.")
+                 "in brackets each cell's speed-up over MHA in the same row (MHA time / time).")
     lines += ["", "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
               " | xSQA vs MHA |", "|---|---|" + "---:|" * (len(TABLE3_VARIANTS) + 1)]
     for T, paper in PAPER_TABLE3.items():
         batch = {1024: 128, 4096: 32, 32768: 4, 131072: 1, 200000: 1}[T]
         for label, report in (("sqa (H200)", sqa), ("PyTorch (H200)", ref)):
             cells = [find(report, v, "forward", T) for v in TABLE3_VARIANTS]
-            text = [f"{c['median_s']:.4f}" if c else "-" for c in cells]
             x, m = cells[0], cells[-1]
+            text = [(f"{c['median_s']:.4f}" +
+                     (f" ({m['median_s'] / c['median_s']:.2f}x)" if m else "")) if c else "-"
+                    for c in cells]
             sp = f"{m['median_s'] / x['median_s']:.2f}x" if x and m else "-"
             lines.append(f"| {T:,} × {batch} | {label} | " + " | ".join(text) + f" | {sp} |")
         lines.append(f"| {T:,} × {batch} | paper (A100) | " +
-                     " | ".join(f"{paper[v]:.4f}" for v in TABLE3_VARIANTS) +
+                     " | ".join(f"{paper[v]:.4f} ({paper['mha'] / paper[v]:.2f}x)"
+                                for v in TABLE3_VARIANTS) +
                      f" | {paper['mha'] / paper['xsqa']:.2f}x |")
     train_rows = []
     for label, report, kind in (("sqa (H200)", sqa, "train"),
@@ -250,11 +253,13 @@ def table3_section(sqa_paths, torch_paths, plots):
                 x, m = cells[0], cells[-1]
                 sp = f"{x['tokens_per_s'] / m['tokens_per_s']:.2f}x" if x and m else "-"
                 train_rows.append(f"| {T:,} × {b} | {label} | " + " | ".join(
-                    f"{c['tokens_per_s'] / 1e6:.3f}" if c else "-" for c in cells) +
+                    (f"{c['tokens_per_s'] / 1e6:.3f}" +
+                     (f" ({c['tokens_per_s'] / m['tokens_per_s']:.2f}x)" if m else ""))
+                    if c else "-" for c in cells) +
                     f" | {sp} |")
     if train_rows:
-        lines += ["", "Training step (forward + backward + AdamW), million tokens/s; speed-up = "
-                  "xSQA tokens/s / MHA tokens/s:", "",
+        lines += ["", "Training step (forward + backward + AdamW), million tokens/s; in brackets "
+                  "each cell's speed-up over MHA in the same row (tokens/s / MHA tokens/s):", "",
                   "| N × batch | row | " + " | ".join(LABEL[v] for v in TABLE3_VARIANTS) +
                   " | xSQA vs MHA |", "|---|---|" + "---:|" * (len(TABLE3_VARIANTS) + 1)]
         lines += train_rows

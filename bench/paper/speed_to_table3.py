@@ -55,11 +55,12 @@ def main() -> int:
             sqa.append(sqa_cell(run, "forward", "forward"))
     torch_parts = [files[n] for n in ("torch-compile.json", "torch-forward.json") if n in files]
     if not sqa or not torch_parts:
-        print(f"{a.speed_json_tgz}: needs train-*/fwd200k-* and torch-*.json files", file=sys.stderr)
+        print(f"{a.speed_json_tgz}: needs train-*/fwd200k-* and torch-*.json files",
+              file=sys.stderr)
         return 1
     date = a.date or torch_parts[0]["date"][:10]
     source = os.path.relpath(a.speed_json_tgz, os.path.join(RESULTS, ".."))
-    sqa_out = {"tool": "bench/paper/speed_to_table3.py (sqa bench model, bench/gpu/model_speed.sh)",
+    sqa_out = {"tool": "bench/paper/speed_to_table3.py (sqa bench model, model_speed.sh)",
                "date": torch_parts[0]["date"], "gpu": torch_parts[0]["gpu"], "source": source,
                "results": sqa}
     torch_out = dict(torch_parts[0])
@@ -71,7 +72,8 @@ def main() -> int:
             json.dump(report, f, indent=1)
         print(f"wrote {os.path.normpath(path)} ({len(report['results'])} cells)")
     stale = [p for p in glob.glob(os.path.join(RESULTS, f"{date}-table3-*.json"))]
-    print(f"report.py merges {len(stale)} table3 files of {date}; later names replace earlier cells")
+    print(f"report.py merges {len(stale)} table3 files of {date}; later names replace earlier "
+          "cells")
     return 0
 
 
