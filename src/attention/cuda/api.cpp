@@ -37,8 +37,11 @@ FwdVariant fwd_variant() {
   if (m == "pipe2") return FwdVariant::pipe2;
   if (m == "pipe8") return FwdVariant::pipe8;
   if (m == "pipe128") return FwdVariant::pipe128;
+  if (m == "lazy") return FwdVariant::lazy;
+  if (m == "lazy2") return FwdVariant::lazy2;
   throw Error(sqa::detail::concat(
-      "SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe, pipe2, pipe8 or pipe128, or unset"));
+      "SQA_CUDA_FWD (", m,
+      ") must be base, ilp, occ, pipe, pipe2, pipe8, pipe128, lazy or lazy2, or unset"));
 }
 
 namespace {

@@ -47,8 +47,9 @@ struct FwdTile {
 // tensor cores): max as a tree instead of a serial chain, row sums by the tensor cores (P times a
 // ones tile: exact fp32 sums of the same rounded P that feeds P V, no FADD chain), and a register
 // cap for more resident warps.
+// kLazyRescale (with the tensor-core row sums): see the softmax.
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks,
-          bool kTwoStage>
+          bool kTwoStage, bool kLazyRescale = false>
 __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
@@ -62,6 +63,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   using M = Mma<T>;
   // Tensor-core row sums cost one extra MMA per D / 8 of P V: worth it only at small D.
   constexpr bool kMmaRowSum = kTuned && D <= 32;
+  static_assert(!kLazyRescale || kMmaRowSum, "lazy rescaling is wired to the row-sum MMA path");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -232,6 +234,43 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
                 col < nk && (left < 0 || col >= qr - left) && (right < 0 || col <= qr + right);
             if (!visible) s[mt][nt][e] = -INFINITY;
           }
+    }
+    if constexpr (kLazyRescale) {
+      // FlashAttention-4's lazy rescaling: keep the running max unless some score of the block
+      // exceeds it by more than 2^kLazyLog2 (then P <= 2^8 here, exact in fp32 and bf16; the sum
+      // and O use the same max, so the result is unchanged). The test needs only each thread's
+      // own scores and one vote, not the quad's shuffles, and the common block skips the
+      // correction exponentials and the rescale of O and the sums.
+      constexpr float kLazyLog2 = 8.0f;
+      bool grow = false;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float part[kNT];
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) part[nt] = fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]);
+#pragma unroll
+          for (int w = kNT / 2; w > 0; w /= 2)
+#pragma unroll
+            for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
+          // -inf - -inf (nothing visible yet, nothing here) is NaN: no growth, p stays 0.
+          grow |= (part[0] - row_max[mt][r]) * scale_log2 > kLazyLog2;
+        }
+      if (!__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const float offset = (row_max[mt][r] == -INFINITY ? 0.0f : row_max[mt][r]) * scale_log2;
+#pragma unroll
+            for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e)
+                s[mt][nt][2 * r + e] = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
+          }
+        return;
+      }
     }
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)

@@ -9,10 +9,11 @@
 namespace sqa::cuda::detail {
 
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1,
-          bool kTwoStage = false>
+          bool kTwoStage = false, bool kLazyRescale = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
-  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage>;
+  auto* kernel =
+      &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazyRescale>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -35,6 +36,8 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
 //         SM: latency hiding by more resident warps;
+//   lazy: pipe with FlashAttention-4's lazy rescaling (see the kernel's softmax);
+//   lazy2: lazy with 2 m-tiles per warp;
 //   pipe2: pipe with 2 m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
 //   pipe128: pipe with 128-key blocks (half the per-block fixed cost, 3 CTAs/SM);
 //   pipe8: pipe with 8 warps per CTA (K/V tiles shared by twice the rows, 2 CTAs/SM);
@@ -61,6 +64,14 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
         launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::lazy) {
+        launch_flash_fwd<T, D, 1, 4, 64, true, 4, true, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::lazy2) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, true>(p, stream);
         return;
       }
       if (v == FwdVariant::pipe2) {
