@@ -104,14 +104,6 @@ __global__ void __launch_bounds__(256) flash_bwd_dsum_kernel(const BwdKernelPara
   if (rid < g.lse_rows && part == 0) g.dsum[rid] = sum;
 }
 
-// Row of the fp32 dQ workspace for (sequence b, query head qh, local query row r): dense
-// (B, H_q, N_q), varlen (H_q, total_q); D floats per row.
-__device__ __forceinline__ int64_t dq_accum_row(const FwdKernelParams& p, int b, int qh,
-                                                int64_t q_row0, int r, int64_t total_q) {
-  if (p.cu_seqlens_q != nullptr) return static_cast<int64_t>(qh) * total_q + q_row0 + r;
-  return (static_cast<int64_t>(b) * p.num_query_heads + qh) * p.seqlen_q + r;
-}
-
 template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
 struct BwdDkDvTile {
   static constexpr int kThreads = kNWarps * 32;
@@ -190,6 +182,16 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
 
   // Step it works on head h_first + it / nqb and query block qb_begin + it % nqb; both are
   // tracked by counters (a division by the runtime nqb costs ~20 integer instructions a step).
+  // Per-sequence bases are fixed here, so a step adds only head and row offsets: the lse / D
+  // row of (head h, query q) is lse_base + h * lse_head + q (lse_row), and the fp32 dQ
+  // workspace, dense (B, H_q, N_q) or varlen (H_q, total_q) with D floats a row, has row
+  // dq_base + qh * lse_head + q for (query head qh, q).
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t lse_head = varlen ? s.total_q : p.seqlen_q;
+  const int64_t lse_base =
+      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_attention_heads * p.seqlen_q;
+  const int64_t dq_base =
+      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_query_heads * p.seqlen_q;
   auto load_q_block = [&](int stage, int h, int m0) {
     const int qh = p.reverse ? rsqa_qh : h;
     const T* q_base =
@@ -198,16 +200,15 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
         static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
     load_tile<T, D, BM, kThreads>(sQ + stage * BM * kStride, q_base, p.q_row, m0, s.nq, tid);
     load_tile<T, D, BM, kThreads>(sdO + stage * BM * kStride, do_base, g.do_row, m0, s.nq, tid);
+    const int64_t lse0 = lse_base + h * lse_head + m0;
 #pragma unroll
     for (int i0 = 0; i0 < BM; i0 += kThreads) {
       const int i = i0 + tid;
       if (i >= BM) break;
-      const int q = m0 + i;
-      const bool valid = q < s.nq;
-      const int64_t rid = valid ? lse_row(p, b, h, s.q_row0, q, s.total_q) : 0;
+      const bool valid = m0 + i < s.nq;
       // Rows past the sequence get lse = +inf, so their P is exactly 0.
-      sL[stage * BM + i] = valid ? p.lse[rid] * kLog2e : INFINITY;
-      sD[stage * BM + i] = valid ? g.dsum[rid] : 0.0f;
+      sL[stage * BM + i] = valid ? p.lse[lse0 + i] * kLog2e : INFINITY;
+      sD[stage * BM + i] = valid ? g.dsum[lse0 + i] : 0.0f;
     }
   };
   int load_h = h_first, load_qb = 0;  // the next block to load
@@ -385,7 +386,7 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
       for (int r = 0; r < 2; ++r) {
         const int q = m0 + row_tile * 16 + g4 + 8 * r;
         if (q >= s.nq) continue;
-        float* dst = g.dq_accum + dq_accum_row(p, b, qh, s.q_row0, q, s.total_q) * D + dim0 + 2 * t;
+        float* dst = g.dq_accum + (dq_base + qh * lse_head + q) * D + dim0 + 2 * t;
 #pragma unroll
         for (int dt = 0; dt < kDqT; ++dt) {
           // No return value: compiles to a fire-and-forget vector reduction (RED.E.ADD.F32x2).
