@@ -5,7 +5,9 @@ at 200k from `sqa bench model`, and the PyTorch peer of the same run (torch.comp
 eager forward). Both sides come from the same device run; nothing is recomputed.
 
 Usage: python3 bench/paper/speed_to_table3.py RUN_DIR/speed-json.tgz [--date YYYY-MM-DD]
-Writes bench/results/DATE-table3-sqa-speed-h200.json and DATE-table3-torch-speed-h200.json.
+       [--results-dir DIR]
+Writes DIR/DATE-table3-sqa-speed-h200.json and DATE-table3-torch-speed-h200.json (DIR:
+bench/results).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ def sqa_cell(run: dict, kind: str, part: str) -> dict:
             "parameters": run["parameters"]}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("speed_json_tgz")
     ap.add_argument("--date", default="")
-    a = ap.parse_args()
+    ap.add_argument("--results-dir", default=RESULTS)
+    a = ap.parse_args(argv)
     files = read_members(a.speed_json_tgz)
     sqa = []
     for name, run in sorted(files.items()):
@@ -59,7 +62,7 @@ def main() -> int:
               file=sys.stderr)
         return 1
     date = a.date or torch_parts[0]["date"][:10]
-    source = os.path.relpath(a.speed_json_tgz, os.path.join(RESULTS, ".."))
+    source = os.path.relpath(a.speed_json_tgz, os.path.join(RESULTS, "..", ".."))
     sqa_out = {"tool": "bench/paper/speed_to_table3.py (sqa bench model, model_speed.sh)",
                "date": torch_parts[0]["date"], "gpu": torch_parts[0]["gpu"], "source": source,
                "results": sqa}
@@ -67,11 +70,11 @@ def main() -> int:
     torch_out["source"] = source
     torch_out["results"] = [x for part in torch_parts for x in part["results"]]
     for side, report in (("sqa", sqa_out), ("torch", torch_out)):
-        path = os.path.join(RESULTS, f"{date}-table3-{side}-speed-h200.json")
+        path = os.path.join(a.results_dir, f"{date}-table3-{side}-speed-h200.json")
         with open(path, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {os.path.normpath(path)} ({len(report['results'])} cells)")
-    stale = [p for p in glob.glob(os.path.join(RESULTS, f"{date}-table3-*.json"))]
+    stale = glob.glob(os.path.join(a.results_dir, f"{date}-table3-*.json"))
     print(f"report.py merges {len(stale)} table3 files of {date}; later names replace earlier "
           "cells")
     return 0
