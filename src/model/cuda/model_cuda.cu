@@ -339,6 +339,27 @@ struct CudaModel::State {
     check_launch("residual norm");
   }
 
+  // Layer l's FFN of xn2 (rows, d) into out (rows, d) fp32, h and act in the layer's buffers
+  // `a`. Returns the fc2 bias for the following residual_norm to add (nullptr for MoE, whose
+  // expert biases are inside out already) and the MoE aux loss through aux.
+  const float* ffn_forward(const ModelConfig& c, int l, int64_t rows, const bfloat* xn2, float* out,
+                           LayerActs& a, double& aux) {
+    if (c.is_moe()) {
+      aux += moe_forward(c, l, rows, out, &a);
+      return nullptr;
+    }
+    const LayerOffsets& lo = layers[static_cast<size_t>(l)];
+    const bool swiglu = c.activation == Activation::swiglu;
+    const int64_t d = c.d_model, ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
+    const bfloat* Wb = wb.ptr;
+    bfloat* h = a.h.ensure(rows * h_dim);
+    bfloat* act = a.a.ensure(rows * ff);
+    gemm(false, true, rows, h_dim, d, xn2, Wb + lo.ffn.fc1_w, h, false, false);
+    bias_activation(swiglu, h, w.ptr + lo.ffn.fc1_b, act, rows, ff);
+    gemm(false, true, rows, d, ff, act, Wb + lo.ffn.fc2_w, out, true, false);
+    return w.ptr + lo.ffn.fc2_b;
+  }
+
   // The MoE FFN of layer l (definitions below the struct). acts_in: buffers to use instead of
   // layer l's training activations (decoding's scratch).
   double moe_forward(const ModelConfig& c, int l, int64_t BT, float* out,
@@ -698,8 +719,6 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
   check_launch("embedding");
   const unsigned row_blocks = static_cast<unsigned>((BT * 32 + 255) / 256);
   const float eps = static_cast<float>(c.norm_eps);
-  const bool swiglu = c.activation == Activation::swiglu;
-  const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
   LossStats stats;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerOffsets& lo = s.layers[static_cast<size_t>(l)];
@@ -736,17 +755,7 @@ LossStats CudaModel::forward(const int32_t* tokens, const int32_t* targets, cons
     s.gemm(false, true, BT, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
     s.residual_norm(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2, rstd2, BT, d, eps, 0.0, 0,
                     false);
-    const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
-    if (c.is_moe()) {
-      stats.aux_loss += s.moe_forward(c, l, BT, tmp);
-    } else {
-      bfloat* h = a.h.ensure(BT * h_dim);
-      bfloat* act = a.a.ensure(BT * ff);
-      s.gemm(false, true, BT, h_dim, d, xn2, Wb + lo.ffn.fc1_w, h, false, false);
-      s.bias_activation(swiglu, h, W + lo.ffn.fc1_b, act, BT, ff);
-      s.gemm(false, true, BT, d, ff, act, Wb + lo.ffn.fc2_w, tmp, true, false);
-      ffn_bias = W + lo.ffn.fc2_b;
-    }
+    const float* ffn_bias = s.ffn_forward(c, l, BT, xn2, tmp, a, stats.aux_loss);
     // x_out = x_mid + dropout(fc2 + b), normalised for the next layer's attention (or by the
     // final norm, or only cast to bf16 for the LM head).
     const bool last = l + 1 == c.num_layers;
@@ -1082,8 +1091,6 @@ const float* CudaModel::decode_step(const int32_t* tokens, int64_t n) {
   check_launch("embedding");
   const unsigned row_blocks = static_cast<unsigned>((rows * 32 + 255) / 256);
   const float eps = static_cast<float>(c.norm_eps);
-  const bool swiglu = c.activation == Activation::swiglu;
-  const int64_t ff = c.ff_dim, h_dim = swiglu ? 2 * ff : ff;
   k::rmsnorm_forward<<<row_blocks, 256, 0, st>>>(x, W + s.layers[0].attn_norm, xn1, rstd1, rows,
                                                  static_cast<int>(d), eps);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -1121,20 +1128,10 @@ const float* CudaModel::decode_step(const int32_t* tokens, int64_t n) {
     p.out_strides = {n * ha * dh, ha * dh, dh};
     cuda::attention_forward(p);
     s.gemm(false, true, rows, d, ha * dh, att, Wb + lo.o_w, tmp, true, false);
-    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2,
-                                                    rstd2, rows, static_cast<int>(d), eps, 0.0, 0,
-                                                    false);
-    const float* ffn_bias = nullptr;  // MoE: the expert biases are inside tmp already
-    if (c.is_moe()) {
-      s.moe_forward(c, l, rows, tmp, &a);
-    } else {
-      bfloat* h = a.h.ensure(rows * h_dim);
-      bfloat* act = a.a.ensure(rows * ff);
-      s.gemm(false, true, rows, h_dim, d, xn2, Wb + lo.ffn.fc1_w, h, false, false);
-      s.bias_activation(swiglu, h, W + lo.ffn.fc1_b, act, rows, ff);
-      s.gemm(false, true, rows, d, ff, act, Wb + lo.ffn.fc2_w, tmp, true, false);
-      ffn_bias = W + lo.ffn.fc2_b;
-    }
+    s.residual_norm(x, tmp, W + lo.o_b, x_mid, W + lo.ffn_norm, xn2, rstd2, rows, d, eps, 0.0, 0,
+                    false);
+    double aux = 0.0;  // decoding has no loss
+    const float* ffn_bias = s.ffn_forward(c, l, rows, xn2, tmp, a, aux);
     // x = x_mid + FFN, normalised for the next layer (into xn1) or the LM head (into xf), as
     // in forward() without dropout.
     const bool last = l + 1 == c.num_layers;
@@ -1142,10 +1139,8 @@ const float* CudaModel::decode_step(const int32_t* tokens, int64_t n) {
                                : W + s.layers[static_cast<size_t>(l + 1)].attn_norm;
     bfloat* next_xn = last ? xf : xn1;
     float* next_rstd = last ? (c.final_norm ? s.dec_rstdf.ensure(rows) : nullptr) : rstd1;
-    k::residual_rmsnorm<<<row_blocks, 256, 0, st>>>(x_mid, tmp, ffn_bias, x, next_w, next_xn,
-                                                    next_rstd, rows, static_cast<int>(d), eps, 0.0,
-                                                    0, false);
-    check_launch("layer kernels");
+    s.residual_norm(x_mid, tmp, ffn_bias, x, next_w, next_xn, next_rstd, rows, d, eps, 0.0, 0,
+                    false);
   }
   // Only each sequence's last row reaches the LM head. The logits stay fp32 (the forward's
   // are bf16 for the cross entropy's bandwidth), bias added on the device.
