@@ -34,14 +34,11 @@ FwdVariant fwd_variant() {
   if (m == "ilp") return FwdVariant::ilp;
   if (m == "occ") return FwdVariant::occ;
   if (m == "pipe") return FwdVariant::pipe;
-  if (m == "pipe2") return FwdVariant::pipe2;
-  if (m == "pipe8") return FwdVariant::pipe8;
-  if (m == "pipe128") return FwdVariant::pipe128;
-  if (m == "lazy") return FwdVariant::lazy;
   if (m == "lazy2") return FwdVariant::lazy2;
+  if (m == "lazy4") return FwdVariant::lazy4;
+  if (m == "lazy2occ") return FwdVariant::lazy2occ;
   throw Error(sqa::detail::concat(
-      "SQA_CUDA_FWD (", m,
-      ") must be base, ilp, occ, pipe, pipe2, pipe8, pipe128, lazy or lazy2, or unset"));
+      "SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe, lazy2, lazy4 or lazy2occ, or unset"));
 }
 
 namespace {

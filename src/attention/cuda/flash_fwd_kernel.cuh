@@ -16,6 +16,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <type_traits>
 
 #include "flash_common.cuh"
@@ -217,6 +218,10 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
   // the online softmax (base 2): when the running max grows, the sum and the output are
   // rescaled; s becomes P.
+  // Lazy rescaling lets P reach 2^kLazyLog2: far from overflow in the fp32 sums and in the
+  // bf16/fp16 P fragments, whose relative precision does not depend on the magnitude.
+  constexpr float kLazyLog2 = 8.0f;
+  [[maybe_unused]] const float lazy_span = kLazyLog2 / scale_log2;
   auto softmax = [&](float(&s)[kMT][kNT][4], int nb) {
     const int n0 = nb * BN;
     const bool full = n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
@@ -241,7 +246,6 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       // and O use the same max, so the result is unchanged). The test needs only each thread's
       // own scores and one vote, not the quad's shuffles, and the common block skips the
       // correction exponentials and the rescale of O and the sums.
-      constexpr float kLazyLog2 = 8.0f;
       bool grow = false;
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
@@ -254,15 +258,18 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
           for (int w = kNT / 2; w > 0; w /= 2)
 #pragma unroll
             for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
-          // -inf - -inf (nothing visible yet, nothing here) is NaN: no growth, p stays 0.
-          grow |= (part[0] - row_max[mt][r]) * scale_log2 > kLazyLog2;
+          // In score units (lazy_span = kLazyLog2 / scale_log2): one add and one compare.
+          // Nothing visible yet and nothing here: -inf > -inf is false, p stays 0 below.
+          grow |= part[0] > row_max[mt][r] + lazy_span;
         }
       if (!__any_sync(0xffffffffu, grow)) {
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const float offset = (row_max[mt][r] == -INFINITY ? 0.0f : row_max[mt][r]) * scale_log2;
+            // A row with max -inf here has only -inf scores in this block (else it would
+            // grow): a finite offset keeps s * scale - offset at -inf, p exactly 0.
+            const float offset = fmaxf(row_max[mt][r] * scale_log2, -FLT_MAX);
 #pragma unroll
             for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll

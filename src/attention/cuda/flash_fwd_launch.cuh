@@ -36,17 +36,18 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
 //         SM: latency hiding by more resident warps;
-//   lazy: pipe with FlashAttention-4's lazy rescaling (see the kernel's softmax);
-//   lazy2: lazy with 2 m-tiles per warp;
-//   pipe2: pipe with 2 m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
-//   pipe128: pipe with 128-key blocks (half the per-block fixed cost, 3 CTAs/SM);
-//   pipe8: pipe with 8 warps per CTA (K/V tiles shared by twice the rows, 2 CTAs/SM);
+//   lazy2: pipe with FlashAttention-4's lazy rescaling (see the kernel's softmax) and 2
+//          m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
+//   lazy4: lazy2 with 4 m-tiles per warp (2 CTAs/SM);
+//   lazy2occ: lazy2 capped for 4 CTAs/SM;
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
-// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): pipe at D = 16 (run 6: +30% over
-// occ at N = 200k, +0-8% at 32k causal), base above (pipe ties base at D = 32).
+// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): lazy2 at D <= 32 (run 10: +8-12%
+// over pipe at D = 16, +15% at D = 32), base above. Tried and removed in run 10: lazy (1
+// m-tile, +3-4% over pipe), pipe2 (2 m-tiles without lazy rescaling, +0-4% at D = 16), pipe8
+// (8 warps per CTA, -1-4%), pipe128 (128-key blocks at 3 CTAs/SM, 0.4-0.5x).
 // Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
 // flight to stream the cache.
 template <typename T, int D>
@@ -60,30 +61,22 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
-    if (v == FwdVariant::automatic) v = D == 16 ? FwdVariant::pipe : FwdVariant::base;
+    if (v == FwdVariant::automatic) v = D <= 32 ? FwdVariant::lazy2 : FwdVariant::base;
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
         launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
-        return;
-      }
-      if (v == FwdVariant::lazy) {
-        launch_flash_fwd<T, D, 1, 4, 64, true, 4, true, true>(p, stream);
         return;
       }
       if (v == FwdVariant::lazy2) {
         launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, true>(p, stream);
         return;
       }
-      if (v == FwdVariant::pipe2) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true>(p, stream);
+      if (v == FwdVariant::lazy4) {
+        launch_flash_fwd<T, D, 4, 4, 64, true, 2, true, true>(p, stream);
         return;
       }
-      if (v == FwdVariant::pipe128) {
-        launch_flash_fwd<T, D, 1, 4, 128, true, 3, true>(p, stream);
-        return;
-      }
-      if (v == FwdVariant::pipe8) {
-        launch_flash_fwd<T, D, 1, 8, 64, true, 2, true>(p, stream);
+      if (v == FwdVariant::lazy2occ) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, true>(p, stream);
         return;
       }
     }
