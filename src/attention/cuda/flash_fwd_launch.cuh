@@ -39,17 +39,19 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   lazy2: pipe with FlashAttention-4's lazy rescaling (see the kernel's softmax) and 2
 //          m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
 //   lazy4: lazy2 with 4 m-tiles per warp (2 CTAs/SM);
-//   lazy2occ: lazy2 capped for 4 CTAs/SM;
+//   lazy2occ: lazy2 capped for 4 CTAs/SM (128 registers: spills at D = 16, more at D = 32);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): lazy2 at D <= 32 (run 10: +8-12%
-// over pipe at D = 16, +15% at D = 32), base above. Tried and removed in run 10: lazy (1
-// m-tile, +3-4% over pipe), pipe2 (2 m-tiles without lazy rescaling, +0-4% at D = 16), pipe8
-// (8 warps per CTA, -1-4%), pipe128 (128-key blocks at 3 CTAs/SM, 0.4-0.5x).
-// Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
-// flight to stream the cache.
+// over pipe at D = 16, +15-20% at D = 32), base above. At D = 16 with many CTAs, lazy2occ
+// (run 11: +3-4% over lazy2 despite 188 bytes of spill loads: more resident warps hide more of
+// the exponentials' latency), but not with few CTAs (xSQA at 32k causal, 1024 CTAs: -4%). Tried and
+// removed: lazy (1 m-tile, +3-4% over pipe), pipe2 (2 m-tiles without lazy rescaling, +0-4% at D =
+// 16), pipe8 (8 warps per CTA, -1-4%), pipe128 (128-key blocks at 3 CTAs/SM, 0.4-0.5x); lazy4 (4
+// m-tiles, 2 CTAs/SM: -6-12% vs lazy2) is kept for A/B only. Decode: 1-warp CTAs capped at 10 per
+// SM (the shared-memory limit), so enough loads stay in flight to stream the cache.
 template <typename T, int D>
 void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t stream) {
   static_assert(fwd_block_m(D, true) == 16);
@@ -61,7 +63,14 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
-    if (v == FwdVariant::automatic) v = D <= 32 ? FwdVariant::lazy2 : FwdVariant::base;
+    if (v == FwdVariant::automatic) {
+      // CTAs of the lazy2 launch (128 query rows each); 2048 is about four waves at 4 per SM.
+      const int64_t ctas = (static_cast<int64_t>(p.seqlen_q) * p.pack + 127) / 128 *
+                           p.num_head_groups * p.batch * p.num_splits;
+      v = D > 32                    ? FwdVariant::base
+          : D == 16 && ctas >= 2048 ? FwdVariant::lazy2occ
+                                    : FwdVariant::lazy2;
+    }
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
         launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
