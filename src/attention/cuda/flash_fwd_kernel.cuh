@@ -48,9 +48,11 @@ struct FwdTile {
 // tensor cores): max as a tree instead of a serial chain, row sums by the tensor cores (P times a
 // ones tile: exact fp32 sums of the same rounded P that feeds P V, no FADD chain), and a register
 // cap for more resident warps.
-// kLazyRescale (with the tensor-core row sums): see the softmax.
+// kLazy (with the tensor-core row sums): 0 rescales whenever the max grows; 1 is lazy rescaling
+// with the block max tested against the running max (see the softmax); 2 is lazy rescaling
+// checked after the fact on the block's row sums (see the key loop).
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks,
-          bool kTwoStage, bool kLazyRescale = false>
+          bool kTwoStage, int kLazy = 0>
 __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
@@ -64,7 +66,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   using M = Mma<T>;
   // Tensor-core row sums cost one extra MMA per D / 8 of P V: worth it only at small D.
   constexpr bool kMmaRowSum = kTuned && D <= 32;
-  static_assert(!kLazyRescale || kMmaRowSum, "lazy rescaling is wired to the row-sum MMA path");
+  static_assert(kLazy == 0 || kMmaRowSum, "lazy rescaling is wired to the row-sum MMA path");
+  static_assert(kLazy != 2 || kTwoStage, "the sum-checked block skips the one-stage K reload");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -222,7 +225,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   // bf16/fp16 P fragments, whose relative precision does not depend on the magnitude.
   constexpr float kLazyLog2 = 8.0f;
   [[maybe_unused]] const float lazy_span = kLazyLog2 / scale_log2;
-  auto softmax = [&](float(&s)[kMT][kNT][4], int nb) {
+  auto mask_block = [&](float(&s)[kMT][kNT][4], int nb) {
     const int n0 = nb * BN;
     const bool full = n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
                       (right < 0 || n0 + BN - 1 <= qrow_lo + diag + right);
@@ -240,7 +243,10 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
             if (!visible) s[mt][nt][e] = -INFINITY;
           }
     }
-    if constexpr (kLazyRescale) {
+  };
+  auto softmax = [&](float(&s)[kMT][kNT][4], int nb) {
+    mask_block(s, nb);
+    if constexpr (kLazy == 1) {
       // FlashAttention-4's lazy rescaling: keep the running max unless some score of the block
       // exceeds it by more than 2^kLazyLog2 (then P <= 2^8 here, exact in fp32 and bf16; the sum
       // and O use the same max, so the result is unchanged). The test needs only each thread's
@@ -335,6 +341,28 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       }
   };
 
+  // P (fp32, in the S accumulators) as the A fragments of k-step kk.
+  auto pack_p = [&](uint32_t(&pa)[4], const float(&sm)[kNT][4], int kk) {
+    pa[0] = M::pack(sm[2 * kk][0], sm[2 * kk][1]);
+    pa[1] = M::pack(sm[2 * kk][2], sm[2 * kk][3]);
+    pa[2] = M::pack(sm[2 * kk + 1][0], sm[2 * kk + 1][1]);
+    pa[3] = M::pack(sm[2 * kk + 1][2], sm[2 * kk + 1][3]);
+  };
+  // O += P V for k-step kk (V in sVc).
+  auto pv_step = [&](const uint32_t(&pa)[kMT][4], const T* sVc, int kk) {
+#pragma unroll
+    for (int d2 = 0; d2 < D / 16; ++d2) {
+      uint32_t bv[4];
+      const int key = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
+      const int dim = d2 * 16 + (lane / 16) * 8;
+      ldmatrix_x4_trans(bv, smem_addr(sVc + key * kStride + dim));
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        M::run(o[mt][2 * d2], pa[mt], bv[0], bv[1]);
+        M::run(o[mt][2 * d2 + 1], pa[mt], bv[2], bv[3]);
+      }
+    }
+  };
   // O += P V (V in sVc): the S accumulators are already laid out as the A fragments.
   auto accumulate_pv = [&](float(&s)[kMT][kNT][4], const T* sVc) {
 #pragma unroll
@@ -342,25 +370,45 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       uint32_t pa[kMT][4];
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        pa[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        pack_p(pa[mt], s[mt], kk);
         if constexpr (kMmaRowSum) M::run(o_sum[mt], pa[mt], M::kOnes, M::kOnes);
       }
-#pragma unroll
-      for (int d2 = 0; d2 < D / 16; ++d2) {
-        uint32_t bv[4];
-        const int key = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
-        const int dim = d2 * 16 + (lane / 16) * 8;
-        ldmatrix_x4_trans(bv, smem_addr(sVc + key * kStride + dim));
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          M::run(o[mt][2 * d2], pa[mt], bv[0], bv[1]);
-          M::run(o[mt][2 * d2 + 1], pa[mt], bv[2], bv[3]);
-        }
-      }
+      pv_step(pa, sVc, kk);
     }
+  };
+  // kLazy == 2: the exponentials with the running max as it is, and the row sums of the block's
+  // P (tensor cores, fresh accumulators). Every P <= its row's sum, so sums within kSumBound
+  // (and not NaN) mean no P left the safe range: the block is accepted without looking at its
+  // max. Otherwise (a new max by more than about 2^9, a row with nothing visible before, or an
+  // overflow) the caller recomputes S and takes the full rescale. 2^15 keeps fp16 P finite.
+  constexpr float kSumBound = 32768.0f;
+  auto lazy_block = [&](float(&s)[kMT][kNT][4], uint32_t(&pa)[kMT][BN / 16][4],
+                        float(&block_sum)[kMT][4]) {
+    bool ok = true;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        // A row with max -inf: a finite offset keeps masked scores at p = 0, and any visible
+        // score overflows to inf, which fails the check below.
+        const float offset = fmaxf(row_max[mt][r] * scale_log2, -FLT_MAX);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            s[mt][nt][2 * r + e] = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) block_sum[mt][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        pack_p(pa[mt][kk], s[mt], kk);
+        M::run(block_sum[mt], pa[mt][kk], M::kOnes, M::kOnes);
+      }
+      // Every column holds the row sum: [0] is row g, [2] row g + 8. NaN compares false.
+      ok &= (block_sum[mt][0] <= kSumBound) & (block_sum[mt][2] <= kSumBound);
+    }
+    return __all_sync(0xffffffffu, ok);
   };
   auto load_q_frags = [&] {
     if constexpr (Tile::kQInRegs) {
@@ -391,6 +439,28 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     cp_async_commit();
     float s[kMT][kNT][4];
     compute_s(s, sK + stage * BN * kStride);
+    if constexpr (kLazy == 2) {
+      mask_block(s, nb);
+      uint32_t pa[kMT][BN / 16][4];
+      float block_sum[kMT][4];
+      if (lazy_block(s, pa, block_sum)) {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o_sum[mt][e] += block_sum[mt][e];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+          uint32_t pk[kMT][4];
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) pk[mt][e] = pa[mt][kk][e];
+          pv_step(pk, sV + stage * BN * kStride, kk);
+        }
+        continue;
+      }
+      compute_s(s, sK + stage * BN * kStride);  // the rare block: S again, full rescale
+    }
     softmax(s, nb);
     if constexpr (!kTwoStage) {
       cp_async_wait<0>();

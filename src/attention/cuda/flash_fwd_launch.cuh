@@ -9,11 +9,10 @@
 namespace sqa::cuda::detail {
 
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1,
-          bool kTwoStage = false, bool kLazyRescale = false>
+          bool kTwoStage = false, int kLazy = 0>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
-  auto* kernel =
-      &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazyRescale>;
+  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -40,6 +39,8 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //          m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
 //   lazy4: lazy2 with 4 m-tiles per warp (2 CTAs/SM);
 //   lazy2occ: lazy2 capped for 4 CTAs/SM (128 registers: spills at D = 16, more at D = 32);
+//   sum2 / sum2occ: lazy2 / lazy2occ with the lazy test on the block's row sums after the
+//          exponentials instead of on its max before them (no max at all in the common block);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
@@ -77,15 +78,23 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
         return;
       }
       if (v == FwdVariant::lazy2) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, true>(p, stream);
+        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, 1>(p, stream);
         return;
       }
       if (v == FwdVariant::lazy4) {
-        launch_flash_fwd<T, D, 4, 4, 64, true, 2, true, true>(p, stream);
+        launch_flash_fwd<T, D, 4, 4, 64, true, 2, true, 1>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::sum2) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, 2>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::sum2occ) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, 2>(p, stream);
         return;
       }
       if (v == FwdVariant::lazy2occ) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, true>(p, stream);
+        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, 1>(p, stream);
         return;
       }
     }
