@@ -37,7 +37,6 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //         SM: latency hiding by more resident warps;
 //   lazy2: pipe with FlashAttention-4's lazy rescaling (see the kernel's softmax) and 2
 //          m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
-//   lazy4: lazy2 with 4 m-tiles per warp (2 CTAs/SM);
 //   lazy2occ: lazy2 capped for 4 CTAs/SM (128 registers: spills at D = 16, more at D = 32);
 //   sum2 / sum2occ: lazy2 / lazy2occ with the lazy test on the block's row sums after the
 //          exponentials instead of on its max before them (no max at all in the common block);
@@ -45,14 +44,14 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
-// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): lazy2 at D <= 32 (run 10: +8-12%
-// over pipe at D = 16, +15-20% at D = 32), base above. At D = 16 with many CTAs, lazy2occ
-// (run 11: +3-4% over lazy2 despite 188 bytes of spill loads: more resident warps hide more of
-// the exponentials' latency), but not with few CTAs (xSQA at 32k causal, 1024 CTAs: -4%). Tried and
-// removed: lazy (1 m-tile, +3-4% over pipe), pipe2 (2 m-tiles without lazy rescaling, +0-4% at D =
-// 16), pipe8 (8 warps per CTA, -1-4%), pipe128 (128-key blocks at 3 CTAs/SM, 0.4-0.5x); lazy4 (4
-// m-tiles, 2 CTAs/SM: -6-12% vs lazy2) is kept for A/B only. Decode: 1-warp CTAs capped at 10 per
-// SM (the shared-memory limit), so enough loads stay in flight to stream the cache.
+// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occ at D = 16 and sum2 at D = 32
+// (run 13: +5-8% over lazy2occ at D = 16 for MHA/MQA at 32k and 200k, +6% for xSQA at 32k
+// causal where lazy2occ lost 4%; at D = 32, where the 4-CTA cap spills, sum2 +2% over lazy2),
+// base above. Earlier: lazy2 +8-12% over pipe at D = 16 and +15-20% at D = 32 (run 10); lazy
+// (1 m-tile) +3-4% over pipe, pipe2 +0-4%, pipe8 -1-4%, pipe128 0.4-0.5x (removed); lazy4 (4
+// m-tiles, 2 CTAs/SM) -6-12% against lazy2 (run 11, removed).
+// Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
+// flight to stream the cache.
 template <typename T, int D>
 void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t stream) {
   static_assert(fwd_block_m(D, true) == 16);
@@ -65,12 +64,7 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
     if (v == FwdVariant::automatic) {
-      // CTAs of the lazy2 launch (128 query rows each); 2048 is about four waves at 4 per SM.
-      const int64_t ctas = (static_cast<int64_t>(p.seqlen_q) * p.pack + 127) / 128 *
-                           p.num_head_groups * p.batch * p.num_splits;
-      v = D > 32                    ? FwdVariant::base
-          : D == 16 && ctas >= 2048 ? FwdVariant::lazy2occ
-                                    : FwdVariant::lazy2;
+      v = D == 16 ? FwdVariant::sum2occ : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
     }
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
@@ -79,10 +73,6 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
       }
       if (v == FwdVariant::lazy2) {
         launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, 1>(p, stream);
-        return;
-      }
-      if (v == FwdVariant::lazy4) {
-        launch_flash_fwd<T, D, 4, 4, 64, true, 2, true, 1>(p, stream);
         return;
       }
       if (v == FwdVariant::sum2) {
