@@ -7,6 +7,11 @@
 // that the score GEMM gets the 6 x 4 shape (S = Q K^T). In isolation that tile is ~20% faster;
 // inside the decode kernel (with the softmax along rows of keys and the prefetch pacing) the
 // whole MQA decode was 5-10% slower (2026-11-29), so the kernel keeps S^T = K Q^T.
+// Third, the one-vector tile as two 8-wide halves with 8-wide broadcasts from memory: on AMD
+// Zen 4 a 16-wide broadcast (from a register or embedded in the FMA) costs a shuffle, an 8-wide
+// broadcast from memory is a plain load, so this tile runs at the 6 x 4 tile's rate. Put into
+// the decode kernel (2026-11-29, later) it left MQA decode unchanged (warm cache 0.81 vs 0.83 ms,
+// cold 1.00-1.03 ms both): the score tile's FMA rate is not what bounds that decode.
 //   tile_shape_lab [--reps R]
 #include <immintrin.h>
 
@@ -54,9 +59,32 @@ __attribute__((noinline)) void tile(int k_steps, const float* a, int sam, const 
     for (int v = 0; v < NV; ++v) vstore(c + m * ldc + v * W, acc[m][v]);
 }
 
+// The one-vector tile (16 floats per row) as two 8-wide halves, A broadcast 8 wide from memory.
+template <int MR>
+__attribute__((noinline)) void tile_halves(int k_steps, const float* a, int sam, const float* b,
+                                           int ldb, float* c, int ldc) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int k = 0; k < k_steps; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const __m256 am = _mm256_broadcast_ss(a + m * sam + k);
+      acc[m][0] = _mm256_fmadd_ps(am, b0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(am, b1, acc[m][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    _mm256_storeu_ps(c + m * ldc, acc[m][0]);
+    _mm256_storeu_ps(c + m * ldc + 8, acc[m][1]);
+  }
+}
+
 // A 64 x 64 tile pass as the decode item runs it (64 reduction steps), repeated; returns
 // vector FMAs per nanosecond.
-template <int MR, int NV>
+template <int MR, int NV, bool kHalves = false>
 double rate(int reps) {
   constexpr int kRows = 64 / MR * MR, kSteps = 64;
   static float a[64 * 64], b[64 * 64], c[64 * 64];
@@ -68,7 +96,13 @@ double rate(int reps) {
   for (int round = 0; round < 3; ++round) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int r = 0; r < reps; ++r)
-      for (int m0 = 0; m0 < kRows; m0 += MR) tile<MR, NV>(kSteps, a + m0 * 64, 64, b, 64, c, 64);
+      for (int m0 = 0; m0 < kRows; m0 += MR) {
+        if constexpr (kHalves) {
+          tile_halves<MR>(kSteps, a + m0 * 64, 64, b, 64, c, 64);
+        } else {
+          tile<MR, NV>(kSteps, a + m0 * 64, 64, b, 64, c, 64);
+        }
+      }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double fmas = static_cast<double>(reps) * kRows * NV * kSteps;
     best = fmas / s / 1e9 > best ? fmas / s / 1e9 : best;
@@ -161,6 +195,7 @@ int main(int argc, char** argv) {
     double rate;
   } rows[] = {{"stacked-decode scores (S^T = K Q^T)", 6, 1, rate<6, 1>(reps)},
               {"same, taller tile", 16, 1, rate<16, 1>(reps)},
+              {"same as two 8-wide halves", 6, 1, rate<6, 1, true>(reps)},
               {"P V and prefill (the default tile)", 6, 4, rate<6, 4>(reps)},
               {"two vectors", 8, 2, rate<8, 2>(reps)}};
   double peak = 0.0;
