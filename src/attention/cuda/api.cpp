@@ -34,13 +34,10 @@ FwdVariant fwd_variant() {
   if (m == "ilp") return FwdVariant::ilp;
   if (m == "occ") return FwdVariant::occ;
   if (m == "pipe") return FwdVariant::pipe;
-  if (m == "lazy2") return FwdVariant::lazy2;
-  if (m == "lazy2occ") return FwdVariant::lazy2occ;
   if (m == "sum2") return FwdVariant::sum2;
   if (m == "sum2occ") return FwdVariant::sum2occ;
   throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
-                                  ") must be base, ilp, occ, pipe, lazy2, lazy2occ, sum2 "
-                                  "or sum2occ, or unset"));
+                                  ") must be base, ilp, occ, pipe, sum2 or sum2occ, or unset"));
 }
 
 namespace {

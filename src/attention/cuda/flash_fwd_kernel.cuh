@@ -48,11 +48,10 @@ struct FwdTile {
 // tensor cores): max as a tree instead of a serial chain, row sums by the tensor cores (P times a
 // ones tile: exact fp32 sums of the same rounded P that feeds P V, no FADD chain), and a register
 // cap for more resident warps.
-// kLazy (with the tensor-core row sums): 0 rescales whenever the max grows; 1 is lazy rescaling
-// with the block max tested against the running max (see the softmax); 2 is lazy rescaling
-// checked after the fact on the block's row sums (see the key loop).
+// kLazy (two-stage, with the tensor-core row sums): lazy rescaling, checked after the fact on
+// the block's row sums (see the key loop).
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks,
-          bool kTwoStage, int kLazy = 0>
+          bool kTwoStage, bool kLazy = false>
 __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
@@ -66,8 +65,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   using M = Mma<T>;
   // Tensor-core row sums cost one extra MMA per D / 8 of P V: worth it only at small D.
   constexpr bool kMmaRowSum = kTuned && D <= 32;
-  static_assert(kLazy == 0 || kMmaRowSum, "lazy rescaling is wired to the row-sum MMA path");
-  static_assert(kLazy != 2 || kTwoStage, "the sum-checked block skips the one-stage K reload");
+  static_assert(!kLazy || kMmaRowSum, "lazy rescaling is wired to the row-sum MMA path");
+  static_assert(!kLazy || kTwoStage, "the sum-checked block skips the one-stage K reload");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -221,10 +220,6 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
   // the online softmax (base 2): when the running max grows, the sum and the output are
   // rescaled; s becomes P.
-  // Lazy rescaling lets P reach 2^kLazyLog2: far from overflow in the fp32 sums and in the
-  // bf16/fp16 P fragments, whose relative precision does not depend on the magnitude.
-  constexpr float kLazyLog2 = 8.0f;
-  [[maybe_unused]] const float lazy_span = kLazyLog2 / scale_log2;
   auto mask_block = [&](float(&s)[kMT][kNT][4], int nb) {
     const int n0 = nb * BN;
     const bool full = n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
@@ -246,45 +241,6 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   };
   auto softmax = [&](float(&s)[kMT][kNT][4], int nb) {
     mask_block(s, nb);
-    if constexpr (kLazy == 1) {
-      // FlashAttention-4's lazy rescaling: keep the running max unless some score of the block
-      // exceeds it by more than 2^kLazyLog2 (then P <= 2^8 here, exact in fp32 and bf16; the sum
-      // and O use the same max, so the result is unchanged). The test needs only each thread's
-      // own scores and one vote, not the quad's shuffles, and the common block skips the
-      // correction exponentials and the rescale of O and the sums.
-      bool grow = false;
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float part[kNT];
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) part[nt] = fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]);
-#pragma unroll
-          for (int w = kNT / 2; w > 0; w /= 2)
-#pragma unroll
-            for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
-          // In score units (lazy_span = kLazyLog2 / scale_log2): one add and one compare.
-          // Nothing visible yet and nothing here: -inf > -inf is false, p stays 0 below.
-          grow |= part[0] > row_max[mt][r] + lazy_span;
-        }
-      if (!__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            // A row with max -inf here has only -inf scores in this block (else it would
-            // grow): a finite offset keeps s * scale - offset at -inf, p exactly 0.
-            const float offset = fmaxf(row_max[mt][r] * scale_log2, -FLT_MAX);
-#pragma unroll
-            for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-              for (int e = 0; e < 2; ++e)
-                s[mt][nt][2 * r + e] = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
-          }
-        return;
-      }
-    }
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -376,11 +332,13 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       pv_step(pa, sVc, kk);
     }
   };
-  // kLazy == 2: the exponentials with the running max as it is, and the row sums of the block's
-  // P (tensor cores, fresh accumulators). Every P <= its row's sum, so sums within kSumBound
-  // (and not NaN) mean no P left the safe range: the block is accepted without looking at its
-  // max. Otherwise (a new max by more than about 2^9, a row with nothing visible before, or an
-  // overflow) the caller recomputes S and takes the full rescale. 2^15 keeps fp16 P finite.
+  // kLazy (FlashAttention-4's lazy rescaling): the exponentials with the running max as it is,
+  // and the row sums of the block's P (tensor cores, fresh accumulators). Every P <= its row's
+  // sum, so sums within kSumBound (and not NaN) mean no P left the safe range: the block is
+  // accepted without looking at its max, and the max, the sums and O need no rescale. Otherwise
+  // (a new max by more than about 2^9, a row with nothing visible before, or an overflow) the
+  // caller recomputes S and takes the full rescale. 2^15 keeps fp16 P finite; P that large is
+  // far from overflow in the fp32 sums, and bf16/fp16 keep their relative precision.
   constexpr float kSumBound = 32768.0f;
   auto lazy_block = [&](float(&s)[kMT][kNT][4], uint32_t(&pa)[kMT][BN / 16][4],
                         float(&block_sum)[kMT][4]) {
@@ -439,7 +397,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     cp_async_commit();
     float s[kMT][kNT][4];
     compute_s(s, sK + stage * BN * kStride);
-    if constexpr (kLazy == 2) {
+    if constexpr (kLazy) {
       mask_block(s, nb);
       uint32_t pa[kMT][BN / 16][4];
       float block_sum[kMT][4];

@@ -9,7 +9,7 @@
 namespace sqa::cuda::detail {
 
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1,
-          bool kTwoStage = false, int kLazy = 0>
+          bool kTwoStage = false, bool kLazy = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
   auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy>;
@@ -35,21 +35,22 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
 //   occ:  1 m-tile per warp, tuned softmax, register cap for 4 (D <= 32) or 3 (D = 64) CTAs per
 //         SM: latency hiding by more resident warps;
-//   lazy2: pipe with FlashAttention-4's lazy rescaling (see the kernel's softmax) and 2
-//          m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM);
-//   lazy2occ: lazy2 capped for 4 CTAs/SM (128 registers: spills at D = 16, more at D = 32);
-//   sum2 / sum2occ: lazy2 / lazy2occ with the lazy test on the block's row sums after the
-//          exponentials instead of on its max before them (no max at all in the common block);
+//   sum2: pipe with 2 m-tiles per warp (two independent softmax chains per warp, 3 CTAs/SM) and
+//         FlashAttention-4's lazy rescaling: the running max moves only when a block needs it,
+//         tested on the block's row sums after the exponentials (see the kernel's key loop);
+//   sum2occ: sum2 capped for 4 CTAs/SM (128 registers: some spills at D = 16, more at D = 32);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occ at D = 16 and sum2 at D = 32
-// (run 13: +5-8% over lazy2occ at D = 16 for MHA/MQA at 32k and 200k, +6% for xSQA at 32k
-// causal where lazy2occ lost 4%; at D = 32, where the 4-CTA cap spills, sum2 +2% over lazy2),
-// base above. Earlier: lazy2 +8-12% over pipe at D = 16 and +15-20% at D = 32 (run 10); lazy
-// (1 m-tile) +3-4% over pipe, pipe2 +0-4%, pipe8 -1-4%, pipe128 0.4-0.5x (removed); lazy4 (4
-// m-tiles, 2 CTAs/SM) -6-12% against lazy2 (run 11, removed).
+// (run 13: D = 16 200k 191-195 TF/s, 32k causal 165-189; D = 32 255-275), base above. The lazy
+// test first ran on each block's max before the exponentials (lazy2 / lazy2occ, runs 10-11:
+// +8-12% over pipe at D = 16, +15-20% at D = 32); on the row sums it drops the 60 max
+// instructions per block and gained another 2-8% (run 13), so that form was removed. Also tried
+// and removed: lazy rescaling with 1 m-tile per warp (+3-4% over pipe), pipe2 (+0-4%), pipe8
+// (8 warps per CTA, -1-4%), pipe128 (128-key blocks, 0.4-0.5x), lazy4 (4 m-tiles, 2 CTAs/SM,
+// -6-12%).
 // Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
 // flight to stream the cache.
 template <typename T, int D>
@@ -71,20 +72,12 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
         launch_flash_fwd<T, D, 1, 4, 64, true, 4, true>(p, stream);
         return;
       }
-      if (v == FwdVariant::lazy2) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, 1>(p, stream);
-        return;
-      }
       if (v == FwdVariant::sum2) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, 2>(p, stream);
+        launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, true>(p, stream);
         return;
       }
       if (v == FwdVariant::sum2occ) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, 2>(p, stream);
-        return;
-      }
-      if (v == FwdVariant::lazy2occ) {
-        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, 1>(p, stream);
+        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, true>(p, stream);
         return;
       }
     }
