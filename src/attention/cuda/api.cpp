@@ -36,8 +36,11 @@ FwdVariant fwd_variant() {
   if (m == "pipe") return FwdVariant::pipe;
   if (m == "sum2") return FwdVariant::sum2;
   if (m == "sum2occ") return FwdVariant::sum2occ;
-  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
-                                  ") must be base, ilp, occ, pipe, sum2 or sum2occ, or unset"));
+  if (m == "poly1") return FwdVariant::poly1;
+  if (m == "poly2") return FwdVariant::poly2;
+  throw Error(sqa::detail::concat(
+      "SQA_CUDA_FWD (", m,
+      ") must be base, ilp, occ, pipe, sum2, sum2occ, poly1 or poly2, or unset"));
 }
 
 namespace {
