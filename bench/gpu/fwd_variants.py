@@ -113,7 +113,7 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
-    ap.add_argument("--variants", default="sum2occ,poly1,poly2,sum2")
+    ap.add_argument("--variants", default="sum2occ,sum2occq,poly1,poly2,sum2")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="")

@@ -35,8 +35,9 @@ void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 
 // Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ, pipe, sum2,
-// sum2occ, poly1 or poly2; unset: the default per head dim). See flash_fwd_launch.cuh.
-enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, poly1, poly2 };
+// sum2occ, sum2occq, poly1 or poly2; unset: the default per head dim). See
+// flash_fwd_launch.cuh.
+enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq, poly1, poly2 };
 FwdVariant fwd_variant();
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).

@@ -9,11 +9,11 @@
 namespace sqa::cuda::detail {
 
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1,
-          bool kTwoStage = false, bool kLazy = false, int kPolyTiles = 0>
+          bool kTwoStage = false, bool kLazy = false, int kPolyTiles = 0, bool kQFromSmem = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
-  auto* kernel =
-      &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy, kPolyTiles>;
+  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy,
+                                   kPolyTiles, kQFromSmem>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -42,6 +42,8 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //   sum2occ: sum2 capped for 4 CTAs/SM (128 registers: some spills at D = 16, more at D = 32);
 //   poly1 / poly2: sum2occ with 1 / 2 of every 8 exponentials of an unmasked block computed on
 //         the FMA pipe (poly_exp2) instead of the MUFU;
+//   sum2occq: sum2occ with the Q fragments reloaded from shared memory every block (fewer
+//         live registers under the 128-register cap);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
@@ -77,6 +79,10 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
       }
       if (v == FwdVariant::sum2) {
         launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::sum2occq) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, true, 0, true>(p, stream);
         return;
       }
       if (v == FwdVariant::poly1) {
