@@ -145,6 +145,19 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
       EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << ": " << r.message;
     }
+    // Peaky scores over many unmasked blocks: the lazy rescale's overflow check (and, for the
+    // poly variants, the FMA-pipe exponentials) must send every growing max to the full
+    // rescale, in fp16 too (P must stay finite there).
+    for (DType dtype : {DType::bf16, DType::f16}) {
+      testing::HarnessCase c;
+      c.spec = make_spec(Variant::sqa, 16, 16, Window::none());
+      c.dtype = dtype;
+      c.seqlen_q = c.seqlen_k = testing::small_scale() ? 300 : 1000;
+      c.q_gain = 6.0;
+      c.seed = 19;
+      const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+      EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << " (peaky): " << r.message;
+    }
   }
   unsetenv("SQA_CUDA_FWD");
 }
