@@ -15,6 +15,7 @@ for so in $(ldd "$build/src/capi/libsqa.so" "$build/tests/test_attention_cuda" |
             awk '/=>/ {print $3}' | grep -E 'openblas|gfortran|quadmath|gomp|cudart' | sort -u); do
   cp -L "$so" "$dest/lib/"
 done
+bash "$(dirname "$0")/../build_commit.sh" "$build" >"$dest/BUILD_COMMIT"
 # Optional third argument: also write ARCHIVE.tgz of the folder (run.sh --carry takes it).
 if [ $# -ge 3 ]; then
   tar -C "$dest" -czf "$3" .

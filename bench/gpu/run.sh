@@ -30,10 +30,16 @@ mkdir -p "$out"
 if [ -n "$carry" ]; then
   # A packed folder (pack.sh) or its gzipped tar (smaller to send: the carry limit is 64 MiB).
   if [ -f "$carry" ]; then
+    rm -f /tmp/sqa-carry/BUILD_COMMIT  # an older pack may not have one
     mkdir -p /tmp/sqa-carry && tar -xzf "$carry" -C /tmp/sqa-carry && carry=/tmp/sqa-carry
   fi
   case $carry in /*) ;; *) carry=$root/$carry ;; esac
   bin=$carry/bin/test_attention_cuda
+  # The carried build's commit (pack.sh), not the script tree's.
+  if [ -z "${SQA_COMMIT:-}" ] && [ -f "$carry/BUILD_COMMIT" ]; then
+    SQA_COMMIT=$(cut -d' ' -f1 "$carry/BUILD_COMMIT")
+    export SQA_COMMIT
+  fi
   lib=$carry/lib/libsqa.so
   export LD_LIBRARY_PATH=$carry/lib:${LD_LIBRARY_PATH:-}
   # libsqa.so links cuDNN 9 (the cuDNN backend); without a system copy, use PyTorch's wheel.

@@ -15,5 +15,6 @@ for lib in libopenblas.so.0 libgomp.so.1 libgfortran.so.5 libquadmath.so.0 libcu
   path=$(ldd "$build/sqa" | awk -v l="$lib" '$1 == l {print $3}')
   [ -n "$path" ] && cp -L "$path" "$tmp/lib/$lib"
 done
-tar -C "$tmp" -czf "$out" bin lib
+bash "$(dirname "$0")/../build_commit.sh" "$build" >"$tmp/BUILD_COMMIT"
+tar -C "$tmp" -czf "$out" BUILD_COMMIT bin lib
 ls -la "$out"
