@@ -120,10 +120,11 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // compiler cannot fold the shift away); 2^f on [-1/2, 1/2] by a cubic with p(0) = 1 (relative
 // error 1.0e-4, a twentieth of bf16's rounding of P), and n added into the exponent field.
 // Below -126 it gives 2^-126 instead of ~0: an absolute 1e-38, only for scores that far under
-// the running max and never for masked ones (callers use it only on unmasked blocks). Above 126
-// it gives 2^126, so lazy rescaling's overflow check still fails where it must.
+// the running max and never for masked ones (callers use it only on unmasked blocks). Above 126,
+// and for NaN (fminf first: it returns the number), it gives 2^126, so lazy rescaling's overflow
+// check fails and the exact path sees the NaN.
 __device__ __forceinline__ float poly_exp2(float x) {
-  x = fminf(fmaxf(x, -126.0f), 126.0f);
+  x = fmaxf(fminf(x, 126.0f), -126.0f);
   const float shifted = __fadd_rn(x, 12582912.0f);
   const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.0f));
   float p = fmaf(0.05500895f, f, 0.24221102f);
