@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/cuda/flash_fwd.hpp"
 #include "attention_harness.hpp"
 #include "cuda/cuda_via_host.hpp"
 #include "sqa/attention.hpp"
@@ -391,6 +392,18 @@ TEST(CudaValidation, RejectsHostPointers) {
   SKIP_WITHOUT_GPU();
   expect_error([] { cuda::attention_forward(dummy_params(64, DType::bf16)); },
                {"q must point to CUDA device memory"});
+}
+
+// SQA_CUDA_FWD picks a prefill kernel for A/B runs; a name it does not know is an error that
+// names the value and the choices (host code only: no GPU needed).
+TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
+  setenv("SQA_CUDA_FWD", "sum2occ", 1);
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::sum2occ);
+  setenv("SQA_CUDA_FWD", "fastest", 1);
+  expect_error([] { cuda::detail::fwd_variant(); },
+               {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2 or sum2occ"});
+  unsetenv("SQA_CUDA_FWD");
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }
 
 TEST(CudaValidation, BackwardRejectsHeadDim256) {

@@ -427,6 +427,8 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) o_sum[mt][e] += block_sum[mt][e];
+            // P V from the packed fragments, copied per k-step: laid out k-step first instead, the
+            // d32 kernel allocates registers differently (+16 instructions in SASS).
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
           uint32_t pk[kMT][4];
