@@ -37,11 +37,9 @@ FwdVariant fwd_variant() {
   if (m == "sum2") return FwdVariant::sum2;
   if (m == "sum2occ") return FwdVariant::sum2occ;
   if (m == "sum2occq") return FwdVariant::sum2occq;
-  if (m == "poly1") return FwdVariant::poly1;
-  if (m == "poly2") return FwdVariant::poly2;
   throw Error(sqa::detail::concat(
       "SQA_CUDA_FWD (", m,
-      ") must be base, ilp, occ, pipe, sum2, sum2occ, sum2occq, poly1 or poly2, or unset"));
+      ") must be base, ilp, occ, pipe, sum2, sum2occ or sum2occq, or unset"));
 }
 
 namespace {

@@ -114,23 +114,4 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// 2^x on the FMA and integer pipes, for a share of the exponentials when the MUFU is the
-// busiest unit (FlashAttention-4's trick). x is clamped to [-126, 126] and split as n + f with
-// n = round(x) (the 1.5 * 2^23 shift leaves n in the low mantissa bits; _rn intrinsics so the
-// compiler cannot fold the shift away); 2^f on [-1/2, 1/2] by a cubic with p(0) = 1 (relative
-// error 1.0e-4, a twentieth of bf16's rounding of P), and n added into the exponent field.
-// Below -126 it gives 2^-126 instead of ~0: an absolute 1e-38, only for scores that far under
-// the running max and never for masked ones (callers use it only on unmasked blocks). Above 126,
-// and for NaN (fminf first: it returns the number), it gives 2^126, so lazy rescaling's overflow
-// check fails and the exact path sees the NaN.
-__device__ __forceinline__ float poly_exp2(float x) {
-  x = fmaxf(fminf(x, 126.0f), -126.0f);
-  const float shifted = __fadd_rn(x, 12582912.0f);
-  const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.0f));
-  float p = fmaf(0.05500895f, f, 0.24221102f);
-  p = fmaf(p, f, 0.69328293f);
-  p = fmaf(p, f, 1.0f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
-}
-
 }  // namespace sqa::cuda::detail

@@ -51,7 +51,7 @@ struct FwdTile {
 // kLazy (two-stage, with the tensor-core row sums): lazy rescaling, checked after the fact on
 // the block's row sums (see the key loop).
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks,
-          bool kTwoStage, bool kLazy = false, int kPolyTiles = 0, bool kQFromSmem = false>
+          bool kTwoStage, bool kLazy = false, bool kQFromSmem = false>
 __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
@@ -67,7 +67,6 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   constexpr bool kMmaRowSum = kTuned && D <= 32;
   static_assert(!kLazy || kMmaRowSum, "lazy rescaling is wired to the row-sum MMA path");
   static_assert(!kLazy || kTwoStage, "the sum-checked block skips the one-stage K reload");
-  static_assert(kPolyTiles == 0 || kLazy, "FMA-pipe exponentials live in the lazy path");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -225,15 +224,11 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
   // the online softmax (base 2): when the running max grows, the sum and the output are
   // rescaled; s becomes P.
-  // Whether every key of block nb is visible to every row of the tile (no masking).
-  auto block_full = [&](int nb) {
-    const int n0 = nb * BN;
-    return n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
-           (right < 0 || n0 + BN - 1 <= qrow_lo + diag + right);
-  };
   auto mask_block = [&](float(&s)[kMT][kNT][4], int nb) {
     const int n0 = nb * BN;
-    if (!block_full(nb)) {
+    const bool full = n0 + BN <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
+                      (right < 0 || n0 + BN - 1 <= qrow_lo + diag + right);
+    if (!full) {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -350,7 +345,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   // far from overflow in the fp32 sums, and bf16/fp16 keep their relative precision.
   constexpr float kSumBound = 32768.0f;
   auto lazy_block = [&](float(&s)[kMT][kNT][4], uint32_t(&pa)[kMT][BN / 16][4],
-                        float(&block_sum)[kMT][4], bool full) {
+                        float(&block_sum)[kMT][4]) {
     bool ok = true;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
@@ -359,23 +354,11 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
         // A row with max -inf: a finite offset keeps masked scores at p = 0, and any visible
         // score overflows to inf, which fails the check below.
         const float offset = fmaxf(row_max[mt][r] * scale_log2, -FLT_MAX);
-        if (kPolyTiles > 0 && full) {
-          // The last kPolyTiles 8-key tiles on the FMA pipe (unmasked blocks only: masked
-          // scores need an exact 0, which poly_exp2 does not give).
 #pragma unroll
-          for (int nt = 0; nt < kNT; ++nt)
+        for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float x = fmaf(s[mt][nt][2 * r + e], scale_log2, -offset);
-              s[mt][nt][2 * r + e] = nt >= kNT - kPolyTiles ? poly_exp2(x) : fast_exp2(x);
-            }
-        } else {
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-              s[mt][nt][2 * r + e] = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
-        }
+          for (int e = 0; e < 2; ++e)
+            s[mt][nt][2 * r + e] = fast_exp2(fmaf(s[mt][nt][2 * r + e], scale_log2, -offset));
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) block_sum[mt][e] = 0.0f;
@@ -422,7 +405,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       mask_block(s, nb);
       uint32_t pa[kMT][BN / 16][4];
       float block_sum[kMT][4];
-      if (lazy_block(s, pa, block_sum, kPolyTiles > 0 && block_full(nb))) {
+      if (lazy_block(s, pa, block_sum)) {
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
