@@ -139,8 +139,7 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  for (const char* variant :
-       {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq"}) {
+  for (const char* variant : {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);

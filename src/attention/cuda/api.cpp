@@ -38,8 +38,7 @@ FwdVariant fwd_variant() {
   if (m == "sum2occ") return FwdVariant::sum2occ;
   if (m == "sum2occq") return FwdVariant::sum2occq;
   throw Error(sqa::detail::concat(
-      "SQA_CUDA_FWD (", m,
-      ") must be base, ilp, occ, pipe, sum2, sum2occ or sum2occq, or unset"));
+      "SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe, sum2, sum2occ or sum2occq, or unset"));
 }
 
 namespace {

@@ -12,8 +12,8 @@ template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, 
           bool kTwoStage = false, bool kLazy = false, bool kQFromSmem = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
-  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy,
-                                   kQFromSmem>;
+  auto* kernel =
+      &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy, kQFromSmem>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
