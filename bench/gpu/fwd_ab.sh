@@ -3,14 +3,14 @@
 # the A/B of the forward variants against SDPA (bench/gpu/fwd_variants.py), and an Nsight
 # Compute profile of one forward launch per variant in PROFILE (pipe utilisation, issue
 # activity, warp stall reasons, occupancy).
-#   bench/gpu/fwd_ab.sh CARRY.tgz [VARIANTS=sum2occ,sum2,pipe,base] [PROFILE=sum2occ]
+#   bench/gpu/fwd_ab.sh CARRY.tgz [VARIANTS=sum2occq,sum2occ,sum2] [PROFILE=sum2occ]
 # CARRY.tgz: bench/paper/pack.sh BUILD OUT.tgz tests/test_attention_cuda src/capi/libsqa.so
 # $OUT receives env.txt, tests.txt, ab.txt, ab.json, ncu-VARIANT.txt.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 carry=${1:?usage: fwd_ab.sh CARRY.tgz [VARIANTS] [PROFILE]}
-variants=${2:-sum2occ,sum2,pipe,base}
+variants=${2:-sum2occq,sum2occ,sum2}
 profile=${3:-sum2occ}
 source bench/paper/h200_env.sh "$carry" fwd-ab
 lib=/tmp/sqa-h200/bin/libsqa.so

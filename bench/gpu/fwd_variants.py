@@ -6,7 +6,7 @@ Timings alternate between the variants round by round (median over rounds), so c
 power capping hit every variant alike. Every variant's output is compared with the cuDNN peer's
 (relative Frobenius error) before it is timed, so a fast wrong variant shows as such.
 
-Usage: python3 bench/gpu/fwd_variants.py --lib DIR/lib/libsqa.so [--variants pipe,poly2]
+Usage: python3 bench/gpu/fwd_variants.py --lib DIR/lib/libsqa.so [--variants sum2occ,sum2]
        [--configs d16-200k,...] [--rounds 5] [--json FILE]
 """
 
@@ -113,7 +113,7 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
-    ap.add_argument("--variants", default="sum2occ,sum2,pipe,base")
+    ap.add_argument("--variants", default="sum2occq,sum2occ,sum2")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="")

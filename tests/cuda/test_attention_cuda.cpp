@@ -139,11 +139,23 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  for (const char* variant : {"base", "ilp", "occ", "pipe", "sum2", "sum2occ"}) {
+  for (const char* variant : {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
       EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << ": " << r.message;
+    }
+    // Peaky scores over many unmasked blocks: the lazy rescale's overflow check must send
+    // every growing max to the full rescale, in fp16 too (P must stay finite there).
+    for (DType dtype : {DType::bf16, DType::f16}) {
+      testing::HarnessCase c;
+      c.spec = make_spec(Variant::sqa, 16, 16, Window::none());
+      c.dtype = dtype;
+      c.seqlen_q = c.seqlen_k = testing::small_scale() ? 300 : 1000;
+      c.q_gain = 6.0;
+      c.seed = 19;
+      const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+      EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << " (peaky): " << r.message;
     }
   }
   unsetenv("SQA_CUDA_FWD");
@@ -238,6 +250,48 @@ TEST(CudaBackward, EveryLayoutHeadDimAndMask) {
       }
     }
   }
+}
+
+// dK/dV head splits (flash_params.hpp): the small cases above take the most splits the group
+// allows; here also none (direct dK/dV writes) and 3 (uneven head ranges: 16 / 3, 8 / 3), on
+// grouped layouts, every head dim, causal / window / none, with padding between batches.
+TEST(CudaBackward, DkDvHeadSplitsMatchReference) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Window> windows = {Window::none(), Window::causal(), Window{37, 5}};
+  for (const char* cap : {"1", "3", "2"}) {
+    setenv("SQA_CUDA_BWD_SPLITS", cap, 1);
+    uint64_t seed = 171;
+    for (Variant v : {Variant::mqa, Variant::gqa, Variant::xsmqa, Variant::sqa}) {
+      for (int d : {16, 32, 64, 128}) {
+        if (testing::small_scale() && d > 32) continue;
+        const Window& w = windows[seed % windows.size()];
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 16, d, w);
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = 190;
+        c.seqlen_k = 190 + (seed % 3) * 29;
+        c.padding = (seed % 2 == 0) ? 8 : 0;
+        c.seed = seed++;
+        const testing::CheckResult r = testing::check_backward(c, cuda_backward_via_host);
+        EXPECT_TRUE(r.ok) << "SQA_CUDA_BWD_SPLITS=" << cap << ": " << r.message;
+      }
+    }
+  }
+  setenv("SQA_CUDA_BWD_SPLITS", "zero", 1);
+  testing::HarnessCase c;
+  c.spec = make_spec(Variant::mqa, 16, 16, Window::causal());
+  c.dtype = DType::bf16;  // the CUDA backward's own dtype rule must not fire first
+  c.seqlen_q = c.seqlen_k = 64;
+  try {
+    testing::check_backward(c, cuda_backward_via_host);
+    ADD_FAILURE() << "SQA_CUDA_BWD_SPLITS=zero was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("SQA_CUDA_BWD_SPLITS (zero) must be a positive integer"),
+              std::string::npos)
+        << e.what();
+  }
+  unsetenv("SQA_CUDA_BWD_SPLITS");
 }
 
 // The default scheme (above) adds dQ with atomics; the deterministic one runs a separate dQ

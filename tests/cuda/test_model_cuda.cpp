@@ -286,7 +286,11 @@ TEST(CudaModel, TrainingStepsReduceLoss) {
   gpu.get_weights(cpu.weights().data());
   const sqa::LossStats c = cpu.forward(b.tokens.data(), b.targets.data(), nullptr, B, T, false);
   const sqa::LossStats g = gpu.forward(b.tokens.data(), b.targets.data(), nullptr, B, T, false);
-  EXPECT_NEAR(g.loss, c.loss, 2e-2 * c.loss);
+  // 30 steps memorise the batch (loss ~0.004, from ~ln 160 = 5.1), so the loss's error is the
+  // loss times the logits' absolute error, and bf16 logits of magnitude ~10 carry ~0.04: 5%
+  // (the H200, run 14: 2.4% with the dK/dV head splits, whose fp32 partials change the
+  // trajectory; the gradients themselves are checked against the CPU in the agreement tests).
+  EXPECT_NEAR(g.loss, c.loss, 5e-2 * c.loss);
 }
 
 TEST(CudaModel, MoeAgreesWithCpuPaperAux) {

@@ -36,8 +36,9 @@ FwdVariant fwd_variant() {
   if (m == "pipe") return FwdVariant::pipe;
   if (m == "sum2") return FwdVariant::sum2;
   if (m == "sum2occ") return FwdVariant::sum2occ;
-  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
-                                  ") must be base, ilp, occ, pipe, sum2 or sum2occ, or unset"));
+  if (m == "sum2occq") return FwdVariant::sum2occq;
+  throw Error(sqa::detail::concat(
+      "SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe, sum2, sum2occ or sum2occq, or unset"));
 }
 
 namespace {
@@ -54,6 +55,28 @@ int multiprocessor_count() {
                "cudaDeviceGetAttribute(multiprocessor count)");
   }
   return counts[device];
+}
+
+// dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves of three
+// per SM, at most one per query head of the group. SQA_CUDA_BWD_SPLITS caps them (1 turns them
+// off), so tests and A/B runs can take either path.
+int dkdv_splits(const FwdKernelParams& p) {
+  if (p.reverse || p.group_size <= 1) return 1;
+  int64_t cap = p.group_size;
+  if (const char* env = std::getenv("SQA_CUDA_BWD_SPLITS"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (*end != '\0' || v < 1) {
+      throw Error(sqa::detail::concat("SQA_CUDA_BWD_SPLITS (", env,
+                                      ") must be a positive integer, or unset"));
+    }
+    cap = std::min<int64_t>(cap, v);
+  }
+  constexpr int64_t kKeyBlock = 64;  // BwdDkDvTile::BN
+  const int64_t ctas = (p.seqlen_k + kKeyBlock - 1) / kKeyBlock * p.num_kv_heads * p.batch;
+  const int64_t target = 8LL * 3 * multiprocessor_count();
+  const int64_t want = (target + ctas - 1) / std::max<int64_t>(ctas, 1);
+  return static_cast<int>(std::clamp<int64_t>(want, 1, cap));
 }
 
 void require_device_pointer(const void* ptr, const char* name) {
@@ -316,10 +339,18 @@ void attention_backward(const AttentionBackwardParams& params) {
   // dQ with fp32 atomics into a workspace of (rows / H_attn) * H_q rows of head_dim floats.
   g.deterministic = params.deterministic ? 1 : 0;
   g.dq_rows = g.deterministic ? 0 : rows / g.fwd.num_attention_heads * g.fwd.num_query_heads;
+  g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd);
+  const size_t dkdv_floats = g.dkdv_splits > 1
+                                 ? static_cast<size_t>(g.dkdv_splits) * f.batch *
+                                       g.fwd.num_kv_heads * f.seqlen_k * 2 * spec.head_dim
+                                 : 0;
   const size_t dsum_floats = static_cast<size_t>(std::max<int64_t>(rows, 1));
   const size_t dq_floats = static_cast<size_t>(g.dq_rows) * spec.head_dim;
-  StreamBuffer workspace((dsum_floats + dq_floats) * sizeof(float), stream);
-  g.dq_accum = static_cast<float*>(workspace.ptr);  // first: cudaMallocAsync aligns it
+  StreamBuffer workspace((dkdv_floats + dq_floats + dsum_floats) * sizeof(float), stream);
+  // cudaMallocAsync aligns the start; the dK/dV rows (2 * head_dim floats, a multiple of 32)
+  // keep dQ's rows 16-byte aligned after them.
+  g.dkdv_accum = static_cast<float*>(workspace.ptr);
+  g.dq_accum = g.dkdv_accum + dkdv_floats;
   g.dsum = g.dq_accum + dq_floats;
   launch(g, f.dtype == DType::f16, stream);
 }

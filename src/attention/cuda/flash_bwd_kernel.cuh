@@ -152,16 +152,23 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
   const int g4 = lane / 4, t = lane % 4;
   // x = (key block, KV head), heads fastest: the causal mask's longest key blocks (the first)
   // of every head start in the first wave.
-  const int n_block = static_cast<int>(blockIdx.x) / p.num_kv_heads;
-  const int kv_head = static_cast<int>(blockIdx.x) % p.num_kv_heads;
+  // With head splits, x = (key block, KV head, split), splits fastest.
+  const int splits = g.dkdv_splits;
+  const int per_block = p.num_kv_heads * splits;
+  const int n_block = static_cast<int>(blockIdx.x) / per_block;
+  const int kv_head = static_cast<int>(blockIdx.x) % per_block / splits;
+  const int split = static_cast<int>(blockIdx.x) % splits;
   const int b = blockIdx.z;
   const SeqSpan s = seq_span(p, b);
   const int n0 = n_block * BN;
   if (n0 >= s.nk) return;
   const int diag = s.nk - s.nq, left = p.window_left, right = p.window_right;
 
-  const int h_first = p.reverse ? kv_head : kv_head * p.group_size;
-  const int h_count = p.reverse ? 1 : p.group_size;
+  // This CTA's query heads: the split's share of the KV head's group (rSQA: one head, splits 1).
+  const int group_lo = split * p.group_size / splits;
+  const int group_hi = (split + 1) * p.group_size / splits;
+  const int h_first = p.reverse ? kv_head : kv_head * p.group_size + group_lo;
+  const int h_count = p.reverse ? 1 : group_hi - group_lo;
   // rSQA: the CTA's one attention head reads query head kv_head % H_q (division once, here).
   const int rsqa_qh = p.reverse ? kv_head % p.num_query_heads : 0;
   // Query rows that see at least one of keys [n0, last_key].
@@ -403,6 +410,25 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
   cp_async_wait<0>();
 
   const float scale = g.scale;
+  if (splits > 1) {
+    // Partial rows [dK | dV] in fp32; dK already scaled (a sum of scaled parts is the scaled sum).
+    const int64_t kv_rows = static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int key = n0 + warp * 16 + g4 + 8 * r;
+      if (key >= s.nk) continue;
+      const int64_t row = (static_cast<int64_t>(b) * p.num_kv_heads + kv_head) * p.seqlen_k + key;
+      float* dst = g.dkdv_accum + (split * kv_rows + row) * (2 * D) + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<float2*>(dst + dt * 8) =
+            make_float2(dk[dt][2 * r] * scale, dk[dt][2 * r + 1] * scale);
+        *reinterpret_cast<float2*>(dst + D + dt * 8) =
+            make_float2(dv[dt][2 * r], dv[dt][2 * r + 1]);
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = n0 + warp * 16 + g4 + 8 * r;
@@ -419,6 +445,41 @@ __global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
           M::pack(dv[dt][2 * r], dv[dt][2 * r + 1]);
     }
   }
+}
+
+// dK and dV from the head splits' fp32 partial rows (dkdv_accum, dense batches): the splits
+// summed in order (the same result every run), 8 elements per thread.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    flash_bwd_dkdv_reduce_kernel(const BwdKernelParams g, int head_dim) {
+  const FwdKernelParams& p = g.fwd;
+  const int chunks = 2 * head_dim / 8;  // dK's chunks, then dV's
+  const int64_t kv_rows = static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= kv_rows * chunks) return;
+  const int64_t row = idx / chunks;
+  const int c = static_cast<int>(idx % chunks);
+  float sum[8] = {};
+  for (int split = 0; split < g.dkdv_splits; ++split) {
+    const float4* src = reinterpret_cast<const float4*>(
+        g.dkdv_accum + (split * kv_rows + row) * (2 * head_dim) + c * 8);
+    const float4 a = src[0], b4 = src[1];
+    sum[0] += a.x, sum[1] += a.y, sum[2] += a.z, sum[3] += a.w;
+    sum[4] += b4.x, sum[5] += b4.y, sum[6] += b4.z, sum[7] += b4.w;
+  }
+  const int64_t key = row % p.seqlen_k;
+  const int64_t kv_head = row / p.seqlen_k % p.num_kv_heads;
+  const int64_t b = row / (static_cast<int64_t>(p.seqlen_k) * p.num_kv_heads);
+  const bool is_dv = c * 8 >= head_dim;
+  const int col = is_dv ? c * 8 - head_dim : c * 8;
+  T* dst = is_dv ? static_cast<T*>(g.dv) + b * g.dv_batch + key * g.dv_row + kv_head * g.dv_head
+                 : static_cast<T*>(g.dk) + b * g.dk_batch + key * g.dk_row + kv_head * g.dk_head;
+  uint4 packed;
+  packed.x = Mma<T>::pack(sum[0], sum[1]);
+  packed.y = Mma<T>::pack(sum[2], sum[3]);
+  packed.z = Mma<T>::pack(sum[4], sum[5]);
+  packed.w = Mma<T>::pack(sum[6], sum[7]);
+  *reinterpret_cast<uint4*>(dst + col) = packed;
 }
 
 // dQ from the fp32 workspace (already scaled) to the output layout; 8 elements per thread.

@@ -44,9 +44,17 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
     auto* dkdv = &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic>;
     set_smem_limit(dkdv, DkDv::kSmemBytes);
     const int64_t n_blocks = (p.seqlen_k + DkDv::BN - 1) / DkDv::BN;
-    const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads), 1, p.batch);
+    const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
+                       p.batch);
     dkdv<<<grid_kv, DkDv::kThreads, DkDv::kSmemBytes, stream>>>(g);
     check_cuda(cudaGetLastError(), "flash_bwd_dkdv_kernel launch");
+    if (g.dkdv_splits > 1) {
+      const int64_t threads =
+          static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k * (2 * D / 8);
+      flash_bwd_dkdv_reduce_kernel<T>
+          <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, D);
+      check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
+    }
   };
   if (atomic_dq) {
     launch_dkdv(std::true_type{});

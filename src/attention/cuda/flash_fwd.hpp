@@ -34,9 +34,10 @@ void run_flash_bwd_hdim32(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 
-// Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ, pipe, sum2 or
-// sum2occ; unset: the default per head dim). See flash_fwd_launch.cuh.
-enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ };
+// Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ, pipe, sum2,
+// sum2occ or sum2occq; unset: the default per head dim). See
+// flash_fwd_launch.cuh.
+enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq };
 FwdVariant fwd_variant();
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).

@@ -51,7 +51,7 @@ struct FwdTile {
 // kLazy (two-stage, with the tensor-core row sums): lazy rescaling, checked after the fact on
 // the block's row sums (see the key loop).
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned, int kMinBlocks,
-          bool kTwoStage, bool kLazy = false>
+          bool kTwoStage, bool kLazy = false, bool kQFromSmem = false>
 __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_fwd_kernel(const FwdKernelParams p) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
@@ -174,7 +174,11 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   }
 
   const int warp_row = warp * 16 * kMT;
-  uint32_t qf[Tile::kQInRegs ? kMT : 1][Tile::kQInRegs ? kKD : 1][4];
+  // Q fragments stay in registers across the key loop unless kQFromSmem: then they are reloaded
+  // from shared memory each block (one ldmatrix per m-tile and k-step), which frees registers
+  // for a kernel capped at 128 (sum2occ spills 168 bytes at D = 16).
+  constexpr bool kQRegs = Tile::kQInRegs && !kQFromSmem;
+  uint32_t qf[kQRegs ? kMT : 1][kQRegs ? kKD : 1][4];
   auto load_q_frag = [&](uint32_t(&a)[4], int mt, int kk) {
     const int row = warp_row + mt * 16 + (lane % 16);
     const int col = kk * 16 + (lane / 16) * 8;
@@ -195,7 +199,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       uint32_t a[kMT][4];
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        if constexpr (Tile::kQInRegs) {
+        if constexpr (kQRegs) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) a[mt][e] = qf[mt][kk][e];
         } else {
@@ -369,7 +373,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     return __all_sync(0xffffffffu, ok);
   };
   auto load_q_frags = [&] {
-    if constexpr (Tile::kQInRegs) {
+    if constexpr (kQRegs) {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll

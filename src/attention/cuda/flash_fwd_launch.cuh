@@ -9,10 +9,11 @@
 namespace sqa::cuda::detail {
 
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTuned = false, int kMinBlocks = 1,
-          bool kTwoStage = false, bool kLazy = false>
+          bool kTwoStage = false, bool kLazy = false, bool kQFromSmem = false>
 void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = FwdTile<T, D, kMT, kNWarps, BN, kTwoStage>;
-  auto* kernel = &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy>;
+  auto* kernel =
+      &flash_fwd_kernel<T, D, kMT, kNWarps, BN, kTuned, kMinBlocks, kTwoStage, kLazy, kQFromSmem>;
   constexpr int smem = Tile::kSmemBytes;
   if constexpr (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -39,18 +40,22 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 //         FlashAttention-4's lazy rescaling: the running max moves only when a block needs it,
 //         tested on the block's row sums after the exponentials (see the kernel's key loop);
 //   sum2occ: sum2 capped for 4 CTAs/SM (128 registers: some spills at D = 16, more at D = 32);
+//   sum2occq: sum2occ with the Q fragments reloaded from shared memory every block (fewer
+//         live registers under the 128-register cap);
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
-// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occ at D = 16 and sum2 at D = 32
-// (run 13: D = 16 200k 191-195 TF/s, 32k causal 165-189; D = 32 255-275), base above. The lazy
+// Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occq at D = 16 and sum2 at D = 32
+// (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), base above. The lazy
 // test first ran on each block's max before the exponentials (lazy2 / lazy2occ, runs 10-11:
 // +8-12% over pipe at D = 16, +15-20% at D = 32); on the row sums it drops the 60 max
 // instructions per block and gained another 2-8% (run 13), so that form was removed. Also tried
 // and removed: lazy rescaling with 1 m-tile per warp (+3-4% over pipe), pipe2 (+0-4%), pipe8
 // (8 warps per CTA, -1-4%), pipe128 (128-key blocks, 0.4-0.5x), lazy4 (4 m-tiles, 2 CTAs/SM,
-// -6-12%).
+// -6-12%), poly1 / poly2 (1 or 2 of every 8 exponentials of an unmasked block on the FMA pipe
+// by a cubic: -13-17% at D = 16 in run 14; the extra FMA/ALU issue costs more than the MUFU
+// time it frees).
 // Decode: 1-warp CTAs capped at 10 per SM (the shared-memory limit), so enough loads stay in
 // flight to stream the cache.
 template <typename T, int D>
@@ -65,7 +70,7 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   if constexpr (D <= 64) {
     FwdVariant v = fwd_variant();
     if (v == FwdVariant::automatic) {
-      v = D == 16 ? FwdVariant::sum2occ : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
+      v = D == 16 ? FwdVariant::sum2occq : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
     }
     if constexpr (D <= 32) {
       if (v == FwdVariant::pipe) {
@@ -74,6 +79,10 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
       }
       if (v == FwdVariant::sum2) {
         launch_flash_fwd<T, D, 2, 4, 64, true, 3, true, true>(p, stream);
+        return;
+      }
+      if (v == FwdVariant::sum2occq) {
+        launch_flash_fwd<T, D, 2, 4, 64, true, 4, true, true, true>(p, stream);
         return;
       }
       if (v == FwdVariant::sum2occ) {

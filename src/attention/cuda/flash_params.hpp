@@ -62,6 +62,13 @@ struct BwdKernelParams {
   int deterministic = 0;
   float* dq_accum = nullptr;
   int64_t dq_rows = 0;
+  // dK/dV head splits (dense batches only): with few KV heads (MQA-like layouts) the grid of one
+  // CTA per (64-key block, KV head) does not fill the GPU, so each block's query-head group is
+  // cut into dkdv_splits ranges, one CTA each. Every CTA then writes fp32 partial dK | dV rows
+  // (2 * head_dim floats) to dkdv_accum[split][b][kv head][key], and a reduce kernel sums the
+  // splits in a fixed order (deterministic) into dK and dV. 1: dK/dV written directly.
+  int dkdv_splits = 1;
+  float* dkdv_accum = nullptr;
 };
 
 }  // namespace sqa::cuda::detail
