@@ -4,6 +4,8 @@
 # Compute profile of one forward launch per variant in PROFILE (pipe utilisation, issue
 # activity, warp stall reasons, occupancy).
 #   bench/gpu/fwd_ab.sh CARRY.tgz [VARIANTS=sum2occq,sum2occ,sum2] [PROFILE=sum2occ]
+# Environment: TEST_FILTER (gtest filter), CONFIGS (fwd_variants.py configs), PROFILE_CONFIG
+# (the config ncu profiles, default d16-32k-mha-causal), TEST_TIMEOUT, AB_TIMEOUT.
 # CARRY.tgz: bench/paper/pack.sh BUILD OUT.tgz tests/test_attention_cuda src/capi/libsqa.so
 # $OUT receives env.txt, tests.txt, ab.txt, ab.json, ncu-VARIANT.txt.
 set -uo pipefail
@@ -39,10 +41,11 @@ for r in barrier short_scoreboard long_scoreboard math_pipe_throttle mio_throttl
   stalls+=,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
 done
 profile_one() {  # variant, metric list
-  timeout 120 ncu --kernel-name regex:flash_fwd_kernel --launch-count 1 \
+  timeout 120 ncu --kernel-name 'regex:flash_fwd_(wgmma_)?kernel' --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
     --section SchedulerStats --section Occupancy --section InstructionStats --metrics "$2" \
-    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$1" --configs d16-32k-mha-causal \
+    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$1" \
+    --configs "${PROFILE_CONFIG:-d16-32k-mha-causal}" \
     --rounds 1 >"$out/ncu-$1.txt" 2>&1
 }
 for v in ${profile//,/ }; do

@@ -35,7 +35,15 @@ CONFIGS = {
     "d16-32k-xsqa-causal": (4, 4, 16, 32_768, True),
     "d32-32k-mha-causal": (16, 16, 32, 32_768, True),
     "d32-32k-xsqa-causal": (4, 4, 32, 32_768, True),
+    # The wgmma variant's head dims, at the shapes of the cuDNN comparison (batch 1, N = 32768,
+    # MHA with 16 heads at d = 64 and 32 at d = 128; bench/results/2026-11-29-h200-cudnn.md).
+    "d64-32k-mha": (16, 16, 64, 32_768, False),
+    "d64-32k-mha-causal": (16, 16, 64, 32_768, True),
+    "d128-32k-mha": (32, 32, 128, 32_768, False),
+    "d128-32k-mha-causal": (32, 32, 128, 32_768, True),
 }
+# The small head dims (the default set; the d64 / d128 rows are asked for by name).
+DEFAULT_CONFIGS = [name for name in CONFIGS if name.startswith(("d16", "d32"))]
 
 
 def event_time(fn) -> float:
@@ -114,10 +122,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
     ap.add_argument("--variants", default="sum2occq,sum2occ,sum2")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
+    # The variants are this project's kernels: keep the automatic routing from sending d >= 64
+    # to cuDNN (an explicit SQA_CUDA_BACKEND still wins).
+    os.environ.setdefault("SQA_CUDA_BACKEND", "own")
     lib = load_lib(a.lib)
     variants = [v for v in a.variants.split(",") if v]
     rows = []
