@@ -36,6 +36,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "flash_common.cuh"
 #include "flash_params.hpp"
@@ -158,13 +159,15 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     load_tile_sw128<T, D, BN, kThreads>(sV + stage * Tile::kKVBytes, v_base, p.v_row, nb * BN, nk,
                                         tid);
   };
-  // Every thread's copies have landed and are visible to the wgmma reads (async proxy) of every
-  // warpgroup; also, every warpgroup is past its earlier wgmma waits, so their buffers are free.
-  auto copies_landed_barrier = [] {
-    cp_async_wait<0>();
+  // Every thread's copies (all but the kPending most recent groups) have landed and are visible
+  // to the wgmma reads (async proxy) of every warpgroup; also, every warpgroup is past its
+  // earlier wgmma waits, so the buffers those read are free.
+  auto copies_landed_barrier = [](auto pending) {
+    cp_async_wait<decltype(pending)::value>();
     fence_proxy_async_shared();
     __syncthreads();
   };
+  using AllGroups = std::integral_constant<int, 0>;
 
   // This thread's rows of the CTA tile (accumulator rows g and g + 8 of its warp).
   const int local_row0 = warpgroup * 64 + warp_in_group * 16 + g;
@@ -274,10 +277,10 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
     load_k(0, nb_last);
     cp_async_commit();
-    copies_landed_barrier();
     if (num_blocks > 1) load_k(1, nb_last - 1);
     load_v(0, nb_last);
     cp_async_commit();
+    copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
     float corr[2];
     wgmma_fence();
     issue_s(0);
@@ -290,13 +293,15 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       const int stage = i & 1;
       // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2), so
       // K(i + 1) may overwrite K(i - 1) and V(i) may overwrite V(i - 2).
-      copies_landed_barrier();
-      if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
-      load_v(stage, nb);
-      cp_async_commit();
+      copies_landed_barrier(AllGroups{});
       wgmma_fence();  // O was rescaled and P packed by ordinary instructions
       issue_s(stage);
       issue_pv(stage ^ 1);
+      // The copies are issued behind the wgmmas, so the tensor cores start without waiting for
+      // them; they fill the other buffers (K(i + 1) and V(i)), which no wgmma in flight reads.
+      if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
+      load_v(stage, nb);
+      cp_async_commit();
       wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
       fence_registers(s);
       softmax(nb, corr);
@@ -305,7 +310,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       fence_registers(pa);
       rescale_o_pack_p(corr);
     }
-    copies_landed_barrier();  // V(last) landed
+    copies_landed_barrier(AllGroups{});  // V(last) landed
     wgmma_fence();
     issue_pv((num_blocks - 1) & 1);
     wgmma_wait_group<0>();
