@@ -7,7 +7,8 @@
 # Environment: TEST_FILTER (gtest filter), CONFIGS (fwd_variants.py configs), PROFILE_CONFIG
 # (the config ncu profiles, default d16-32k-mha-causal), TEST_TIMEOUT, AB_TIMEOUT.
 # CARRY.tgz: bench/paper/pack.sh BUILD OUT.tgz tests/test_attention_cuda src/capi/libsqa.so
-# $OUT receives env.txt, tests.txt, ab.txt, ab.json, ncu-VARIANT.txt.
+# $OUT receives env.txt, tests.txt (tail; every failure in tests-full.txt), ab.txt, ab.json,
+# ncu-VARIANT.txt.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -19,7 +20,8 @@ lib=/tmp/sqa-h200/bin/libsqa.so
 
 echo "== tests" | tee "$out/tests.txt"
 SQA_CUDA_BACKEND=own timeout ${TEST_TIMEOUT:-150} /tmp/sqa-h200/bin/test_attention_cuda \
-  --gtest_brief=1 ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} 2>&1 | tail -8 | tee -a "$out/tests.txt"
+  --gtest_brief=1 ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} 2>&1 | tee "$out/tests-full.txt" |
+  tail -8 | tee -a "$out/tests.txt"
 
 echo "== A/B"
 timeout ${AB_TIMEOUT:-300} python3 bench/gpu/fwd_variants.py --lib $lib --variants "$variants" \
