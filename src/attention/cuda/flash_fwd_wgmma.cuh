@@ -12,15 +12,17 @@
 //   Shared tiles use the 128-byte swizzle ([D / 64][rows][64], wgmma_sm90.cuh), written by
 //   cp.async from every thread (no producer warp, no TMA).
 //   Pipeline, one __syncthreads per key block: K and V have two buffers each. After the barrier
-//   of block i, K(i + 1) and V(i) stream in; each warpgroup issues S(i) = Q K(i)^T and then
-//   O += P(i - 1) V(i - 1) as two wgmma groups, waits for S(i) only, and runs block i's softmax
-//   while the tensor cores still work on P(i - 1) V(i - 1) (FA3's intra-warpgroup overlap).
-//   Then it waits for P V, rescales O and packs P(i). Across the warpgroups of a CTA the
-//   overlap comes by itself: one's softmax runs while the other's wgmmas do.
+//   of block i, each warpgroup issues S(i) = Q K(i)^T and then O += P(i - 1) V(i - 1) as two
+//   wgmma groups, then the copies of K(i + 1) and V(i) into the other buffers; it waits for S(i)
+//   only and runs block i's softmax while the tensor cores still work on P(i - 1) V(i - 1)
+//   (FA3's intra-warpgroup overlap). Then it waits for P V, rescales O and packs P(i). Across
+//   the warpgroups of a CTA the overlap comes by itself: one's softmax runs while the other's
+//   wgmmas do.
 // Tiles: BM = 128 (2 warpgroups), BN = 128, for D = 64 and 128; 1 CTA per SM.
-//   Registers per thread: S 64 + O D / 2 + P 32 (P(i - 1) stays live while S(i) is computed).
+//   Registers per thread: S 64 + O D / 2 + P 32 (P(i - 1) stays live while S(i) is computed);
+//   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills.
 //   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128.
-// Semantics are those of flash_fwd_kernel.cuh, through the same helpers (flash_common.cuh):
+// Semantics are those of flash_fwd_kernel.cuh (the same rules, from flash_common.cuh's helpers):
 // head layouts (GQA family: KV head h / G; rSQA: query head h % H_q, KV head h), varlen,
 // N_q != N_k with bottom-right aligned windows, the grid order (heads fastest, longest causal row
 // blocks first), key blocks hidden from every row skipped, blocks cut by the window masked per
