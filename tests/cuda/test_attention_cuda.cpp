@@ -399,7 +399,7 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::sum2occ);
   setenv("SQA_CUDA_FWD", "fastest", 1);
   expect_error([] { cuda::detail::fwd_variant(); },
-               {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2 or sum2occ"});
+               {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2, sum2occ or sum2occq"});
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }
