@@ -8,7 +8,7 @@ power capping hit every variant alike. Each variant's dQ, dK and dV are poisoned
 compared with the FA2 peer's gradients (relative Frobenius error) before anything is timed, so a
 fast wrong variant shows as such.
 
-Usage: python3 bench/gpu/bwd_variants.py --lib DIR/lib/libsqa.so [--variants base,occ]
+Usage: python3 bench/gpu/bwd_variants.py --lib DIR/lib/libsqa.so [--variants base,occ,occ2]
        [--configs d16-32k-mha-causal,...] [--rounds 5] [--json FILE]
 """
 
@@ -116,7 +116,7 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
-    ap.add_argument("--variants", default="base,occ")
+    ap.add_argument("--variants", default="base,occ,occ2")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="")

@@ -47,7 +47,8 @@ BwdVariant bwd_variant() {
   const std::string m(mode);
   if (m == "base") return BwdVariant::base;
   if (m == "occ") return BwdVariant::occ;
-  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base or occ, or unset"));
+  if (m == "occ2") return BwdVariant::occ2;
+  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base, occ or occ2, or unset"));
 }
 
 namespace {
