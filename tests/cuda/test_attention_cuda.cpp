@@ -393,6 +393,42 @@ TEST(CudaBackward, DeterministicSchemeMatchesReferenceAndRepeatsExactly) {
   }
 }
 
+// SQA_CUDA_BWD picks the dK/dV kernel's register cap (CTAs per SM, spills under the tighter
+// caps); the default (occ) runs in the tests above. Each must match the reference, with atomic
+// and deterministic dQ, every mask, padding.
+TEST(CudaBackward, RegisterCapVariantsMatchReference) {
+  SKIP_WITHOUT_GPU();
+  for (const char* variant : {"base", "occ2"}) {
+    setenv("SQA_CUDA_BWD", variant, 1);
+    uint64_t seed = 131;
+    for (Variant v : {Variant::mha, Variant::mqa, Variant::sqa, Variant::rsqa}) {
+      for (int d : {16, 32}) {
+        for (const Window& w : {Window::none(), Window::causal(), Window{37, 5}}) {
+          for (bool deterministic : {false, true}) {
+            testing::HarnessCase c;
+            c.spec = make_spec(v, 8, d, w);
+            c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+            c.batch = 2;
+            c.seqlen_q = testing::small_scale() ? 130 : 300;
+            c.seqlen_k = c.seqlen_q + (seed % 3) * 29;
+            c.padding = (seed % 2 == 0) ? 8 : 0;
+            c.seed = seed++;
+            const testing::CheckResult r =
+                testing::check_backward(c, [&](const AttentionBackwardParams& host) {
+                  AttentionBackwardParams g = host;
+                  g.deterministic = deterministic;
+                  cuda_backward_via_host(g);
+                });
+            EXPECT_TRUE(r.ok) << "SQA_CUDA_BWD=" << variant << ", deterministic " << deterministic
+                              << ": " << r.message;
+          }
+        }
+      }
+    }
+  }
+  unsetenv("SQA_CUDA_BWD");
+}
+
 TEST(CudaBackward, SanitizerSmoke) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_backward_limits();
@@ -462,6 +498,15 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
+}
+
+TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
+  setenv("SQA_CUDA_BWD", "occ", 1);
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
+  setenv("SQA_CUDA_BWD", "fast", 1);
+  expect_error([] { cuda::detail::bwd_variant(); }, {"SQA_CUDA_BWD (fast)", "base, occ or occ2"});
+  unsetenv("SQA_CUDA_BWD");
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::automatic);
 }
 
 TEST(CudaValidation, BackwardRejectsHeadDim256) {

@@ -43,6 +43,16 @@ FwdVariant fwd_variant() {
                                   "wgmma, or unset"));
 }
 
+BwdVariant bwd_variant() {
+  const char* mode = std::getenv("SQA_CUDA_BWD");
+  if (mode == nullptr || *mode == '\0') return BwdVariant::automatic;
+  const std::string m(mode);
+  if (m == "base") return BwdVariant::base;
+  if (m == "occ") return BwdVariant::occ;
+  if (m == "occ2") return BwdVariant::occ2;
+  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base, occ or occ2, or unset"));
+}
+
 namespace {
 
 int multiprocessor_count() {

@@ -98,10 +98,11 @@ struct BwdDkDvTile {
   static_assert(kNWarps % (BM / 16) == 0 && kDqDims % 16 == 0, "dQ step tiling");
 };
 
-// At D = 16 three CTAs per SM (a 170-register cap) keep enough warps resident to hide the
-// softmax's latencies; ptxas otherwise takes ~200 registers there and fits only two.
-template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
-__global__ void __launch_bounds__(kNWarps * 32, D <= 16 ? 3 : 1)
+// kMinBlocks: CTAs per SM that ptxas must fit (a register cap). At D = 16 three (a
+// 170-register cap) keep enough warps resident to hide the softmax's latencies; ptxas otherwise
+// takes ~200 registers there and fits only two. See run_flash_bwd_typed for the choices.
+template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq, int kMinBlocks>
+__global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
     flash_bwd_dkdv_kernel(const BwdKernelParams g) {
   using Tile = BwdDkDvTile<T, D, BM, kNWarps, kKVInRegs, kAtomicDq>;
   constexpr int BN = Tile::BN;

@@ -39,6 +39,11 @@ void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma };
 FwdVariant fwd_variant();
 
+// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ or occ2; unset:
+// the default, occ). See flash_bwd_launch.cuh.
+enum class BwdVariant { automatic, base, occ, occ2 };
+BwdVariant bwd_variant();
+
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).
 void check_cuda(int status, const char* what);
 

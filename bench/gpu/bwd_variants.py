@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""A/B of the backward kernel variants (SQA_CUDA_BWD, flash_bwd_launch.cuh) at small head dims:
+forward + backward against PyTorch SDPA's (cuDNN and FA2 backends) on the same tensors in the
+same process.
+
+Timings alternate between the variants round by round (median over rounds), so clock drift and
+power capping hit every variant alike. Each variant's dQ, dK and dV are poisoned with NaN, then
+compared with the FA2 peer's gradients (relative Frobenius error) before anything is timed, so a
+fast wrong variant shows as such.
+
+Usage: python3 bench/gpu/bwd_variants.py --lib DIR/lib/libsqa.so [--variants base,occ,occ2]
+       [--configs d16-32k-mha-causal,...] [--rounds 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_attention import SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec, load_lib  # noqa: E402
+from fwd_variants import event_time  # noqa: E402
+
+# name: (H_q, H_kv, d, N, causal)
+CONFIGS = {
+    "d16-32k-mha-causal": (16, 16, 16, 32_768, True),
+    "d16-32k-mqa-causal": (16, 1, 16, 32_768, True),
+    "d16-32k-xsqa-causal": (4, 4, 16, 32_768, True),
+    "d16-32k-xsmqa-causal": (4, 1, 16, 32_768, True),
+    "d32-32k-mha-causal": (16, 16, 32, 32_768, True),
+    "d32-32k-mqa-causal": (16, 1, 32, 32_768, True),
+    "d32-32k-xsqa-causal": (4, 4, 32, 32_768, True),
+}
+
+
+def run(lib, name: str, variants: list[str], rounds: int) -> dict:
+    hq, hkv, d, n, causal = CONFIGS[name]
+    q = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, n, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, n, hkv, d, device="cuda", dtype=torch.bfloat16)
+    dout = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
+    lse = torch.empty(1, hq, n, device="cuda", dtype=torch.float32)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    spec = Spec(hq, hkv, d, 0.0, -1, 0 if causal else -1)
+    args = Args()
+    args.spec, args.dtype, args.device = spec, SQA_BF16, SQA_DEVICE_CUDA
+    args.stream = torch.cuda.current_stream().cuda_stream
+    args.batch, args.seqlen_q, args.seqlen_k = 1, n, n
+    args.q, args.k, args.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
+    args.out, args.lse = out.data_ptr(), lse.data_ptr()
+    bargs = BackwardArgs()
+    bargs.forward = args
+    bargs.dout, bargs.dq, bargs.dk, bargs.dv = (x.data_ptr() for x in (dout, dq, dk, dv))
+    flops = lib.sqa_attention_forward_flops(ctypes.byref(spec), 1, n, n)
+    flops += lib.sqa_attention_backward_flops(ctypes.byref(spec), 1, n, n)
+
+    def ours(variant: str):
+        os.environ["SQA_CUDA_BWD"] = variant
+        try:
+            if lib.sqa_attention_forward(ctypes.byref(args)) != 0:
+                raise RuntimeError(lib.sqa_last_error().decode())
+            if lib.sqa_attention_backward(ctypes.byref(bargs)) != 0:
+                raise RuntimeError(lib.sqa_last_error().decode())
+        finally:
+            del os.environ["SQA_CUDA_BWD"]
+
+    qt, kt, vt = (x.transpose(1, 2).detach().clone().requires_grad_(True) for x in (q, k, v))
+    go = dout.transpose(1, 2)
+
+    def peer(backend):
+        with sdpa_kernel([backend]):
+            o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=hq != hkv)
+            o.backward(go)
+
+    qt.grad = kt.grad = vt.grad = None
+    peer(SDPBackend.FLASH_ATTENTION)
+    ref = [x.grad.transpose(1, 2).float() for x in (qt, kt, vt)]
+    row = {"config": name, "hq": hq, "hkv": hkv, "d": d, "n": n, "causal": causal, "flops": flops}
+    runners = {}
+    for variant in variants:
+        for x in (dq, dk, dv):
+            x.fill_(float("nan"))  # poisoned: a variant that skips rows cannot match
+        ours(variant)
+        torch.cuda.synchronize()
+        errs = [float((mine.float() - theirs).norm() / theirs.norm())
+                for mine, theirs in zip((dq, dk, dv), ref)]
+        row[f"{variant}_rel_err"] = max(errs)
+        runners[variant] = lambda v=variant: ours(v)
+    runners["cudnn"] = lambda: peer(SDPBackend.CUDNN_ATTENTION)
+    runners["fa2"] = lambda: peer(SDPBackend.FLASH_ATTENTION)
+    for fn in runners.values():  # warm-up
+        fn()
+    times = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, fn in runners.items():
+            times[key].append(event_time(fn))
+    for key, ts in times.items():
+        ts.sort()
+        t = ts[len(ts) // 2]
+        row[f"{key}_ms"] = t * 1e3
+        row[f"{key}_tflops"] = flops / t / 1e12
+    best_peer = min(row["cudnn_ms"], row["fa2_ms"])
+    for variant in variants:
+        row[f"{variant}_vs_best_peer"] = best_peer / row[f"{variant}_ms"]
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--variants", default="base,occ,occ2")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    lib = load_lib(a.lib)
+    variants = [v for v in a.variants.split(",") if v]
+    rows = []
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; forward + backward "
+          "TFLOP/s (x best SDPA peer)")
+    print(f"{'config':24s} " + " ".join(f"{v:>16s}" for v in variants) +
+          f" {'cudnn':>7s} {'fa2':>7s}")
+    for name in a.configs.split(","):
+        r = run(lib, name, variants, a.rounds)
+        rows.append(r)
+        cells = " ".join(f"{r[f'{v}_tflops']:6.1f} ({r[f'{v}_vs_best_peer']:4.2f}x)"
+                         for v in variants)
+        errs = " ".join(f"{r[f'{v}_rel_err']:.1e}" for v in variants)
+        print(f"{name:24s} {cells} {r['cudnn_tflops']:7.1f} {r['fa2_tflops']:7.1f}  err {errs}",
+              flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
