@@ -4,8 +4,11 @@
 # Compute profile of one forward launch per variant in PROFILE (pipe utilisation, issue
 # activity, warp stall reasons, occupancy).
 #   bench/gpu/fwd_ab.sh CARRY.tgz [VARIANTS=sum2occq,sum2occ,sum2] [PROFILE=sum2occ]
+# Environment: TEST_FILTER (gtest filter), CONFIGS (fwd_variants.py configs), PROFILE_CONFIG
+# (the config ncu profiles, default d16-32k-mha-causal), TEST_TIMEOUT, AB_TIMEOUT.
 # CARRY.tgz: bench/paper/pack.sh BUILD OUT.tgz tests/test_attention_cuda src/capi/libsqa.so
-# $OUT receives env.txt, tests.txt, ab.txt, ab.json, ncu-VARIANT.txt.
+# $OUT receives env.txt, tests.txt (tail; every failure in tests-full.txt), ab.txt, ab.json,
+# ncu-VARIANT.txt.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -17,7 +20,8 @@ lib=/tmp/sqa-h200/bin/libsqa.so
 
 echo "== tests" | tee "$out/tests.txt"
 SQA_CUDA_BACKEND=own timeout ${TEST_TIMEOUT:-150} /tmp/sqa-h200/bin/test_attention_cuda \
-  --gtest_brief=1 ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} 2>&1 | tail -8 | tee -a "$out/tests.txt"
+  --gtest_brief=1 ${TEST_FILTER:+--gtest_filter="$TEST_FILTER"} 2>&1 | tee "$out/tests-full.txt" |
+  tail -8 | tee -a "$out/tests.txt"
 
 echo "== A/B"
 timeout ${AB_TIMEOUT:-300} python3 bench/gpu/fwd_variants.py --lib $lib --variants "$variants" \
@@ -39,10 +43,11 @@ for r in barrier short_scoreboard long_scoreboard math_pipe_throttle mio_throttl
   stalls+=,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
 done
 profile_one() {  # variant, metric list
-  timeout 120 ncu --kernel-name regex:flash_fwd_kernel --launch-count 1 \
+  timeout 120 ncu --kernel-name 'regex:flash_fwd_(wgmma_)?kernel' --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
     --section SchedulerStats --section Occupancy --section InstructionStats --metrics "$2" \
-    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$1" --configs d16-32k-mha-causal \
+    python3 bench/gpu/fwd_variants.py --lib $lib --variants "$1" \
+    --configs "${PROFILE_CONFIG:-d16-32k-mha-causal}" \
     --rounds 1 >"$out/ncu-$1.txt" 2>&1
 }
 for v in ${profile//,/ }; do

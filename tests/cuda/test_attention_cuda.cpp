@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/cuda/flash_fwd.hpp"
@@ -73,14 +74,15 @@ TEST(CudaForward, StridedViewsMatchReference) {
   }
 }
 
-// Every paper layout, every head dim, the three mask kinds, at a length with many key blocks.
-TEST(CudaForward, EveryLayoutHeadDimAndMask) {
-  SKIP_WITHOUT_GPU();
+// Every paper layout at the given head dims, the three mask kinds, at a length with many key
+// blocks. small_scale_max_d: above it, SQA_TEST_SCALE=small skips the head dim.
+void check_every_layout_and_mask(const std::vector<int>& head_dims, int small_scale_max_d,
+                                 const char* label) {
   const std::vector<Window> windows = {Window::none(), Window::causal(), Window::sliding(100),
                                        Window{37, 5}};
   uint64_t seed = 11;
   for (Variant v : all_variants()) {
-    for (int d : {16, 32, 64, 128, 256}) {
+    for (int d : head_dims) {
       // Long enough for several query and key blocks; shorter at large d to keep the float64
       // reference quick.
       const int64_t n = testing::small_scale() ? 200 : (d <= 32 ? 700 : 300);
@@ -93,11 +95,17 @@ TEST(CudaForward, EveryLayoutHeadDimAndMask) {
         c.seqlen_k = n + (seed % 3) * 37;  // N_q != N_k too: bottom-right aligned masks
         c.q_gain = (seed % 4 == 0) ? 4.0 : 1.0;
         c.seed = seed++;
-        if (testing::small_scale() && d > 64) continue;
-        expect_forward_ok(c);
+        if (testing::small_scale() && d > small_scale_max_d) continue;
+        const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+        EXPECT_TRUE(r.ok) << label << r.message;
       }
     }
   }
+}
+
+TEST(CudaForward, EveryLayoutHeadDimAndMask) {
+  SKIP_WITHOUT_GPU();
+  check_every_layout_and_mask({16, 32, 64, 128, 256}, 64, "");
 }
 
 // Decode: a few query rows against a long cache takes the packed-heads, split-KV path.
@@ -139,7 +147,10 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  for (const char* variant : {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq"}) {
+  // wgmma runs its own kernel at D = 64 only here (16 and 32 fall back to the default); its
+  // D = 64 and 128 coverage is in WgmmaMatchesReference below.
+  for (const char* variant :
+       {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq", "wgmma"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
@@ -156,6 +167,52 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
       c.seed = 19;
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
       EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << " (peaky): " << r.message;
+    }
+  }
+  unsetenv("SQA_CUDA_FWD");
+}
+
+// The Hopper warpgroup-MMA kernel (SQA_CUDA_FWD=wgmma, flash_fwd_wgmma.cuh) at the head dims it
+// implements, 64 and 128: the random sweep (layouts incl. rSQA and explicit GQA ratios, masks,
+// varlen with empty sequences, N_q != N_k, custom scales, bf16 and f16), every layout with every
+// mask kind, query rows that see no key at all (lse -inf, O = 0), and peaky scores over many
+// unmasked blocks (many rescalings of the running max; P must stay finite in f16).
+TEST(CudaForward, WgmmaMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  setenv("SQA_CUDA_FWD", "wgmma", 1);
+  testing::CaseLimits limits = cuda_limits();
+  limits.head_dims = {64, 128};
+  for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 8 : 40, 9119)) {
+    const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+    EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma: " << r.message;
+  }
+  check_every_layout_and_mask({64, 128}, 128, "SQA_CUDA_FWD=wgmma: ");
+  uint64_t seed = 300;
+  for (int d : {64, 128}) {
+    // (N_q, N_k): more queries than keys (causal: the first N_q - N_k rows see nothing), fewer,
+    // and a row block of 129 rows against one key.
+    const std::pair<int64_t, int64_t> lengths[] = {{300, 100}, {100, 300}, {129, 1}};
+    for (const auto& [nq, nk] : lengths) {
+      for (const Window& w : {Window::causal(), Window{20, 0}, Window{-1, 3}}) {
+        testing::HarnessCase c;
+        c.spec = make_spec(Variant::gqa, 8, d, w);
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.seqlen_q = nq;
+        c.seqlen_k = nk;
+        c.seed = seed++;
+        const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+        EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (cross lengths): " << r.message;
+      }
+    }
+    for (DType dtype : {DType::bf16, DType::f16}) {
+      testing::HarnessCase c;
+      c.spec = make_spec(Variant::sqa, 8, d, Window::none());
+      c.dtype = dtype;
+      c.seqlen_q = c.seqlen_k = testing::small_scale() ? 300 : 1000;
+      c.q_gain = 6.0;
+      c.seed = 19;
+      const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+      EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (peaky): " << r.message;
     }
   }
   unsetenv("SQA_CUDA_FWD");
@@ -434,8 +491,11 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_FWD", "sum2occ", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::sum2occ);
   setenv("SQA_CUDA_FWD", "fastest", 1);
-  expect_error([] { cuda::detail::fwd_variant(); },
-               {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2, sum2occ or sum2occq"});
+  expect_error(
+      [] { cuda::detail::fwd_variant(); },
+      {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2, sum2occ, sum2occq or wgmma"});
+  setenv("SQA_CUDA_FWD", "wgmma", 1);
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }

@@ -37,8 +37,10 @@ FwdVariant fwd_variant() {
   if (m == "sum2") return FwdVariant::sum2;
   if (m == "sum2occ") return FwdVariant::sum2occ;
   if (m == "sum2occq") return FwdVariant::sum2occq;
-  throw Error(sqa::detail::concat(
-      "SQA_CUDA_FWD (", m, ") must be base, ilp, occ, pipe, sum2, sum2occ or sum2occq, or unset"));
+  if (m == "wgmma") return FwdVariant::wgmma;
+  throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
+                                  ") must be base, ilp, occ, pipe, sum2, sum2occ, sum2occq or "
+                                  "wgmma, or unset"));
 }
 
 BwdVariant bwd_variant() {

@@ -37,31 +37,6 @@ __device__ __forceinline__ float to_float(T x) {
   }
 }
 
-struct SeqSpan {
-  int64_t q_row0 = 0, k_row0 = 0, total_q = 0;
-  int nq = 0, nk = 0;
-};
-
-__device__ __forceinline__ SeqSpan seq_span(const FwdKernelParams& p, int b) {
-  SeqSpan s;
-  s.nq = p.seqlen_q;
-  s.nk = p.seqlen_k;
-  if (p.cu_seqlens_q != nullptr) {
-    s.q_row0 = p.cu_seqlens_q[b];
-    s.nq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
-    s.k_row0 = p.cu_seqlens_k[b];
-    s.nk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
-    s.total_q = p.cu_seqlens_q[p.batch];
-  }
-  return s;
-}
-
-__device__ __forceinline__ bool key_visible(int key, int qrow, int nk, int diag, int left,
-                                            int right) {
-  const int qd = qrow + diag;
-  return key < nk && (left < 0 || key >= qd - left) && (right < 0 || key <= qd + right);
-}
-
 // D_i = dO_i . O_i for every row of the lse layout. D / 8 neighbouring lanes share a row, one
 // 16-byte chunk of O and dO each, so a row's loads fill whole sectors and the lanes of a warp
 // cover consecutive rows, whose dsum stores coalesce (a warp per row left most lanes idle at

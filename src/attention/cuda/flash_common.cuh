@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "flash_params.hpp"
+
 namespace sqa::cuda::detail {
 
 template <typename T>
@@ -74,6 +76,11 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
                "r"(valid ? 16 : 0));
 }
+// The same, to a shared-memory byte address (as smem_addr gives).
+__device__ __forceinline__ void cp_async_16(uint32_t smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
 
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n");
@@ -112,6 +119,91 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// ---- Sequence extents and masks, shared by the forward and backward kernels -----------------
+// flash_fwd_kernel.cuh keeps its own inline copy of this index math: moving it onto these
+// helpers changed ptxas's register allocation there (d128 prefill 212 -> 215 registers, decode
+// spills 20 -> 24 bytes), and that kernel is the default path.
+
+// Where sequence b starts in the packed (varlen) tensors and how long it is; dense batches start
+// at row 0 with the common lengths.
+struct SeqSpan {
+  int64_t q_row0 = 0, k_row0 = 0, total_q = 0;
+  int nq = 0, nk = 0;
+};
+
+__device__ __forceinline__ SeqSpan seq_span(const FwdKernelParams& p, int b) {
+  SeqSpan s;
+  s.nq = p.seqlen_q;
+  s.nk = p.seqlen_k;
+  if (p.cu_seqlens_q != nullptr) {
+    s.q_row0 = p.cu_seqlens_q[b];
+    s.nq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    s.k_row0 = p.cu_seqlens_k[b];
+    s.nk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+    s.total_q = p.cu_seqlens_q[p.batch];
+  }
+  return s;
+}
+
+// Whether query row qrow sees key `key`: the window is bottom-right aligned (diag = N_k - N_q,
+// spec.cpp visible_keys), left / right < 0 are unbounded.
+__device__ __forceinline__ bool key_visible(int key, int qrow, int nk, int diag, int left,
+                                            int right) {
+  const int qd = qrow + diag;
+  return key < nk && (left < 0 || key >= qd - left) && (right < 0 || key <= qd + right);
+}
+
+// Key blocks [begin, end) of block_n keys that some query row in [qrow_lo, qrow_hi] can see;
+// begin == end when no row sees any key (an empty key sequence, or a window past the keys).
+struct KeyBlocks {
+  int begin = 0, end = 0;
+};
+
+__device__ __forceinline__ KeyBlocks visible_key_blocks(int qrow_lo, int qrow_hi, int nk, int diag,
+                                                        int left, int right, int block_n) {
+  int key_begin = 0, key_end = nk;
+  if (left >= 0) key_begin = max(0, qrow_lo + diag - left);
+  if (right >= 0) key_end = min(nk, qrow_hi + diag + right + 1);
+  KeyBlocks r;
+  r.begin = key_begin / block_n;
+  r.end = key_end > key_begin ? (key_end + block_n - 1) / block_n : r.begin;
+  return r;
+}
+
+// Whether every row in [qrow_lo, qrow_hi] sees every key of the block starting at key n0: such
+// blocks skip the element-wise mask.
+__device__ __forceinline__ bool key_block_unmasked(int n0, int block_n, int qrow_lo, int qrow_hi,
+                                                   int nk, int diag, int left, int right) {
+  return n0 + block_n <= nk && (left < 0 || n0 >= qrow_hi + diag - left) &&
+         (right < 0 || n0 + block_n - 1 <= qrow_lo + diag + right);
+}
+
+// The forward grid (flash_fwd_launch.cuh): x = (row block, head group), z = (sequence, split).
+// Causal tiles further down do more work: launch them first, for every head before the next
+// row block (heads vary fastest), so the longest tiles of all heads start in the first wave
+// and the tail of the grid is short also with few heads.
+struct FwdTileCoords {
+  int m_block = 0, head_group = 0, b = 0, split = 0;
+};
+
+__device__ __forceinline__ FwdTileCoords fwd_tile_coords(const FwdKernelParams& p) {
+  FwdTileCoords c;
+  const int num_m_blocks = static_cast<int>(gridDim.x) / p.num_head_groups;
+  c.m_block = num_m_blocks - 1 - static_cast<int>(blockIdx.x) / p.num_head_groups;
+  c.head_group = static_cast<int>(blockIdx.x) % p.num_head_groups;
+  c.b = static_cast<int>(blockIdx.z) / p.num_splits;
+  c.split = static_cast<int>(blockIdx.z) % p.num_splits;
+  return c;
+}
+
+// Row of the lse / split workspace for (sequence b, attention head h, local query row r):
+// dense (B, H_attn, N_q); varlen (H_attn, total_q).
+__device__ __forceinline__ int64_t lse_row(const FwdKernelParams& p, int b, int h, int64_t q_row0,
+                                           int r, int64_t total_q) {
+  if (p.cu_seqlens_q != nullptr) return static_cast<int64_t>(h) * total_q + q_row0 + r;
+  return (static_cast<int64_t>(b) * p.num_attention_heads + h) * p.seqlen_q + r;
 }
 
 }  // namespace sqa::cuda::detail

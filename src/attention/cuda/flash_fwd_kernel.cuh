@@ -24,14 +24,6 @@
 
 namespace sqa::cuda::detail {
 
-// Row of the lse / split workspace for (sequence b, attention head h, local query row r):
-// dense (B, H_attn, N_q); varlen (H_attn, total_q).
-__device__ __forceinline__ int64_t lse_row(const FwdKernelParams& p, int b, int h, int64_t q_row0,
-                                           int r, int64_t total_q) {
-  if (p.cu_seqlens_q != nullptr) return static_cast<int64_t>(h) * total_q + q_row0 + r;
-  return (static_cast<int64_t>(b) * p.num_attention_heads + h) * p.seqlen_q + r;
-}
-
 template <typename T, int D, int kMT, int kNWarps, int BN, bool kTwoStage = false>
 struct FwdTile {
   static constexpr int kThreads = kNWarps * 32;

@@ -1,0 +1,362 @@
+// Hopper (sm_90a) prefill forward with warpgroup MMA (wgmma.mma_async): FlashAttention-3 style,
+// simplified. SQA_CUDA_FWD=wgmma selects it for head_dim 64 and 128 (flash_fwd_launch.cuh).
+//
+// Design
+//   CTA = kWarpGroups warpgroups of 128 threads; each owns 64 query rows (the wgmma M), so
+//   BM = 64 * kWarpGroups, and visits the key blocks of BN keys that its rows can see.
+//   S = Q K^T: wgmma m64nBNk16, A = Q and B = K from shared memory (both K-major).
+//   Online softmax in base 2 on the fp32 S accumulators, in registers; a row's max and sum need
+//   only the 4 lanes of a quad. O += P V: wgmma m64nDk16 with A = P from registers (the S
+//   accumulators rounded to 16 bits are the A fragments; see wgmma_sm90.cuh) and B = V from
+//   shared memory, MN-major (the transpose bit), so V is stored as it comes from memory.
+//   Shared tiles use the 128-byte swizzle ([D / 64][rows][64], wgmma_sm90.cuh), written by
+//   cp.async from every thread (no producer warp, no TMA).
+//   Pipeline, one __syncthreads per key block: K and V have two buffers each. After the barrier
+//   of block i, each warpgroup issues S(i) = Q K(i)^T and then O += P(i - 1) V(i - 1) as two
+//   wgmma groups, then the copies of K(i + 1) and V(i) into the other buffers; it waits for S(i)
+//   only and runs block i's softmax while the tensor cores still work on P(i - 1) V(i - 1)
+//   (FA3's intra-warpgroup overlap). Then it waits for P V, rescales O and packs P(i). Across
+//   the warpgroups of a CTA the overlap comes by itself: one's softmax runs while the other's
+//   wgmmas do.
+// Tiles: BM = 128 (2 warpgroups), BN = 128, for D = 64 and 128; 1 CTA per SM.
+//   Registers per thread: S 64 + O D / 2 + P 32 (P(i - 1) stays live while S(i) is computed);
+//   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills.
+//   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128.
+// Semantics are those of flash_fwd_kernel.cuh (the same rules, from flash_common.cuh's helpers):
+// head layouts (GQA family: KV head h / G; rSQA: query head h % H_q, KV head h), varlen,
+// N_q != N_k with bottom-right aligned windows, the grid order (heads fastest, longest causal row
+// blocks first), key blocks hidden from every row skipped, blocks cut by the window masked per
+// element, lse in natural log, rows without a visible key give O = 0 and lse = -inf.
+// Prefill only: pack = 1 and num_splits = 1 (decode takes the FA2 kernel; the launcher checks).
+// Not done yet (FA3 has these): TMA loads and warp specialisation (a producer warp, setmaxnreg
+// to move registers to the consumers), explicit ping-pong of the two warpgroups with named
+// barriers, a third K/V stage so the barrier need not wait for the current block's loads,
+// stmatrix / TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and
+// mask (e.g. BN = 176 at D = 128 without a mask), fp8.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "flash_common.cuh"
+#include "flash_params.hpp"
+#include "wgmma_sm90.cuh"
+
+namespace sqa::cuda::detail {
+
+template <typename T, int D, int BN, int kWarpGroups>
+struct WgmmaFwdTile {
+  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int BM = 64 * kWarpGroups;  // query rows of the CTA
+  static constexpr int kQBytes = BM * D * 2;
+  static constexpr int kKVBytes = BN * D * 2;  // one K or one V buffer
+  // Q, two K and two V buffers, and 1024 bytes to align the start to a swizzle atom (the
+  // alignment of dynamic shared memory is not guaranteed to be that large).
+  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes + 1024;
+  static_assert(sizeof(T) == 2, "16-bit inputs");
+  static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (O += P V)");
+  static_assert(BN == 64 || BN == 128, "wgmma wrappers exist for N = 64 and 128 (S = Q K^T)");
+};
+
+// Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
+// tile at shared address dst; rows at or past valid_rows become zeros (never garbage that could
+// turn 0 * x into NaN). Thread tid copies 16-byte chunk tid % (D / 8) of rows tid / (D / 8) +
+// i * kRowStep: kRowStep is a multiple of 8, so the swizzled chunk is the same for every i and
+// the destination advances by a constant.
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile_sw128(uint32_t dst, const T* base, int64_t row_stride,
+                                                int row0, int valid_rows, int tid) {
+  constexpr int kChunks = D / 8;
+  static_assert(kThreads % kChunks == 0, "each thread copies one fixed chunk column");
+  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kRowStep % 8 == 0 && kRows % kRowStep == 0, "whole swizzle atoms per step");
+  const int r = tid / kChunks, c = tid % kChunks;
+  const T* src = base + static_cast<int64_t>(row0 + r) * row_stride + c * 8;
+  const uint32_t to = dst + sw128_offset<kRows>(r, c);
+#pragma unroll
+  for (int i = 0; i < kRows / kRowStep; ++i) {
+    const bool valid = row0 + r + i * kRowStep < valid_rows;
+    cp_async_16(to + static_cast<uint32_t>(i * kRowStep * 128), valid ? src : base, valid);
+    src += kRowStep * row_stride;
+  }
+}
+
+// Reduces v[0 .. 2 kHalf) with op as a tree (log2 dependent steps instead of 2 kHalf - 1) and
+// returns the result; v is overwritten. Written as a template so that every level's trip count is
+// a compile-time constant (nested loops with a run-time inner bound left the array in local
+// memory).
+template <int kHalf, int N, typename Op>
+__device__ __forceinline__ float tree_reduce(float (&v)[N], Op op) {
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) v[i] = op(v[i], v[i + kHalf]);
+  if constexpr (kHalf > 1) {
+    return tree_reduce<kHalf / 2>(v, op);
+  } else {
+    return v[0];
+  }
+}
+
+template <typename T, int D, int BN, int kWarpGroups>
+__global__ void __launch_bounds__(128 * kWarpGroups, 1)
+    flash_fwd_wgmma_kernel(const FwdKernelParams p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
+#else
+  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups>;
+  constexpr int BM = Tile::BM;
+  constexpr int kThreads = Tile::kThreads;
+  constexpr int kNT = BN / 8;        // 8-column tiles of S
+  constexpr int kDT = D / 8;         // 8-column tiles of O (16-byte chunks of an output row)
+  constexpr int kQKSteps = D / 16;   // k-steps of S = Q K^T
+  constexpr int kPVSteps = BN / 16;  // k-steps of O += P V
+  using GemmS = Wgmma<T, BN>;
+  using GemmO = Wgmma<T, D>;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  const uint32_t sQ = (raw_addr + 1023u) & ~1023u;  // [D / 64][BM][64], swizzled
+  unsigned char* const smem_q = smem_raw + (sQ - raw_addr);
+  const uint32_t sK = sQ + Tile::kQBytes;       // [2][D / 64][BN][64]
+  const uint32_t sV = sK + 2 * Tile::kKVBytes;  // [2][D / 64][BN][64]
+
+  const int tid = threadIdx.x;
+  const int warpgroup = tid / 128;
+  const int warp_in_group = (tid % 128) / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+
+  const FwdTileCoords tile = fwd_tile_coords(p);
+  const int b = tile.b;
+  const int h = tile.head_group;  // pack = 1: the CTA's one attention head
+  const SeqSpan span = seq_span(p, b);
+  const int nq = span.nq, nk = span.nk;
+  const int m0 = tile.m_block * BM;
+  if (m0 >= nq) return;
+
+  const int diag = nk - nq;
+  const int left = p.window_left, right = p.window_right;
+  const int qrow_lo = m0, qrow_hi = min(nq, m0 + BM) - 1;
+  const KeyBlocks blocks = visible_key_blocks(qrow_lo, qrow_hi, nk, diag, left, right, BN);
+  const int num_blocks = blocks.end - blocks.begin;
+  // Key blocks run from the last to the first (as in flash_fwd_kernel.cuh): block i of the loop
+  // is key block nb_last - i; its K and V sit in buffer i % 2.
+  const int nb_last = blocks.end - 1;
+
+  const int q_head = p.reverse ? h % p.num_query_heads : h;
+  const int kv_head = p.reverse ? h : h / p.group_size;
+  const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + span.q_row0 * p.q_row +
+                    static_cast<int64_t>(q_head) * p.q_head;
+  const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + span.k_row0 * p.k_row +
+                    static_cast<int64_t>(kv_head) * p.k_head;
+  const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + span.k_row0 * p.v_row +
+                    static_cast<int64_t>(kv_head) * p.v_head;
+  auto load_k = [&](int stage, int nb) {
+    load_tile_sw128<T, D, BN, kThreads>(sK + stage * Tile::kKVBytes, k_base, p.k_row, nb * BN, nk,
+                                        tid);
+  };
+  auto load_v = [&](int stage, int nb) {
+    load_tile_sw128<T, D, BN, kThreads>(sV + stage * Tile::kKVBytes, v_base, p.v_row, nb * BN, nk,
+                                        tid);
+  };
+  // Every thread's copies (all but the kPending most recent groups) have landed and are visible
+  // to the wgmma reads (async proxy) of every warpgroup; also, every warpgroup is past its
+  // earlier wgmma waits, so the buffers those read are free.
+  auto copies_landed_barrier = [](auto pending) {
+    cp_async_wait<decltype(pending)::value>();
+    fence_proxy_async_shared();
+    __syncthreads();
+  };
+  using AllGroups = std::integral_constant<int, 0>;
+
+  // This thread's rows of the CTA tile (accumulator rows g and g + 8 of its warp).
+  const int local_row0 = warpgroup * 64 + warp_in_group * 16 + g;
+  const int qrow[2] = {m0 + local_row0, m0 + local_row0 + 8};
+
+  // s: S, then P (fp32), column tile j in s[4 j .. 4 j + 3] (wgmma accumulator layout);
+  // o: O, likewise; pa: P rounded to 16 bits, the A fragments of the k-steps of O += P V.
+  float s[BN / 2];
+  float o[D / 2];
+  uint32_t pa[kPVSteps][4];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) s[i] = 0.0f;  // the first S wgmma overwrites; defined anyway
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < kPVSteps; ++kk)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pa[kk][e] = 0u;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};  // per-thread partial; reduced over the quad at the end
+  const float scale_log2 = p.scale_log2;
+
+  // This warpgroup's 64 rows of Q; K and V buffers. K-major operands: leading offset unused.
+  const uint64_t q_desc = wgmma_desc_sw128(sQ + warpgroup * 64 * 128, 16, 1024);
+  auto issue_s = [&](int stage) {
+    const uint64_t k_desc = wgmma_desc_sw128(sK + stage * Tile::kKVBytes, 16, 1024);
+#pragma unroll
+    for (int kk = 0; kk < kQKSteps; ++kk) {
+      // k-step kk: atom column kk / 4, 32 bytes per k-step inside the 128-byte row.
+      const uint32_t q_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+      const uint32_t k_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
+      GemmS::ss(s, wgmma_desc_advance(q_desc, q_off), wgmma_desc_advance(k_desc, k_off),
+                kk > 0 ? 1 : 0);
+    }
+    wgmma_commit_group();
+  };
+  auto issue_pv = [&](int stage) {
+    // V is MN-major for B: atom columns of 64 dims BN * 128 bytes apart (leading offset), 8-key
+    // groups 1024 bytes apart (stride); k-step kk starts at key 16 kk.
+    const uint64_t v_desc = wgmma_desc_sw128(sV + stage * Tile::kKVBytes, BN * 128, 1024);
+#pragma unroll
+    for (int kk = 0; kk < kPVSteps; ++kk) {
+      GemmO::rs_mn(o, pa[kk], wgmma_desc_advance(v_desc, kk * 16 * 128));
+    }
+    wgmma_commit_group();
+  };
+
+  // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
+  // the online softmax (base 2): s becomes P with the new running max; corr is the factor for
+  // the rows' sums and O (applied to O by the caller, once P(i - 1) V(i - 1) has completed).
+  auto softmax = [&](int nb, float(&corr)[2]) {
+    const int n0 = nb * BN;
+    if (!key_block_unmasked(n0, BN, qrow_lo, qrow_hi, nk, diag, left, right)) {
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n0 + j * 8 + 2 * t + (e & 1);
+          if (!key_visible(col, qrow[e / 2], nk, diag, left, right)) s[4 * j + e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float part[kNT];  // a tree, not a serial chain of kNT dependent instructions
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) part[j] = fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]);
+      float mx = fmaxf(row_max[r],
+                       tree_reduce<kNT / 2>(part, [](float a, float c) { return fmaxf(a, c); }));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row that has seen no visible key yet keeps max -inf; offset 0 makes its p exactly 0.
+      const float m_use = mx == -INFINITY ? 0.0f : mx;
+      const float offset = m_use * scale_log2;
+      corr[r] = fast_exp2(row_max[r] * scale_log2 - offset);
+      row_max[r] = mx;
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[4 * j + 2 * r + e];
+          x = fast_exp2(fmaf(x, scale_log2, -offset));
+        }
+        part[j] = s[4 * j + 2 * r] + s[4 * j + 2 * r + 1];
+      }
+      row_sum[r] =
+          row_sum[r] * corr[r] + tree_reduce<kNT / 2>(part, [](float a, float c) { return a + c; });
+    }
+  };
+  // Online softmax: O rescaled by the max's growth; then P as the A fragments of k-step kk
+  // (accumulator column tiles 2 kk and 2 kk + 1, rows g and g + 8).
+  auto rescale_o_pack_p = [&](const float(&corr)[2]) {
+#pragma unroll
+    for (int j = 0; j < kDT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e / 2];
+#pragma unroll
+    for (int kk = 0; kk < kPVSteps; ++kk) {
+      pa[kk][0] = Mma<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = Mma<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = Mma<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = Mma<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+
+  if (num_blocks > 0) {
+    // Q and K(0) first; K(1) and V(0) stream in while S(0) and its softmax run.
+    load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+    load_k(0, nb_last);
+    cp_async_commit();
+    if (num_blocks > 1) load_k(1, nb_last - 1);
+    load_v(0, nb_last);
+    cp_async_commit();
+    copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
+    float corr[2];
+    wgmma_fence();
+    issue_s(0);
+    wgmma_wait_group<0>();
+    fence_registers(s);
+    softmax(nb_last, corr);
+    rescale_o_pack_p(corr);  // O is still zero
+    for (int i = 1; i < num_blocks; ++i) {
+      const int nb = nb_last - i;
+      const int stage = i & 1;
+      // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2), so
+      // K(i + 1) may overwrite K(i - 1) and V(i) may overwrite V(i - 2).
+      copies_landed_barrier(AllGroups{});
+      wgmma_fence();  // O was rescaled and P packed by ordinary instructions
+      issue_s(stage);
+      issue_pv(stage ^ 1);
+      // The copies are issued behind the wgmmas, so the tensor cores start without waiting for
+      // them; they fill the other buffers (K(i + 1) and V(i)), which no wgmma in flight reads.
+      if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
+      load_v(stage, nb);
+      cp_async_commit();
+      wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+      fence_registers(s);
+      softmax(nb, corr);
+      wgmma_wait_group<0>();
+      fence_registers(o);
+      fence_registers(pa);
+      rescale_o_pack_p(corr);
+    }
+    copies_landed_barrier(AllGroups{});  // V(last) landed
+    wgmma_fence();
+    issue_pv((num_blocks - 1) & 1);
+    wgmma_wait_group<0>();
+    fence_registers(o);
+    fence_registers(pa);
+  }
+
+  // Epilogue: normalise, write lse, and write O through shared memory (16-byte global stores).
+  // Each warpgroup writes only its own 64 rows of the Q tile, which only its own wgmmas read and
+  // which have all completed, so no barrier is needed before the writes.
+  const int64_t total_q = span.total_q;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const bool any = sum > 0.0f;
+    const float inv = any ? 1.0f / sum : 0.0f;
+    const int local_row = local_row0 + 8 * r;
+#pragma unroll
+    for (int j = 0; j < kDT; ++j) {
+      *reinterpret_cast<uint32_t*>(smem_q + sw128_offset<BM>(local_row, j) + 4 * t) =
+          Mma<T>::pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+    }
+    if (p.lse != nullptr && t == 0 && qrow[r] < nq) {
+      // lse = ln(sum_j exp(scale s_j)) = (max * scale_log2 + log2(sum)) * ln 2.
+      p.lse[lse_row(p, b, h, span.q_row0, qrow[r], total_q)] =
+          any ? (row_max[r] * scale_log2 + __log2f(sum)) * 0.69314718055994531f : -INFINITY;
+    }
+  }
+  __syncthreads();
+  T* o_base = static_cast<T*>(p.out) + b * p.o_batch + span.q_row0 * p.o_row +
+              static_cast<int64_t>(h) * p.o_head;
+  static_assert(BM * kDT % kThreads == 0, "whole output chunks per thread");
+#pragma unroll
+  for (int k = 0; k < BM * kDT / kThreads; ++k) {
+    const int idx = tid + k * kThreads;
+    const int i = idx / kDT, c = idx % kDT;
+    const int m = m0 + i;
+    if (m >= nq) continue;
+    *reinterpret_cast<uint4*>(o_base + static_cast<int64_t>(m) * p.o_row + c * 8) =
+        *reinterpret_cast<const uint4*>(smem_q + sw128_offset<BM>(i, c));
+  }
+#endif
+}
+
+}  // namespace sqa::cuda::detail
