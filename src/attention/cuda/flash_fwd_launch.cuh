@@ -70,7 +70,8 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
 //         warpgroups, 128 x 128 tiles. At other head dims it falls back to the default.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occq at D = 16 and sum2 at D = 32
-// (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), base above. The lazy
+// (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), wgmma at D = 64 and
+// 128 (run 17: 336-344 / 401-472 TF/s at 32k), base at D = 256. The lazy
 // test first ran on each block's max before the exponentials (lazy2 / lazy2occ, runs 10-11:
 // +8-12% over pipe at D = 16, +15-20% at D = 32); on the row sums it drops the 60 max
 // instructions per block and gained another 2-8% (run 13), so that form was removed. Also tried
@@ -92,7 +93,8 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   FwdVariant v = fwd_variant();
   if constexpr (D == 64 || D == 128) {
-    if (v == FwdVariant::wgmma) {
+    // The default there (run 17: +13% over base at D = 64, +60-72% at D = 128).
+    if (v == FwdVariant::wgmma || v == FwdVariant::automatic) {
       launch_flash_fwd_wgmma<T, D, 128, 2>(p, stream);
       return;
     }
