@@ -172,23 +172,23 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   unsetenv("SQA_CUDA_FWD");
 }
 
-// The Hopper warpgroup-MMA kernel (SQA_CUDA_FWD=wgmma, flash_fwd_wgmma.cuh) at the head dims it
-// implements, 64 and 128: the random sweep (layouts incl. rSQA and explicit GQA ratios, masks,
-// varlen with empty sequences, N_q != N_k, custom scales, bf16 and f16), every layout with every
-// mask kind, query rows that see no key at all (lse -inf, O = 0), and peaky scores over many
-// unmasked blocks (many rescalings of the running max; P must stay finite in f16).
-TEST(CudaForward, WgmmaMatchesReference) {
-  SKIP_WITHOUT_GPU();
+// The Hopper warpgroup-MMA kernels (SQA_CUDA_FWD=wgmma) at the given head dims: the random sweep
+// (layouts incl. rSQA and explicit GQA ratios, masks, varlen with empty sequences, N_q != N_k,
+// custom scales, bf16 and f16), every layout with every mask kind, query rows that see no key at
+// all (lse -inf, O = 0), and peaky scores over many unmasked blocks (many rescalings of the
+// running max, lazy or not; P must stay finite in f16).
+void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed) {
   setenv("SQA_CUDA_FWD", "wgmma", 1);
   testing::CaseLimits limits = cuda_limits();
-  limits.head_dims = {64, 128};
-  for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 8 : 40, 9119)) {
+  limits.head_dims = head_dims;
+  for (const auto& c :
+       testing::generate_cases(limits, testing::small_scale() ? 8 : 40, sweep_seed)) {
     const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
     EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma: " << r.message;
   }
-  check_every_layout_and_mask({64, 128}, 128, "SQA_CUDA_FWD=wgmma: ");
+  check_every_layout_and_mask(head_dims, 128, "SQA_CUDA_FWD=wgmma: ");
   uint64_t seed = 300;
-  for (int d : {64, 128}) {
+  for (int d : head_dims) {
     // (N_q, N_k): more queries than keys (causal: the first N_q - N_k rows see nothing), fewer,
     // and a row block of 129 rows against one key.
     const std::pair<int64_t, int64_t> lengths[] = {{300, 100}, {100, 300}, {129, 1}};
@@ -213,6 +213,42 @@ TEST(CudaForward, WgmmaMatchesReference) {
       c.seed = 19;
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
       EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (peaky): " << r.message;
+    }
+  }
+  unsetenv("SQA_CUDA_FWD");
+}
+
+// D = 64 and 128: flash_fwd_wgmma.cuh.
+TEST(CudaForward, WgmmaMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_kernel({64, 128}, 9119);
+}
+
+// D = 16 and 32: flash_fwd_wgmma_small.cuh (lazy rescaling, row sums from a ones tile). Besides
+// the common sweep: peaky scores with every layout and mask kind over long sequences (the lazy
+// test moves the max of some rows and not others inside one warp), and windows whose first
+// blocks hide every key from some rows (the max stays -inf over several blocks).
+TEST(CudaForward, WgmmaSmallMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_kernel({16, 32}, 9229);
+  setenv("SQA_CUDA_FWD", "wgmma", 1);
+  uint64_t seed = 700;
+  const int64_t n = testing::small_scale() ? 400 : 1500;
+  for (int d : {16, 32}) {
+    for (Variant v : {Variant::sqa, Variant::rsqa, Variant::mqa, Variant::gqa}) {
+      for (const Window& w : {Window::none(), Window::causal(), Window{300, 0}, Window{200, 100}}) {
+        for (DType dtype : {DType::bf16, DType::f16}) {
+          testing::HarnessCase c;
+          c.spec = make_spec(v, 8, d, w);
+          c.dtype = dtype;
+          c.seqlen_q = (seed % 3 == 0) ? n / 2 : n;  // also N_q < N_k: rows see no key at first
+          c.seqlen_k = n;
+          c.q_gain = (seed % 2) ? 6.0 : 3.0;
+          c.seed = seed++;
+          const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+          EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (peaky, long): " << r.message;
+        }
+      }
     }
   }
   unsetenv("SQA_CUDA_FWD");

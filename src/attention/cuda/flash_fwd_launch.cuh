@@ -8,6 +8,7 @@
 #include "flash_fwd.hpp"
 #include "flash_fwd_kernel.cuh"
 #include "flash_fwd_wgmma.cuh"
+#include "flash_fwd_wgmma_small.cuh"
 
 namespace sqa::cuda::detail {
 
@@ -52,6 +53,24 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "flash_fwd_wgmma_kernel launch");
 }
 
+// The Hopper warpgroup-MMA prefill kernel for D = 16 and 32 (flash_fwd_wgmma_small.cuh).
+template <typename T, int D, int BN, int kWarpGroups, int kMinBlocks>
+void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream) {
+  using Tile = WgmmaSmallFwdTile<T, D, BN, kWarpGroups>;
+  if (p.pack != 1 || p.num_splits != 1) {
+    throw std::runtime_error(
+        "flash_fwd_wgmma_small_kernel takes prefill only (pack 1, num_splits 1)");
+  }
+  auto* kernel = &flash_fwd_wgmma_small_kernel<T, D, BN, kWarpGroups, kMinBlocks>;
+  constexpr int smem = Tile::kSmemBytes;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+             "cudaFuncSetAttribute(flash_fwd_wgmma_small_kernel, max dynamic shared memory)");
+  const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + Tile::BM - 1) / Tile::BM;
+  const dim3 grid(static_cast<unsigned>(m_blocks * p.num_head_groups), 1, p.batch);
+  kernel<<<grid, Tile::kThreads, smem, stream>>>(p);
+  check_cuda(cudaGetLastError(), "flash_fwd_wgmma_small_kernel launch");
+}
+
 // Prefill variants (SQA_CUDA_FWD selects one, for A/B timing in one process):
 //   base: 2 m-tiles per warp, plain softmax, no register cap;
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
@@ -66,8 +85,10 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
-//   wgmma: D = 64 and 128 only, the Hopper warpgroup-MMA kernel (flash_fwd_wgmma.cuh): 2
-//         warpgroups, 128 x 128 tiles. At other head dims it falls back to the default.
+//   wgmma: the Hopper warpgroup-MMA kernels: at D = 64 and 128 flash_fwd_wgmma.cuh (2
+//         warpgroups, 128 x 128 tiles), at D = 16 and 32 flash_fwd_wgmma_small.cuh (3
+//         warpgroups, 192 x 128 tiles, tensor-core row sums, lazy rescaling). At D = 256 it
+//         falls back to the default.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occq at D = 16 and sum2 at D = 32
 // (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), wgmma at D = 64 and
@@ -99,9 +120,15 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
       return;
     }
   }
+  if constexpr (D == 16 || D == 32) {
+    // Not the default there (yet): the lead decides after the H200 A/B runs.
+    if (v == FwdVariant::wgmma) {
+      launch_flash_fwd_wgmma_small<T, D, 128, 3, 1>(p, stream);
+      return;
+    }
+  }
   if constexpr (D <= 64) {
-    // wgmma reaches here only at D = 16 and 32, where it has no kernel: the default runs.
-    if (v == FwdVariant::automatic || v == FwdVariant::wgmma) {
+    if (v == FwdVariant::automatic) {
       v = D == 16 ? FwdVariant::sum2occq : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
     }
     if constexpr (D <= 32) {
