@@ -126,19 +126,23 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
             sm.write_chunk(a, v)
         pending_copies.clear()
 
-    def load_tile(dst, src, rows, row0, valid_rows):
+    def load_tile(dst, src, rows, row0, valid_rows):  # SwzTileLoader
         chunks = D // 8
         step = T // chunks
+        assert step % 8 == 0
         iters = (rows + step - 1) // step
         for tid in range(T):
             r0, c = tid // chunks, tid % chunks
+            dst_off = swz_offset(D, r0, c)
             for i in range(iters):
                 r = r0 + i * step
                 if rows % step == 0 or r < rows:
                     row = row0 + r
                     valid = row < valid_rows
                     vals = src[row, c * 8: c * 8 + 8] if valid else np.zeros(8)
-                    cp_async(dst + swz_offset(D, r, c), vals)
+                    to = dst + dst_off + i * step * 2 * D
+                    assert to == dst + swz_offset(D, r, c)
+                    cp_async(to, vals)
 
     s = np.zeros((T, BN // 2))
     o = np.zeros((T, D // 2))
@@ -223,11 +227,18 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
         corr = np.ones((T, 2))
         if not unmasked(n0, BN, lo, hi, nk, diag, left, right):
             for tid in range(T):
-                for j in range(BN // 8):
-                    for e4 in range(4):
-                        col = n0 + j * 8 + 2 * q_of[tid] + (e4 & 1)
-                        if not key_visible(col, qrow[tid, e4 // 2], nk, diag, left, right):
-                            s[tid, 4 * j + e4] = -INF
+                t = q_of[tid]
+                for r in range(2):  # the kernel's per-row range [lo_c, hi_c) of visible c
+                    qd = qrow[tid, r] + diag
+                    lo_c = (qd - left if left >= 0 else 0) - n0 - 2 * t
+                    hi_c = min(nk, qd + right + 1 if right >= 0 else nk) - n0 - 2 * t
+                    for j in range(BN // 8):
+                        for e in range(2):
+                            c = 8 * j + e
+                            vis = key_visible(n0 + 2 * t + c, qrow[tid, r], nk, diag, left, right)
+                            assert vis == (lo_c <= c < hi_c), "mask range"
+                            if not lo_c <= c < hi_c:
+                                s[tid, 4 * j + 2 * r + e] = -INF
         for r in range(2):
             cols = [4 * j + 2 * r + e for j in range(BN // 8) for e in range(2)]
             mx = np.max(s[:, cols], axis=1)

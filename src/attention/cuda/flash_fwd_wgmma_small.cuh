@@ -89,27 +89,44 @@ __device__ __forceinline__ uint32_t swz_offset(int row, int chunk) {
                                ((chunk ^ (((row * kRowBytes) >> 7) & (kChunks - 1))) * 16));
 }
 
-// Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
-// [kRows][D] tile at shared address dst; rows at or past valid_rows become zeros. Thread tid copies
-// chunk tid % (D / 8) of rows tid / (D / 8) + i * (kThreads / (D / 8)).
+// Copies tiles of kRows rows of D elements (row r at base + r * row_stride) into a swizzled
+// [kRows][D] tile with cp.async; rows at or past valid_rows become zeros (never garbage that could
+// turn 0 * x into NaN). Thread tid copies chunk c = tid % (D / 8) of rows r0 + i * kRowStep, r0 =
+// tid / (D / 8): kRowStep is a multiple of 8 rows (the swizzle's period), so the destination of
+// every i is this thread's first one plus a constant, and the per-thread source pointer and
+// destination offset are computed once (a per-copy 64-bit index computation cost ~80
+// instructions per key block at D = 32, a sixth of the block's issue budget).
 template <typename T, int D, int kRows, int kThreads>
-__device__ __forceinline__ void load_tile_swz(uint32_t dst, const T* base, int64_t row_stride,
-                                              int row0, int valid_rows, int tid) {
-  constexpr int kChunks = D / 8;
+struct SwzTileLoader {
+  static constexpr int kChunks = D / 8;
+  static constexpr int kRowStep = kThreads / kChunks;
+  static constexpr int kIters = (kRows + kRowStep - 1) / kRowStep;
   static_assert(kThreads % kChunks == 0, "each thread copies one fixed chunk column");
-  constexpr int kRowStep = kThreads / kChunks;
-  constexpr int kIters = (kRows + kRowStep - 1) / kRowStep;
-  const int r0 = tid / kChunks, c = tid % kChunks;
+  static_assert(kRowStep % 8 == 0, "the swizzle repeats every 8 rows");
+  const T* thr;  // this thread's chunk of row r0
+  int64_t row_stride;
+  int r0;
+  uint32_t dst_off;  // swizzled offset of (r0, c) in the tile
+
+  __device__ __forceinline__ SwzTileLoader(const T* base, int64_t stride, int tid)
+      : thr(base + static_cast<int64_t>(tid / kChunks) * stride + (tid % kChunks) * 8),
+        row_stride(stride),
+        r0(tid / kChunks),
+        dst_off(swz_offset<D>(tid / kChunks, tid % kChunks)) {}
+
+  // Rows row0 .. row0 + kRows - 1 into the tile at shared address dst.
+  __device__ __forceinline__ void load(uint32_t dst, int row0, int valid_rows) const {
+    const T* src = thr + static_cast<int64_t>(row0) * row_stride;
 #pragma unroll
-  for (int i = 0; i < kIters; ++i) {
-    const int r = r0 + i * kRowStep;
-    if (kRows % kRowStep == 0 || r < kRows) {
-      const bool valid = row0 + r < valid_rows;
-      const T* src = base + static_cast<int64_t>(row0 + r) * row_stride + c * 8;
-      cp_async_16(dst + swz_offset<D>(r, c), valid ? src : base, valid);
+    for (int i = 0; i < kIters; ++i) {
+      if (kRows % kRowStep == 0 || r0 + i * kRowStep < kRows) {
+        const bool valid = row0 + r0 + i * kRowStep < valid_rows;
+        cp_async_16(dst + dst_off + static_cast<uint32_t>(i * kRowStep * 2 * D),
+                    valid ? src + static_cast<int64_t>(i * kRowStep) * row_stride : thr, valid);
+      }
     }
   }
-}
+};
 
 template <typename T, int D, int BN, int kWarpGroups, int kMinBlocks>
 __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
@@ -170,14 +187,10 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
                     static_cast<int64_t>(kv_head) * p.k_head;
   const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + span.k_row0 * p.v_row +
                     static_cast<int64_t>(kv_head) * p.v_head;
-  auto load_k = [&](int stage, int nb) {
-    load_tile_swz<T, D, BN, kThreads>(sK + stage * Tile::kKVBytes, k_base, p.k_row, nb * BN, nk,
-                                      tid);
-  };
-  auto load_v = [&](int stage, int nb) {
-    load_tile_swz<T, D, BN, kThreads>(sV + stage * Tile::kKVBytes, v_base, p.v_row, nb * BN, nk,
-                                      tid);
-  };
+  const SwzTileLoader<T, D, BN, kThreads> k_loader(k_base, p.k_row, tid);
+  const SwzTileLoader<T, D, BN, kThreads> v_loader(v_base, p.v_row, tid);
+  auto load_k = [&](int stage, int nb) { k_loader.load(sK + stage * Tile::kKVBytes, nb * BN, nk); };
+  auto load_v = [&](int stage, int nb) { v_loader.load(sV + stage * Tile::kKVBytes, nb * BN, nk); };
   // As in flash_fwd_wgmma.cuh: this thread's copies (all but the `pending` most recent groups)
   // landed and are visible to the async proxy; then every thread of the CTA.
   auto copies_landed_barrier = [](auto pending) {
@@ -248,13 +261,21 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
   auto softmax = [&](int nb, float(&corr)[2]) {
     const int n0 = nb * BN;
     if (!key_block_unmasked(n0, BN, qrow_lo, qrow_hi, nk, diag, left, right)) {
+      // key_visible as a range per row: key n0 + 2 t + c is visible iff lo <= c < hi (two
+      // compares per score; the per-element key_visible held ~20 more registers at the peak).
 #pragma unroll
-      for (int j = 0; j < kNT; ++j)
+      for (int r = 0; r < 2; ++r) {
+        const int qd = qrow[r] + diag;
+        const int lo = (left >= 0 ? qd - left : 0) - n0 - 2 * t;
+        const int hi = min(nk, right >= 0 ? qd + right + 1 : nk) - n0 - 2 * t;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n0 + j * 8 + 2 * t + (e & 1);
-          if (!key_visible(col, qrow[e / 2], nk, diag, left, right)) s[4 * j + e] = -INFINITY;
-        }
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * j + e;
+            if (c < lo || c >= hi) s[4 * j + 2 * r + e] = -INFINITY;
+          }
+      }
     }
     // The row maxima as kChains independent chains per row (a full tree would hold kNT more
     // registers next to S and P(i - 1), past the 168 of 3 warpgroups).
@@ -320,7 +341,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
       const uint32_t one2 = Mma<T>::pack(1.0f, 1.0f);
       asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(sOnes + 4 * tid), "r"(one2) : "memory");
     }
-    load_tile_swz<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+    SwzTileLoader<T, D, BM, kThreads>(q_base, p.q_row, tid).load(sQ, m0, nq);
     load_k(0, nb_last);
     cp_async_commit();
     if (num_blocks > 1) load_k(1, nb_last - 1);
