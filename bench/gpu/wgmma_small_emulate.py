@@ -270,16 +270,26 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
                 pa[:, kk, i, 0] = s[:, 8 * kk + 2 * i]
                 pa[:, kk, i, 1] = s[:, 8 * kk + 2 * i + 1]
 
+    class Cursor:  # SwzTileLoader: tiles from row row0 downwards, one tile per load_next
+        def __init__(self, src, rows, row0):
+            self.src, self.rows, self.row = src, rows, row0
+
+        def load_next(self, dst, valid_rows):
+            load_tile(dst, self.src, self.rows, self.row, valid_rows)
+            self.row -= self.rows
+
+    k_loader = Cursor(K, BN, nb_last * BN)
+    v_loader = Cursor(V, BN, nb_last * BN)
     if nblocks > 0:
         for tid in range(kOnes // 4):  # st.shared, visible after the first barrier
             sm.v[(sOnes + 4 * tid) // 2: (sOnes + 4 * tid) // 2 + 2] = 1.0
-        load_tile(sQ, Q, BM, m0, nq)
-        load_tile(sK, K, BN, nb_last * BN, nk)
+        Cursor(Q, BM, m0).load_next(sQ, nq)
+        k_loader.load_next(sK, nk)
         group0 = list(pending_copies)
         pending_copies.clear()
         if nblocks > 1:
-            load_tile(sK + kKVB, K, BN, (nb_last - 1) * BN, nk)
-        load_tile(sV, V, BN, nb_last * BN, nk)
+            k_loader.load_next(sK + kKVB, nk)
+        v_loader.load_next(sV, nk)
         for a, v in group0:
             sm.write_chunk(a, v)
         later = []
@@ -296,8 +306,10 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
             run_now_or_later(gemm_s(stage), later_s)
             run_now_or_later(gemm_pv(stage ^ 1), later_pv)
             if i + 1 < nblocks:
-                load_tile(sK + (stage ^ 1) * kKVB, K, BN, (nb - 1) * BN, nk)
-            load_tile(sV + stage * kKVB, V, BN, nb * BN, nk)
+                assert k_loader.row == (nb - 1) * BN
+                k_loader.load_next(sK + (stage ^ 1) * kKVB, nk)
+            assert v_loader.row == nb * BN
+            v_loader.load_next(sV + stage * kKVB, nk)
             for op in later_s:
                 op()
             corr = softmax(nb)

@@ -89,13 +89,14 @@ __device__ __forceinline__ uint32_t swz_offset(int row, int chunk) {
                                ((chunk ^ (((row * kRowBytes) >> 7) & (kChunks - 1))) * 16));
 }
 
-// Copies tiles of kRows rows of D elements (row r at base + r * row_stride) into a swizzled
-// [kRows][D] tile with cp.async; rows at or past valid_rows become zeros (never garbage that could
-// turn 0 * x into NaN). Thread tid copies chunk c = tid % (D / 8) of rows r0 + i * kRowStep, r0 =
-// tid / (D / 8): kRowStep is a multiple of 8 rows (the swizzle's period), so the destination of
-// every i is this thread's first one plus a constant, and the per-thread source pointer and
-// destination offset are computed once (a per-copy 64-bit index computation cost ~80
-// instructions per key block at D = 32, a sixth of the block's issue budget).
+// Copies consecutive tiles of kRows rows of D elements (row r at base + r * row_stride), from a
+// first tile downwards (the key loop runs from the last block to the first), into swizzled
+// [kRows][D] tiles with cp.async; rows at or past valid_rows become zeros (never garbage that
+// could turn 0 * x into NaN). Thread tid copies chunk c = tid % (D / 8) of rows r0 + i * kRowStep,
+// r0 = tid / (D / 8): kRowStep is a multiple of 8 rows (the swizzle's period), so every i's
+// destination is the first one plus a constant. A cursor walks down one tile per load: two 64-bit
+// adds per tile instead of a 64-bit multiply per copy (which cost ~80 instructions per key block
+// at D = 32, a sixth of the block's issue budget).
 template <typename T, int D, int kRows, int kThreads>
 struct SwzTileLoader {
   static constexpr int kChunks = D / 8;
@@ -103,28 +104,33 @@ struct SwzTileLoader {
   static constexpr int kIters = (kRows + kRowStep - 1) / kRowStep;
   static_assert(kThreads % kChunks == 0, "each thread copies one fixed chunk column");
   static_assert(kRowStep % 8 == 0, "the swizzle repeats every 8 rows");
-  const T* thr;  // this thread's chunk of row r0
+  const T* base;
+  const T* cur;  // this thread's chunk of row `row`, its first row in the next tile
   int64_t row_stride;
-  int r0;
-  uint32_t dst_off;  // swizzled offset of (r0, c) in the tile
+  int row;
+  uint32_t dst_off;  // swizzled offset of (r0, c) in a tile
 
-  __device__ __forceinline__ SwzTileLoader(const T* base, int64_t stride, int tid)
-      : thr(base + static_cast<int64_t>(tid / kChunks) * stride + (tid % kChunks) * 8),
+  // The first tile to load starts at row row0.
+  __device__ __forceinline__ SwzTileLoader(const T* base_, int64_t stride, int row0, int tid)
+      : base(base_),
+        cur(base_ + static_cast<int64_t>(row0 + tid / kChunks) * stride + (tid % kChunks) * 8),
         row_stride(stride),
-        r0(tid / kChunks),
+        row(row0 + tid / kChunks),
         dst_off(swz_offset<D>(tid / kChunks, tid % kChunks)) {}
 
-  // Rows row0 .. row0 + kRows - 1 into the tile at shared address dst.
-  __device__ __forceinline__ void load(uint32_t dst, int row0, int valid_rows) const {
-    const T* src = thr + static_cast<int64_t>(row0) * row_stride;
+  // The next tile into the tile at shared address dst; then the cursor moves to the tile below.
+  __device__ __forceinline__ void load_next(uint32_t dst, int valid_rows) {
+    const int r0 = static_cast<int>(threadIdx.x) / kChunks;
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       if (kRows % kRowStep == 0 || r0 + i * kRowStep < kRows) {
-        const bool valid = row0 + r0 + i * kRowStep < valid_rows;
+        const bool valid = row + i * kRowStep < valid_rows;
         cp_async_16(dst + dst_off + static_cast<uint32_t>(i * kRowStep * 2 * D),
-                    valid ? src + static_cast<int64_t>(i * kRowStep) * row_stride : thr, valid);
+                    valid ? cur + static_cast<int64_t>(i * kRowStep) * row_stride : base, valid);
       }
     }
+    cur -= static_cast<int64_t>(kRows) * row_stride;
+    row -= kRows;
   }
 };
 
@@ -187,10 +193,9 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
                     static_cast<int64_t>(kv_head) * p.k_head;
   const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + span.k_row0 * p.v_row +
                     static_cast<int64_t>(kv_head) * p.v_head;
-  const SwzTileLoader<T, D, BN, kThreads> k_loader(k_base, p.k_row, tid);
-  const SwzTileLoader<T, D, BN, kThreads> v_loader(v_base, p.v_row, tid);
-  auto load_k = [&](int stage, int nb) { k_loader.load(sK + stage * Tile::kKVBytes, nb * BN, nk); };
-  auto load_v = [&](int stage, int nb) { v_loader.load(sV + stage * Tile::kKVBytes, nb * BN, nk); };
+  // K and V tiles from key block nb_last downwards, one block per load.
+  SwzTileLoader<T, D, BN, kThreads> k_loader(k_base, p.k_row, nb_last * BN, tid);
+  SwzTileLoader<T, D, BN, kThreads> v_loader(v_base, p.v_row, nb_last * BN, tid);
   // As in flash_fwd_wgmma.cuh: this thread's copies (all but the `pending` most recent groups)
   // landed and are visible to the async proxy; then every thread of the CTA.
   auto copies_landed_barrier = [](auto pending) {
@@ -341,11 +346,11 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
       const uint32_t one2 = Mma<T>::pack(1.0f, 1.0f);
       asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(sOnes + 4 * tid), "r"(one2) : "memory");
     }
-    SwzTileLoader<T, D, BM, kThreads>(q_base, p.q_row, tid).load(sQ, m0, nq);
-    load_k(0, nb_last);
+    SwzTileLoader<T, D, BM, kThreads>(q_base, p.q_row, m0, tid).load_next(sQ, nq);
+    k_loader.load_next(sK, nk);  // K(0)
     cp_async_commit();
-    if (num_blocks > 1) load_k(1, nb_last - 1);
-    load_v(0, nb_last);
+    if (num_blocks > 1) k_loader.load_next(sK + Tile::kKVBytes, nk);  // K(1)
+    v_loader.load_next(sV, nk);                                       // V(0)
     cp_async_commit();
     copies_landed_barrier(std::integral_constant<int, 1>{});  // ones, Q and K(0)
     float corr[2];
@@ -363,8 +368,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
       wgmma_fence();  // O rescaled and P packed by ordinary instructions
       issue_s(stage);
       issue_pv(stage ^ 1);
-      if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
-      load_v(stage, nb);
+      if (i + 1 < num_blocks) k_loader.load_next(sK + (stage ^ 1) * Tile::kKVBytes, nk);  // K(i+1)
+      v_loader.load_next(sV + stage * Tile::kKVBytes, nk);                                // V(i)
       cp_async_commit();
       wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
       fence_registers(s);
