@@ -86,7 +86,7 @@ def swz_offset(D, row, chunk):
     return row * row_bytes + ((chunk ^ (((row * row_bytes) >> 7) & (chunks - 1))) * 16)
 
 
-def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stats,
+def emulate(Q, K, V, D, BN, WG, double_p, m_block, left, right, scale, reads_at_wait, stats,
             raw_addr=0x410):
     nq, nk = Q.shape[0], K.shape[0]
     BM = 64 * WG
@@ -97,12 +97,13 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
     kOnes = 512
     mode = 2 if D == 32 else 3
     group = 8 * row_bytes
-    sm = Smem(raw_addr + kQB + 4 * kKVB + kOnes + 1024 + 4096)
+    kVStages = 3 if double_p else 2
+    sm = Smem(raw_addr + kQB + (2 + kVStages) * kKVB + kOnes + 1024 + 4096)
     sQ = (raw_addr + 1023) & ~1023
     sK = sQ + kQB
     sV = sK + 2 * kKVB
-    sOnes = sV + 2 * kKVB
-    assert sOnes + kOnes <= raw_addr + kQB + 4 * kKVB + kOnes + 1024
+    sOnes = sV + kVStages * kKVB
+    assert sOnes + kOnes <= raw_addr + kQB + (2 + kVStages) * kKVB + kOnes + 1024
     assert kQB % 1024 == 0 and kKVB % 1024 == 0
     scale_log2 = scale * 1.4426950408889634
     m0 = m_block * BM
@@ -147,7 +148,7 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
     s = np.zeros((T, BN // 2))
     o = np.zeros((T, D // 2))
     osum = np.zeros((T, 4))
-    pa = np.zeros((T, BN // 16, 4, 2))
+    pas = [np.zeros((T, BN // 16, 4, 2)), np.zeros((T, BN // 16, 4, 2))]  # pa0, pa1
     row_max = np.full((T, 2), -INF)
     tids = np.arange(T)
     wg_of = tids // 128
@@ -184,13 +185,18 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
             ops.append(op)
         return ops
 
-    def gemm_pv(stage):
+    def gemm_pv(stage, buf):
         v_desc = desc(sV + stage * kKVB, BN * row_bytes, group, mode)
-        pa_snapshot = pa.copy()
-        assert pa_snapshot.max() <= 256.0 * (1 + 1e-12), "P beyond 2^8 (fp16 safety)"
+        at_issue = pas[buf].copy()
+        assert at_issue.max() <= 256.0 * (1 + 1e-12), "P beyond 2^8 (fp16 safety)"
         ops = []
         for wg in range(WG):
             def op(wg=wg):
+                # the A registers as they are when the wgmma reads them: at the wait in the
+                # reads_at_wait mode (catches P packed into a buffer still being read)
+                pa_snapshot = pas[buf]
+                if reads_at_wait:
+                    assert np.array_equal(pa_snapshot, at_issue), "P registers overwritten in flight"
                 acc = np.zeros((64, D))
                 acc_sum = np.zeros((64, 8))
                 for kk in range(BN // 16):
@@ -215,11 +221,19 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
             ops.append(op)
         return ops
 
-    def run_now_or_later(ops, later):
+    groups = []  # committed wgmma groups not yet completed (reads_at_wait: not yet run)
+
+    def commit(ops):
         if reads_at_wait:
-            later.extend(ops)
+            groups.append(ops)
         else:
             for op in ops:
+                op()
+            groups.append([])
+
+    def wait_group(n):  # wgmma.wait_group n: groups complete in commit order
+        while len(groups) > n:
+            for op in groups.pop(0):
                 op()
 
     def softmax(nb):
@@ -258,17 +272,20 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
                     s[:, idx] = np.exp2(s[:, idx] * scale_log2 - offset)
         return corr
 
-    def rescale_pack(corr):
-        # the kernel skips this for warps where every corr is 1 (multiplying by 1 is the same)
+    def rescale_o(corr):  # O and the sums times corr, after every P V completed
+        wait_group(0)
         for j in range(D // 8):
             for e4 in range(4):
                 o[:, 4 * j + e4] *= corr[:, e4 // 2]
         for e4 in range(4):
             osum[:, e4] *= corr[:, e4 // 2]
+        corr[:] = 1.0
+
+    def pack(buf):
         for kk in range(BN // 16):
             for i in range(4):
-                pa[:, kk, i, 0] = s[:, 8 * kk + 2 * i]
-                pa[:, kk, i, 1] = s[:, 8 * kk + 2 * i + 1]
+                pas[buf][:, kk, i, 0] = s[:, 8 * kk + 2 * i]
+                pas[buf][:, kk, i, 1] = s[:, 8 * kk + 2 * i + 1]
 
     class Cursor:  # SwzTileLoader: tiles from row row0 downwards, one tile per load_next
         def __init__(self, src, rows, row0):
@@ -292,35 +309,40 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
         v_loader.load_next(sV, nk)
         for a, v in group0:
             sm.write_chunk(a, v)
-        later = []
-        run_now_or_later(gemm_s(0), later)
-        for op in later:
-            op()
+        commit(gemm_s(0))
+        wait_group(0)
         corr = softmax(nb_last)
-        rescale_pack(corr)
-        for i in range(1, nblocks):
+        pack(0)
+        corr[:] = 1.0  # O and the sums are still zero
+        v_stage = 1
+        for i in range(1, nblocks):  # step(i, ...)
             nb = nb_last - i
             stage = i & 1
-            cp_wait_all()
-            later_s, later_pv = [], []
-            run_now_or_later(gemm_s(stage), later_s)
-            run_now_or_later(gemm_pv(stage ^ 1), later_pv)
+            v_prev = kVStages - 1 if v_stage == 0 else v_stage - 1
+            buf_cur, buf_prev = ((i & 1), ((i - 1) & 1)) if double_p else (0, 0)
+            cp_wait_all()  # the barrier
+            if double_p and np.any(corr != 1.0):  # __syncthreads_or over the CTA
+                rescale_o(corr)
+            commit(gemm_s(stage))
+            commit(gemm_pv(v_prev, buf_prev))
             if i + 1 < nblocks:
                 assert k_loader.row == (nb - 1) * BN
                 k_loader.load_next(sK + (stage ^ 1) * kKVB, nk)
             assert v_loader.row == nb * BN
-            v_loader.load_next(sV + stage * kKVB, nk)
-            for op in later_s:
-                op()
+            v_loader.load_next(sV + v_stage * kKVB, nk)
+            wait_group(1)
             corr = softmax(nb)
-            for op in later_pv:
-                op()
-            rescale_pack(corr)
+            if not double_p:
+                wait_group(0)
+                rescale_o(corr)  # the kernel skips warps whose corr are all 1 (a no-op)
+            pack(buf_cur)
+            v_stage = 0 if v_stage == kVStages - 1 else v_stage + 1
         cp_wait_all()
-        later = []
-        run_now_or_later(gemm_pv((nblocks - 1) & 1), later)
-        for op in later:
-            op()
+        if double_p and np.any(corr != 1.0):
+            rescale_o(corr)
+        v_last = kVStages - 1 if v_stage == 0 else v_stage - 1
+        commit(gemm_pv(v_last, ((nblocks - 1) & 1) if double_p else 0))
+        wait_group(0)
 
     out = np.full((nq, D), np.nan)
     lse = np.full(nq, np.nan)
@@ -353,7 +375,7 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, stat
     return out, lse
 
 
-def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0):
+def check(nq, nk, D, BN, WG, double_p, left, right, seed, reads_at_wait, gain=1.0):
     rng = np.random.default_rng(seed)
     Q = rng.standard_normal((nq, D)) * gain
     K = rng.standard_normal((nk, D))
@@ -365,7 +387,8 @@ def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0):
     lse = np.full(nq, np.nan)
     stats = {"moved": 0, "stale": 0}
     for mb in range((nq + BM - 1) // BM):
-        o_, l_ = emulate(Q, K, V, D, BN, WG, mb, left, right, scale, reads_at_wait, stats)
+        o_, l_ = emulate(Q, K, V, D, BN, WG, double_p, mb, left, right, scale, reads_at_wait,
+                         stats)
         m0 = mb * BM
         out[m0: m0 + BM] = o_[m0: m0 + BM]
         lse[m0: m0 + BM] = l_[m0: m0 + BM]
@@ -374,7 +397,8 @@ def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0):
     with np.errstate(invalid="ignore"):
         both_minus_inf = np.isinf(ref_l) & np.isinf(lse) & (lse < 0)
         lse_ok = np.all(both_minus_inf | (np.abs(lse - ref_l) < 1e-9))
-    print(f"nq={nq} nk={nk} D={D} BN={BN} WG={WG} window=({left},{right}) gain={gain} "
+    print(f"nq={nq} nk={nk} D={D} BN={BN} WG={WG} double_p={double_p} window=({left},{right}) "
+          f"gain={gain} "
           f"reads_at_wait={reads_at_wait}: max|O-ref|={err:.2e} lse_ok={lse_ok} "
           f"rows moved={stats['moved']} kept stale max={stats['stale']}", flush=True)
     assert err < 1e-9 and lse_ok
@@ -397,10 +421,12 @@ if __name__ == "__main__":
     ]
     totals = {"moved": 0, "stale": 0}
     for i, (nq, nk, D, l, r, gain) in enumerate(cases):
-        for mode in (True, False):
-            st = check(nq, nk, D, 128, 3, l, r, seed=i, reads_at_wait=mode, gain=gain)
-            for k in totals:
-                totals[k] += st[k]
+        for wg, double_p in ((3, False), (2, True)):  # SQA_CUDA_FWD=wgmma, wgmma2
+            for mode in (True, False):
+                st = check(nq, nk, D, 128, wg, double_p, l, r, seed=i, reads_at_wait=mode,
+                           gain=gain)
+                for k in totals:
+                    totals[k] += st[k]
     assert totals["moved"] > 0 and totals["stale"] > 0, "both lazy branches exercised"
     print(f"lazy decisions over all cases: {totals}")
     print("ALL OK")

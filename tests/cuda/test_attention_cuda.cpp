@@ -147,10 +147,10 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  // wgmma runs its own kernel at D = 64 only here (16 and 32 fall back to the default); its
-  // D = 64 and 128 coverage is in WgmmaMatchesReference below.
+  // wgmma / wgmma2 run the small-head-dim kernel at D = 16 and 32, flash_fwd_wgmma.cuh at 64;
+  // their full coverage is in WgmmaMatchesReference and WgmmaSmallMatchesReference below.
   for (const char* variant :
-       {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq", "wgmma"}) {
+       {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq", "wgmma", "wgmma2"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
@@ -177,16 +177,18 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
 // custom scales, bf16 and f16), every layout with every mask kind, query rows that see no key at
 // all (lse -inf, O = 0), and peaky scores over many unmasked blocks (many rescalings of the
 // running max, lazy or not; P must stay finite in f16).
-void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed) {
-  setenv("SQA_CUDA_FWD", "wgmma", 1);
+void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed,
+                        const char* variant = "wgmma") {
+  setenv("SQA_CUDA_FWD", variant, 1);
+  const std::string label = std::string("SQA_CUDA_FWD=") + variant;
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = head_dims;
   for (const auto& c :
        testing::generate_cases(limits, testing::small_scale() ? 8 : 40, sweep_seed)) {
     const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
-    EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma: " << r.message;
+    EXPECT_TRUE(r.ok) << label << ": " << r.message;
   }
-  check_every_layout_and_mask(head_dims, 128, "SQA_CUDA_FWD=wgmma: ");
+  check_every_layout_and_mask(head_dims, 128, (label + ": ").c_str());
   uint64_t seed = 300;
   for (int d : head_dims) {
     // (N_q, N_k): more queries than keys (causal: the first N_q - N_k rows see nothing), fewer,
@@ -201,7 +203,7 @@ void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed) 
         c.seqlen_k = nk;
         c.seed = seed++;
         const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
-        EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (cross lengths): " << r.message;
+        EXPECT_TRUE(r.ok) << label << " (cross lengths): " << r.message;
       }
     }
     for (DType dtype : {DType::bf16, DType::f16}) {
@@ -212,7 +214,7 @@ void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed) 
       c.q_gain = 6.0;
       c.seed = 19;
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
-      EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (peaky): " << r.message;
+      EXPECT_TRUE(r.ok) << label << " (peaky): " << r.message;
     }
   }
   unsetenv("SQA_CUDA_FWD");
@@ -230,27 +232,31 @@ TEST(CudaForward, WgmmaMatchesReference) {
 // blocks hide every key from some rows (the max stays -inf over several blocks).
 TEST(CudaForward, WgmmaSmallMatchesReference) {
   SKIP_WITHOUT_GPU();
-  check_wgmma_kernel({16, 32}, 9229);
-  setenv("SQA_CUDA_FWD", "wgmma", 1);
-  uint64_t seed = 700;
-  const int64_t n = testing::small_scale() ? 400 : 1200;
-  for (int d : {16, 32}) {
-    for (Variant v : {Variant::sqa, Variant::rsqa, Variant::mqa, Variant::gqa}) {
-      for (const Window& w : {Window::none(), Window::causal(), Window{300, 0}, Window{200, 100}}) {
-        testing::HarnessCase c;
-        c.spec = make_spec(v, 8, d, w);
-        // Every window gets both dtypes and both gains across the layouts.
-        c.dtype = ((seed + seed / 4) % 2) ? DType::bf16 : DType::f16;
-        c.seqlen_q = (seed % 3 == 0) ? n / 2 : n;  // also N_q < N_k: rows see no key at first
-        c.seqlen_k = n;
-        c.q_gain = ((seed / 2 + seed / 4) % 2) ? 6.0 : 3.0;
-        c.seed = seed++;
-        const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
-        EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmma (peaky, long): " << r.message;
+  // wgmma: 3 warpgroups, one P buffer; wgmma2: 2 warpgroups, two P and three V buffers.
+  for (const char* variant : {"wgmma", "wgmma2"}) {
+    check_wgmma_kernel({16, 32}, 9229, variant);
+    setenv("SQA_CUDA_FWD", variant, 1);
+    uint64_t seed = 700;
+    const int64_t n = testing::small_scale() ? 400 : 1200;
+    for (int d : {16, 32}) {
+      for (Variant v : {Variant::sqa, Variant::rsqa, Variant::mqa, Variant::gqa}) {
+        for (const Window& w :
+             {Window::none(), Window::causal(), Window{300, 0}, Window{200, 100}}) {
+          testing::HarnessCase c;
+          c.spec = make_spec(v, 8, d, w);
+          // Every window gets both dtypes and both gains across the layouts.
+          c.dtype = ((seed + seed / 4) % 2) ? DType::bf16 : DType::f16;
+          c.seqlen_q = (seed % 3 == 0) ? n / 2 : n;  // also N_q < N_k: rows see no key at first
+          c.seqlen_k = n;
+          c.q_gain = ((seed / 2 + seed / 4) % 2) ? 6.0 : 3.0;
+          c.seed = seed++;
+          const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+          EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=" << variant << " (peaky, long): " << r.message;
+        }
       }
     }
+    unsetenv("SQA_CUDA_FWD");
   }
-  unsetenv("SQA_CUDA_FWD");
 }
 
 // Small cases for compute-sanitizer (memcheck, racecheck): every head dim, masks, varlen, and
@@ -528,9 +534,11 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_FWD", "fastest", 1);
   expect_error(
       [] { cuda::detail::fwd_variant(); },
-      {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2, sum2occ, sum2occq or wgmma"});
+      {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma or wgmma2"});
   setenv("SQA_CUDA_FWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
+  setenv("SQA_CUDA_FWD", "wgmma2", 1);
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma2);
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }

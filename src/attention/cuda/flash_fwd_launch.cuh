@@ -54,14 +54,14 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
 }
 
 // The Hopper warpgroup-MMA prefill kernel for D = 16 and 32 (flash_fwd_wgmma_small.cuh).
-template <typename T, int D, int BN, int kWarpGroups, int kMinBlocks>
+template <typename T, int D, int BN, int kWarpGroups, bool kDoubleP>
 void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream) {
-  using Tile = WgmmaSmallFwdTile<T, D, BN, kWarpGroups>;
+  using Tile = WgmmaSmallFwdTile<T, D, BN, kWarpGroups, kDoubleP>;
   if (p.pack != 1 || p.num_splits != 1) {
     throw std::runtime_error(
         "flash_fwd_wgmma_small_kernel takes prefill only (pack 1, num_splits 1)");
   }
-  auto* kernel = &flash_fwd_wgmma_small_kernel<T, D, BN, kWarpGroups, kMinBlocks>;
+  auto* kernel = &flash_fwd_wgmma_small_kernel<T, D, BN, kWarpGroups, kDoubleP>;
   constexpr int smem = Tile::kSmemBytes;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
              "cudaFuncSetAttribute(flash_fwd_wgmma_small_kernel, max dynamic shared memory)");
@@ -89,6 +89,10 @@ void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream)
 //         warpgroups, 128 x 128 tiles), at D = 16 and 32 flash_fwd_wgmma_small.cuh (3
 //         warpgroups, 192 x 128 tiles, tensor-core row sums, lazy rescaling). At D = 256 it
 //         falls back to the default.
+//   wgmma2: at D = 16 and 32 the same kernel with two P register buffers and three V buffers,
+//         so that the softmax of block i really overlaps P(i - 1) V(i - 1) in the warpgroup
+//         (with one P buffer ptxas places the wait for P V before the exponentials); 32 more
+//         registers, so 2 warpgroups (128 x 128 tiles). Elsewhere as wgmma.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occq at D = 16 and sum2 at D = 32
 // (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), wgmma at D = 64 and
@@ -115,7 +119,7 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   FwdVariant v = fwd_variant();
   if constexpr (D == 64 || D == 128) {
     // The default there (run 17: +13% over base at D = 64, +60-72% at D = 128).
-    if (v == FwdVariant::wgmma || v == FwdVariant::automatic) {
+    if (v == FwdVariant::wgmma || v == FwdVariant::wgmma2 || v == FwdVariant::automatic) {
       launch_flash_fwd_wgmma<T, D, 128, 2>(p, stream);
       return;
     }
@@ -123,7 +127,11 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   if constexpr (D == 16 || D == 32) {
     // Not the default there (yet): the lead decides after the H200 A/B runs.
     if (v == FwdVariant::wgmma) {
-      launch_flash_fwd_wgmma_small<T, D, 128, 3, 1>(p, stream);
+      launch_flash_fwd_wgmma_small<T, D, 128, 3, false>(p, stream);
+      return;
+    }
+    if (v == FwdVariant::wgmma2) {
+      launch_flash_fwd_wgmma_small<T, D, 128, 2, true>(p, stream);
       return;
     }
   }

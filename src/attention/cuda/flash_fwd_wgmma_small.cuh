@@ -60,7 +60,7 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, int BN, int kWarpGroups>
+template <typename T, int D, int BN, int kWarpGroups, bool kDoubleP>
 struct WgmmaSmallFwdTile {
   static constexpr int kThreads = 128 * kWarpGroups;
   static constexpr int BM = 64 * kWarpGroups;  // query rows of the CTA
@@ -68,8 +68,9 @@ struct WgmmaSmallFwdTile {
   static constexpr int kQBytes = BM * kRowBytes;
   static constexpr int kKVBytes = BN * kRowBytes;  // one K or one V buffer
   static constexpr int kOnesBytes = 512;
-  // Q, two K and two V buffers, the ones tile, and 1024 bytes to align the start.
-  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes + kOnesBytes + 1024;
+  static constexpr int kVStages = kDoubleP ? 3 : 2;
+  // Q, two K and kVStages V buffers, the ones tile, and 1024 bytes to align the start.
+  static constexpr int kSmemBytes = kQBytes + (2 + kVStages) * kKVBytes + kOnesBytes + 1024;
   // wgmma layout type: 64-byte swizzle at D = 32, 32-byte at D = 16.
   static constexpr uint32_t kLayoutType = D == 32 ? 2u : 3u;
   static_assert(sizeof(T) == 2, "16-bit inputs");
@@ -134,13 +135,14 @@ struct SwzTileLoader {
   }
 };
 
-template <typename T, int D, int BN, int kWarpGroups, int kMinBlocks>
-__global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
+template <typename T, int D, int BN, int kWarpGroups, bool kDoubleP>
+__global__ void __launch_bounds__(128 * kWarpGroups, 1)
     flash_fwd_wgmma_small_kernel(const FwdKernelParams p) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
 #else
-  using Tile = WgmmaSmallFwdTile<T, D, BN, kWarpGroups>;
+  using Tile = WgmmaSmallFwdTile<T, D, BN, kWarpGroups, kDoubleP>;
+  constexpr int kVStages = Tile::kVStages;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
   constexpr int kRowBytes = Tile::kRowBytes;
@@ -158,8 +160,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
   const uint32_t sQ = (raw_addr + 1023u) & ~1023u;  // [BM][D], swizzled
   unsigned char* const smem_q = smem_raw + (sQ - raw_addr);
   const uint32_t sK = sQ + Tile::kQBytes;       // [2][BN][D]
-  const uint32_t sV = sK + 2 * Tile::kKVBytes;  // [2][BN][D]
-  const uint32_t sOnes = sV + 2 * Tile::kKVBytes;
+  const uint32_t sV = sK + 2 * Tile::kKVBytes;  // [kVStages][BN][D]
+  const uint32_t sOnes = sV + kVStages * Tile::kKVBytes;
 
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
@@ -215,7 +217,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
   float s[BN / 2];
   float o[D / 2];
   float osum[4];
-  uint32_t pa[kPVSteps][4];
+  // kDoubleP: P(j) in pa0 for even j, pa1 for odd j; otherwise always pa0.
+  uint32_t pa0[kPVSteps][4], pa1[kPVSteps][4];
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) s[i] = 0.0f;
 #pragma unroll
@@ -225,7 +228,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
 #pragma unroll
   for (int kk = 0; kk < kPVSteps; ++kk)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) pa[kk][e] = 0u;
+    for (int e = 0; e < 4; ++e) pa0[kk][e] = pa1[kk][e] = 0u;  // pa1 unused without kDoubleP
   float row_max[2] = {-INFINITY, -INFINITY};
   const float scale_log2 = p.scale_log2;
 
@@ -245,7 +248,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
     }
     wgmma_commit_group();
   };
-  auto issue_pv = [&](int stage) {
+  auto issue_pv = [&](int stage, const uint32_t(&pa)[kPVSteps][4]) {
     // V MN-major: 8-key groups kGroupBytes apart (stride), leading (next N atom) unused with N = D;
     // k-step kk starts at key 16 kk.
     const uint64_t v_desc =
@@ -319,16 +322,23 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
         }
     }
   };
-  auto rescale_o_pack_p = [&](const float(&corr)[2]) {
-    // Warp-uniform: after the first blocks the max rarely moves by more than 2^8.
-    if (__any_sync(0xffffffffu, (corr[0] != 1.0f) | (corr[1] != 1.0f))) {
+  // O and the sums times corr (the rows whose max moved in the last softmax), once every P V
+  // issued so far has completed; corr back to 1. Called under a CTA-uniform condition (the
+  // wait is warpgroup-collective), rarely after the first blocks.
+  auto rescale_o = [&](float(&corr)[2]) {
+    wgmma_wait_group<0>();
+    fence_registers(o);
+    fence_registers(osum);
 #pragma unroll
-      for (int j = 0; j < kDT; ++j)
+    for (int j = 0; j < kDT; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e / 2];
+      for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e / 2];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) osum[e] *= corr[e / 2];
-    }
+    for (int e = 0; e < 4; ++e) osum[e] *= corr[e / 2];
+    corr[0] = corr[1] = 1.0f;
+  };
+  // P as the A fragments of k-step kk (accumulator column tiles 2 kk and 2 kk + 1).
+  auto pack_p = [&](uint32_t(&pa)[kPVSteps][4]) {
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
       pa[kk][0] = Mma<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
@@ -336,6 +346,65 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
       pa[kk][2] = Mma<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
       pa[kk][3] = Mma<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
+  };
+  // The barrier of a key block: this thread's copies landed and are visible to the async proxy,
+  // every thread is here; returns whether any thread has a pending O rescale.
+  auto barrier_any_rescale = [](const float(&corr)[2]) {
+    cp_async_wait<0>();
+    fence_proxy_async_shared();
+    return __syncthreads_or((corr[0] != 1.0f) | (corr[1] != 1.0f)) != 0;
+  };
+  // Block i (key block nb) of the loop: S(i) into s, P(i - 1) V(i - 1) from pa_prev, then the
+  // softmax of block i and P(i) into pa_cur. K(j) sits in K stage j % 2, V(j) in V stage
+  // j % kVStages (v_stage: block i's).
+  // kDoubleP (two P buffers, three V buffers): groups complete in commit order, so after this
+  // step's wait_group 1 (S(i)) also P(i - 2) V(i - 2) has completed: P(i) may overwrite its
+  // registers, and after the next barrier V(i + 1) may overwrite V(i - 2) while P(i - 1) V(i - 1)
+  // may still run. No wait for P V stands before the packs, so ptxas keeps the softmax ahead of
+  // it and the softmax overlaps P(i - 1) V(i - 1); O is rescaled (when a max moved) after the
+  // next barrier, which tells every thread whether any thread needs it. Costs 32 registers: 2
+  // warpgroups.
+  // Otherwise (one P buffer, 2 V buffers): wait_group 0 after the softmax, then the rescale and
+  // the packs. ptxas schedules that wait before the exponentials (it interleaves them with the
+  // packs, which must follow it), so P(i - 1) V(i - 1) overlaps only other warpgroups' work.
+  auto step = [&](int i, int v_stage, float(&corr)[2], uint32_t(&pa_cur)[kPVSteps][4],
+                  const uint32_t(&pa_prev)[kPVSteps][4]) {
+    const int nb = nb_last - i;
+    const int stage = i & 1;
+    const int v_prev = v_stage == 0 ? kVStages - 1 : v_stage - 1;
+    if constexpr (kDoubleP) {
+      // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 3) V(i - 3).
+      if (barrier_any_rescale(corr)) rescale_o(corr);
+    } else {
+      // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2).
+      copies_landed_barrier(AllGroups{});
+    }
+    wgmma_fence();  // O rescaled, P packed by ordinary instructions
+    issue_s(stage);
+    issue_pv(v_prev, pa_prev);
+    if (i + 1 < num_blocks) k_loader.load_next(sK + (stage ^ 1) * Tile::kKVBytes, nk);  // K(i+1)
+    v_loader.load_next(sV + v_stage * Tile::kKVBytes, nk);                              // V(i)
+    cp_async_commit();
+    wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+    fence_registers(s);
+    softmax(nb, corr);
+    if constexpr (!kDoubleP) {
+      wgmma_wait_group<0>();
+      fence_registers(o);
+      fence_registers(osum);
+      fence_registers(pa_cur);
+      // Warp-uniform: after the first blocks the max rarely moves by more than 2^8.
+      if (__any_sync(0xffffffffu, (corr[0] != 1.0f) | (corr[1] != 1.0f))) {
+#pragma unroll
+        for (int j = 0; j < kDT; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e / 2];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) osum[e] *= corr[e / 2];
+      }
+      corr[0] = corr[1] = 1.0f;
+    }
+    pack_p(pa_cur);
   };
 
   if (num_blocks > 0) {
@@ -359,34 +428,44 @@ __global__ void __launch_bounds__(128 * kWarpGroups, kMinBlocks)
     wgmma_wait_group<0>();
     fence_registers(s);
     softmax(nb_last, corr);
-    rescale_o_pack_p(corr);  // O and the sums are still zero
-    for (int i = 1; i < num_blocks; ++i) {
-      const int nb = nb_last - i;
-      const int stage = i & 1;
-      // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2).
-      copies_landed_barrier(AllGroups{});
-      wgmma_fence();  // O rescaled and P packed by ordinary instructions
-      issue_s(stage);
-      issue_pv(stage ^ 1);
-      if (i + 1 < num_blocks) k_loader.load_next(sK + (stage ^ 1) * Tile::kKVBytes, nk);  // K(i+1)
-      v_loader.load_next(sV + stage * Tile::kKVBytes, nk);                                // V(i)
-      cp_async_commit();
-      wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
-      fence_registers(s);
-      softmax(nb, corr);
-      wgmma_wait_group<0>();
-      fence_registers(o);
-      fence_registers(osum);
-      fence_registers(pa);
-      rescale_o_pack_p(corr);
+    pack_p(pa0);
+    corr[0] = corr[1] = 1.0f;  // O and the sums are still zero
+    auto next_v = [](int v) { return v == kVStages - 1 ? 0 : v + 1; };
+    int v_stage = 1;
+    if constexpr (kDoubleP) {
+      // Unrolled by two so that the P buffers are fixed registers.
+      int i = 1;
+      for (; i + 1 < num_blocks; i += 2) {
+        step(i, v_stage, corr, pa1, pa0);
+        v_stage = next_v(v_stage);
+        step(i + 1, v_stage, corr, pa0, pa1);
+        v_stage = next_v(v_stage);
+      }
+      if (i < num_blocks) {
+        step(i, v_stage, corr, pa1, pa0);
+        v_stage = next_v(v_stage);
+      }
+      // V(last) landed; the last block's rescale.
+      if (barrier_any_rescale(corr)) rescale_o(corr);
+    } else {
+      for (int i = 1; i < num_blocks; ++i) {
+        step(i, v_stage, corr, pa0, pa0);
+        v_stage = next_v(v_stage);
+      }
+      copies_landed_barrier(AllGroups{});  // V(last) landed
     }
-    copies_landed_barrier(AllGroups{});  // V(last) landed
     wgmma_fence();
-    issue_pv((num_blocks - 1) & 1);
+    const int v_last = v_stage == 0 ? kVStages - 1 : v_stage - 1;
+    if (kDoubleP && ((num_blocks - 1) & 1)) {
+      issue_pv(v_last, pa1);
+    } else {
+      issue_pv(v_last, pa0);
+    }
     wgmma_wait_group<0>();
     fence_registers(o);
     fence_registers(osum);
-    fence_registers(pa);
+    fence_registers(pa0);
+    if constexpr (kDoubleP) fence_registers(pa1);
   }
 
   // Epilogue: normalise, write lse, and write O through this warpgroup's rows of the Q tile
