@@ -1,5 +1,6 @@
 // Hopper (sm_90a) prefill forward with warpgroup MMA for the small head dims D = 16 and 32:
-// SQA_CUDA_FWD=wgmma selects it there (flash_fwd_launch.cuh). The sibling of flash_fwd_wgmma.cuh
+// SQA_CUDA_FWD=wgmma (kDoubleP = false, 3 warpgroups) or wgmma2 (kDoubleP = true, 2 warpgroups)
+// selects it there (flash_fwd_launch.cuh). The sibling of flash_fwd_wgmma.cuh
 // (D = 64 / 128), whose pipeline it keeps; what differs is the layout of the narrow rows, the
 // tile shape, the row sums and FlashAttention-4's lazy rescaling.
 //
@@ -24,9 +25,12 @@
 //   so a block never needs its S recomputed and no warpgroup-wide vote is needed. A row that has
 //   seen no visible key keeps m = -inf and offset 0 (its masked scores give p = 0); the first
 //   visible key moves m (inf > 8), with correction exp2(-inf) = 0 on the zero O and sums.
-//   Pipeline (as flash_fwd_wgmma.cuh): one __syncthreads per key block, two buffers each for K
-//   and V; S(i) is issued before P(i - 1) V(i - 1), the softmax of block i runs while the tensor
-//   cores do P(i - 1) V(i - 1); O is rescaled and P(i) packed after that group completes.
+//   Pipeline (as flash_fwd_wgmma.cuh): one __syncthreads per key block, two K buffers; S(i) is
+//   issued before P(i - 1) V(i - 1), so the softmax of block i can run while the tensor cores do
+//   P(i - 1) V(i - 1). With one P register buffer (wgmma) O is rescaled and P(i) packed after
+//   that group completes; ptxas then schedules the wait before the exponentials (see step), so
+//   only the other warpgroups overlap it. kDoubleP (wgmma2) keeps two P buffers and three V
+//   buffers, needs no wait before the packs and defers the O rescale to the next barrier.
 // Shared layout (wgmma_sm90.cuh's wgmma_desc): rows of D 16-bit elements = 2 D bytes, stored
 //   [rows][D] with the 2D-byte swizzle (D = 32: 64-byte swizzle, layout type 2; D = 16: 32-byte,
 //   type 3): the 16-byte chunk c of row r sits at chunk c ^ ((r * 2 D / 128) % (D / 8)), i.e.
@@ -41,7 +45,9 @@
 //   (16 keys) at +16 * 2 D bytes.
 //   Ones tile (B of the row sums, K-major, no swizzle): 256 bytes of ones, leading offset 128
 //   (the second 8-column core matrix along K); every address it can touch holds a one.
-// Registers per thread: S 64 + P 32 (P(i - 1) stays live while S(i) runs) + O D / 2 + sums 4.
+// Registers per thread: S 64 + P 32 (P(i - 1) stays live while S(i) runs; kDoubleP: + 32 for
+//   P(i - 2) until S(i) completes) + O D / 2 + sums 4. ptxas: wgmma 168 (d32) / 160 (d16), 1 CTA
+//   of 12 warps per SM; wgmma2 206 / 192, 1 CTA of 8 warps; no spills.
 // Semantics are those of flash_fwd_kernel.cuh / flash_fwd_wgmma.cuh (flash_common.cuh's
 // helpers): head layouts, varlen, N_q != N_k with bottom-right aligned windows, grid order,
 // masked blocks, lse in natural log, O = 0 and lse = -inf for rows without a visible key.
