@@ -147,10 +147,11 @@ TEST(CudaForward, EveryKernelVariantMatchesReference) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_limits();
   limits.head_dims = {16, 32, 64};
-  // wgmma / wgmma2 run the small-head-dim kernel at D = 16 and 32, flash_fwd_wgmma.cuh at 64;
-  // their full coverage is in WgmmaMatchesReference and WgmmaSmallMatchesReference below.
-  for (const char* variant :
-       {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq", "wgmma", "wgmma2"}) {
+  // wgmma / wgmma2 run the small-head-dim kernel at D = 16 and 32, flash_fwd_wgmma.cuh at 64
+  // (wgmmapp: its ping-pong schedule at 64, base elsewhere); their full coverage is in
+  // WgmmaMatchesReference and WgmmaSmallMatchesReference below.
+  for (const char* variant : {"base", "ilp", "occ", "pipe", "sum2", "sum2occ", "sum2occq", "wgmma",
+                              "wgmma2", "wgmmapp"}) {
     setenv("SQA_CUDA_FWD", variant, 1);
     for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 6 : 30, 9009)) {
       const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
@@ -220,10 +221,13 @@ void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed,
   unsetenv("SQA_CUDA_FWD");
 }
 
-// D = 64 and 128: flash_fwd_wgmma.cuh.
+// D = 64 and 128: flash_fwd_wgmma.cuh, with one __syncthreads per key block (wgmma) and with
+// the warpgroups' ping-pong over named barriers and three K / V buffers (wgmmapp).
 TEST(CudaForward, WgmmaMatchesReference) {
   SKIP_WITHOUT_GPU();
-  check_wgmma_kernel({64, 128}, 9119);
+  for (const char* variant : {"wgmma", "wgmmapp"}) {
+    check_wgmma_kernel({64, 128}, 9119, variant);
+  }
 }
 
 // D = 16 and 32: flash_fwd_wgmma_small.cuh (lazy rescaling, row sums from a ones tile). Besides
@@ -534,11 +538,14 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_FWD", "fastest", 1);
   expect_error(
       [] { cuda::detail::fwd_variant(); },
-      {"SQA_CUDA_FWD (fastest)", "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma or wgmma2"});
+      {"SQA_CUDA_FWD (fastest)",
+       "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmma2 or wgmmapp"});
   setenv("SQA_CUDA_FWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
   setenv("SQA_CUDA_FWD", "wgmma2", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma2);
+  setenv("SQA_CUDA_FWD", "wgmmapp", 1);
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmmapp);
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }

@@ -36,14 +36,14 @@ void launch_flash_fwd(const FwdKernelParams& p, cudaStream_t stream) {
 }
 
 // The Hopper warpgroup-MMA prefill kernel (flash_fwd_wgmma.cuh); same grid as launch_flash_fwd.
-template <typename T, int D, int BN, int kWarpGroups>
+template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
-  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups>;
+  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups, kSched>;
   if (p.pack != 1 || p.num_splits != 1) {
     // The dispatcher sends decode (the only user of head packing and split-KV) elsewhere.
     throw std::runtime_error("flash_fwd_wgmma_kernel takes prefill only (pack 1, num_splits 1)");
   }
-  auto* kernel = &flash_fwd_wgmma_kernel<T, D, BN, kWarpGroups>;
+  auto* kernel = &flash_fwd_wgmma_kernel<T, D, BN, kWarpGroups, kSched>;
   constexpr int smem = Tile::kSmemBytes;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
              "cudaFuncSetAttribute(flash_fwd_wgmma_kernel, max dynamic shared memory)");
@@ -93,6 +93,10 @@ void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream)
 //         so that the softmax of block i really overlaps P(i - 1) V(i - 1) in the warpgroup
 //         (with one P buffer ptxas places the wait for P V before the exponentials); 32 more
 //         registers, so 2 warpgroups (128 x 128 tiles). Elsewhere as wgmma.
+//   wgmmapp: at D = 64 and 128 flash_fwd_wgmma.cuh with FlashAttention-3's inter-warpgroup
+//         ping-pong (named barriers order the two warpgroups' wgmma issues so that one's softmax
+//         runs while the tensor cores do the other's products; three K and V buffers instead of
+//         a CTA barrier per key block). Elsewhere base. Not run on a GPU yet.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occq at D = 16 and sum2 at D = 32
 // (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), wgmma at D = 64 and
@@ -118,6 +122,10 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   FwdVariant v = fwd_variant();
   if constexpr (D == 64 || D == 128) {
+    if (v == FwdVariant::wgmmapp) {
+      launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedPingPong>(p, stream);
+      return;
+    }
     // The default there (run 17: +13% over base at D = 64, +60-72% at D = 128).
     if (v == FwdVariant::wgmma || v == FwdVariant::wgmma2 || v == FwdVariant::automatic) {
       launch_flash_fwd_wgmma<T, D, 128, 2>(p, stream);

@@ -46,18 +46,29 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, int BN, int kWarpGroups>
+// Schedules of the key loop (the kSched template argument of the kernel).
+//   kWgmmaSchedDefault (SQA_CUDA_FWD=wgmma): one __syncthreads per key block, two K and two V
+//     buffers, both warpgroups in step.
+//   kWgmmaSchedPingPong (wgmmapp): FlashAttention-3's inter-warpgroup ping-pong; three K and
+//     three V buffers, no CTA-wide barrier in the key loop (see the kernel's key loop).
+enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1 };
+
+template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 struct WgmmaFwdTile {
   static constexpr int kThreads = 128 * kWarpGroups;
   static constexpr int BM = 64 * kWarpGroups;  // query rows of the CTA
   static constexpr int kQBytes = BM * D * 2;
   static constexpr int kKVBytes = BN * D * 2;  // one K or one V buffer
-  // Q, two K and two V buffers, and 1024 bytes to align the start to a swizzle atom (the
-  // alignment of dynamic shared memory is not guaranteed to be that large).
-  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes + 1024;
+  static constexpr int kKStages = kSched == kWgmmaSchedPingPong ? 3 : 2;
+  static constexpr int kVStages = kSched == kWgmmaSchedPingPong ? 3 : 2;
+  // Q, the K and V buffers, and 1024 bytes to align the start to a swizzle atom (the alignment of
+  // dynamic shared memory is not guaranteed to be that large).
+  static constexpr int kSmemBytes = kQBytes + (kKStages + kVStages) * kKVBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
   static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (O += P V)");
   static_assert(BN == 64 || BN == 128, "wgmma wrappers exist for N = 64 and 128 (S = Q K^T)");
+  static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
+  static_assert(kSched != kWgmmaSchedPingPong || kWarpGroups == 2, "ping-pong of two warpgroups");
 };
 
 // Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
@@ -98,13 +109,13 @@ __device__ __forceinline__ float tree_reduce(float (&v)[N], Op op) {
   }
 }
 
-template <typename T, int D, int BN, int kWarpGroups>
+template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     flash_fwd_wgmma_kernel(const FwdKernelParams p) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
 #else
-  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups>;
+  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups, kSched>;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
   constexpr int kNT = BN / 8;        // 8-column tiles of S
@@ -118,8 +129,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   const uint32_t raw_addr = smem_addr(smem_raw);
   const uint32_t sQ = (raw_addr + 1023u) & ~1023u;  // [D / 64][BM][64], swizzled
   unsigned char* const smem_q = smem_raw + (sQ - raw_addr);
-  const uint32_t sK = sQ + Tile::kQBytes;       // [2][D / 64][BN][64]
-  const uint32_t sV = sK + 2 * Tile::kKVBytes;  // [2][D / 64][BN][64]
+  const uint32_t sK = sQ + Tile::kQBytes;                    // [kKStages][D / 64][BN][64]
+  const uint32_t sV = sK + Tile::kKStages * Tile::kKVBytes;  // [kVStages][D / 64][BN][64]
 
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
@@ -274,50 +285,160 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     }
   };
 
-  if (num_blocks > 0) {
-    // Q and K(0) first; K(1) and V(0) stream in while S(0) and its softmax run.
-    load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
-    load_k(0, nb_last);
-    cp_async_commit();
-    if (num_blocks > 1) load_k(1, nb_last - 1);
-    load_v(0, nb_last);
-    cp_async_commit();
-    copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
-    float corr[2];
-    wgmma_fence();
-    issue_s(0);
-    wgmma_wait_group<0>();
-    fence_registers(s);
-    softmax(nb_last, corr);
-    rescale_o_pack_p(corr);  // O is still zero
-    for (int i = 1; i < num_blocks; ++i) {
-      const int nb = nb_last - i;
-      const int stage = i & 1;
-      // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2), so
-      // K(i + 1) may overwrite K(i - 1) and V(i) may overwrite V(i - 2).
-      copies_landed_barrier(AllGroups{});
-      wgmma_fence();  // O was rescaled and P packed by ordinary instructions
-      issue_s(stage);
-      issue_pv(stage ^ 1);
-      // The copies are issued behind the wgmmas, so the tensor cores start without waiting for
-      // them; they fill the other buffers (K(i + 1) and V(i)), which no wgmma in flight reads.
-      if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
-      load_v(stage, nb);
+  if constexpr (kSched == kWgmmaSchedDefault) {
+    if (num_blocks > 0) {
+      // Q and K(0) first; K(1) and V(0) stream in while S(0) and its softmax run.
+      load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+      load_k(0, nb_last);
       cp_async_commit();
-      wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+      if (num_blocks > 1) load_k(1, nb_last - 1);
+      load_v(0, nb_last);
+      cp_async_commit();
+      copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
+      float corr[2];
+      wgmma_fence();
+      issue_s(0);
+      wgmma_wait_group<0>();
       fence_registers(s);
-      softmax(nb, corr);
+      softmax(nb_last, corr);
+      rescale_o_pack_p(corr);  // O is still zero
+      for (int i = 1; i < num_blocks; ++i) {
+        const int nb = nb_last - i;
+        const int stage = i & 1;
+        // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2), so
+        // K(i + 1) may overwrite K(i - 1) and V(i) may overwrite V(i - 2).
+        copies_landed_barrier(AllGroups{});
+        wgmma_fence();  // O was rescaled and P packed by ordinary instructions
+        issue_s(stage);
+        issue_pv(stage ^ 1);
+        // The copies are issued behind the wgmmas, so the tensor cores start without waiting for
+        // them; they fill the other buffers (K(i + 1) and V(i)), which no wgmma in flight reads.
+        if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
+        load_v(stage, nb);
+        cp_async_commit();
+        wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+        fence_registers(s);
+        softmax(nb, corr);
+        wgmma_wait_group<0>();
+        fence_registers(o);
+        fence_registers(pa);
+        rescale_o_pack_p(corr);
+      }
+      copies_landed_barrier(AllGroups{});  // V(last) landed
+      wgmma_fence();
+      issue_pv((num_blocks - 1) & 1);
       wgmma_wait_group<0>();
       fence_registers(o);
       fence_registers(pa);
-      rescale_o_pack_p(corr);
     }
-    copies_landed_barrier(AllGroups{});  // V(last) landed
-    wgmma_fence();
-    issue_pv((num_blocks - 1) & 1);
-    wgmma_wait_group<0>();
-    fence_registers(o);
-    fence_registers(pa);
+  } else {
+    // Ping-pong (FlashAttention-3): the two warpgroups take turns issuing their wgmmas. Each step
+    // of warpgroup w is: wait for its own copies, then bar.sync on its named barrier kBarWg0 + w
+    // (256 threads: its 128 sync, the other warpgroup's 128 arrive), issue S(i) and
+    // P(i - 1) V(i - 1), bar.arrive on the other warpgroup's barrier, issue its share of the next
+    // copies, then the softmax of block i. So warpgroup 0's wgmmas of block i enter the tensor
+    // pipe before warpgroup 1's, which enter before warpgroup 0's of block i + 1, and while one
+    // warpgroup runs its softmax the tensor cores work on the other's products. No CTA-wide
+    // barrier stands in the loop (it would pull the warpgroups back into step).
+    // Copies: every thread copies its chunks of every K and V tile (as load_tile_sw128 splits a
+    // tile over the CTA's 256 threads), but the warpgroups run half a step apart: at its step i,
+    // warpgroup 0 copies its share of K(i + 1) and V(i), warpgroup 1 its share of K(i + 2) and
+    // V(i + 1) (it can run one block further ahead, see below). Block j sits in K and V stage
+    // j % 3.
+    // Full: before its bar.sync of step i a warpgroup waits for all its copies (cp.async
+    // wait_group 0: those of its step i - 1) and fences them to the async proxy; bar.arrive
+    // releases them to the other warpgroup, bar.sync acquires the other's and its own
+    // warpgroup's. Warpgroup 0 at step i needs K(i), V(i - 1): its own share from its step
+    // i - 1, warpgroup 1's from warpgroup 1's step i - 2, waited before warpgroup 1's bar.sync
+    // of step i - 1, hence before its arrive of step i - 1 that this bar.sync pairs with.
+    // Warpgroup 1 at step i: its own share from its step i - 2, warpgroup 0's from warpgroup 0's
+    // step i - 1, waited before warpgroup 0's arrive of step i.
+    // Empty: when warpgroup 0 passes its bar.sync of step i, warpgroup 1 has completed S(i - 2)
+    // and P(i - 3) V(i - 3) (its waits of step i - 2 precede its arrive of step i - 1); so K(i + 1)
+    // may overwrite K(i - 2) and V(i) may overwrite V(i - 3) (3 stages). When warpgroup 1 passes
+    // its bar.sync of step i, warpgroup 0 has completed S(i - 1) and P(i - 2) V(i - 2) (its
+    // waits of step i - 1 precede its arrive of step i); so K(i + 2) may overwrite K(i - 1) and
+    // V(i + 1) may overwrite V(i - 2). Each warpgroup's own earlier wgmmas are complete by its
+    // own waits.
+    // The barriers alternate strictly (warpgroup 1's arrive of step i needs its bar.sync of step
+    // i, which needs warpgroup 0's arrive of step i, which follows warpgroup 0's bar.sync of
+    // step i, which consumed warpgroup 1's arrive of step i - 1), so no arrive can run into the
+    // next generation of a barrier. Warpgroup 1's arrive after its block-0 softmax opens the
+    // first turn; both barriers end balanced (each completes num_blocks times).
+    if (num_blocks > 0) {
+      constexpr uint32_t kBarWg0 = 1;  // named barrier ids 1 and 2 (0 is __syncthreads)
+      const uint32_t bar_mine = kBarWg0 + warpgroup;
+      const uint32_t bar_other = kBarWg0 + 1 - warpgroup;
+      const int ahead = 1 + warpgroup;  // copies at step i: K(i + ahead), V(i + ahead - 1)
+      auto stage3 = [](int j) { return j % 3; };
+      auto copy_ahead = [&](int i) {
+        const int jk = i + ahead, jv = i + ahead - 1;
+        if (jk < num_blocks) load_k(stage3(jk), nb_last - jk);
+        if (jv < num_blocks) load_v(stage3(jv), nb_last - jv);
+        cp_async_commit();
+      };
+      auto copies_landed = [] {  // all of this thread's copies, fenced to the async proxy
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+      };
+      // Q and K(0) (group 0); K(1) and V(0) (group 1: warpgroup 0's copies of step 0 and
+      // warpgroup 1's of step -1); warpgroup 1 also its copies of step 0 (group 2).
+      load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+      load_k(0, nb_last);
+      cp_async_commit();
+      if (num_blocks > 1) load_k(1, nb_last - 1);
+      load_v(0, nb_last);
+      cp_async_commit();
+      if (warpgroup == 1) {
+        copy_ahead(0);
+        cp_async_wait<2>();
+      } else {
+        cp_async_wait<1>();
+      }
+      fence_proxy_async_shared();
+      __syncthreads();  // Q and K(0) landed for everyone
+      float corr[2];
+      wgmma_fence();
+      issue_s(0);
+      wgmma_wait_group<0>();
+      fence_registers(s);
+      softmax(nb_last, corr);
+      rescale_o_pack_p(corr);  // O is still zero
+      if (warpgroup == 1) {
+        // Its K(1) and V(0) landed (warpgroup 0 needs them at its step 1); warpgroup 0's first
+        // turn.
+        cp_async_wait<1>();
+        fence_proxy_async_shared();
+        named_barrier_arrive(kBarWg0, 256);
+      }
+      for (int i = 1; i < num_blocks; ++i) {
+        const int nb = nb_last - i;
+        copies_landed();
+        named_barrier_sync(bar_mine, 256);
+        wgmma_fence();  // O was rescaled and P packed by ordinary instructions
+        issue_s(stage3(i));
+        issue_pv(stage3(i - 1));
+        named_barrier_arrive(bar_other, 256);  // the other warpgroup's turn
+        copy_ahead(i);
+        wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+        fence_registers(s);
+        softmax(nb, corr);
+        wgmma_wait_group<0>();
+        fence_registers(o);
+        fence_registers(pa);
+        rescale_o_pack_p(corr);
+      }
+      // The last P V, in turn too: V(last) landed; warpgroup 0's arrive balances warpgroup 1's
+      // last bar.sync.
+      copies_landed();
+      named_barrier_sync(bar_mine, 256);
+      wgmma_fence();
+      issue_pv(stage3(num_blocks - 1));
+      if (warpgroup == 0) named_barrier_arrive(bar_other, 256);
+      wgmma_wait_group<0>();
+      fence_registers(o);
+      fence_registers(pa);
+    }
   }
 
   // Epilogue: normalise, write lse, and write O through shared memory (16-byte global stores).

@@ -97,6 +97,17 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Named barriers (ids 1 .. 15; 0 is __syncthreads) over `threads` threads (a multiple of 32):
+// bar.sync waits until that many threads have arrived (its own included), bar.arrive counts this
+// thread without waiting. Both order this thread's earlier memory accesses before the barrier
+// completes, for every participating thread (FlashAttention-3's warp scheduler barriers).
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Register fences: the compiler sees every register as read and rewritten here, so it neither
 // moves a use of an accumulator above the wgmma.wait_group that completes it, nor reuses the
 // register of an A operand (packed P) for something else while a wgmma may still read it.
