@@ -536,10 +536,9 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_FWD", "sum2occ", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::sum2occ);
   setenv("SQA_CUDA_FWD", "fastest", 1);
-  expect_error(
-      [] { cuda::detail::fwd_variant(); },
-      {"SQA_CUDA_FWD (fastest)",
-       "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmma2 or wgmmapp"});
+  expect_error([] { cuda::detail::fwd_variant(); },
+               {"SQA_CUDA_FWD (fastest)",
+                "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmma2 or wgmmapp"});
   setenv("SQA_CUDA_FWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
   setenv("SQA_CUDA_FWD", "wgmma2", 1);
