@@ -1,5 +1,6 @@
 // Hopper (sm_90a) prefill forward with warpgroup MMA (wgmma.mma_async): FlashAttention-3 style,
-// simplified. SQA_CUDA_FWD=wgmma selects it for head_dim 64 and 128 (flash_fwd_launch.cuh).
+// simplified. The default at head_dim 64 and 128 (SQA_CUDA_FWD=wgmma or unset);
+// SQA_CUDA_FWD=wgmmapp selects the ping-pong schedule (kSched, below; flash_fwd_launch.cuh).
 //
 // Design
 //   CTA = kWarpGroups warpgroups of 128 threads; each owns 64 query rows (the wgmma M), so
@@ -17,11 +18,26 @@
 //   only and runs block i's softmax while the tensor cores still work on P(i - 1) V(i - 1)
 //   (FA3's intra-warpgroup overlap). Then it waits for P V, rescales O and packs P(i). Across
 //   the warpgroups of a CTA the overlap comes by itself: one's softmax runs while the other's
-//   wgmmas do.
+//   wgmmas do. In SASS, though, ptxas places the wait for P(i - 1) V(i - 1) (WARPGROUP.DEPBAR
+//   gsb0 0) before the exponentials, since it interleaves them with the packs of P(i), which
+//   overwrite the registers that P(i - 1) V(i - 1) reads; so the intra-warpgroup overlap does
+//   not happen, and the barrier per block pulls both warpgroups into step: their wgmmas enter
+//   the tensor pipe together, then both run their softmax while it idles.
+//   Ping-pong (kWgmmaSchedPingPong, SQA_CUDA_FWD=wgmmapp; FA3's inter-warpgroup schedule): the
+//   two warpgroups take turns issuing their wgmmas of a block under two named barriers (ids 1
+//   and 2, bar.sync by the warpgroup whose turn it is, bar.arrive by the other after its issue),
+//   so the tensor pipe holds one warpgroup's S(i) and P(i - 1) V(i - 1) while the other runs its
+//   softmax. The CTA-wide barrier per block would undo that, so the loads change: three K and
+//   three V buffers, each warpgroup waits for its own copies before its bar.sync, and the
+//   named barriers carry both the "landed" and the "no longer read" conditions (the key loop
+//   spells out each hazard). The intra-warpgroup order is kept (ptxas still waits for P V before
+//   the exponentials; with the ping-pong the other warpgroup's products fill that time).
 // Tiles: BM = 128 (2 warpgroups), BN = 128, for D = 64 and 128; 1 CTA per SM.
 //   Registers per thread: S 64 + O D / 2 + P 32 (P(i - 1) stays live while S(i) is computed);
-//   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills.
-//   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128.
+//   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills; ping-pong 210 and 250, no spills
+//   (and "16 barriers": the named barrier id is a register operand).
+//   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128;
+//   ping-pong 3 x each: 112 KB and 224 KB (+ 1 KB alignment; the sm_90 limit is 227 KB).
 // Semantics are those of flash_fwd_kernel.cuh (the same rules, from flash_common.cuh's helpers):
 // head layouts (GQA family: KV head h / G; rSQA: query head h % H_q, KV head h), varlen,
 // N_q != N_k with bottom-right aligned windows, the grid order (heads fastest, longest causal row
@@ -29,10 +45,12 @@
 // element, lse in natural log, rows without a visible key give O = 0 and lse = -inf.
 // Prefill only: pack = 1 and num_splits = 1 (decode takes the FA2 kernel; the launcher checks).
 // Not done yet (FA3 has these): TMA loads and warp specialisation (a producer warp, setmaxnreg
-// to move registers to the consumers), explicit ping-pong of the two warpgroups with named
-// barriers, a third K/V stage so the barrier need not wait for the current block's loads,
-// stmatrix / TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and
-// mask (e.g. BN = 176 at D = 128 without a mask), fp8.
+// to move registers to the consumers; the ping-pong instead has every thread copy its share
+// and the named barriers order the buffers), the intra-warpgroup overlap in SASS at D = 128
+// (two P register buffers would need 32 more registers than the 255 limit leaves), stmatrix /
+// TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and mask
+// (e.g. BN = 176 at D = 128 without a mask), fp8. The ping-pong has not run on a GPU yet
+// (bench/gpu/wgmma_emulate.py wgmmapp checks its logic on the host).
 #pragma once
 
 #include <cuda_runtime.h>
