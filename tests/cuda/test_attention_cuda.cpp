@@ -221,13 +221,16 @@ void check_wgmma_kernel(const std::vector<int>& head_dims, uint64_t sweep_seed,
   unsetenv("SQA_CUDA_FWD");
 }
 
-// D = 64 and 128: flash_fwd_wgmma.cuh, with one __syncthreads per key block (wgmma) and with
-// the warpgroups' ping-pong over named barriers and three K / V buffers (wgmmapp).
+// D = 64 and 128: flash_fwd_wgmma.cuh, with one __syncthreads per key block (wgmma), with the
+// warpgroups' ping-pong over named barriers and three K / V buffers (wgmmapp), and at D = 64
+// with two P register buffers, three V buffers and the O rescale after the next barrier (wgmma2;
+// at D = 128 wgmma2 is wgmma).
 TEST(CudaForward, WgmmaMatchesReference) {
   SKIP_WITHOUT_GPU();
   for (const char* variant : {"wgmma", "wgmmapp"}) {
     check_wgmma_kernel({64, 128}, 9119, variant);
   }
+  check_wgmma_kernel({64}, 9119, "wgmma2");
 }
 
 // D = 16 and 32: flash_fwd_wgmma_small.cuh (lazy rescaling, row sums from a ones tile). Besides

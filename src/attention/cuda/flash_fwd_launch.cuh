@@ -92,7 +92,10 @@ void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream)
 //   wgmma2: at D = 16 and 32 the same kernel with two P register buffers and three V buffers,
 //         so that the softmax of block i really overlaps P(i - 1) V(i - 1) in the warpgroup
 //         (with one P buffer ptxas places the wait for P V before the exponentials); 32 more
-//         registers, so 2 warpgroups (128 x 128 tiles). Elsewhere as wgmma.
+//         registers, so 2 warpgroups (128 x 128 tiles). At D = 64 flash_fwd_wgmma.cuh with
+//         the same idea (two P buffers, three V buffers, the O rescale after the next barrier;
+//         kWgmmaSchedDoubleP). At D = 128 as wgmma (the second P buffer does not fit in 255
+//         registers).
 //   wgmmapp: at D = 64 and 128 flash_fwd_wgmma.cuh with FlashAttention-3's inter-warpgroup
 //         ping-pong (named barriers order the two warpgroups' wgmma issues so that one's softmax
 //         runs while the tensor cores do the other's products; three K and V buffers instead of
@@ -125,6 +128,12 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
     if (v == FwdVariant::wgmmapp) {
       launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedPingPong>(p, stream);
       return;
+    }
+    if constexpr (D == 64) {
+      if (v == FwdVariant::wgmma2) {
+        launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedDoubleP>(p, stream);
+        return;
+      }
     }
     // The default there (run 17: +13% over base at D = 64, +60-72% at D = 128).
     if (v == FwdVariant::wgmma || v == FwdVariant::wgmma2 || v == FwdVariant::automatic) {
