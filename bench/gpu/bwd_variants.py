@@ -14,9 +14,7 @@ Usage: python3 bench/gpu/bwd_variants.py --lib DIR/lib/libsqa.so [--variants bas
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import os
 import sys
 
@@ -25,8 +23,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec, load_lib  # noqa: E402
-from fwd_variants import event_time  # noqa: E402
+from bench_attention import SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec  # noqa: E402
+from fwd_variants import time_in_rounds, variants_main  # noqa: E402
 
 # name: (H_q, H_kv, d, N, causal)
 CONFIGS = {
@@ -96,51 +94,12 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
         runners[variant] = lambda v=variant: ours(v)
     runners["cudnn"] = lambda: peer(SDPBackend.CUDNN_ATTENTION)
     runners["fa2"] = lambda: peer(SDPBackend.FLASH_ATTENTION)
-    for fn in runners.values():  # warm-up
-        fn()
-    times = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, fn in runners.items():
-            times[key].append(event_time(fn))
-    for key, ts in times.items():
-        ts.sort()
-        t = ts[len(ts) // 2]
-        row[f"{key}_ms"] = t * 1e3
-        row[f"{key}_tflops"] = flops / t / 1e12
-    best_peer = min(row["cudnn_ms"], row["fa2_ms"])
-    for variant in variants:
-        row[f"{variant}_vs_best_peer"] = best_peer / row[f"{variant}_ms"]
+    time_in_rounds(row, runners, variants, rounds, flops)
     return row
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--variants", default="base,occ,occ2")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--json", default="")
-    a = ap.parse_args()
-    lib = load_lib(a.lib)
-    variants = [v for v in a.variants.split(",") if v]
-    rows = []
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; forward + backward "
-          "TFLOP/s (x best SDPA peer)")
-    print(f"{'config':24s} " + " ".join(f"{v:>16s}" for v in variants) +
-          f" {'cudnn':>7s} {'fa2':>7s}")
-    for name in a.configs.split(","):
-        r = run(lib, name, variants, a.rounds)
-        rows.append(r)
-        cells = " ".join(f"{r[f'{v}_tflops']:6.1f} ({r[f'{v}_vs_best_peer']:4.2f}x)"
-                         for v in variants)
-        errs = " ".join(f"{r[f'{v}_rel_err']:.1e}" for v in variants)
-        print(f"{name:24s} {cells} {r['cudnn_tflops']:7.1f} {r['fa2_tflops']:7.1f}  err {errs}",
-              flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "rows": rows}, f, indent=1)
-    return 0
+    return variants_main(__doc__, run, list(CONFIGS), "base,occ,occ2", "forward + backward")
 
 
 if __name__ == "__main__":

@@ -101,9 +101,18 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
         runners[variant] = lambda v=variant: ours(v)
     runners["cudnn"] = lambda: peer(SDPBackend.CUDNN_ATTENTION)
     runners["fa2"] = lambda: peer(SDPBackend.FLASH_ATTENTION)
+    time_in_rounds(row, runners, variants, rounds, flops)
+    return row
+
+
+def time_in_rounds(row: dict, runners: dict, variants: list[str], rounds: int,
+                   flops: float) -> None:
+    """Times every runner (the variants, then the peers "cudnn" and "fa2") once per round, in
+    turn, and writes each one's median ms and TFLOP/s and each variant's ratio to the best
+    peer into row."""
     for fn in runners.values():  # warm-up
         fn()
-    times = {k: [] for k in runners}
+    times = {key: [] for key in runners}
     for _ in range(rounds):
         for key, fn in runners.items():
             times[key].append(event_time(fn))
@@ -115,14 +124,16 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     best_peer = min(row["cudnn_ms"], row["fa2_ms"])
     for variant in variants:
         row[f"{variant}_vs_best_peer"] = best_peer / row[f"{variant}_ms"]
-    return row
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def variants_main(doc: str, run_config, configs: list[str], variants: str, what: str) -> int:
+    """The command line shared by the A/B scripts: runs run_config(lib, name, variants, rounds)
+    for each config, prints a table of TFLOP/s (x the best peer) with each variant's error, and
+    optionally writes the rows as JSON."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--lib", required=True)
-    ap.add_argument("--variants", default="sum2occq,sum2occ,sum2")
-    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
+    ap.add_argument("--variants", default=variants)
+    ap.add_argument("--configs", default=",".join(configs))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
@@ -130,17 +141,18 @@ def main() -> int:
     # to cuDNN (an explicit SQA_CUDA_BACKEND still wins).
     os.environ.setdefault("SQA_CUDA_BACKEND", "own")
     lib = load_lib(a.lib)
-    variants = [v for v in a.variants.split(",") if v]
+    names = [v for v in a.variants.split(",") if v]
     rows = []
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; TFLOP/s (x best SDPA peer)")
-    print(f"{'config':24s} " + " ".join(f"{v:>16s}" for v in variants) +
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {what} TFLOP/s "
+          "(x best SDPA peer)")
+    print(f"{'config':24s} " + " ".join(f"{v:>16s}" for v in names) +
           f" {'cudnn':>7s} {'fa2':>7s}")
     for name in a.configs.split(","):
-        r = run(lib, name, variants, a.rounds)
+        r = run_config(lib, name, names, a.rounds)
         rows.append(r)
         cells = " ".join(f"{r[f'{v}_tflops']:6.1f} ({r[f'{v}_vs_best_peer']:4.2f}x)"
-                         for v in variants)
-        errs = " ".join(f"{r[f'{v}_rel_err']:.1e}" for v in variants)
+                         for v in names)
+        errs = " ".join(f"{r[f'{v}_rel_err']:.1e}" for v in names)
         print(f"{name:24s} {cells} {r['cudnn_tflops']:7.1f} {r['fa2_tflops']:7.1f}  err {errs}",
               flush=True)
     if a.json:
@@ -148,6 +160,10 @@ def main() -> int:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "rows": rows}, f, indent=1)
     return 0
+
+
+def main() -> int:
+    return variants_main(__doc__, run, DEFAULT_CONFIGS, "sum2occq,sum2occ,sum2", "forward")
 
 
 if __name__ == "__main__":
