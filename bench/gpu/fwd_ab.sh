@@ -43,7 +43,7 @@ for r in barrier short_scoreboard long_scoreboard math_pipe_throttle mio_throttl
   stalls+=,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
 done
 profile_one() {  # variant, metric list
-  timeout 120 ncu --kernel-name 'regex:flash_fwd_(wgmma_)?kernel' --launch-count 1 \
+  timeout 120 ncu --kernel-name 'regex:flash_fwd_(wgmma_(small_)?)?kernel' --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
     --section SchedulerStats --section Occupancy --section InstructionStats --metrics "$2" \
     python3 bench/gpu/fwd_variants.py --lib $lib --variants "$1" \

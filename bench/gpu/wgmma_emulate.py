@@ -5,7 +5,10 @@ reference: a check of the kernel's index math, descriptors, fragment hand-over a
 pipeline that needs no GPU. It mirrors the kernel by hand (keep the two in step), in float64
 without bf16 rounding, so every case must match to ~1e-14.
 
-Usage: python3 bench/gpu/wgmma_emulate.py   (about 5 s; prints one line per case, then ALL OK)
+Usage: python3 bench/gpu/wgmma_emulate.py [wgmma] [wgmmapp] [wgmma2]   (all by default; prints one
+line per case, then ALL OK). wgmmapp: the ping-pong schedule (emulate_pingpong), the two
+warpgroups as separate programs interleaved by several policies, with PTX named-barrier
+semantics; wgmma2: the D = 64 two-P-buffer schedule in the same engine (__syncthreads_or too).
 
 Hardware model (PTX ISA / CUTLASS canonical GMMA layouts, 128-byte swizzle):
   swizzle: byte address a -> a ^ (((a >> 7) & 7) << 4)   (Swizzle<3,4,3>)
@@ -328,6 +331,372 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, raw_
     return out, lse
 
 
+def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait, policy,
+                     raw_addr=0x410, sched="pp"):
+    """sched "pp": SQA_CUDA_FWD=wgmmapp (kSched = kWgmmaSchedPingPong); "dp": wgmma2 at D = 64
+    (kWgmmaSchedDoubleP: two P register buffers, three V buffers, the O rescale after the next
+    barrier when __syncthreads_or says some row moved its max). The two warpgroups run as separate
+    programs (generators) that yield at every barrier and between their steps; a scheduler
+    interleaves them by `policy` ("wg0" / "wg1": run that warpgroup while it can, else the other;
+    "rand<seed>": a random runnable one at every yield), with named barriers as in PTX: bar.sync
+    counts 128 and blocks until 256 arrived, bar.arrive counts 128. Copies and wgmma groups are
+    per warpgroup; timing modes as emulate()'s (reads_at_wait: copies land at issue, wgmma reads
+    at the wait; otherwise copies land at the cp.async wait, wgmma reads at issue). In
+    reads_at_wait mode P V also reads its A registers (the packed P) at the wait, so a pack into
+    registers that an unfinished P V still reads shows up as a wrong result."""
+    import random
+    WG = 2
+    nq, nk = Q.shape[0], K.shape[0]
+    BM = 64 * WG
+    T = 128 * WG
+    kQB = BM * D * 2
+    kKVB = BN * D * 2
+    kKStages = 3 if sched == "pp" else 2
+    kVStages = 3
+    smem_size = raw_addr + kQB + (kKStages + kVStages) * kKVB + 1024 + 64
+    assert kQB + (kKStages + kVStages) * kKVB + 1024 <= 227 * 1024
+    sm = Smem(smem_size + 4096)
+    sQ = (raw_addr + 1023) & ~1023
+    sK = sQ + kQB
+    sV = sK + kKStages * kKVB
+    scale_log2 = scale * 1.4426950408889634
+    m0 = m_block * BM
+    if m0 >= nq:
+        return None
+    diag = nk - nq
+    lo, hi = m0, min(nq, m0 + BM) - 1
+    b, e = visible_key_blocks(lo, hi, nk, diag, left, right, BN)
+    nblocks = e - b
+    nb_last = e - 1
+
+    s = np.zeros((T, BN // 2))
+    o = np.zeros((T, D // 2))
+    pa_bufs = np.zeros((2, T, BN // 16, 4, 2))  # "dp": P(j) in buffer j % 2; "pp": buffer 0
+    pa = pa_bufs[0]
+    row_max = np.full((T, 2), -INF)
+    row_sum = np.zeros((T, 2))
+    tids = np.arange(T)
+    w_of = (tids % 128) // 32
+    g_of = (tids % 32) // 4
+    q_of = tids % 4
+    local_row0 = (tids // 128) * 64 + w_of * 16 + g_of
+    qrow = np.stack([m0 + local_row0, m0 + local_row0 + 8], 1)
+
+    # per-warpgroup asynchronous state
+    cp_groups = [[[]] for _ in range(WG)]  # committed groups + the open one (last)
+    mma_groups = [[] for _ in range(WG)]   # committed wgmma groups (lists of ops), oldest first
+
+    def load_tile(wg, dst, src, rows, row0, valid_rows):
+        kchunks = D // 8
+        step = T // kchunks
+        assert step % 8 == 0 and rows % step == 0
+        for tid in range(wg * 128, wg * 128 + 128):
+            r, c = tid // kchunks, tid % kchunks
+            for i in range(rows // step):
+                row = row0 + r + i * step
+                vals = src[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
+                addr = dst + sw128_offset(rows, r + i * step, c)
+                if reads_at_wait:
+                    sm.write_chunk(addr, vals)
+                else:
+                    cp_groups[wg][-1].append((addr, vals))
+
+    def cp_commit(wg):
+        cp_groups[wg].append([])
+
+    def cp_wait(wg, n):  # all but the n most recent committed groups landed
+        committed = cp_groups[wg][:-1]
+        for grp in committed[:len(committed) - n]:
+            for a, v in grp:
+                sm.write_chunk(a, v)
+            grp.clear()
+
+    def gemm_s(wg, stage):
+        k_desc = desc(sK + stage * kKVB, 16, 1024)
+        q_desc = desc(sQ + wg * 64 * 128, 16, 1024)
+
+        def op():
+            acc = np.zeros((64, BN))
+            for kk in range(D // 16):
+                qo = (kk // 4) * BM * 128 + (kk % 4) * 32
+                ko = (kk // 4) * BN * 128 + (kk % 4) * 32
+                A = read_kmajor(sm, q_desc + (qo >> 4), 64)
+                B = read_kmajor(sm, k_desc + (ko >> 4), BN)
+                acc += A @ B.T
+            for tid in range(wg * 128, wg * 128 + 128):
+                w, g, q = w_of[tid], g_of[tid], q_of[tid]
+                for j in range(BN // 8):
+                    for e4 in range(4):
+                        s[tid, 4 * j + e4] = acc[16 * w + g + 8 * (e4 // 2), 8 * j + 2 * q + e4 % 2]
+        return op
+
+    def gemm_pv(wg, stage, buf=0):
+        v_desc = desc(sV + stage * kKVB, BN * 128, 1024)
+
+        def op():
+            snap = pa_bufs[buf]  # the A registers, read when the op runs (issue or wait)
+            acc = np.zeros((64, D))
+            for kk in range(BN // 16):
+                A = np.zeros((64, 16))
+                for tid in range(wg * 128, wg * 128 + 128):
+                    w, g, q = w_of[tid], g_of[tid], q_of[tid]
+                    r0 = 16 * w + g
+                    regs = snap[tid, kk]
+                    A[r0, 2 * q: 2 * q + 2] = regs[0]
+                    A[r0 + 8, 2 * q: 2 * q + 2] = regs[1]
+                    A[r0, 8 + 2 * q: 10 + 2 * q] = regs[2]
+                    A[r0 + 8, 8 + 2 * q: 10 + 2 * q] = regs[3]
+                B = read_mnmajor(sm, v_desc + ((kk * 16 * 128) >> 4), D)
+                acc += A @ B
+            for tid in range(wg * 128, wg * 128 + 128):
+                w, g, q = w_of[tid], g_of[tid], q_of[tid]
+                for j in range(D // 8):
+                    for e4 in range(4):
+                        o[tid, 4 * j + e4] += acc[16 * w + g + 8 * (e4 // 2), 8 * j + 2 * q + e4 % 2]
+        return op
+
+    def mma_commit(wg, op):
+        if reads_at_wait:
+            mma_groups[wg].append([op])
+        else:
+            op()
+            mma_groups[wg].append([])
+
+    def mma_wait(wg, n):  # groups complete in commit order
+        while len(mma_groups[wg]) > n:
+            for op in mma_groups[wg].pop(0):
+                op()
+
+    def softmax(wg, nb):
+        sl = slice(wg * 128, wg * 128 + 128)
+        n0 = nb * BN
+        corr = np.zeros((128, 2))
+        if not unmasked(n0, BN, lo, hi, nk, diag, left, right):
+            for tid in range(wg * 128, wg * 128 + 128):
+                for j in range(BN // 8):
+                    for e4 in range(4):
+                        col = n0 + j * 8 + 2 * q_of[tid] + (e4 & 1)
+                        if not key_visible(col, qrow[tid, e4 // 2], nk, diag, left, right):
+                            s[tid, 4 * j + e4] = -INF
+        for r in range(2):
+            cols = [4 * j + 2 * r + e for j in range(BN // 8) for e in range(2)]
+            mx = np.maximum(row_max[sl, r], np.max(s[sl][:, cols], axis=1))
+            mx = mx.reshape(-1, 4).max(1).repeat(4)
+            offset = np.where(mx == -INF, 0.0, mx) * scale_log2
+            with np.errstate(invalid="ignore"):
+                corr[:, r] = np.exp2(row_max[sl, r] * scale_log2 - offset)
+            row_max[sl, r] = mx
+            for idx in cols:
+                s[sl, idx] = np.exp2(s[sl, idx] * scale_log2 - offset)
+            part = sum(s[sl, 4 * j + 2 * r] + s[sl, 4 * j + 2 * r + 1] for j in range(BN // 8))
+            row_sum[sl, r] = row_sum[sl, r] * corr[:, r] + part
+        return corr
+
+    def rescale(wg, corr):
+        sl = slice(wg * 128, wg * 128 + 128)
+        for j in range(D // 8):
+            for e4 in range(4):
+                o[sl, 4 * j + e4] *= corr[:, e4 // 2]
+
+    def pack(wg, buf=0):
+        sl = slice(wg * 128, wg * 128 + 128)
+        for kk in range(BN // 16):
+            for i in range(4):
+                pa_bufs[buf, sl, kk, i, 0] = s[sl, 8 * kk + 2 * i]
+                pa_bufs[buf, sl, kk, i, 1] = s[sl, 8 * kk + 2 * i + 1]
+
+    def rescale_pack(wg, corr):
+        rescale(wg, corr)
+        pack(wg)
+
+    def load_k(wg, stage, nb):
+        load_tile(wg, sK + stage * kKVB, K, BN, nb * BN, nk)
+
+    def load_v(wg, stage, nb):
+        load_tile(wg, sV + stage * kKVB, V, BN, nb * BN, nk)
+
+    kBarWg0 = 1
+    red_result = {}  # the OR of the last completed generation of a barrier (__syncthreads_or)
+
+    def program(wg):  # mirrors the kernel's ping-pong branch, for warpgroup wg
+        bar_mine, bar_other = kBarWg0 + wg, kBarWg0 + 1 - wg
+        ahead = 1 + wg
+
+        def copy_ahead(i):
+            jk, jv = i + ahead, i + ahead - 1
+            if jk < nblocks:
+                load_k(wg, jk % 3, nb_last - jk)
+            if jv < nblocks:
+                load_v(wg, jv % 3, nb_last - jv)
+            cp_commit(wg)
+
+        # Q over all threads: this warpgroup's threads' chunks
+        load_tile(wg, sQ, Q, BM, m0, nq)
+        load_k(wg, 0, nb_last)
+        cp_commit(wg)
+        if nblocks > 1:
+            load_k(wg, 1, nb_last - 1)
+        load_v(wg, 0, nb_last)
+        cp_commit(wg)
+        if wg == 1:
+            copy_ahead(0)
+            cp_wait(wg, 2)
+        else:
+            cp_wait(wg, 1)
+        yield ("sync", 0, 256)
+        mma_commit(wg, gemm_s(wg, 0))
+        mma_wait(wg, 0)
+        rescale_pack(wg, softmax(wg, nb_last))
+        if wg == 1:
+            cp_wait(wg, 1)
+            yield ("arrive", kBarWg0, 256)
+        for i in range(1, nblocks):
+            nb = nb_last - i
+            cp_wait(wg, 0)
+            yield ("sync", bar_mine, 256)
+            mma_commit(wg, gemm_s(wg, i % 3))
+            yield ("step",)
+            mma_commit(wg, gemm_pv(wg, (i - 1) % 3))
+            yield ("arrive", bar_other, 256)
+            copy_ahead(i)
+            yield ("step",)
+            mma_wait(wg, 1)
+            corr = softmax(wg, nb)
+            yield ("step",)
+            mma_wait(wg, 0)
+            rescale_pack(wg, corr)
+        cp_wait(wg, 0)
+        yield ("sync", bar_mine, 256)
+        mma_commit(wg, gemm_pv(wg, (nblocks - 1) % 3))
+        if wg == 0:
+            yield ("arrive", bar_other, 256)
+        yield ("step",)
+        mma_wait(wg, 0)
+
+    def program_dp(wg):  # mirrors the kernel's kWgmmaSchedDoubleP branch, for warpgroup wg
+        load_tile(wg, sQ, Q, BM, m0, nq)
+        load_k(wg, 0, nb_last)
+        cp_commit(wg)
+        if nblocks > 1:
+            load_k(wg, 1, nb_last - 1)
+        load_v(wg, 0, nb_last)
+        cp_commit(wg)
+        cp_wait(wg, 1)
+        yield ("sync", 0, 256)
+        mma_commit(wg, gemm_s(wg, 0))
+        mma_wait(wg, 0)
+        softmax(wg, nb_last)
+        pack(wg, 0)
+        corr = np.ones((128, 2))
+
+        def barrier_rescale(corr):
+            cp_wait(wg, 0)
+            flag = bool(np.any(corr != 1.0))
+            yield ("syncor", 0, 256, flag)
+            if red_result[0]:
+                mma_wait(wg, 0)
+                rescale(wg, corr)
+
+        v_stage = 1
+        for i in range(1, nblocks):
+            nb = nb_last - i
+            stage = i & 1
+            yield from barrier_rescale(corr)
+            mma_commit(wg, gemm_s(wg, stage))
+            yield ("step",)
+            mma_commit(wg, gemm_pv(wg, 2 if v_stage == 0 else v_stage - 1, (i - 1) % 2))
+            yield ("step",)
+            if i + 1 < nblocks:
+                load_k(wg, stage ^ 1, nb - 1)
+            load_v(wg, v_stage, nb)
+            cp_commit(wg)
+            yield ("step",)
+            mma_wait(wg, 1)
+            corr = softmax(wg, nb)
+            yield ("step",)
+            pack(wg, i % 2)
+            v_stage = 0 if v_stage == 2 else v_stage + 1
+        yield from barrier_rescale(corr)
+        v_last = 2 if v_stage == 0 else v_stage - 1
+        mma_commit(wg, gemm_pv(wg, v_last, (nblocks - 1) % 2))
+        yield ("step",)
+        mma_wait(wg, 0)
+
+    if nblocks > 0:
+        rng = random.Random(int(policy[4:]) if policy.startswith("rand") else 0)
+        prog = program if sched == "pp" else program_dp
+        progs = [prog(0), prog(1)]
+        done = [False, False]
+        blocked = [None, None]  # barrier id a warpgroup waits on
+        count = {}               # threads arrived in the current generation, per barrier id
+        waiting = {}             # warpgroups blocked in bar.sync, per barrier id
+        completions = {}
+        red_acc = {}             # __syncthreads_or: the OR of the current generation, per barrier
+
+        def count_in(bar, n, wg, sync, flag=False):
+            c = count.get(bar, 0) + 128
+            assert c <= n, f"barrier {bar} over-arrived"
+            if sync:
+                waiting.setdefault(bar, []).append(wg)
+                blocked[wg] = bar
+            red_acc[bar] = red_acc.get(bar, False) or flag
+            if c == n:
+                red_result[bar] = red_acc.pop(bar)
+                count[bar] = 0
+                completions[bar] = completions.get(bar, 0) + 1
+                for w in waiting.pop(bar, []):
+                    blocked[w] = None
+            else:
+                count[bar] = c
+
+        while not all(done):
+            runnable = [w for w in range(2) if not done[w] and blocked[w] is None]
+            assert runnable, "deadlock"
+            if policy in ("wg0", "wg1"):
+                pref = int(policy[2])
+                wg = pref if pref in runnable else runnable[0]
+            else:
+                wg = rng.choice(runnable)
+            try:
+                ev = next(progs[wg])
+            except StopIteration:
+                done[wg] = True
+                continue
+            if ev[0] == "sync":
+                count_in(ev[1], ev[2], wg, True)
+            elif ev[0] == "syncor":
+                count_in(ev[1], ev[2], wg, True, ev[3])
+            elif ev[0] == "arrive":
+                count_in(ev[1], ev[2], wg, False)
+        assert all(v == 0 for v in count.values()), f"unbalanced named barriers {count}"
+        if sched == "pp":
+            assert completions.get(1, 0) == nblocks and completions.get(2, 0) == nblocks
+        else:
+            assert completions.get(0, 0) == nblocks + 1 and len(completions) == 1, completions
+        assert all(not g for g in mma_groups)
+
+    # epilogue (as emulate's)
+    out = np.full((nq, D), np.nan)
+    lse = np.full(nq, np.nan)
+    tot = row_sum.copy()
+    for r in range(2):
+        tot[:, r] = tot[:, r].reshape(-1, 4).sum(1).repeat(4)
+    for tid in range(T):
+        for r in range(2):
+            ssum = tot[tid, r]
+            anyv = ssum > 0
+            inv = 1.0 / ssum if anyv else 0.0
+            row = qrow[tid, r]
+            if row < nq:
+                for j in range(D // 8):
+                    out[row, 8 * j + 2 * q_of[tid]] = o[tid, 4 * j + 2 * r] * inv
+                    out[row, 8 * j + 2 * q_of[tid] + 1] = o[tid, 4 * j + 2 * r + 1] * inv
+                if q_of[tid] == 0:
+                    lse[row] = ((row_max[tid, r] * scale_log2 + math.log2(ssum)) * math.log(2)
+                                if anyv else -INF)
+    return out, lse
+
+
 def reference(Q, K, V, left, right, scale):
     nq, nk = Q.shape[0], K.shape[0]
     diag = nk - nq
@@ -346,7 +715,8 @@ def reference(Q, K, V, left, right, scale):
     return out, lse
 
 
-def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0):
+def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0, policy=None,
+          sched="pp"):
     rng = np.random.default_rng(seed)
     Q = rng.standard_normal((nq, D)) * gain
     K = rng.standard_normal((nk, D))
@@ -357,7 +727,11 @@ def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0):
     out = np.full((nq, D), np.nan)
     lse = np.full(nq, np.nan)
     for mb in range((nq + BM - 1) // BM):
-        r = emulate(Q, K, V, D, BN, WG, mb, left, right, scale, reads_at_wait)
+        if policy is None:
+            r = emulate(Q, K, V, D, BN, WG, mb, left, right, scale, reads_at_wait)
+        else:
+            r = emulate_pingpong(Q, K, V, D, BN, mb, left, right, scale, reads_at_wait, policy,
+                                 sched=sched)
         o_, l_ = r
         m0 = mb * BM
         out[m0: m0 + BM] = o_[m0: m0 + BM]
@@ -368,7 +742,7 @@ def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0):
         both_minus_inf = np.isinf(ref_l) & np.isinf(lse) & (lse < 0)
         lse_ok = np.all(both_minus_inf | (np.abs(lse - ref_l) < 1e-9))
     print(f"nq={nq} nk={nk} D={D} BN={BN} WG={WG} window=({left},{right}) "
-          f"reads_at_wait={reads_at_wait}: "
+          f"reads_at_wait={reads_at_wait}{'' if policy is None else f' {sched} {policy}'}: "
           f"max|O-ref|={err:.2e} lse_ok={lse_ok}", flush=True)
     assert err < 1e-9 and lse_ok
     return err
@@ -385,8 +759,33 @@ if __name__ == "__main__":
         (260, 260, 128, 100, 0),
         (130, 500, 64, -1, 3),
     ]
-    which = sys.argv[1:] or ["all"]
+    # Longer key ranges (7-8 blocks) for the ping-pong: the three K / V stages wrap around twice.
+    pp_cases = [
+        (130, 1000, 64, -1, -1),
+        (140, 900, 128, -1, 7),
+    ]
+    which = sys.argv[1:] or ["wgmma", "wgmmapp", "wgmma2"]
     for i, (nq, nk, D, l, r) in enumerate(cases):
         for mode in (True, False):
-            check(nq, nk, D, 128, 2, l, r, seed=i, reads_at_wait=mode, gain=3.0 if i % 2 else 1.0)
+            if "wgmma" in which:
+                check(nq, nk, D, 128, 2, l, r, seed=i, reads_at_wait=mode,
+                      gain=3.0 if i % 2 else 1.0)
+            if "wgmmapp" in which:
+                for policy in ("wg0", "wg1", f"rand{i}", f"rand{100 + i}"):
+                    check(nq, nk, D, 128, 2, l, r, seed=i, reads_at_wait=mode,
+                          gain=3.0 if i % 2 else 1.0, policy=policy)
+    if "wgmma2" in which:  # D = 64 only (the kernel's static_assert)
+        for i, (nq, nk, D, l, r) in enumerate(cases + pp_cases):
+            if D != 64:
+                continue
+            for mode in (True, False):
+                for policy in ("wg0", "wg1", f"rand{i}"):
+                    check(nq, nk, D, 128, 2, l, r, seed=70 + i, reads_at_wait=mode,
+                          gain=3.0 if i % 2 else 1.0, policy=policy, sched="dp")
+    if "wgmmapp" in which:
+        for i, (nq, nk, D, l, r) in enumerate(pp_cases):
+            for mode in (True, False):
+                for policy in ("wg0", "wg1", f"rand{i}", f"rand{100 + i}", f"rand{200 + i}"):
+                    check(nq, nk, D, 128, 2, l, r, seed=50 + i, reads_at_wait=mode, gain=2.0,
+                          policy=policy)
     print("ALL OK")

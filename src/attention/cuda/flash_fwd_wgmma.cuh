@@ -1,5 +1,7 @@
 // Hopper (sm_90a) prefill forward with warpgroup MMA (wgmma.mma_async): FlashAttention-3 style,
-// simplified. SQA_CUDA_FWD=wgmma selects it for head_dim 64 and 128 (flash_fwd_launch.cuh).
+// simplified. The default at head_dim 64 and 128 (SQA_CUDA_FWD=wgmma or unset);
+// SQA_CUDA_FWD=wgmmapp selects the ping-pong schedule and, at D = 64, wgmma2 the two-P-buffer
+// schedule (kSched, below; flash_fwd_launch.cuh).
 //
 // Design
 //   CTA = kWarpGroups warpgroups of 128 threads; each owns 64 query rows (the wgmma M), so
@@ -17,11 +19,36 @@
 //   only and runs block i's softmax while the tensor cores still work on P(i - 1) V(i - 1)
 //   (FA3's intra-warpgroup overlap). Then it waits for P V, rescales O and packs P(i). Across
 //   the warpgroups of a CTA the overlap comes by itself: one's softmax runs while the other's
-//   wgmmas do.
+//   wgmmas do. In SASS, though, ptxas places the wait for P(i - 1) V(i - 1) (WARPGROUP.DEPBAR
+//   gsb0 0) before the exponentials, since it interleaves them with the packs of P(i), which
+//   overwrite the registers that P(i - 1) V(i - 1) reads; so the intra-warpgroup overlap does
+//   not happen, and the barrier per block pulls both warpgroups into step: their wgmmas enter
+//   the tensor pipe together, then both run their softmax while it idles.
+//   Ping-pong (kWgmmaSchedPingPong, SQA_CUDA_FWD=wgmmapp; FA3's inter-warpgroup schedule): the
+//   two warpgroups take turns issuing their wgmmas of a block under two named barriers (ids 1
+//   and 2, bar.sync by the warpgroup whose turn it is, bar.arrive by the other after its issue),
+//   so the tensor pipe holds one warpgroup's S(i) and P(i - 1) V(i - 1) while the other runs its
+//   softmax. The CTA-wide barrier per block would undo that, so the loads change: three K and
+//   three V buffers, each warpgroup waits for its own copies before its bar.sync, and the
+//   named barriers carry both the "landed" and the "no longer read" conditions (the key loop
+//   spells out each hazard). The intra-warpgroup order is kept (ptxas still waits for P V before
+//   the exponentials; with the ping-pong the other warpgroup's products fill that time).
+//   Two P buffers (kWgmmaSchedDoubleP, SQA_CUDA_FWD=wgmma2, D = 64 only; as the small-head-dim
+//   kernel's wgmma2): P(i) goes to the registers that P(i - 2) V(i - 2) read, V gets a third
+//   buffer, and the O rescale moves behind the next barrier (taken when __syncthreads_or says
+//   some row moved its max); no wait for P V stands before the packs, and in SASS the 66
+//   MUFU.EX2 of block i (64 + 2 for the factors) sit between the HGMMA issue of P(i - 1) V(i - 1)
+//   and the WARPGROUP.DEPBAR that waits for it, in the even blocks of the loop (unrolled by two)
+//   all 66, in the odd ones 59 (ptxas sinks 7 below the next barrier and the rescale's wait).
 // Tiles: BM = 128 (2 warpgroups), BN = 128, for D = 64 and 128; 1 CTA per SM.
 //   Registers per thread: S 64 + O D / 2 + P 32 (P(i - 1) stays live while S(i) is computed);
-//   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills.
-//   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128.
+//   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills; ping-pong 210 and 250, no spills
+//   (and "16 barriers": the named barrier id is a register operand); two P buffers (D = 64) 252,
+//   no spills (ptxas notes C7519, an injected warpgroup.arrive, at the last P V's two branches,
+//   outside the loop, as in the small kernel's wgmma2).
+//   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128;
+//   ping-pong 3 x each: 112 KB and 224 KB (+ 1 KB alignment; the sm_90 limit is 227 KB); two P
+//   buffers (D = 64): K 2 x, V 3 x: 96 KB.
 // Semantics are those of flash_fwd_kernel.cuh (the same rules, from flash_common.cuh's helpers):
 // head layouts (GQA family: KV head h / G; rSQA: query head h % H_q, KV head h), varlen,
 // N_q != N_k with bottom-right aligned windows, the grid order (heads fastest, longest causal row
@@ -29,10 +56,14 @@
 // element, lse in natural log, rows without a visible key give O = 0 and lse = -inf.
 // Prefill only: pack = 1 and num_splits = 1 (decode takes the FA2 kernel; the launcher checks).
 // Not done yet (FA3 has these): TMA loads and warp specialisation (a producer warp, setmaxnreg
-// to move registers to the consumers), explicit ping-pong of the two warpgroups with named
-// barriers, a third K/V stage so the barrier need not wait for the current block's loads,
-// stmatrix / TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and
-// mask (e.g. BN = 176 at D = 128 without a mask), fp8.
+// to move registers to the consumers; the ping-pong instead has every thread copy its share
+// and the named barriers order the buffers), the intra-warpgroup overlap in SASS at D = 128
+// (two P register buffers would need 32 more registers than the 255 limit leaves), stmatrix /
+// TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and mask
+// (e.g. BN = 176 at D = 128 without a mask), fp8, the ping-pong and the two P buffers together
+// (D = 64: 210 + 32 registers might fit), FA4's lazy rescaling here. Neither the ping-pong nor
+// the two P buffers have run on a GPU yet (bench/gpu/wgmma_emulate.py wgmmapp / wgmma2 checks
+// their logic on the host).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -46,18 +77,33 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, int BN, int kWarpGroups>
+// Schedules of the key loop (the kSched template argument of the kernel).
+//   kWgmmaSchedDefault (SQA_CUDA_FWD=wgmma): one __syncthreads per key block, two K and two V
+//     buffers, both warpgroups in step.
+//   kWgmmaSchedPingPong (wgmmapp): FlashAttention-3's inter-warpgroup ping-pong; three K and
+//     three V buffers, no CTA-wide barrier in the key loop (see the kernel's key loop).
+//   kWgmmaSchedDoubleP (wgmma2, D = 64 only): as the default with two P register buffers and
+//     three V buffers, the O rescale deferred to after the next barrier, so no wait for P V
+//     stands before the packs of P(i) (see the kernel's key loop).
+enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1, kWgmmaSchedDoubleP = 2 };
+
+template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 struct WgmmaFwdTile {
   static constexpr int kThreads = 128 * kWarpGroups;
   static constexpr int BM = 64 * kWarpGroups;  // query rows of the CTA
   static constexpr int kQBytes = BM * D * 2;
   static constexpr int kKVBytes = BN * D * 2;  // one K or one V buffer
-  // Q, two K and two V buffers, and 1024 bytes to align the start to a swizzle atom (the
-  // alignment of dynamic shared memory is not guaranteed to be that large).
-  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes + 1024;
+  static constexpr int kKStages = kSched == kWgmmaSchedPingPong ? 3 : 2;
+  static constexpr int kVStages = kSched == kWgmmaSchedDefault ? 2 : 3;
+  // Q, the K and V buffers, and 1024 bytes to align the start to a swizzle atom (the alignment of
+  // dynamic shared memory is not guaranteed to be that large).
+  static constexpr int kSmemBytes = kQBytes + (kKStages + kVStages) * kKVBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
   static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (O += P V)");
   static_assert(BN == 64 || BN == 128, "wgmma wrappers exist for N = 64 and 128 (S = Q K^T)");
+  static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
+  static_assert(kSched != kWgmmaSchedPingPong || kWarpGroups == 2, "ping-pong of two warpgroups");
+  static_assert(kSched != kWgmmaSchedDoubleP || D == 64, "two P buffers exceed 255 registers");
 };
 
 // Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
@@ -98,13 +144,13 @@ __device__ __forceinline__ float tree_reduce(float (&v)[N], Op op) {
   }
 }
 
-template <typename T, int D, int BN, int kWarpGroups>
+template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     flash_fwd_wgmma_kernel(const FwdKernelParams p) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
 #else
-  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups>;
+  using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups, kSched>;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
   constexpr int kNT = BN / 8;        // 8-column tiles of S
@@ -118,8 +164,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   const uint32_t raw_addr = smem_addr(smem_raw);
   const uint32_t sQ = (raw_addr + 1023u) & ~1023u;  // [D / 64][BM][64], swizzled
   unsigned char* const smem_q = smem_raw + (sQ - raw_addr);
-  const uint32_t sK = sQ + Tile::kQBytes;       // [2][D / 64][BN][64]
-  const uint32_t sV = sK + 2 * Tile::kKVBytes;  // [2][D / 64][BN][64]
+  const uint32_t sK = sQ + Tile::kQBytes;                    // [kKStages][D / 64][BN][64]
+  const uint32_t sV = sK + Tile::kKStages * Tile::kKVBytes;  // [kVStages][D / 64][BN][64]
 
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
@@ -180,6 +226,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   float s[BN / 2];
   float o[D / 2];
   uint32_t pa[kPVSteps][4];
+  // kWgmmaSchedDoubleP: P(j) in pa for even j, pa1 for odd j (unused otherwise).
+  uint32_t pa1[kSched == kWgmmaSchedDoubleP ? kPVSteps : 1][4];
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) s[i] = 0.0f;  // the first S wgmma overwrites; defined anyway
 #pragma unroll
@@ -188,6 +236,10 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   for (int kk = 0; kk < kPVSteps; ++kk)
 #pragma unroll
     for (int e = 0; e < 4; ++e) pa[kk][e] = 0u;
+#pragma unroll
+  for (int kk = 0; kk < (kSched == kWgmmaSchedDoubleP ? kPVSteps : 1); ++kk)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pa1[kk][e] = 0u;
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};  // per-thread partial; reduced over the quad at the end
   const float scale_log2 = p.scale_log2;
@@ -206,16 +258,17 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     }
     wgmma_commit_group();
   };
-  auto issue_pv = [&](int stage) {
+  auto issue_pv_from = [&](int stage, const uint32_t(&a)[kPVSteps][4]) {
     // V is MN-major for B: atom columns of 64 dims BN * 128 bytes apart (leading offset), 8-key
     // groups 1024 bytes apart (stride); k-step kk starts at key 16 kk.
     const uint64_t v_desc = wgmma_desc_sw128(sV + stage * Tile::kKVBytes, BN * 128, 1024);
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      GemmO::rs_mn(o, pa[kk], wgmma_desc_advance(v_desc, kk * 16 * 128));
+      GemmO::rs_mn(o, a[kk], wgmma_desc_advance(v_desc, kk * 16 * 128));
     }
     wgmma_commit_group();
   };
+  auto issue_pv = [&](int stage) { issue_pv_from(stage, pa); };
 
   // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
   // the online softmax (base 2): s becomes P with the new running max; corr is the factor for
@@ -260,64 +313,275 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   };
   // Online softmax: O rescaled by the max's growth; then P as the A fragments of k-step kk
   // (accumulator column tiles 2 kk and 2 kk + 1, rows g and g + 8).
-  auto rescale_o_pack_p = [&](const float(&corr)[2]) {
+  auto rescale_o = [&](const float(&corr)[2]) {
 #pragma unroll
     for (int j = 0; j < kDT; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e / 2];
+  };
+  auto pack_p = [&](uint32_t(&a)[kPVSteps][4]) {
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      pa[kk][0] = Mma<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = Mma<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = Mma<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = Mma<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+      a[kk][0] = Mma<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
+      a[kk][1] = Mma<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+      a[kk][2] = Mma<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+      a[kk][3] = Mma<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
   };
+  auto rescale_o_pack_p = [&](const float(&corr)[2]) {
+    rescale_o(corr);
+    pack_p(pa);
+  };
 
-  if (num_blocks > 0) {
-    // Q and K(0) first; K(1) and V(0) stream in while S(0) and its softmax run.
-    load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
-    load_k(0, nb_last);
-    cp_async_commit();
-    if (num_blocks > 1) load_k(1, nb_last - 1);
-    load_v(0, nb_last);
-    cp_async_commit();
-    copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
-    float corr[2];
-    wgmma_fence();
-    issue_s(0);
-    wgmma_wait_group<0>();
-    fence_registers(s);
-    softmax(nb_last, corr);
-    rescale_o_pack_p(corr);  // O is still zero
-    for (int i = 1; i < num_blocks; ++i) {
-      const int nb = nb_last - i;
-      const int stage = i & 1;
-      // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2), so
-      // K(i + 1) may overwrite K(i - 1) and V(i) may overwrite V(i - 2).
-      copies_landed_barrier(AllGroups{});
-      wgmma_fence();  // O was rescaled and P packed by ordinary instructions
-      issue_s(stage);
-      issue_pv(stage ^ 1);
-      // The copies are issued behind the wgmmas, so the tensor cores start without waiting for
-      // them; they fill the other buffers (K(i + 1) and V(i)), which no wgmma in flight reads.
-      if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
-      load_v(stage, nb);
+  if constexpr (kSched == kWgmmaSchedDefault) {
+    if (num_blocks > 0) {
+      // Q and K(0) first; K(1) and V(0) stream in while S(0) and its softmax run.
+      load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+      load_k(0, nb_last);
       cp_async_commit();
-      wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+      if (num_blocks > 1) load_k(1, nb_last - 1);
+      load_v(0, nb_last);
+      cp_async_commit();
+      copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
+      float corr[2];
+      wgmma_fence();
+      issue_s(0);
+      wgmma_wait_group<0>();
       fence_registers(s);
-      softmax(nb, corr);
+      softmax(nb_last, corr);
+      rescale_o_pack_p(corr);  // O is still zero
+      for (int i = 1; i < num_blocks; ++i) {
+        const int nb = nb_last - i;
+        const int stage = i & 1;
+        // K(i) and V(i - 1) landed; every warpgroup finished S(i - 1) and P(i - 2) V(i - 2), so
+        // K(i + 1) may overwrite K(i - 1) and V(i) may overwrite V(i - 2).
+        copies_landed_barrier(AllGroups{});
+        wgmma_fence();  // O was rescaled and P packed by ordinary instructions
+        issue_s(stage);
+        issue_pv(stage ^ 1);
+        // The copies are issued behind the wgmmas, so the tensor cores start without waiting for
+        // them; they fill the other buffers (K(i + 1) and V(i)), which no wgmma in flight reads.
+        if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
+        load_v(stage, nb);
+        cp_async_commit();
+        wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+        fence_registers(s);
+        softmax(nb, corr);
+        wgmma_wait_group<0>();
+        fence_registers(o);
+        fence_registers(pa);
+        rescale_o_pack_p(corr);
+      }
+      copies_landed_barrier(AllGroups{});  // V(last) landed
+      wgmma_fence();
+      issue_pv((num_blocks - 1) & 1);
       wgmma_wait_group<0>();
       fence_registers(o);
       fence_registers(pa);
-      rescale_o_pack_p(corr);
     }
-    copies_landed_barrier(AllGroups{});  // V(last) landed
-    wgmma_fence();
-    issue_pv((num_blocks - 1) & 1);
-    wgmma_wait_group<0>();
-    fence_registers(o);
-    fence_registers(pa);
+  } else if constexpr (kSched == kWgmmaSchedDoubleP) {
+    // As flash_fwd_wgmma_small.cuh's kDoubleP. Two P register buffers (P(j) in pa for even j,
+    // pa1 for odd j) and three V buffers (V(j) in V stage j % 3; K(j) in K stage j % 2). Step i
+    // (key block nb): the barrier, and if any row moved its max in the softmax of block i - 1,
+    // wait_group 0 (P(i - 2) V(i - 2) done) and O times corr(i - 1), which must apply after
+    // P(i - 2) V(i - 2) and before P(i - 1) V(i - 1); issue S(i) and P(i - 1) V(i - 1) from the
+    // other buffer; copies of K(i + 1) and V(i); wait_group 1 (S(i), and so P(i - 2) V(i - 2));
+    // the softmax of block i; P(i) packed into the buffer that P(i - 2) V(i - 2) read. No wait
+    // for P V stands between the softmax and the packs, so the softmax of block i can overlap
+    // P(i - 1) V(i - 1) inside the warpgroup (the ping-pong's inter-warpgroup order is not used
+    // here: one __syncthreads per block, as the default).
+    // Hazards: K(i + 1) overwrites K(i - 1): every warpgroup waited for S(i - 1) before this
+    // barrier. V(i) overwrites V(i - 3): every warpgroup's wait_group 1 of step i - 1 completed
+    // P(i - 3) V(i - 3) before this barrier (with two V buffers P(i - 2) V(i - 2) of another
+    // warpgroup might still read V(i - 2)). P(i) overwrites the registers of P(i - 2) after
+    // wait_group 1 of step i.
+    // The max is exact (not lazy as in the small kernel), so at the start some row of the CTA
+    // moves its max in almost every block and the rescale branch is mostly taken; it costs the
+    // wait for P(i - 2) V(i - 2), issued a whole softmax earlier.
+    if (num_blocks > 0) {
+      load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+      load_k(0, nb_last);
+      cp_async_commit();
+      if (num_blocks > 1) load_k(1, nb_last - 1);
+      load_v(0, nb_last);
+      cp_async_commit();
+      copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
+      float corr[2];
+      wgmma_fence();
+      issue_s(0);
+      wgmma_wait_group<0>();
+      fence_registers(s);
+      softmax(nb_last, corr);
+      pack_p(pa);
+      corr[0] = corr[1] = 1.0f;  // O is still zero
+      // The barrier of a key block (copies landed and fenced, as copies_landed_barrier), which
+      // also tells every thread whether any row of the CTA moved its max in the last softmax;
+      // if so, O is rescaled once every P V issued so far completed (CTA-uniform branch: the
+      // wait is warpgroup-collective). The branch matters for the schedule: with the wait and
+      // the rescale in the barrier's basic block ptxas sank the softmax of the block before
+      // below them (SASS), which undid the overlap.
+      auto barrier_rescale = [&](float(&c)[2]) {
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+        if (__syncthreads_or((c[0] != 1.0f) | (c[1] != 1.0f)) != 0) {
+          wgmma_wait_group<0>();
+          fence_registers(o);
+          rescale_o(c);
+        }
+      };
+      auto step = [&](int i, int v_stage, uint32_t(&pa_cur)[kPVSteps][4],
+                      const uint32_t(&pa_prev)[kPVSteps][4]) {
+        const int nb = nb_last - i;
+        const int stage = i & 1;
+        barrier_rescale(corr);
+        wgmma_fence();
+        issue_s(stage);
+        issue_pv_from(v_stage == 0 ? 2 : v_stage - 1, pa_prev);  // V(i - 1)
+        if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
+        load_v(v_stage, nb);
+        cp_async_commit();
+        // S(i) done; P(i - 1) V(i - 1) may still run, P(i - 2) V(i - 2) has completed (groups
+        // complete in commit order), so its A registers may take P(i).
+        wgmma_wait_group<1>();
+        fence_registers(s);
+        fence_registers(pa_cur);
+        softmax(nb, corr);
+        pack_p(pa_cur);
+      };
+      auto next_v = [](int v) { return v == 2 ? 0 : v + 1; };
+      int v_stage = 1;  // V(i)'s stage at step i
+      int i = 1;
+      for (; i + 1 < num_blocks; i += 2) {  // by two, so that the P buffers are fixed registers
+        step(i, v_stage, pa1, pa);
+        v_stage = next_v(v_stage);
+        step(i + 1, v_stage, pa, pa1);
+        v_stage = next_v(v_stage);
+      }
+      if (i < num_blocks) {
+        step(i, v_stage, pa1, pa);
+        v_stage = next_v(v_stage);
+      }
+      barrier_rescale(corr);  // V(last) landed; the last softmax's factor
+      wgmma_fence();
+      const int v_last = v_stage == 0 ? 2 : v_stage - 1;
+      if ((num_blocks - 1) & 1) {
+        issue_pv_from(v_last, pa1);
+      } else {
+        issue_pv_from(v_last, pa);
+      }
+      wgmma_wait_group<0>();
+      fence_registers(o);
+      fence_registers(pa);
+      fence_registers(pa1);
+    }
+  } else {
+    // Ping-pong (FlashAttention-3): the two warpgroups take turns issuing their wgmmas. Each step
+    // of warpgroup w is: wait for its own copies, then bar.sync on its named barrier kBarWg0 + w
+    // (256 threads: its 128 sync, the other warpgroup's 128 arrive), issue S(i) and
+    // P(i - 1) V(i - 1), bar.arrive on the other warpgroup's barrier, issue its share of the next
+    // copies, then the softmax of block i. So warpgroup 0's wgmmas of block i enter the tensor
+    // pipe before warpgroup 1's, which enter before warpgroup 0's of block i + 1, and while one
+    // warpgroup runs its softmax the tensor cores work on the other's products. No CTA-wide
+    // barrier stands in the loop (it would pull the warpgroups back into step).
+    // Copies: every thread copies its chunks of every K and V tile (as load_tile_sw128 splits a
+    // tile over the CTA's 256 threads), but the warpgroups run half a step apart: at its step i,
+    // warpgroup 0 copies its share of K(i + 1) and V(i), warpgroup 1 its share of K(i + 2) and
+    // V(i + 1) (it can run one block further ahead, see below). Block j sits in K and V stage
+    // j % 3.
+    // Full: before its bar.sync of step i a warpgroup waits for all its copies (cp.async
+    // wait_group 0: those of its step i - 1) and fences them to the async proxy; bar.arrive
+    // releases them to the other warpgroup, bar.sync acquires the other's and its own
+    // warpgroup's. Warpgroup 0 at step i needs K(i), V(i - 1): its own share from its step
+    // i - 1, warpgroup 1's from warpgroup 1's step i - 2, waited before warpgroup 1's bar.sync
+    // of step i - 1, hence before its arrive of step i - 1 that this bar.sync pairs with.
+    // Warpgroup 1 at step i: its own share from its step i - 2, warpgroup 0's from warpgroup 0's
+    // step i - 1, waited before warpgroup 0's arrive of step i.
+    // Empty: when warpgroup 0 passes its bar.sync of step i, warpgroup 1 has completed S(i - 2)
+    // and P(i - 3) V(i - 3) (its waits of step i - 2 precede its arrive of step i - 1); so K(i + 1)
+    // may overwrite K(i - 2) and V(i) may overwrite V(i - 3) (3 stages). When warpgroup 1 passes
+    // its bar.sync of step i, warpgroup 0 has completed S(i - 1) and P(i - 2) V(i - 2) (its
+    // waits of step i - 1 precede its arrive of step i); so K(i + 2) may overwrite K(i - 1) and
+    // V(i + 1) may overwrite V(i - 2). Each warpgroup's own earlier wgmmas are complete by its
+    // own waits.
+    // The barriers alternate strictly (warpgroup 1's arrive of step i needs its bar.sync of step
+    // i, which needs warpgroup 0's arrive of step i, which follows warpgroup 0's bar.sync of
+    // step i, which consumed warpgroup 1's arrive of step i - 1), so no arrive can run into the
+    // next generation of a barrier. Warpgroup 1's arrive after its block-0 softmax opens the
+    // first turn; both barriers end balanced (each completes num_blocks times).
+    if (num_blocks > 0) {
+      constexpr uint32_t kBarWg0 = 1;  // named barrier ids 1 and 2 (0 is __syncthreads)
+      const uint32_t bar_mine = kBarWg0 + warpgroup;
+      const uint32_t bar_other = kBarWg0 + 1 - warpgroup;
+      const int ahead = 1 + warpgroup;  // copies at step i: K(i + ahead), V(i + ahead - 1)
+      auto stage3 = [](int j) { return j % 3; };
+      auto copy_ahead = [&](int i) {
+        const int jk = i + ahead, jv = i + ahead - 1;
+        if (jk < num_blocks) load_k(stage3(jk), nb_last - jk);
+        if (jv < num_blocks) load_v(stage3(jv), nb_last - jv);
+        cp_async_commit();
+      };
+      auto copies_landed = [] {  // all of this thread's copies, fenced to the async proxy
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+      };
+      // Q and K(0) (group 0); K(1) and V(0) (group 1: warpgroup 0's copies of step 0 and
+      // warpgroup 1's of step -1); warpgroup 1 also its copies of step 0 (group 2).
+      load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
+      load_k(0, nb_last);
+      cp_async_commit();
+      if (num_blocks > 1) load_k(1, nb_last - 1);
+      load_v(0, nb_last);
+      cp_async_commit();
+      if (warpgroup == 1) {
+        copy_ahead(0);
+        cp_async_wait<2>();
+      } else {
+        cp_async_wait<1>();
+      }
+      fence_proxy_async_shared();
+      __syncthreads();  // Q and K(0) landed for everyone
+      float corr[2];
+      wgmma_fence();
+      issue_s(0);
+      wgmma_wait_group<0>();
+      fence_registers(s);
+      softmax(nb_last, corr);
+      rescale_o_pack_p(corr);  // O is still zero
+      if (warpgroup == 1) {
+        // Its K(1) and V(0) landed (warpgroup 0 needs them at its step 1); warpgroup 0's first
+        // turn.
+        cp_async_wait<1>();
+        fence_proxy_async_shared();
+        named_barrier_arrive(kBarWg0, 256);
+      }
+      for (int i = 1; i < num_blocks; ++i) {
+        const int nb = nb_last - i;
+        copies_landed();
+        named_barrier_sync(bar_mine, 256);
+        wgmma_fence();  // O was rescaled and P packed by ordinary instructions
+        issue_s(stage3(i));
+        issue_pv(stage3(i - 1));
+        named_barrier_arrive(bar_other, 256);  // the other warpgroup's turn
+        copy_ahead(i);
+        wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+        fence_registers(s);
+        softmax(nb, corr);
+        wgmma_wait_group<0>();
+        fence_registers(o);
+        fence_registers(pa);
+        rescale_o_pack_p(corr);
+      }
+      // The last P V, in turn too: V(last) landed; warpgroup 0's arrive balances warpgroup 1's
+      // last bar.sync.
+      copies_landed();
+      named_barrier_sync(bar_mine, 256);
+      wgmma_fence();
+      issue_pv(stage3(num_blocks - 1));
+      if (warpgroup == 0) named_barrier_arrive(bar_other, 256);
+      wgmma_wait_group<0>();
+      fence_registers(o);
+      fence_registers(pa);
+    }
   }
 
   // Epilogue: normalise, write lse, and write O through shared memory (16-byte global stores).

@@ -52,6 +52,19 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_byte_addr,
          (static_cast<uint64_t>((stride_bytes >> 4) & 0x3FFFu) << 32) | (uint64_t{1} << 62);
 }
 
+// The same for any layout type (bits 62-63): 0 = interleave (no swizzle), 1 = 128-byte,
+// 2 = 64-byte, 3 = 32-byte swizzle. The swizzle of a mode of W bytes (W = 32, 64, 128) XORs the
+// 16-byte chunk index (address bits 4 .. 3 + log2(W / 16)) with address bits 7 .. 6 + log2(W /
+// 16): atoms of 8 rows x W bytes, repeating every 8 W bytes (256, 512, 1024), at which the tiles
+// must be aligned (base offset 0). See swz_offset in flash_fwd_wgmma_small.cuh.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_byte_addr, uint32_t leading_bytes,
+                                               uint32_t stride_bytes, uint32_t layout_type) {
+  return static_cast<uint64_t>((smem_byte_addr >> 4) & 0x3FFFu) |
+         (static_cast<uint64_t>((leading_bytes >> 4) & 0x3FFFu) << 16) |
+         (static_cast<uint64_t>((stride_bytes >> 4) & 0x3FFFu) << 32) |
+         (static_cast<uint64_t>(layout_type & 3u) << 62);
+}
+
 // The descriptor moved by `bytes` (a multiple of 16): only the start address field changes, and
 // it cannot carry into the next field while the address stays below 256 KB (all of shared memory).
 __device__ __forceinline__ uint64_t wgmma_desc_advance(uint64_t desc, uint32_t bytes) {
@@ -84,6 +97,17 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Named barriers (ids 1 .. 15; 0 is __syncthreads) over `threads` threads (a multiple of 32):
+// bar.sync waits until that many threads have arrived (its own included), bar.arrive counts this
+// thread without waiting. Both order this thread's earlier memory accesses before the barrier
+// completes, for every participating thread (FlashAttention-3's warp scheduler barriers).
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Register fences: the compiler sees every register as read and rewritten here, so it neither
 // moves a use of an accumulator above the wgmma.wait_group that completes it, nor reuses the
 // register of an A operand (packed P) for something else while a wgmma may still read it.
@@ -103,179 +127,168 @@ __device__ __forceinline__ void fence_registers(uint32_t (&r)[N][M]) {
 // wgmma.mma_async m64nNk16 with fp32 accumulators, for 16-bit inputs T and N columns. The scale
 // and transpose immediates: A and B unscaled (1, 1); ss: both operands K-major (0, 0); rs_mn: B
 // MN-major (transpose 1). `accumulate` = 0 overwrites D (no zeroing needed), 1 adds to it.
+//
+// bf16 and fp16 differ only in the input types of the instruction name (.f32.bf16.bf16 against
+// .f32.f16.f16), and inline asm takes its text only as string literals, so each shape is written
+// once as a macro on (T, PTX type name) and stamped out for both types, as CUTLASS does for its
+// MMA atoms. N stays written out per shape: it fixes the operand numbering (%i), the accumulators
+// being the first operands.
 template <typename T, int N>
 struct Wgmma;
 
-template <>
-struct Wgmma<__nv_bfloat16, 64> {
-  // D (m64n64, fp32) += A (m64k16, shared memory, K-major) * B (k16n64, shared memory, K-major).
-  static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                            int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  // D (m64n64, fp32) += A (m64k16, registers) * B (k16n64, shared memory, MN-major).
-  static __device__ __forceinline__ void rs_mn(float (&d)[32], const uint32_t (&a)[4],
-                                               uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  }
-};
+// The accumulators d[0 .. N / 2 - 1] of m64nN as read-write ("+f") asm operands, written once for
+// all shapes (each list extends the one of half its length). They are the first operands of every
+// wgmma below, so %0 .. %(N / 2 - 1) in the asm text.
+#define SQA_WGMMA_ACC4(d) "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+#define SQA_WGMMA_ACC8(d) SQA_WGMMA_ACC4(d), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+#define SQA_WGMMA_ACC16(d)                                                                       \
+  SQA_WGMMA_ACC8(d), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), \
+      "+f"(d[14]), "+f"(d[15])
+#define SQA_WGMMA_ACC32(d)                                                                       \
+  SQA_WGMMA_ACC16(d), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),           \
+      "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+      "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define SQA_WGMMA_ACC64(d)                                                                       \
+  SQA_WGMMA_ACC32(d), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),           \
+      "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), \
+      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), \
+      "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), \
+      "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
-template <>
-struct Wgmma<__nv_bfloat16, 128> {
-  // D (m64n128, fp32) += A (m64k16, shared memory, K-major) * B (k16n128, shared memory, K-major).
-  static __device__ __forceinline__ void ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
-                                            int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-          "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  // D (m64n128, fp32) += A (m64k16, registers) * B (k16n128, shared memory, MN-major).
-  static __device__ __forceinline__ void rs_mn(float (&d)[64], const uint32_t (&a)[4],
-                                               uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-          "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  }
-};
+// Wgmma<T, 64>:
+//   ss:    D (m64n64, fp32) += A (m64k16, shared memory, K-major) * B (k16n64, shared, K-major).
+//   rs_mn: D (m64n64, fp32) += A (m64k16, registers) * B (k16n64, shared memory, MN-major).
+#define SQA_WGMMA_M64N64(T, TYPE)                                                               \
+  template <>                                                                                   \
+  struct Wgmma<T, 64> {                                                                         \
+    static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, \
+                                              int accumulate) {                                 \
+      asm volatile(                                                                             \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                          \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                           \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "            \
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "   \
+          "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                       \
+          : SQA_WGMMA_ACC32(d)                                                                  \
+          : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                         \
+    }                                                                                           \
+    static __device__ __forceinline__ void rs_mn(float (&d)[32], const uint32_t (&a)[4],        \
+                                                 uint64_t desc_b) {                             \
+      asm volatile(                                                                             \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                          \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                           \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "            \
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "   \
+          "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                         \
+          : SQA_WGMMA_ACC32(d)                                                                  \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                   \
+    }                                                                                           \
+  };
 
-template <>
-struct Wgmma<__half, 64> {
-  // D (m64n64, fp32) += A (m64k16, shared memory, K-major) * B (k16n64, shared memory, K-major).
-  static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                            int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  // D (m64n64, fp32) += A (m64k16, registers) * B (k16n64, shared memory, MN-major).
-  static __device__ __forceinline__ void rs_mn(float (&d)[32], const uint32_t (&a)[4],
-                                               uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  }
-};
+// Wgmma<T, 128>: the same two forms for m64n128 (64 accumulators per thread).
+#define SQA_WGMMA_M64N128(T, TYPE)                                                              \
+  template <>                                                                                   \
+  struct Wgmma<T, 128> {                                                                        \
+    static __device__ __forceinline__ void ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, \
+                                              int accumulate) {                                 \
+      asm volatile(                                                                             \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                          \
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                          \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "            \
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "    \
+          "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "    \
+          "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "   \
+          "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                       \
+          : SQA_WGMMA_ACC64(d)                                                                  \
+          : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                         \
+    }                                                                                           \
+    static __device__ __forceinline__ void rs_mn(float (&d)[64], const uint32_t (&a)[4],        \
+                                                 uint64_t desc_b) {                             \
+      asm volatile(                                                                             \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                          \
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                          \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "            \
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "    \
+          "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "    \
+          "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "   \
+          "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                         \
+          : SQA_WGMMA_ACC64(d)                                                                  \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                   \
+    }                                                                                           \
+  };
 
-template <>
-struct Wgmma<__half, 128> {
-  // D (m64n128, fp32) += A (m64k16, shared memory, K-major) * B (k16n128, shared memory, K-major).
-  static __device__ __forceinline__ void ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
-                                            int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-          "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  // D (m64n128, fp32) += A (m64k16, registers) * B (k16n128, shared memory, MN-major).
-  static __device__ __forceinline__ void rs_mn(float (&d)[64], const uint32_t (&a)[4],
-                                               uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-          "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  }
-};
+SQA_WGMMA_M64N64(__nv_bfloat16, "bf16")
+SQA_WGMMA_M64N64(__half, "f16")
+SQA_WGMMA_M64N128(__nv_bfloat16, "bf16")
+SQA_WGMMA_M64N128(__half, "f16")
+#undef SQA_WGMMA_M64N64
+#undef SQA_WGMMA_M64N128
+
+// ---- Small-N products with A from registers (flash_fwd_wgmma_small.cuh, D = 16 and 32) --------
+// D (m64nN, fp32) += A (m64k16, registers) * B (k16nN, shared memory); kTransB = 1: B MN-major
+// (V for O += P V), 0: B K-major (the ones tile of the row sums). Always accumulates. Written once
+// per N for both input types, as Wgmma above.
+template <typename T, int N, int kTransB>
+struct WgmmaRS;
+
+#define SQA_WGMMA_RS_M64N8(T, TYPE)                                                         \
+  template <int kTransB>                                                                    \
+  struct WgmmaRS<T, 8, kTransB> {                                                           \
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],       \
+                                               uint64_t desc_b) {                           \
+      asm volatile(                                                                         \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"                                       \
+          "wgmma.mma_async.sync.aligned.m64n8k16.f32." TYPE "." TYPE                        \
+          " {%0, %1, %2, %3}, "                                                             \
+          "{%4, %5, %6, %7}, %8, p, 1, 1, %10;\n}\n"                                        \
+          : SQA_WGMMA_ACC4(d)                                                               \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB)); \
+    }                                                                                       \
+  };
+
+#define SQA_WGMMA_RS_M64N16(T, TYPE)                                                        \
+  template <int kTransB>                                                                    \
+  struct WgmmaRS<T, 16, kTransB> {                                                          \
+    static __device__ __forceinline__ void run(float (&d)[8], const uint32_t (&a)[4],       \
+                                               uint64_t desc_b) {                           \
+      asm volatile(                                                                         \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                      \
+          "wgmma.mma_async.sync.aligned.m64n16k16.f32." TYPE "." TYPE                       \
+          " {%0, %1, %2, %3, %4, %5, %6, %7}, "                                             \
+          "{%8, %9, %10, %11}, %12, p, 1, 1, %14;\n}\n"                                     \
+          : SQA_WGMMA_ACC8(d)                                                               \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB)); \
+    }                                                                                       \
+  };
+
+#define SQA_WGMMA_RS_M64N32(T, TYPE)                                                        \
+  template <int kTransB>                                                                    \
+  struct WgmmaRS<T, 32, kTransB> {                                                          \
+    static __device__ __forceinline__ void run(float (&d)[16], const uint32_t (&a)[4],      \
+                                               uint64_t desc_b) {                           \
+      asm volatile(                                                                         \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                      \
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                       \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "       \
+          "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"                                   \
+          : SQA_WGMMA_ACC16(d)                                                              \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB)); \
+    }                                                                                       \
+  };
+
+SQA_WGMMA_RS_M64N8(__nv_bfloat16, "bf16")
+SQA_WGMMA_RS_M64N8(__half, "f16")
+SQA_WGMMA_RS_M64N16(__nv_bfloat16, "bf16")
+SQA_WGMMA_RS_M64N16(__half, "f16")
+SQA_WGMMA_RS_M64N32(__nv_bfloat16, "bf16")
+SQA_WGMMA_RS_M64N32(__half, "f16")
+#undef SQA_WGMMA_RS_M64N8
+#undef SQA_WGMMA_RS_M64N16
+#undef SQA_WGMMA_RS_M64N32
+#undef SQA_WGMMA_ACC4
+#undef SQA_WGMMA_ACC8
+#undef SQA_WGMMA_ACC16
+#undef SQA_WGMMA_ACC32
+#undef SQA_WGMMA_ACC64
 
 }  // namespace sqa::cuda::detail
