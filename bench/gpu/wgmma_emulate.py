@@ -5,10 +5,10 @@ reference: a check of the kernel's index math, descriptors, fragment hand-over a
 pipeline that needs no GPU. It mirrors the kernel by hand (keep the two in step), in float64
 without bf16 rounding, so every case must match to ~1e-14.
 
-Usage: python3 bench/gpu/wgmma_emulate.py [wgmma] [wgmmapp] [wgmma2]   (all by default; prints one
+Usage: python3 bench/gpu/wgmma_emulate.py [wgmma] [wgmmapp]   (both by default; prints one
 line per case, then ALL OK). wgmmapp: the ping-pong schedule (emulate_pingpong), the two
 warpgroups as separate programs interleaved by several policies, with PTX named-barrier
-semantics; wgmma2: the D = 64 two-P-buffer schedule in the same engine (__syncthreads_or too).
+semantics.
 
 Hardware model (PTX ISA / CUTLASS canonical GMMA layouts, 128-byte swizzle):
   swizzle: byte address a -> a ^ (((a >> 7) & 7) << 4)   (Swizzle<3,4,3>)
@@ -332,10 +332,8 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, raw_
 
 
 def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait, policy,
-                     raw_addr=0x410, sched="pp"):
-    """sched "pp": SQA_CUDA_FWD=wgmmapp (kSched = kWgmmaSchedPingPong); "dp": wgmma2 at D = 64
-    (kWgmmaSchedDoubleP: two P register buffers, three V buffers, the O rescale after the next
-    barrier when __syncthreads_or says some row moved its max). The two warpgroups run as separate
+                     raw_addr=0x410):
+    """SQA_CUDA_FWD=wgmmapp (kSched = kWgmmaSchedPingPong). The two warpgroups run as separate
     programs (generators) that yield at every barrier and between their steps; a scheduler
     interleaves them by `policy` ("wg0" / "wg1": run that warpgroup while it can, else the other;
     "rand<seed>": a random runnable one at every yield), with named barriers as in PTX: bar.sync
@@ -351,7 +349,7 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
     T = 128 * WG
     kQB = BM * D * 2
     kKVB = BN * D * 2
-    kKStages = 3 if sched == "pp" else 2
+    kKStages = 3
     kVStages = 3
     smem_size = raw_addr + kQB + (kKStages + kVStages) * kKVB + 1024 + 64
     assert kQB + (kKStages + kVStages) * kKVB + 1024 <= 227 * 1024
@@ -371,8 +369,7 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
 
     s = np.zeros((T, BN // 2))
     o = np.zeros((T, D // 2))
-    pa_bufs = np.zeros((2, T, BN // 16, 4, 2))  # "dp": P(j) in buffer j % 2; "pp": buffer 0
-    pa = pa_bufs[0]
+    pa = np.zeros((T, BN // 16, 4, 2))
     row_max = np.full((T, 2), -INF)
     row_sum = np.zeros((T, 2))
     tids = np.arange(T)
@@ -430,11 +427,11 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
                         s[tid, 4 * j + e4] = acc[16 * w + g + 8 * (e4 // 2), 8 * j + 2 * q + e4 % 2]
         return op
 
-    def gemm_pv(wg, stage, buf=0):
+    def gemm_pv(wg, stage):
         v_desc = desc(sV + stage * kKVB, BN * 128, 1024)
 
         def op():
-            snap = pa_bufs[buf]  # the A registers, read when the op runs (issue or wait)
+            snap = pa  # the A registers, read when the op runs (issue or wait)
             acc = np.zeros((64, D))
             for kk in range(BN // 16):
                 A = np.zeros((64, 16))
@@ -498,12 +495,12 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
             for e4 in range(4):
                 o[sl, 4 * j + e4] *= corr[:, e4 // 2]
 
-    def pack(wg, buf=0):
+    def pack(wg):
         sl = slice(wg * 128, wg * 128 + 128)
         for kk in range(BN // 16):
             for i in range(4):
-                pa_bufs[buf, sl, kk, i, 0] = s[sl, 8 * kk + 2 * i]
-                pa_bufs[buf, sl, kk, i, 1] = s[sl, 8 * kk + 2 * i + 1]
+                pa[sl, kk, i, 0] = s[sl, 8 * kk + 2 * i]
+                pa[sl, kk, i, 1] = s[sl, 8 * kk + 2 * i + 1]
 
     def rescale_pack(wg, corr):
         rescale(wg, corr)
@@ -516,7 +513,6 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
         load_tile(wg, sV + stage * kKVB, V, BN, nb * BN, nk)
 
     kBarWg0 = 1
-    red_result = {}  # the OR of the last completed generation of a barrier (__syncthreads_or)
 
     def program(wg):  # mirrors the kernel's ping-pong branch, for warpgroup wg
         bar_mine, bar_other = kBarWg0 + wg, kBarWg0 + 1 - wg
@@ -573,75 +569,22 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
         yield ("step",)
         mma_wait(wg, 0)
 
-    def program_dp(wg):  # mirrors the kernel's kWgmmaSchedDoubleP branch, for warpgroup wg
-        load_tile(wg, sQ, Q, BM, m0, nq)
-        load_k(wg, 0, nb_last)
-        cp_commit(wg)
-        if nblocks > 1:
-            load_k(wg, 1, nb_last - 1)
-        load_v(wg, 0, nb_last)
-        cp_commit(wg)
-        cp_wait(wg, 1)
-        yield ("sync", 0, 256)
-        mma_commit(wg, gemm_s(wg, 0))
-        mma_wait(wg, 0)
-        softmax(wg, nb_last)
-        pack(wg, 0)
-        corr = np.ones((128, 2))
-
-        def barrier_rescale(corr):
-            cp_wait(wg, 0)
-            flag = bool(np.any(corr != 1.0))
-            yield ("syncor", 0, 256, flag)
-            if red_result[0]:
-                mma_wait(wg, 0)
-                rescale(wg, corr)
-
-        v_stage = 1
-        for i in range(1, nblocks):
-            nb = nb_last - i
-            stage = i & 1
-            yield from barrier_rescale(corr)
-            mma_commit(wg, gemm_s(wg, stage))
-            yield ("step",)
-            mma_commit(wg, gemm_pv(wg, 2 if v_stage == 0 else v_stage - 1, (i - 1) % 2))
-            yield ("step",)
-            if i + 1 < nblocks:
-                load_k(wg, stage ^ 1, nb - 1)
-            load_v(wg, v_stage, nb)
-            cp_commit(wg)
-            yield ("step",)
-            mma_wait(wg, 1)
-            corr = softmax(wg, nb)
-            yield ("step",)
-            pack(wg, i % 2)
-            v_stage = 0 if v_stage == 2 else v_stage + 1
-        yield from barrier_rescale(corr)
-        v_last = 2 if v_stage == 0 else v_stage - 1
-        mma_commit(wg, gemm_pv(wg, v_last, (nblocks - 1) % 2))
-        yield ("step",)
-        mma_wait(wg, 0)
-
     if nblocks > 0:
         rng = random.Random(int(policy[4:]) if policy.startswith("rand") else 0)
-        prog = program if sched == "pp" else program_dp
-        progs = [prog(0), prog(1)]
+        progs = [program(0), program(1)]
         done = [False, False]
         blocked = [None, None]  # barrier id a warpgroup waits on
         count = {}               # threads arrived in the current generation, per barrier id
         waiting = {}             # warpgroups blocked in bar.sync, per barrier id
         completions = {}
-        red_acc = {}             # __syncthreads_or: the OR of the current generation, per barrier
 
-        def count_in(bar, n, wg, sync, flag=False):
+        def count_in(bar, n, wg, sync):
             c = count.get(bar, 0) + 128
             assert c <= n, f"barrier {bar} over-arrived"
             if sync:
                 waiting.setdefault(bar, []).append(wg)
                 blocked[wg] = bar
-            red_acc[bar] = red_acc.get(bar, False) or flag
             if c == n:
-                red_result[bar] = red_acc.pop(bar)
                 count[bar] = 0
                 completions[bar] = completions.get(bar, 0) + 1
                 for w in waiting.pop(bar, []):
@@ -664,15 +607,10 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
                 continue
             if ev[0] == "sync":
                 count_in(ev[1], ev[2], wg, True)
-            elif ev[0] == "syncor":
-                count_in(ev[1], ev[2], wg, True, ev[3])
             elif ev[0] == "arrive":
                 count_in(ev[1], ev[2], wg, False)
         assert all(v == 0 for v in count.values()), f"unbalanced named barriers {count}"
-        if sched == "pp":
-            assert completions.get(1, 0) == nblocks and completions.get(2, 0) == nblocks
-        else:
-            assert completions.get(0, 0) == nblocks + 1 and len(completions) == 1, completions
+        assert completions.get(1, 0) == nblocks and completions.get(2, 0) == nblocks
         assert all(not g for g in mma_groups)
 
     # epilogue (as emulate's)
@@ -715,8 +653,7 @@ def reference(Q, K, V, left, right, scale):
     return out, lse
 
 
-def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0, policy=None,
-          sched="pp"):
+def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0, policy=None):
     rng = np.random.default_rng(seed)
     Q = rng.standard_normal((nq, D)) * gain
     K = rng.standard_normal((nk, D))
@@ -730,8 +667,7 @@ def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0, policy=
         if policy is None:
             r = emulate(Q, K, V, D, BN, WG, mb, left, right, scale, reads_at_wait)
         else:
-            r = emulate_pingpong(Q, K, V, D, BN, mb, left, right, scale, reads_at_wait, policy,
-                                 sched=sched)
+            r = emulate_pingpong(Q, K, V, D, BN, mb, left, right, scale, reads_at_wait, policy)
         o_, l_ = r
         m0 = mb * BM
         out[m0: m0 + BM] = o_[m0: m0 + BM]
@@ -742,7 +678,7 @@ def check(nq, nk, D, BN, WG, left, right, seed, reads_at_wait, gain=1.0, policy=
         both_minus_inf = np.isinf(ref_l) & np.isinf(lse) & (lse < 0)
         lse_ok = np.all(both_minus_inf | (np.abs(lse - ref_l) < 1e-9))
     print(f"nq={nq} nk={nk} D={D} BN={BN} WG={WG} window=({left},{right}) "
-          f"reads_at_wait={reads_at_wait}{'' if policy is None else f' {sched} {policy}'}: "
+          f"reads_at_wait={reads_at_wait}{'' if policy is None else f' pp {policy}'}: "
           f"max|O-ref|={err:.2e} lse_ok={lse_ok}", flush=True)
     assert err < 1e-9 and lse_ok
     return err
@@ -764,7 +700,7 @@ if __name__ == "__main__":
         (130, 1000, 64, -1, -1),
         (140, 900, 128, -1, 7),
     ]
-    which = sys.argv[1:] or ["wgmma", "wgmmapp", "wgmma2"]
+    which = sys.argv[1:] or ["wgmma", "wgmmapp"]
     for i, (nq, nk, D, l, r) in enumerate(cases):
         for mode in (True, False):
             if "wgmma" in which:
@@ -774,14 +710,6 @@ if __name__ == "__main__":
                 for policy in ("wg0", "wg1", f"rand{i}", f"rand{100 + i}"):
                     check(nq, nk, D, 128, 2, l, r, seed=i, reads_at_wait=mode,
                           gain=3.0 if i % 2 else 1.0, policy=policy)
-    if "wgmma2" in which:  # D = 64 only (the kernel's static_assert)
-        for i, (nq, nk, D, l, r) in enumerate(cases + pp_cases):
-            if D != 64:
-                continue
-            for mode in (True, False):
-                for policy in ("wg0", "wg1", f"rand{i}"):
-                    check(nq, nk, D, 128, 2, l, r, seed=70 + i, reads_at_wait=mode,
-                          gain=3.0 if i % 2 else 1.0, policy=policy, sched="dp")
     if "wgmmapp" in which:
         for i, (nq, nk, D, l, r) in enumerate(pp_cases):
             for mode in (True, False):

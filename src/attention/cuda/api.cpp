@@ -38,11 +38,10 @@ FwdVariant fwd_variant() {
   if (m == "sum2occ") return FwdVariant::sum2occ;
   if (m == "sum2occq") return FwdVariant::sum2occq;
   if (m == "wgmma") return FwdVariant::wgmma;
-  if (m == "wgmma2") return FwdVariant::wgmma2;
   if (m == "wgmmapp") return FwdVariant::wgmmapp;
   throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
                                   ") must be base, ilp, occ, pipe, sum2, sum2occ, sum2occq, "
-                                  "wgmma, wgmma2 or wgmmapp, or unset"));
+                                  "wgmma or wgmmapp, or unset"));
 }
 
 BwdVariant bwd_variant() {

@@ -8,7 +8,6 @@
 #include "flash_fwd.hpp"
 #include "flash_fwd_kernel.cuh"
 #include "flash_fwd_wgmma.cuh"
-#include "flash_fwd_wgmma_small.cuh"
 
 namespace sqa::cuda::detail {
 
@@ -53,24 +52,6 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "flash_fwd_wgmma_kernel launch");
 }
 
-// The Hopper warpgroup-MMA prefill kernel for D = 16 and 32 (flash_fwd_wgmma_small.cuh).
-template <typename T, int D, int BN, int kWarpGroups, bool kDoubleP>
-void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream) {
-  using Tile = WgmmaSmallFwdTile<T, D, BN, kWarpGroups, kDoubleP>;
-  if (p.pack != 1 || p.num_splits != 1) {
-    throw std::runtime_error(
-        "flash_fwd_wgmma_small_kernel takes prefill only (pack 1, num_splits 1)");
-  }
-  auto* kernel = &flash_fwd_wgmma_small_kernel<T, D, BN, kWarpGroups, kDoubleP>;
-  constexpr int smem = Tile::kSmemBytes;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-             "cudaFuncSetAttribute(flash_fwd_wgmma_small_kernel, max dynamic shared memory)");
-  const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + Tile::BM - 1) / Tile::BM;
-  const dim3 grid(static_cast<unsigned>(m_blocks * p.num_head_groups), 1, p.batch);
-  kernel<<<grid, Tile::kThreads, smem, stream>>>(p);
-  check_cuda(cudaGetLastError(), "flash_fwd_wgmma_small_kernel launch");
-}
-
 // Prefill variants (SQA_CUDA_FWD selects one, for A/B timing in one process):
 //   base: 2 m-tiles per warp, plain softmax, no register cap;
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
@@ -85,25 +66,23 @@ void launch_flash_fwd_wgmma_small(const FwdKernelParams& p, cudaStream_t stream)
 //   pipe: as occ (D <= 32 only) with two-stage K/V buffers: one barrier per key block instead
 //         of two, and the next block's loads overlap the whole current block (ptxas: 127 / 128
 //         registers at D = 16 / 32, a 64-byte spill at 32).
-//   wgmma: the Hopper warpgroup-MMA kernels: at D = 64 and 128 flash_fwd_wgmma.cuh (2
-//         warpgroups, 128 x 128 tiles), at D = 16 and 32 flash_fwd_wgmma_small.cuh (3
-//         warpgroups, 192 x 128 tiles, tensor-core row sums, lazy rescaling). At D = 256 it
-//         falls back to the default.
-//   wgmma2: at D = 16 and 32 the same kernel with two P register buffers and three V buffers,
-//         so that the softmax of block i really overlaps P(i - 1) V(i - 1) in the warpgroup
-//         (with one P buffer ptxas places the wait for P V before the exponentials); 32 more
-//         registers, so 2 warpgroups (128 x 128 tiles). At D = 64 flash_fwd_wgmma.cuh with
-//         the same idea (two P buffers, three V buffers, the O rescale after the next barrier;
-//         kWgmmaSchedDoubleP). At D = 128 as wgmma (the second P buffer does not fit in 255
-//         registers).
-//   wgmmapp: at D = 64 and 128 flash_fwd_wgmma.cuh with FlashAttention-3's inter-warpgroup
-//         ping-pong (named barriers order the two warpgroups' wgmma issues so that one's softmax
-//         runs while the tensor cores do the other's products; three K and V buffers instead of
-//         a CTA barrier per key block). Elsewhere base. Not run on a GPU yet.
+//   wgmmapp: D = 64 and 128 only, the Hopper warpgroup-MMA kernel (flash_fwd_wgmma.cuh, 2
+//         warpgroups, 128 x 128 tiles) with FlashAttention-3's inter-warpgroup ping-pong: named
+//         barriers order the two warpgroups' wgmma issues so that one's softmax runs while the
+//         tensor cores do the other's products; three K and V buffers instead of a CTA barrier
+//         per key block. At other head dims it falls back to the default.
+//   wgmma: the same kernel with both warpgroups in step (one __syncthreads per key block).
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
+// Tried on the H200 and removed (run 19, bench/results/2026-11-29-h200-wgmma-next/): wgmma
+// kernels for D = 16 and 32 (3 warpgroups with 64- / 32-byte swizzles, row sums by a ones-tile
+// wgmma, lazy rescaling; and a 2-warpgroup form with two P buffers) ran at 0.49-0.76x of the
+// default sum2occq / sum2 (Nsight Compute at D = 32: tensor pipe 24%, XU (exponentials) 44%,
+// issue slots 34%, 1 CTA per SM by registers); at D = 64 two P register buffers in the in-step
+// schedule lost 4-10% to it.
 // Defaults from the H200 A/B runs (docs/dev/cuda-notes.md): sum2occq at D = 16 and sum2 at D = 32
-// (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), wgmma at D = 64 and
-// 128 (run 17: 336-344 / 401-472 TF/s at 32k), base at D = 256. The lazy
+// (run 14: D = 16 200k 191-196 TF/s, 32k causal 167-188; D = 32 258-269), wgmmapp at D = 64 and
+// 128 (run 19: 430-433 / 534-601 TF/s at 32k, 0.90-1.05x cuDNN; in-step wgmma 338-342 /
+// 452-461), base at D = 256. The lazy
 // test first ran on each block's max before the exponentials (lazy2 / lazy2occ, runs 10-11:
 // +8-12% over pipe at D = 16, +15-20% at D = 32); on the row sums it drops the 60 max
 // instructions per block and gained another 2-8% (run 13), so that form was removed. Also tried
@@ -125,35 +104,19 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   FwdVariant v = fwd_variant();
   if constexpr (D == 64 || D == 128) {
-    if (v == FwdVariant::wgmmapp) {
+    // The default there (run 19: ping-pong +17-31% over the in-step schedule).
+    if (v == FwdVariant::wgmmapp || v == FwdVariant::automatic) {
       launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedPingPong>(p, stream);
       return;
     }
-    if constexpr (D == 64) {
-      if (v == FwdVariant::wgmma2) {
-        launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedDoubleP>(p, stream);
-        return;
-      }
-    }
-    // The default there (run 17: +13% over base at D = 64, +60-72% at D = 128).
-    if (v == FwdVariant::wgmma || v == FwdVariant::wgmma2 || v == FwdVariant::automatic) {
-      launch_flash_fwd_wgmma<T, D, 128, 2>(p, stream);
-      return;
-    }
-  }
-  if constexpr (D == 16 || D == 32) {
-    // Not the default there (yet): the lead decides after the H200 A/B runs.
     if (v == FwdVariant::wgmma) {
-      launch_flash_fwd_wgmma_small<T, D, 128, 3, false>(p, stream);
-      return;
-    }
-    if (v == FwdVariant::wgmma2) {
-      launch_flash_fwd_wgmma_small<T, D, 128, 2, true>(p, stream);
+      launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedDefault>(p, stream);
       return;
     }
   }
   if constexpr (D <= 64) {
-    if (v == FwdVariant::automatic) {
+    // wgmma / wgmmapp reach here only at D = 16 and 32, where they have no kernel: the default.
+    if (v == FwdVariant::automatic || v == FwdVariant::wgmma || v == FwdVariant::wgmmapp) {
       v = D == 16 ? FwdVariant::sum2occq : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
     }
     if constexpr (D <= 32) {

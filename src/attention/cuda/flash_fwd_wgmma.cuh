@@ -1,7 +1,7 @@
 // Hopper (sm_90a) prefill forward with warpgroup MMA (wgmma.mma_async): FlashAttention-3 style,
-// simplified. The default at head_dim 64 and 128 (SQA_CUDA_FWD=wgmma or unset);
-// SQA_CUDA_FWD=wgmmapp selects the ping-pong schedule and, at D = 64, wgmma2 the two-P-buffer
-// schedule (kSched, below; flash_fwd_launch.cuh).
+// simplified. The default at head_dim 64 and 128 is its ping-pong schedule (SQA_CUDA_FWD=wgmmapp
+// or unset); SQA_CUDA_FWD=wgmma selects the in-step schedule (kSched, below;
+// flash_fwd_launch.cuh).
 //
 // Design
 //   CTA = kWarpGroups warpgroups of 128 threads; each owns 64 query rows (the wgmma M), so
@@ -33,22 +33,15 @@
 //   named barriers carry both the "landed" and the "no longer read" conditions (the key loop
 //   spells out each hazard). The intra-warpgroup order is kept (ptxas still waits for P V before
 //   the exponentials; with the ping-pong the other warpgroup's products fill that time).
-//   Two P buffers (kWgmmaSchedDoubleP, SQA_CUDA_FWD=wgmma2, D = 64 only; as the small-head-dim
-//   kernel's wgmma2): P(i) goes to the registers that P(i - 2) V(i - 2) read, V gets a third
-//   buffer, and the O rescale moves behind the next barrier (taken when __syncthreads_or says
-//   some row moved its max); no wait for P V stands before the packs, and in SASS the 66
-//   MUFU.EX2 of block i (64 + 2 for the factors) sit between the HGMMA issue of P(i - 1) V(i - 1)
-//   and the WARPGROUP.DEPBAR that waits for it, in the even blocks of the loop (unrolled by two)
-//   all 66, in the odd ones 59 (ptxas sinks 7 below the next barrier and the rescale's wait).
+//   A third schedule with two P register buffers (so that the exponentials of block i sit
+//   between the issue of P(i - 1) V(i - 1) and its wait in SASS) ran 4-10% slower than this
+//   in-step one at D = 64 on the H200 (run 19) and was removed.
 // Tiles: BM = 128 (2 warpgroups), BN = 128, for D = 64 and 128; 1 CTA per SM.
 //   Registers per thread: S 64 + O D / 2 + P 32 (P(i - 1) stays live while S(i) is computed);
 //   ptxas: 194 (D = 64) and 248 (D = 128) registers, no spills; ping-pong 210 and 250, no spills
-//   (and "16 barriers": the named barrier id is a register operand); two P buffers (D = 64) 252,
-//   no spills (ptxas notes C7519, an injected warpgroup.arrive, at the last P V's two branches,
-//   outside the loop, as in the small kernel's wgmma2).
+//   (and "16 barriers": the named barrier id is a register operand).
 //   Shared memory: Q 16 / 32 KB, K and V 2 x 16 / 32 KB each: 80 KB at D = 64, 160 KB at 128;
-//   ping-pong 3 x each: 112 KB and 224 KB (+ 1 KB alignment; the sm_90 limit is 227 KB); two P
-//   buffers (D = 64): K 2 x, V 3 x: 96 KB.
+//   ping-pong 3 x each: 112 KB and 224 KB (+ 1 KB alignment; the sm_90 limit is 227 KB).
 // Semantics are those of flash_fwd_kernel.cuh (the same rules, from flash_common.cuh's helpers):
 // head layouts (GQA family: KV head h / G; rSQA: query head h % H_q, KV head h), varlen,
 // N_q != N_k with bottom-right aligned windows, the grid order (heads fastest, longest causal row
@@ -60,10 +53,10 @@
 // and the named barriers order the buffers), the intra-warpgroup overlap in SASS at D = 128
 // (two P register buffers would need 32 more registers than the 255 limit leaves), stmatrix /
 // TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and mask
-// (e.g. BN = 176 at D = 128 without a mask), fp8, the ping-pong and the two P buffers together
-// (D = 64: 210 + 32 registers might fit), FA4's lazy rescaling here. Neither the ping-pong nor
-// the two P buffers have run on a GPU yet (bench/gpu/wgmma_emulate.py wgmmapp / wgmma2 checks
-// their logic on the host).
+// (e.g. BN = 176 at D = 128 without a mask), fp8, FA4's lazy rescaling here. The ping-pong
+// passed its tests on the H200 at its first run (run 19) after bench/gpu/wgmma_emulate.py
+// wgmmapp had checked its buffer and barrier logic on the host; it ran at 0.90-1.05x cuDNN
+// there, against 0.71-0.83x for the in-step schedule.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -78,14 +71,11 @@
 namespace sqa::cuda::detail {
 
 // Schedules of the key loop (the kSched template argument of the kernel).
-//   kWgmmaSchedDefault (SQA_CUDA_FWD=wgmma): one __syncthreads per key block, two K and two V
-//     buffers, both warpgroups in step.
-//   kWgmmaSchedPingPong (wgmmapp): FlashAttention-3's inter-warpgroup ping-pong; three K and
-//     three V buffers, no CTA-wide barrier in the key loop (see the kernel's key loop).
-//   kWgmmaSchedDoubleP (wgmma2, D = 64 only): as the default with two P register buffers and
-//     three V buffers, the O rescale deferred to after the next barrier, so no wait for P V
-//     stands before the packs of P(i) (see the kernel's key loop).
-enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1, kWgmmaSchedDoubleP = 2 };
+//   kWgmmaSchedDefault (SQA_CUDA_FWD=wgmma; not the default any more): one __syncthreads per
+//     key block, two K and two V buffers, both warpgroups in step.
+//   kWgmmaSchedPingPong (wgmmapp, the default): FlashAttention-3's inter-warpgroup ping-pong;
+//     three K and three V buffers, no CTA-wide barrier in the key loop (see the kernel's key loop).
+enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1 };
 
 template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 struct WgmmaFwdTile {
@@ -94,7 +84,7 @@ struct WgmmaFwdTile {
   static constexpr int kQBytes = BM * D * 2;
   static constexpr int kKVBytes = BN * D * 2;  // one K or one V buffer
   static constexpr int kKStages = kSched == kWgmmaSchedPingPong ? 3 : 2;
-  static constexpr int kVStages = kSched == kWgmmaSchedDefault ? 2 : 3;
+  static constexpr int kVStages = kKStages;
   // Q, the K and V buffers, and 1024 bytes to align the start to a swizzle atom (the alignment of
   // dynamic shared memory is not guaranteed to be that large).
   static constexpr int kSmemBytes = kQBytes + (kKStages + kVStages) * kKVBytes + 1024;
@@ -103,7 +93,6 @@ struct WgmmaFwdTile {
   static_assert(BN == 64 || BN == 128, "wgmma wrappers exist for N = 64 and 128 (S = Q K^T)");
   static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
   static_assert(kSched != kWgmmaSchedPingPong || kWarpGroups == 2, "ping-pong of two warpgroups");
-  static_assert(kSched != kWgmmaSchedDoubleP || D == 64, "two P buffers exceed 255 registers");
 };
 
 // Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
@@ -226,8 +215,6 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   float s[BN / 2];
   float o[D / 2];
   uint32_t pa[kPVSteps][4];
-  // kWgmmaSchedDoubleP: P(j) in pa for even j, pa1 for odd j (unused otherwise).
-  uint32_t pa1[kSched == kWgmmaSchedDoubleP ? kPVSteps : 1][4];
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) s[i] = 0.0f;  // the first S wgmma overwrites; defined anyway
 #pragma unroll
@@ -236,10 +223,6 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   for (int kk = 0; kk < kPVSteps; ++kk)
 #pragma unroll
     for (int e = 0; e < 4; ++e) pa[kk][e] = 0u;
-#pragma unroll
-  for (int kk = 0; kk < (kSched == kWgmmaSchedDoubleP ? kPVSteps : 1); ++kk)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) pa1[kk][e] = 0u;
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};  // per-thread partial; reduced over the quad at the end
   const float scale_log2 = p.scale_log2;
@@ -258,17 +241,16 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     }
     wgmma_commit_group();
   };
-  auto issue_pv_from = [&](int stage, const uint32_t(&a)[kPVSteps][4]) {
+  auto issue_pv = [&](int stage) {
     // V is MN-major for B: atom columns of 64 dims BN * 128 bytes apart (leading offset), 8-key
     // groups 1024 bytes apart (stride); k-step kk starts at key 16 kk.
     const uint64_t v_desc = wgmma_desc_sw128(sV + stage * Tile::kKVBytes, BN * 128, 1024);
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
-      GemmO::rs_mn(o, a[kk], wgmma_desc_advance(v_desc, kk * 16 * 128));
+      GemmO::rs_mn(o, pa[kk], wgmma_desc_advance(v_desc, kk * 16 * 128));
     }
     wgmma_commit_group();
   };
-  auto issue_pv = [&](int stage) { issue_pv_from(stage, pa); };
 
   // Masks block nb where the window or the sequence end cuts it for some row of the tile, then
   // the online softmax (base 2): s becomes P with the new running max; corr is the factor for
@@ -378,101 +360,6 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       wgmma_wait_group<0>();
       fence_registers(o);
       fence_registers(pa);
-    }
-  } else if constexpr (kSched == kWgmmaSchedDoubleP) {
-    // As flash_fwd_wgmma_small.cuh's kDoubleP. Two P register buffers (P(j) in pa for even j,
-    // pa1 for odd j) and three V buffers (V(j) in V stage j % 3; K(j) in K stage j % 2). Step i
-    // (key block nb): the barrier, and if any row moved its max in the softmax of block i - 1,
-    // wait_group 0 (P(i - 2) V(i - 2) done) and O times corr(i - 1), which must apply after
-    // P(i - 2) V(i - 2) and before P(i - 1) V(i - 1); issue S(i) and P(i - 1) V(i - 1) from the
-    // other buffer; copies of K(i + 1) and V(i); wait_group 1 (S(i), and so P(i - 2) V(i - 2));
-    // the softmax of block i; P(i) packed into the buffer that P(i - 2) V(i - 2) read. No wait
-    // for P V stands between the softmax and the packs, so the softmax of block i can overlap
-    // P(i - 1) V(i - 1) inside the warpgroup (the ping-pong's inter-warpgroup order is not used
-    // here: one __syncthreads per block, as the default).
-    // Hazards: K(i + 1) overwrites K(i - 1): every warpgroup waited for S(i - 1) before this
-    // barrier. V(i) overwrites V(i - 3): every warpgroup's wait_group 1 of step i - 1 completed
-    // P(i - 3) V(i - 3) before this barrier (with two V buffers P(i - 2) V(i - 2) of another
-    // warpgroup might still read V(i - 2)). P(i) overwrites the registers of P(i - 2) after
-    // wait_group 1 of step i.
-    // The max is exact (not lazy as in the small kernel), so at the start some row of the CTA
-    // moves its max in almost every block and the rescale branch is mostly taken; it costs the
-    // wait for P(i - 2) V(i - 2), issued a whole softmax earlier.
-    if (num_blocks > 0) {
-      load_tile_sw128<T, D, BM, kThreads>(sQ, q_base, p.q_row, m0, nq, tid);
-      load_k(0, nb_last);
-      cp_async_commit();
-      if (num_blocks > 1) load_k(1, nb_last - 1);
-      load_v(0, nb_last);
-      cp_async_commit();
-      copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
-      float corr[2];
-      wgmma_fence();
-      issue_s(0);
-      wgmma_wait_group<0>();
-      fence_registers(s);
-      softmax(nb_last, corr);
-      pack_p(pa);
-      corr[0] = corr[1] = 1.0f;  // O is still zero
-      // The barrier of a key block (copies landed and fenced, as copies_landed_barrier), which
-      // also tells every thread whether any row of the CTA moved its max in the last softmax;
-      // if so, O is rescaled once every P V issued so far completed (CTA-uniform branch: the
-      // wait is warpgroup-collective). The branch matters for the schedule: with the wait and
-      // the rescale in the barrier's basic block ptxas sank the softmax of the block before
-      // below them (SASS), which undid the overlap.
-      auto barrier_rescale = [&](float(&c)[2]) {
-        cp_async_wait<0>();
-        fence_proxy_async_shared();
-        if (__syncthreads_or((c[0] != 1.0f) | (c[1] != 1.0f)) != 0) {
-          wgmma_wait_group<0>();
-          fence_registers(o);
-          rescale_o(c);
-        }
-      };
-      auto step = [&](int i, int v_stage, uint32_t(&pa_cur)[kPVSteps][4],
-                      const uint32_t(&pa_prev)[kPVSteps][4]) {
-        const int nb = nb_last - i;
-        const int stage = i & 1;
-        barrier_rescale(corr);
-        wgmma_fence();
-        issue_s(stage);
-        issue_pv_from(v_stage == 0 ? 2 : v_stage - 1, pa_prev);  // V(i - 1)
-        if (i + 1 < num_blocks) load_k(stage ^ 1, nb - 1);
-        load_v(v_stage, nb);
-        cp_async_commit();
-        // S(i) done; P(i - 1) V(i - 1) may still run, P(i - 2) V(i - 2) has completed (groups
-        // complete in commit order), so its A registers may take P(i).
-        wgmma_wait_group<1>();
-        fence_registers(s);
-        fence_registers(pa_cur);
-        softmax(nb, corr);
-        pack_p(pa_cur);
-      };
-      auto next_v = [](int v) { return v == 2 ? 0 : v + 1; };
-      int v_stage = 1;  // V(i)'s stage at step i
-      int i = 1;
-      for (; i + 1 < num_blocks; i += 2) {  // by two, so that the P buffers are fixed registers
-        step(i, v_stage, pa1, pa);
-        v_stage = next_v(v_stage);
-        step(i + 1, v_stage, pa, pa1);
-        v_stage = next_v(v_stage);
-      }
-      if (i < num_blocks) {
-        step(i, v_stage, pa1, pa);
-        v_stage = next_v(v_stage);
-      }
-      barrier_rescale(corr);  // V(last) landed; the last softmax's factor
-      wgmma_fence();
-      const int v_last = v_stage == 0 ? 2 : v_stage - 1;
-      if ((num_blocks - 1) & 1) {
-        issue_pv_from(v_last, pa1);
-      } else {
-        issue_pv_from(v_last, pa);
-      }
-      wgmma_wait_group<0>();
-      fence_registers(o);
-      fence_registers(pa);
-      fence_registers(pa1);
     }
   } else {
     // Ping-pong (FlashAttention-3): the two warpgroups take turns issuing their wgmmas. Each step

@@ -56,7 +56,7 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_byte_addr,
 // 2 = 64-byte, 3 = 32-byte swizzle. The swizzle of a mode of W bytes (W = 32, 64, 128) XORs the
 // 16-byte chunk index (address bits 4 .. 3 + log2(W / 16)) with address bits 7 .. 6 + log2(W /
 // 16): atoms of 8 rows x W bytes, repeating every 8 W bytes (256, 512, 1024), at which the tiles
-// must be aligned (base offset 0). See swz_offset in flash_fwd_wgmma_small.cuh.
+// must be aligned (base offset 0).
 __device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_byte_addr, uint32_t leading_bytes,
                                                uint32_t stride_bytes, uint32_t layout_type) {
   return static_cast<uint64_t>((smem_byte_addr >> 4) & 0x3FFFu) |
@@ -223,68 +223,6 @@ SQA_WGMMA_M64N128(__nv_bfloat16, "bf16")
 SQA_WGMMA_M64N128(__half, "f16")
 #undef SQA_WGMMA_M64N64
 #undef SQA_WGMMA_M64N128
-
-// ---- Small-N products with A from registers (flash_fwd_wgmma_small.cuh, D = 16 and 32) --------
-// D (m64nN, fp32) += A (m64k16, registers) * B (k16nN, shared memory); kTransB = 1: B MN-major
-// (V for O += P V), 0: B K-major (the ones tile of the row sums). Always accumulates. Written once
-// per N for both input types, as Wgmma above.
-template <typename T, int N, int kTransB>
-struct WgmmaRS;
-
-#define SQA_WGMMA_RS_M64N8(T, TYPE)                                                         \
-  template <int kTransB>                                                                    \
-  struct WgmmaRS<T, 8, kTransB> {                                                           \
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],       \
-                                               uint64_t desc_b) {                           \
-      asm volatile(                                                                         \
-          "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"                                       \
-          "wgmma.mma_async.sync.aligned.m64n8k16.f32." TYPE "." TYPE                        \
-          " {%0, %1, %2, %3}, "                                                             \
-          "{%4, %5, %6, %7}, %8, p, 1, 1, %10;\n}\n"                                        \
-          : SQA_WGMMA_ACC4(d)                                                               \
-          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB)); \
-    }                                                                                       \
-  };
-
-#define SQA_WGMMA_RS_M64N16(T, TYPE)                                                        \
-  template <int kTransB>                                                                    \
-  struct WgmmaRS<T, 16, kTransB> {                                                          \
-    static __device__ __forceinline__ void run(float (&d)[8], const uint32_t (&a)[4],       \
-                                               uint64_t desc_b) {                           \
-      asm volatile(                                                                         \
-          "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                      \
-          "wgmma.mma_async.sync.aligned.m64n16k16.f32." TYPE "." TYPE                       \
-          " {%0, %1, %2, %3, %4, %5, %6, %7}, "                                             \
-          "{%8, %9, %10, %11}, %12, p, 1, 1, %14;\n}\n"                                     \
-          : SQA_WGMMA_ACC8(d)                                                               \
-          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB)); \
-    }                                                                                       \
-  };
-
-#define SQA_WGMMA_RS_M64N32(T, TYPE)                                                        \
-  template <int kTransB>                                                                    \
-  struct WgmmaRS<T, 32, kTransB> {                                                          \
-    static __device__ __forceinline__ void run(float (&d)[16], const uint32_t (&a)[4],      \
-                                               uint64_t desc_b) {                           \
-      asm volatile(                                                                         \
-          "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                      \
-          "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                       \
-          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "       \
-          "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"                                   \
-          : SQA_WGMMA_ACC16(d)                                                              \
-          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(kTransB)); \
-    }                                                                                       \
-  };
-
-SQA_WGMMA_RS_M64N8(__nv_bfloat16, "bf16")
-SQA_WGMMA_RS_M64N8(__half, "f16")
-SQA_WGMMA_RS_M64N16(__nv_bfloat16, "bf16")
-SQA_WGMMA_RS_M64N16(__half, "f16")
-SQA_WGMMA_RS_M64N32(__nv_bfloat16, "bf16")
-SQA_WGMMA_RS_M64N32(__half, "f16")
-#undef SQA_WGMMA_RS_M64N8
-#undef SQA_WGMMA_RS_M64N16
-#undef SQA_WGMMA_RS_M64N32
 #undef SQA_WGMMA_ACC4
 #undef SQA_WGMMA_ACC8
 #undef SQA_WGMMA_ACC16
