@@ -80,7 +80,8 @@ SQA_API int sqa_cuda_available(void);
 /* The CUDA implementation a call with these args runs on: "cudnn" or "own" ("none" without
    CUDA, NULL on an error, see sqa_last_error). backward != 0 asks about the backward. The
    choice: SQA_CUDA_BACKEND=own|cudnn|auto in the environment; auto (default) takes cuDNN's
-   fused attention where it is faster (head_dim >= 64, prefill). */
+   fused attention where it is faster (head_dim >= 64 prefill; for the forward at 64 and 128
+   only with many query tiles, since sqa's kernels win on small grids). */
 SQA_API const char* sqa_cuda_attention_backend(const sqa_attention_args* args, int32_t backward);
 SQA_API const char* sqa_cpu_simd_path(void);
 

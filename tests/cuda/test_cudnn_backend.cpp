@@ -152,12 +152,42 @@ AttentionParams routing_params(Variant v, int d, int64_t nq, int64_t nk, const W
 TEST(CudnnRouting, AutoTakesCudnnWhereItIsFaster) {
   SKIP_WITHOUT_GPU();
   const Window causal = Window::causal();
+  const Window none = Window::none();
   for (int d : {64, 128}) {
-    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, d, 4096, 4096, causal), false),
+    // Forward with many query tiles (8 heads x 256 tiles of 128 rows): cuDNN.
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, d, 32768, 32768, causal), false),
                  "cudnn");
+    // The backward at these head dims: cuDNN at any size.
     EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, d, 4096, 4096, causal), true),
                  "cudnn");
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, d, 1024, 1024, causal), true),
+                 "cudnn");
+    // Forward with few query tiles (8 heads x 32 tiles, causal; 4 x 8 without a mask): ours.
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, d, 4096, 4096, causal), false),
+                 "own");
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, d, 1024, 1024, none), false),
+                 "own");
   }
+  // The tile limits per head dim and mask (cudnn_backend.cpp): 512 / 1024 tiles with a mask,
+  // 128 / 256 without, at d = 64 / 128; batch counts.
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 4096, 4096, causal), false),
+               "own");  // 16 x 32 = 512
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 4160, 4160, causal), false),
+               "cudnn");  // 16 x 33
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 128, 8192, 8192, causal), false),
+               "own");  // 16 x 64 = 1024
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, 64, 4096, 4096, none), false),
+               "own");  // 4 x 32 = 128
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 64, 4096, 4096, none), false),
+               "cudnn");  // 8 x 32 = 256
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 128, 4096, 4096, none), false),
+               "own");  // 8 x 32 = 256
+  AttentionParams batched = routing_params(Variant::sqa, 128, 4096, 4096, none);
+  batched.batch = 2;
+  EXPECT_STREQ(cuda::chosen_backend(batched, false), "cudnn");  // 2 x 8 x 32 = 512
+  // head_dim 256 has no wgmma forward of ours: cuDNN even for a small grid.
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, 256, 1024, 1024, causal), false),
+               "cudnn");
   // Ours: small head dims, rSQA, decode, masks cuDNN does not take.
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 16, 4096, 4096, causal), false),
                "own");
@@ -191,6 +221,32 @@ TEST(CudnnRouting, AutoFallbackMatchesReference) {
   r = testing::check_backward(
       c, [](const AttentionBackwardParams& g) { backward_on(CudaBackend::automatic, g); });
   EXPECT_TRUE(r.ok) << r.message;
+}
+
+// Training on the automatic path with a small grid: our forward writes O and the lse, and
+// cuDNN's backward reads them, so the two must agree on the lse (natural log of the row sums of
+// the scaled scores).
+TEST(CudnnRouting, AutoOwnForwardThenCudnnBackwardMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 500;
+  for (int d : {64, 128}) {
+    for (const Window& w : {Window::causal(), Window::none(), Window::sliding(100)}) {
+      const testing::HarnessCase c = make_case(Variant::sqa, d, w, 256, 256, seed++);
+      AttentionParams routed = routing_params(Variant::sqa, d, 256, 256, w);
+      routed.spec = c.spec;
+      routed.batch = c.batch;
+      ASSERT_STREQ(cuda::chosen_backend(routed, false), "own");
+      ASSERT_STREQ(cuda::chosen_backend(routed, true), "cudnn");
+      const testing::CheckResult r =
+          testing::check_backward(c, [](const AttentionBackwardParams& g) {
+            // The harness passes the reference O and lse; replace them by the forward's own.
+            forward_on(CudaBackend::automatic, g.forward);
+            backward_on(CudaBackend::automatic, g);
+          });
+      EXPECT_TRUE(r.ok) << "d " << d << ", window (" << w.left << ", " << w.right
+                        << "): " << r.message;
+    }
+  }
 }
 
 template <typename Fn>

@@ -55,14 +55,32 @@ CudaBackend requested_backend(const AttentionParams& params) {
 
 namespace {
 
-// Automatic routing. On the H200 (bench/results/2026-11-29-h200-cudnn.md) cuDNN's fused
-// attention beats our mma.sync kernels at head_dim 64 and 128, forward and backward, and ours
-// win at 16 and 32 (exp-bound, where our kernels pack work) and for decode (split-KV).
+// Automatic routing, from H200 measurements. cuDNN's fused attention beats our mma.sync kernels
+// at head_dim 64 and 128 in the backward (ours 0.4-0.85x, bench/results/2026-11-29-h200-route/)
+// and ours win at 16 and 32 (exp-bound, where our kernels pack work) and for decode (split-KV).
+// The forward at 64 and 128 (the wgmma ping-pong kernel) depends on the grid: with few query
+// tiles, i.e. few heads or short sequences, ours is faster (e.g. xSQA 8/8 d128 causal at 4k:
+// 1.49x; 1.1-1.5x at <= 512 tiles with a mask, 1.0-1.4x at <= 128-256 without), with many
+// tiles cuDNN is (0.87-0.95x). Tiles = batch x H_q x ceil(N_q / 128), the CTAs of our kernel.
 constexpr int kAutoMinHeadDim = 64;
 constexpr int64_t kAutoMinQueryRows = 128;
 
-[[maybe_unused]] bool auto_prefers_cudnn(const AttentionParams& p) {
-  return p.spec.head_dim >= kAutoMinHeadDim && p.seqlen_q >= kAutoMinQueryRows;
+// The largest tile count for which the automatic forward takes our kernel at head_dim 64 / 128
+// (the route sweep above: up to these counts ours was within 3% of cuDNN or faster on every
+// row, and faster on most). Masked means causal or a causal sliding window (only those reach
+// cuDNN); windows were not measured separately and go with causal, whose tiles also see only
+// part of the keys.
+[[maybe_unused]] int64_t own_forward_max_tiles(int head_dim, bool masked) {
+  if (masked) return head_dim >= 128 ? 1024 : 512;
+  return head_dim >= 128 ? 256 : 128;
+}
+
+[[maybe_unused]] bool auto_prefers_cudnn(const AttentionParams& p, bool backward) {
+  if (p.spec.head_dim < kAutoMinHeadDim || p.seqlen_q < kAutoMinQueryRows) return false;
+  // The forward at head_dim 256 is our mma.sync kernel (no wgmma there): cuDNN.
+  if (backward || (p.spec.head_dim != 64 && p.spec.head_dim != 128)) return true;
+  const int64_t tiles = p.batch * p.spec.heads.num_query_heads * ((p.seqlen_q + 127) / 128);
+  return tiles > own_forward_max_tiles(p.spec.head_dim, !p.spec.window.is_none());
 }
 
 [[maybe_unused]] std::string strides_reason(const TensorStrides& s, const char* name) {
@@ -693,7 +711,8 @@ std::shared_ptr<Plan> choose(const AttentionParams& p, const AttentionBackwardPa
     const char* names[] = {"dout", "dq", "dk", "dv"};
     for (int i = 0; i < 4 && reason.empty(); ++i) reason = strides_reason(*strides[i], names[i]);
   }
-  if (requested == CudaBackend::automatic && (!reason.empty() || !auto_prefers_cudnn(p))) {
+  if (requested == CudaBackend::automatic &&
+      (!reason.empty() || !auto_prefers_cudnn(p, backward))) {
     return nullptr;
   }
   if (!reason.empty()) throw Error(concat("cuDNN backend requested, but ", reason));
