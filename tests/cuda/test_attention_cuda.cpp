@@ -556,7 +556,10 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_BWD", "occ", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
   setenv("SQA_CUDA_BWD", "fast", 1);
-  expect_error([] { cuda::detail::bwd_variant(); }, {"SQA_CUDA_BWD (fast)", "base, occ or occ2"});
+  expect_error([] { cuda::detail::bwd_variant(); },
+               {"SQA_CUDA_BWD (fast)", "base, occ, occ2 or wgmma"});
+  setenv("SQA_CUDA_BWD", "wgmma", 1);
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
   unsetenv("SQA_CUDA_BWD");
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::automatic);
 }
