@@ -451,14 +451,16 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, raw_a
             dval = sm.f[(d_tile + 4 * col) // 4]
             dpt[:] = st * (dpt - dval)
             assert not np.isnan(dpt).any()
-            for j in range(8):
-                for r in range(2):
-                    row = S["key_local0"] + 8 * r
-                    for tt in range(128):
-                        off = sw128_offset(BN, row[tt], j) + 4 * T_OF[tt]
-                        sm.write16(sdS + off, dpt[tt, 4 * j + 2 * r])
-                        sm.write16(sdS + off + 2, dpt[tt, 4 * j + 2 * r + 1])
             pas[wg], das[wg] = pack(st), pack(dpt)
+            # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
+            # g + 8 (i % 2), column tile 2 kk + i / 2
+            for kk in range(4):
+                for i in range(4):
+                    row = S["key_local0"] + 8 * (i % 2)
+                    for tt in range(128):
+                        off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
+                        sm.write16(sdS + off, das[wg][tt, kk, i, 0])
+                        sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
             mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg]))
         # barrier 2
         for wg in range(2):

@@ -85,6 +85,10 @@ struct WgmmaBwdTile {
   static constexpr int kQBytes = BM * D * 2;    // one Q or dO stage: [D / 64][BM][64]
   static constexpr int kDsBytes = BN * BM * 2;  // dS^T: [BN][BM = 64], swizzled
   static constexpr int kStatBytes = BM * 4;     // one stage of lse or D (fp32)
+  // Wait for dV and dK before issuing dQ (frees the P^T / dS^T fragments first): ptxas 250
+  // registers at D = 128 instead of 254, both without spills, but the tensor cores then idle
+  // between the two groups. Off: dQ queues behind dV and dK.
+  static constexpr bool kFreeFragsBeforeDq = false;
   static constexpr int kSmemBytes =
       2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes + 2 * kStages * kStatBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
@@ -118,6 +122,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   using GemmKV = Wgmma<T, D>;       // dV, dK: m64nD, A from registers
   using GemmQ = WgmmaSSTrans<T, kDqN>;
   using M = Mma<T>;
+  constexpr bool kFreeFragsBeforeDq = Tile::kFreeFragsBeforeDq;
   static_assert(BM == 64, "S^T and dP^T are m64n64; the dS^T tile is one 128-byte atom column");
   const FwdKernelParams& p = g.fwd;
 
@@ -301,13 +306,16 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       for (int e = 0; e < 4; ++e) st[4 * j + e] = fast_exp2(st[4 * j + e] * scale_log2 - l2[e & 1]);
     }
     if (!full) {  // one branch per block (warp-uniform)
+      // key_visible and the row test with bitwise operators: selects, not a branch per element.
 #pragma unroll
       for (int j = 0; j < kQT; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int qrow = m0 + j * 8 + 2 * t + (e & 1);
-          if (qrow >= nq || !key_visible(key[e / 2], qrow, nk, diag, left, right))
-            st[4 * j + e] = 0.0f;
+          const int qd = qrow + diag, k = key[e / 2];
+          const bool ok = (qrow < nq) & (k < nk) & ((left < 0) | (k >= qd - left)) &
+                          ((right < 0) | (k <= qd + right));
+          st[4 * j + e] = ok ? st[4 * j + e] : 0.0f;
         }
     }
     wgmma_wait_group<0>();  // dP^T done
@@ -315,27 +323,27 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     // dS^T = P^T (dP^T - D), stored (16-bit) to the dS^T tile for dQ: row = key, 64 queries in
     // one swizzled 128-byte row; the 32-bit store of (column 8 j + 2 t, + 1) sits in 16-byte
     // chunk j ^ (row % 8) (conflict-free: the 32 lanes hit 32 different banks).
+    // P^T and dS^T as A fragments: k-step kk = accumulator column tiles 2 kk and 2 kk + 1; the
+    // dS^T fragment registers are also what goes to the dS^T tile (a_i = row g + 8 (i % 2), tile
+    // 2 kk + i / 2). One k-step at a time, so S^T and dP^T die as the fragments are born.
     unsigned char* const ds_tile = smem + (sdS - sK);
 #pragma unroll
-    for (int j = 0; j < kQT; ++j) {
-      const float2 dd = *reinterpret_cast<const float2*>(d_tile + j * 8 + 2 * t);
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        dpt[4 * j + e] = st[4 * j + e] * (dpt[4 * j + e] - (e & 1 ? dd.y : dd.x));
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = key_local0 + 8 * r;
-        *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, j) + 4 * t) =
-            M::pack(dpt[4 * j + 2 * r], dpt[4 * j + 2 * r + 1]);
-      }
-    }
-    // P^T and dS^T as A fragments: k-step kk = accumulator column tiles 2 kk and 2 kk + 1.
-#pragma unroll
     for (int kk = 0; kk < kMSteps; ++kk) {
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * kk + jj;
+        const float2 dd = *reinterpret_cast<const float2*>(d_tile + j * 8 + 2 * t);
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          dpt[4 * j + e] = st[4 * j + e] * (dpt[4 * j + e] - (e & 1 ? dd.y : dd.x));
+      }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
         da[kk][i] = M::pack(dpt[8 * kk + 2 * i], dpt[8 * kk + 2 * i + 1]);
+        const int row = key_local0 + 8 * (i % 2);
+        *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
+            da[kk][i];
       }
     }
     fence_proxy_async_shared();  // this thread's dS^T stores, for the dQ wgmmas (async proxy)
@@ -355,7 +363,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     }
     // Barrier 2: both warpgroups' dS^T are in shared memory (and fenced).
     __syncthreads();
+    if constexpr (kFreeFragsBeforeDq) {
+      // dV and dK complete before dQ is issued: the P^T / dS^T fragments die before the dQ
+      // accumulators are born (register peak; see WgmmaBwdTile).
+      wgmma_wait_group<0>();
+      fence_registers(dk);
+      fence_registers(dv);
+      fence_registers(pa);
+      fence_registers(da);
+    }
     // dQ(block rows, columns dq_col0 ..) = dS K over the CTA's keys; k-step kk = keys 16 kk.
+    wgmma_fence();  // its accumulators last held dP^T / dS^T, written by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < kNSteps; ++kk) {
       GemmQ::run(dq, wgmma_desc_advance(ds_desc, kk * 16 * 128),
@@ -364,10 +382,12 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     wgmma_commit_group();
     wgmma_wait_group<0>();
     fence_registers(dq);
-    fence_registers(dk);
-    fence_registers(dv);
-    fence_registers(pa);
-    fence_registers(da);
+    if constexpr (!kFreeFragsBeforeDq) {
+      fence_registers(dk);
+      fence_registers(dv);
+      fence_registers(pa);
+      fence_registers(da);
+    }
     // dQ atomics: accumulator row 16 warp + g (+ 8) = query, columns 8 j + 2 t (+ 1). Lanes t and
     // t ^ 1 swap halves: even t keeps row g, columns 8 j + 2 t .. + 3; odd t row g + 8, columns
     // 8 j + 2 (t - 1) .. + 3; one 16-byte reduction each.
