@@ -8,6 +8,8 @@ mirrors the kernel by hand (keep the two in step), in float64 without 16-bit rou
 case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
+Both dQ splits: over dQ's columns (SQA_CUDA_BWD=wgmma) and, at D = 64, over the keys (wgmmak,
+kDqSplitKeys).
 
 Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
 byte address a -> a ^ (((a >> 7) & 7) << 4)):
@@ -221,7 +223,8 @@ class Problem:
                     self.dsum[self.lse_row(b, h, r)] = Dq[r]
 
 
-def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, raw_addr=0x410):
+def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
+                raw_addr=0x410):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
     keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
     partial [splits, B, Hkv, Nk, 2D]."""
@@ -343,15 +346,20 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, raw_a
             "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
             "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
             "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
-            "dq": np.zeros((128, D // 4)),
+            "dq": np.zeros((128, D // 2 if split_keys else D // 4)),
             "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
             "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
-            "dq_col0": wg * (D // 2),
+            "dq_col0": 0 if split_keys else wg * (D // 2),
         })
-    ds_desc = desc(sdS, BN * 128, 1024)
+    assert not split_keys or D == 64
+    dq_n = D if split_keys else D // 2       # dQ columns per warpgroup
+    dq_steps = 4 if split_keys else BN // 16  # k-steps of dQ
     for wg in range(2):
         c0 = wgs[wg]["dq_col0"]
-        wgs[wg]["kt_desc"] = desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024)
+        key0 = wg * 64 if split_keys else 0
+        wgs[wg]["ds_desc"] = desc(sdS + key0 * 128, BN * 128, 1024)
+        wgs[wg]["kt_desc"] = desc(sK + key0 * 128 + (c0 // 64) * BN * 128 + (c0 % 64) * 2,
+                                  BN * 128, 1024)
 
     mma_groups = [[], []]
 
@@ -399,12 +407,12 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, raw_a
 
     def gemm_dq(wg):
         def op():
-            acc = np.zeros((64, D // 2))
-            for kk in range(BN // 16):
-                At = read_mnmajor(sm, advance(ds_desc, kk * 16 * 128), 64)  # [k, m]
-                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), D // 2)
+            acc = np.zeros((64, dq_n))
+            for kk in range(dq_steps):
+                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)  # [k, m]
+                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
                 acc += At.T @ B
-            wgs[wg]["dq"][:] = regs_from(acc, D // 2)
+            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
         return op
 
     qb, h = 0, h_first
@@ -476,7 +484,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, raw_a
                 qrow = m0 + W_OF[tt] * 16 + G_OF[tt] + (8 if odd else 0)
                 col0 = S["dq_col0"] + 4 * (t // 2)
                 assert col0 % 4 == 0
-                for j in range(D // 16):
+                for j in range(dq_n // 8):
                     pd = dq[partner]
                     recv = (pd[4 * j + 2], pd[4 * j + 3]) if odd else (pd[4 * j], pd[4 * j + 1])
                     # the partner (opposite parity) sends what this lane lacks
@@ -514,7 +522,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, raw_a
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0):
+             reads_at_wait, gain=1.0, split_keys=False):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -527,7 +535,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
             emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait)
+                        reads_at_wait, split_keys)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -548,7 +556,8 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         errs.append(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
     print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
-          f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}: "
+          f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
+          f"{' wgmmak' if split_keys else ''}: "
           f"rel err dQ {errs[0]:.1e} dK {errs[1]:.1e} dV {errs[2]:.1e}", flush=True)
     assert max(errs) < 1e-12, errs
 
@@ -574,6 +583,8 @@ if __name__ == "__main__":
         cases = cases[:3]
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
-            run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
-                     gain=2.0 if i % 2 else 1.0)
+            # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
+            for split_keys in ((False, True) if D == 64 else (False,)):
+                run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
+                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys)
     print("ALL OK")

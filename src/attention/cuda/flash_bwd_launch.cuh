@@ -69,12 +69,15 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
       check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
     }
   };
-  // SQA_CUDA_BWD=wgmma: the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh) at D = 64 and
-  // 128 with atomic dQ; elsewhere (other head dims, deterministic) the default below.
+  // SQA_CUDA_BWD=wgmma / wgmmak: the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh) at
+  // D = 64 and 128 with atomic dQ; elsewhere (other head dims, deterministic) the default below.
   if constexpr (D == 64 || D == 128) {
-    if (atomic_dq && variant == BwdVariant::wgmma) {
+    if (atomic_dq && (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak)) {
       using Wg = WgmmaBwdTile<T, D>;
-      auto* dkdv = &flash_bwd_dkdv_wgmma_kernel<T, D>;
+      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma).
+      auto* dkdv = D == 64 && variant == BwdVariant::wgmmak
+                       ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
+                       : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
       check_cuda(
           cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, Wg::kSmemBytes),
           "cudaFuncSetAttribute(flash_bwd_dkdv_wgmma_kernel, max dynamic shared memory)");

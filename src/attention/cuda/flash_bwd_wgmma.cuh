@@ -102,7 +102,14 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
                "r"(valid ? 4 : 0));
 }
 
-template <typename T, int D>
+// kDqSplitKeys (SQA_CUDA_BWD=wgmmak, D = 64 only): dQ split over the keys instead of its columns:
+// warpgroup w computes dQ's 64 x D block over its own 64 keys (A = rows 64 w .. of the dS^T tile,
+// B = K rows 64 w .., both starting on swizzle atoms) and both add it, so twice the atomics. The
+// column split at D = 64 gives warpgroup 1 a B operand starting 64 bytes into the 128-byte
+// swizzle atom rows (the emulator models the hardware as applying the swizzle to the summed
+// address, as for the forward's 32-byte k-steps of K-major operands); should that read differ on
+// the GPU, this variant avoids it.
+template <typename T, int D, bool kDqSplitKeys = false>
 __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
@@ -115,11 +122,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   constexpr int kQT = BM / 8;       // 8-column tiles of S^T / dP^T (query columns)
   constexpr int kKSteps = D / 16;   // k-steps of S^T and dP^T
   constexpr int kMSteps = BM / 16;  // k-steps of dV and dK (over the step's query rows)
-  constexpr int kNSteps = BN / 16;  // k-steps of dQ (over the CTA's keys)
-  constexpr int kDqN = D / 2;       // dQ columns per warpgroup
-  constexpr int kDqT = kDqN / 8;    // their 8-column tiles
-  using GemmS = Wgmma<T, 64>;       // S^T, dP^T: m64n64 (N = BM)
-  using GemmKV = Wgmma<T, D>;       // dV, dK: m64nD, A from registers
+  static_assert(!kDqSplitKeys || D == 64, "the key split's dQ accumulators fit at D = 64 only");
+  // k-steps of dQ (over the CTA's keys, or this warpgroup's) and its columns per warpgroup.
+  constexpr int kNSteps = (kDqSplitKeys ? 64 : BN) / 16;
+  constexpr int kDqN = kDqSplitKeys ? D : D / 2;
+  constexpr int kDqT = kDqN / 8;  // their 8-column tiles
+  using GemmS = Wgmma<T, 64>;     // S^T, dP^T: m64n64 (N = BM)
+  using GemmKV = Wgmma<T, D>;     // dV, dK: m64nD, A from registers
   using GemmQ = WgmmaSSTrans<T, kDqN>;
   using M = Mma<T>;
   constexpr bool kFreeFragsBeforeDq = Tile::kFreeFragsBeforeDq;
@@ -245,10 +254,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   // apart), B = K read MN-major from dQ column wg * D / 2 on: atom column (wg * D / 2) / 64,
   // plus (wg * D / 2) % 64 elements inside the 128-byte rows (D = 64: 64 bytes for warpgroup 1;
   // the start stays below bit 7 of the atom, so the base offset stays 0).
-  const uint64_t ds_desc = wgmma_desc_sw128(sdS, BN * 128, 1024);
-  const uint32_t dq_col0 = static_cast<uint32_t>(wg * kDqN);
-  const uint64_t kt_desc =
-      wgmma_desc_sw128(sK + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
+  // kDqSplitKeys: A = this warpgroup's 64 rows of the dS^T tile, B = its 64 keys of K, all
+  // columns.
+  const uint32_t dq_key0 = kDqSplitKeys ? static_cast<uint32_t>(wg * 64) : 0u;
+  const uint64_t ds_desc = wgmma_desc_sw128(sdS + dq_key0 * 128, BN * 128, 1024);
+  const uint32_t dq_col0 = kDqSplitKeys ? 0u : static_cast<uint32_t>(wg * kDqN);
+  const uint64_t kt_desc = wgmma_desc_sw128(
+      sK + dq_key0 * 128 + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
 
   for (int it = 0, h = h_first, qb = 0; it < n_iter; ++it) {
     const int stage = it % kStages;
@@ -361,8 +373,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
         GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * 128));
       wgmma_commit_group();
     }
-    // Barrier 2: both warpgroups' dS^T are in shared memory (and fenced).
-    __syncthreads();
+    // Barrier 2: both warpgroups' dS^T are in shared memory (and fenced); with kDqSplitKeys
+    // only this warpgroup's (named barrier 1 + wg over its 128 threads).
+    if constexpr (kDqSplitKeys) {
+      named_barrier_sync(1 + wg, 128);
+    } else {
+      __syncthreads();
+    }
     if constexpr (kFreeFragsBeforeDq) {
       // dV and dK complete before dQ is issued: the P^T / dS^T fragments die before the dQ
       // accumulators are born (register peak; see WgmmaBwdTile).
