@@ -37,10 +37,15 @@
 //   dK (no shared-memory round trip for them), and wgmma's transpose bits read Q, dO, K and dS^T
 //   in their stored (row-major) form. Only dS^T goes through shared memory, as in every FA
 //   backward (dQ contracts over keys, which are spread over the warpgroups).
-//   Tiles: BM = 64 keeps S^T and dP^T at 32 registers each; with dK and dV (D registers) the
-//   D = 128 kernel peaks near 230 registers, so the CTA is 1 per SM and the register file holds
-//   two warpgroups (FA3 uses the same 64 x 128 tile at D = 128, with a third, producer warpgroup
-//   and setmaxnreg, not done here).
+//   Tiles: BM = 64 keeps S^T and dP^T at 32 registers each; with dK and dV (D registers per
+//   thread) the live set peaks at ~200 values at D = 128, so the CTA is 1 per SM and the register
+//   file holds two warpgroups (FA3 uses the same 64 x 128 tile at D = 128, with a third, producer
+//   warpgroup and setmaxnreg, not done here). ptxas (CUDA 13, sm_90a): D = 64 233 registers,
+//   D = 128 254, no spills, no stack (the dS^T store and the fragment packs run one k-step at a
+//   time and the mask uses selects, not branches; a per-element branch mask and separate store
+//   and pack passes had 8 bytes of spills at D = 128); wgmmak (D = 64) 227.
+//   Shared memory: K, V 16 / 32 KB each, Q and dO 3 x 8 / 16 KB each, dS^T 16 KB, lse and D
+//   3 x 256 B each, + 1 KB alignment: 98.5 KB at D = 64, 178.5 KB at D = 128.
 //   Loads: every thread copies its share with cp.async into 128-byte-swizzled tiles (the
 //   forward's load_tile_sw128; no producer warp, no TMA): K and V once, then Q, dO, lse and D of
 //   the query blocks through kStages (3) buffers, so two blocks stream in while one is computed.
