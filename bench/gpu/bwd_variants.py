@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A/B of the backward kernel variants (SQA_CUDA_BWD, flash_bwd_launch.cuh) at small head dims:
+"""A/B of the backward kernel variants (SQA_CUDA_BWD, flash_bwd_launch.cuh): small head dims
+(base, occ, occ2) and D = 64 / 128 (occ against wgmma, wgmmak; --configs d64-...,d128-...):
 forward + backward against PyTorch SDPA's (cuDNN and FA2 backends) on the same tensors in the
 same process.
 
@@ -35,6 +36,13 @@ CONFIGS = {
     "d32-32k-mha-causal": (16, 16, 32, 32_768, True),
     "d32-32k-mqa-causal": (16, 1, 32, 32_768, True),
     "d32-32k-xsqa-causal": (4, 4, 32, 32_768, True),
+    # SQA_CUDA_BWD=wgmma / wgmmak (flash_bwd_wgmma.cuh) against occ at D = 64 and 128
+    "d64-32k-mha-causal": (16, 16, 64, 32_768, True),
+    "d64-32k-mqa-causal": (16, 1, 64, 32_768, True),
+    "d64-8k-mha": (16, 16, 64, 8_192, False),
+    "d128-32k-mha-causal": (16, 16, 128, 32_768, True),
+    "d128-32k-gqa-causal": (16, 4, 128, 32_768, True),
+    "d128-8k-mha": (16, 16, 128, 8_192, False),
 }
 
 

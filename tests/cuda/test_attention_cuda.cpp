@@ -440,6 +440,107 @@ TEST(CudaBackward, RegisterCapVariantsMatchReference) {
   unsetenv("SQA_CUDA_BWD");
 }
 
+// SQA_CUDA_BWD=wgmma (and wgmmak): the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh)
+// at D = 64 and
+// 128 with atomic dQ: 128-key CTAs of two warpgroups, 64-row query blocks, dQ by both
+// warpgroups from a shared dS^T tile. Lengths that are not multiples of either tile, every
+// layout (incl. rSQA and MQA) with every mask kind, both dtypes, padding, varlen (the random
+// sweep, with empty sequences), N_q != N_k both ways (rows that see no key), one key, the head
+// splits (none, uneven, the automatic choice), and the deterministic scheme, which keeps the
+// mma.sync kernels (fallback).
+void check_wgmma_backward(const char* variant, const std::vector<int>& head_dims) {
+  setenv("SQA_CUDA_BWD", variant, 1);
+  const std::string label = std::string("SQA_CUDA_BWD=") + variant;
+  testing::CaseLimits limits = cuda_backward_limits();
+  limits.head_dims = head_dims;
+  for (const auto& c : testing::generate_cases(limits, testing::small_scale() ? 8 : 40, 9339)) {
+    const testing::CheckResult r = testing::check_backward(c, cuda_backward_via_host);
+    EXPECT_TRUE(r.ok) << label << " (sweep): " << r.message;
+  }
+  uint64_t seed = 930;
+  for (Variant v : all_variants()) {
+    for (int d : head_dims) {
+      for (const Window& w :
+           {Window::none(), Window::causal(), Window{37, 5}, Window::sliding(100)}) {
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 8, d, w);
+        c.dtype = ((seed + seed / 4) % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = testing::small_scale() ? 150 : 300;
+        c.seqlen_k = c.seqlen_q + (seed % 3) * 29;
+        c.padding = (seed % 5 == 0) ? 8 : 0;
+        c.q_gain = (seed % 4 == 1) ? 4.0 : 1.0;
+        c.seed = seed++;
+        const testing::CheckResult r = testing::check_backward(c, cuda_backward_via_host);
+        EXPECT_TRUE(r.ok) << label << " (layouts): " << r.message;
+      }
+    }
+  }
+  for (int d : head_dims) {
+    const std::pair<int64_t, int64_t> lengths[] = {{300, 100}, {100, 300}, {129, 1}, {1, 200}};
+    for (const auto& [nq, nk] : lengths) {
+      for (const Window& w : {Window::none(), Window::causal(), Window{20, 0}, Window{-1, 3}}) {
+        for (Variant v : {Variant::gqa, Variant::rsqa}) {
+          testing::HarnessCase c;
+          c.spec = make_spec(v, 8, d, w);
+          c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+          c.seqlen_q = nq;
+          c.seqlen_k = nk;
+          c.seed = seed++;
+          const testing::CheckResult r = testing::check_backward(c, cuda_backward_via_host);
+          EXPECT_TRUE(r.ok) << label << " (cross lengths): " << r.message;
+        }
+      }
+    }
+  }
+  for (const char* cap : {"1", "3", "2", ""}) {
+    setenv("SQA_CUDA_BWD_SPLITS", cap, 1);  // "": the automatic choice
+    for (Variant v : {Variant::mqa, Variant::gqa, Variant::xsmqa, Variant::sqa}) {
+      for (int d : head_dims) {
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 16, d, seed % 2 ? Window::causal() : Window{37, 5});
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = 190;
+        c.seqlen_k = 190 + (seed % 3) * 29;
+        c.padding = (seed % 2 == 0) ? 8 : 0;
+        c.seed = seed++;
+        const testing::CheckResult r = testing::check_backward(c, cuda_backward_via_host);
+        EXPECT_TRUE(r.ok) << label << ", SQA_CUDA_BWD_SPLITS=" << cap << ": " << r.message;
+      }
+    }
+  }
+  unsetenv("SQA_CUDA_BWD_SPLITS");
+  for (int d : head_dims) {
+    testing::HarnessCase c;
+    c.spec = make_spec(Variant::gqa, 8, d, Window::causal());
+    c.dtype = DType::bf16;
+    c.batch = 2;
+    c.seqlen_q = c.seqlen_k = 200;
+    c.seed = seed++;
+    const testing::CheckResult r =
+        testing::check_backward(c, [&](const AttentionBackwardParams& host) {
+          AttentionBackwardParams g = host;
+          g.deterministic = true;
+          cuda_backward_via_host(g);
+        });
+    EXPECT_TRUE(r.ok) << label << ", deterministic (fallback): " << r.message;
+  }
+  unsetenv("SQA_CUDA_BWD");
+}
+
+TEST(CudaBackward, WgmmaMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_backward("wgmma", {64, 128});
+}
+
+// wgmmak: dQ split over the keys at D = 64 (each warpgroup adds its own keys' dQ; no B operand
+// starting inside a swizzle atom row). At D = 128 it is wgmma.
+TEST(CudaBackward, WgmmaKeySplitDqMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_backward("wgmmak", {64});
+}
+
 TEST(CudaBackward, SanitizerSmoke) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_backward_limits();
@@ -517,7 +618,12 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_BWD", "occ", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
   setenv("SQA_CUDA_BWD", "fast", 1);
-  expect_error([] { cuda::detail::bwd_variant(); }, {"SQA_CUDA_BWD (fast)", "base, occ or occ2"});
+  expect_error([] { cuda::detail::bwd_variant(); },
+               {"SQA_CUDA_BWD (fast)", "base, occ, occ2, wgmma or wgmmak"});
+  setenv("SQA_CUDA_BWD", "wgmma", 1);
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
+  setenv("SQA_CUDA_BWD", "wgmmak", 1);
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmak);
   unsetenv("SQA_CUDA_BWD");
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::automatic);
 }

@@ -51,7 +51,10 @@ BwdVariant bwd_variant() {
   if (m == "base") return BwdVariant::base;
   if (m == "occ") return BwdVariant::occ;
   if (m == "occ2") return BwdVariant::occ2;
-  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base, occ or occ2, or unset"));
+  if (m == "wgmma") return BwdVariant::wgmma;
+  if (m == "wgmmak") return BwdVariant::wgmmak;
+  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m,
+                                  ") must be base, occ, occ2, wgmma or wgmmak, or unset"));
 }
 
 namespace {
@@ -70,10 +73,12 @@ int multiprocessor_count() {
   return counts[device];
 }
 
-// dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves of three
-// per SM, at most one per query head of the group. SQA_CUDA_BWD_SPLITS caps them (1 turns them
-// off), so tests and A/B runs can take either path.
-int dkdv_splits(const FwdKernelParams& p) {
+// dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
+// one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
+// kernel, one 128-key CTA per SM for the wgmma one (SQA_CUDA_BWD=wgmma / wgmmak at D = 64 and 128
+// with atomic dQ; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
+// and A/B runs can take either path.
+int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
   if (p.reverse || p.group_size <= 1) return 1;
   int64_t cap = p.group_size;
   if (const char* env = std::getenv("SQA_CUDA_BWD_SPLITS"); env != nullptr && *env != '\0') {
@@ -85,9 +90,13 @@ int dkdv_splits(const FwdKernelParams& p) {
     }
     cap = std::min<int64_t>(cap, v);
   }
-  constexpr int64_t kKeyBlock = 64;  // BwdDkDvTile::BN
-  const int64_t ctas = (p.seqlen_k + kKeyBlock - 1) / kKeyBlock * p.num_kv_heads * p.batch;
-  const int64_t target = 8LL * 3 * multiprocessor_count();
+  const BwdVariant variant = bwd_variant();
+  const bool wgmma = !deterministic && (head_dim == 64 || head_dim == 128) &&
+                     (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak);
+  const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwdTile::BN, BwdDkDvTile::BN
+  const int64_t per_sm = wgmma ? 1 : 3;
+  const int64_t ctas = (p.seqlen_k + key_block - 1) / key_block * p.num_kv_heads * p.batch;
+  const int64_t target = 8LL * per_sm * multiprocessor_count();
   const int64_t want = (target + ctas - 1) / std::max<int64_t>(ctas, 1);
   return static_cast<int>(std::clamp<int64_t>(want, 1, cap));
 }
@@ -352,7 +361,7 @@ void attention_backward(const AttentionBackwardParams& params) {
   // dQ with fp32 atomics into a workspace of (rows / H_attn) * H_q rows of head_dim floats.
   g.deterministic = params.deterministic ? 1 : 0;
   g.dq_rows = g.deterministic ? 0 : rows / g.fwd.num_attention_heads * g.fwd.num_query_heads;
-  g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd);
+  g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd, spec.head_dim, params.deterministic);
   const size_t dkdv_floats = g.dkdv_splits > 1
                                  ? static_cast<size_t>(g.dkdv_splits) * f.batch *
                                        g.fwd.num_kv_heads * f.seqlen_k * 2 * spec.head_dim

@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "flash_bwd_kernel.cuh"
+#include "flash_bwd_wgmma.cuh"
 #include "flash_fwd.hpp"
 
 namespace sqa::cuda::detail {
@@ -68,6 +69,39 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
       check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
     }
   };
+  // SQA_CUDA_BWD=wgmma / wgmmak: the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh) at
+  // D = 64 and 128 with atomic dQ; elsewhere (other head dims, deterministic) the default below.
+  if constexpr (D == 64 || D == 128) {
+    if (atomic_dq && (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak)) {
+      using Wg = WgmmaBwdTile<T, D>;
+      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma).
+      auto* dkdv = D == 64 && variant == BwdVariant::wgmmak
+                       ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
+                       : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
+      check_cuda(
+          cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, Wg::kSmemBytes),
+          "cudaFuncSetAttribute(flash_bwd_dkdv_wgmma_kernel, max dynamic shared memory)");
+      const int64_t n_blocks = (p.seqlen_k + Wg::BN - 1) / Wg::BN;
+      const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
+                         p.batch);
+      dkdv<<<grid_kv, Wg::kThreads, Wg::kSmemBytes, stream>>>(g);
+      check_cuda(cudaGetLastError(), "flash_bwd_dkdv_wgmma_kernel launch");
+      if (g.dkdv_splits > 1) {
+        const int64_t threads =
+            static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k * (2 * D / 8);
+        flash_bwd_dkdv_reduce_kernel<T>
+            <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, D);
+        check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
+      }
+      if (g.dq_rows > 0) {
+        const int64_t threads = g.dq_rows * (D / 8);
+        flash_bwd_dq_convert_kernel<T>
+            <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, g.dq_rows, D);
+        check_cuda(cudaGetLastError(), "flash_bwd_dq_convert_kernel launch");
+      }
+      return;
+    }
+  }
   if (atomic_dq) {
     launch_dkdv(std::true_type{});
     if (g.dq_rows > 0) {

@@ -40,9 +40,12 @@ void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp };
 FwdVariant fwd_variant();
 
-// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ or occ2; unset:
-// the default, occ). See flash_bwd_launch.cuh.
-enum class BwdVariant { automatic, base, occ, occ2 };
+// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma or
+// wgmmak; unset: the default, occ). wgmma: the Hopper warpgroup-MMA dK/dV kernel at D = 64 and
+// 128 with atomic dQ (flash_bwd_wgmma.cuh); wgmmak: the same with dQ split over the keys at
+// D = 64 (kDqSplitKeys). Elsewhere, and in deterministic mode, the default. See
+// flash_bwd_launch.cuh.
+enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmak };
 BwdVariant bwd_variant();
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).

@@ -223,6 +223,51 @@ SQA_WGMMA_M64N128(__nv_bfloat16, "bf16")
 SQA_WGMMA_M64N128(__half, "f16")
 #undef SQA_WGMMA_M64N64
 #undef SQA_WGMMA_M64N128
+
+// ---- Both operands from shared memory, both MN-major (flash_bwd_wgmma.cuh's dQ = dS K) ---------
+// D (m64nN, fp32) (+)= A (m64k16, shared, MN-major: stored k-row by k-row, M contiguous) * B
+// (k16nN, shared, MN-major). The transpose immediates are 1 and 1; `accumulate` = 0 overwrites D.
+// N = 32 (D = 64: each warpgroup takes half of dQ's columns) and 64 (D = 128).
+template <typename T, int N>
+struct WgmmaSSTrans;
+
+#define SQA_WGMMA_SS_TT_M64N32(T, TYPE)                                                          \
+  template <>                                                                                    \
+  struct WgmmaSSTrans<T, 32> {                                                                   \
+    static __device__ __forceinline__ void run(float (&d)[16], uint64_t desc_a, uint64_t desc_b, \
+                                               int accumulate) {                                 \
+      asm volatile(                                                                              \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                           \
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                            \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "            \
+          "%16, %17, p, 1, 1, 1, 1;\n}\n"                                                        \
+          : SQA_WGMMA_ACC16(d)                                                                   \
+          : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
+    }                                                                                            \
+  };
+
+#define SQA_WGMMA_SS_TT_M64N64(T, TYPE)                                                          \
+  template <>                                                                                    \
+  struct WgmmaSSTrans<T, 64> {                                                                   \
+    static __device__ __forceinline__ void run(float (&d)[32], uint64_t desc_a, uint64_t desc_b, \
+                                               int accumulate) {                                 \
+      asm volatile(                                                                              \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                           \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                            \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "    \
+          "%32, %33, p, 1, 1, 1, 1;\n}\n"                                                        \
+          : SQA_WGMMA_ACC32(d)                                                                   \
+          : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
+    }                                                                                            \
+  };
+
+SQA_WGMMA_SS_TT_M64N32(__nv_bfloat16, "bf16")
+SQA_WGMMA_SS_TT_M64N32(__half, "f16")
+SQA_WGMMA_SS_TT_M64N64(__nv_bfloat16, "bf16")
+SQA_WGMMA_SS_TT_M64N64(__half, "f16")
+#undef SQA_WGMMA_SS_TT_M64N32
+#undef SQA_WGMMA_SS_TT_M64N64
 #undef SQA_WGMMA_ACC4
 #undef SQA_WGMMA_ACC8
 #undef SQA_WGMMA_ACC16

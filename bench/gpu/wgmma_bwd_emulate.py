@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""Host emulation of flash_bwd_dkdv_wgmma_kernel (src/attention/cuda/flash_bwd_wgmma.cuh, the
+SQA_CUDA_BWD=wgmma dK/dV kernel) at the level of threads, registers, swizzled shared memory and
+wgmma descriptors, against a float64 reference backward: a check of the kernel's index math,
+descriptors (K-major and MN-major, A and B), fragment hand-overs, the dS^T tile, the dQ atomics'
+lane swap, the head / query-block loop, the head splits and the buffer order, without a GPU. It
+mirrors the kernel by hand (keep the two in step), in float64 without 16-bit rounding, so every
+case must match to ~1e-12.
+
+Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
+Both dQ splits: over dQ's columns (SQA_CUDA_BWD=wgmma) and, at D = 64, over the keys (wgmmak,
+kDqSplitKeys).
+
+Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
+byte address a -> a ^ (((a >> 7) & 7) << 4)):
+  K-major A (K, V for S^T = K Q^T, dP^T = V dO^T) and K-major B (Q, dO): element (r, k) at
+      start + (r % 8) * 128 + (r // 8) * SBO + 2 k, k-steps +32 bytes inside an atom, +R * 128
+      bytes to the next atom column (D = 128);
+  MN-major B (dO, Q for dV += P^T dO, dK += dS^T Q; K for dQ = dS K): element (k, n) at
+      start + (k % 8) * 128 + (k // 8) * SBO + 2 (n % 64) + (n // 64) * LBO; for dQ at D = 64
+      warpgroup 1's B starts 64 bytes into the atom (N = 32 columns each);
+  MN-major A (dS for dQ, the dS^T tile as stored): element (m, k) at start + (k % 8) * 128 +
+      (k // 8) * SBO + 2 (m % 64) + (m // 64) * LBO (the canonical MN-major layout, as for B);
+  accumulators m64nN: thread (w, g, t) d[4 j + e] = D[16 w + g + 8 (e // 2), 8 j + 2 t + e % 2];
+  A registers m64k16 from accumulator column tiles 2 kk, 2 kk + 1 (a0..a3 as the forward).
+Timing modes: reads_at_wait=True lands cp.async copies at issue and runs wgmma reads (shared
+memory and A registers) at the wait that completes them (catches a buffer overwritten while a
+wgmma may still read it); False lands copies at the cp.async wait and runs wgmma at issue
+(catches a read before the data landed). Unwritten shared memory is NaN.
+"""
+import math
+import sys
+
+import numpy as np
+
+INF = float("inf")
+LOG2E = 1.4426950408889634
+
+
+def swz(a):
+    return a ^ (((a >> 7) & 7) << 4)
+
+
+def desc(addr, lbo, sbo):
+    return (((addr >> 4) & 0x3FFF) | (((lbo >> 4) & 0x3FFF) << 16)
+            | (((sbo >> 4) & 0x3FFF) << 32) | (1 << 62))
+
+
+def advance(d, nbytes):
+    assert nbytes % 16 == 0
+    return d + (nbytes >> 4)
+
+
+def decode(d):
+    assert (d >> 62) == 1, "128-byte swizzle"
+    assert ((d >> 49) & 7) == 0, "base offset 0"
+    start = (d & 0x3FFF) << 4
+    # base offset 0 is right only if the start is 1024-aligned or offset by < 128 bytes inside
+    # a row of an aligned atom (bits 7-9 of the start are those of the atom's first row)
+    assert ((start >> 7) & 7) == 0, f"start {start:#x}: base offset would be nonzero"
+    return start, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4
+
+
+def sw128_offset(rows, row, chunk):
+    return (chunk // 8) * rows * 128 + row * 128 + (((chunk % 8) ^ (row % 8)) * 16)
+
+
+class Smem:
+    def __init__(self, size):
+        self.v = np.full(size // 2, np.nan)   # 16-bit elements
+        self.f = np.full(size // 4, np.nan)   # 32-bit words (lse, D)
+
+    def write_chunk(self, addr, vals):
+        assert addr % 16 == 0
+        self.v[addr // 2: addr // 2 + 8] = vals
+
+    def write16(self, addr, val):
+        assert addr % 2 == 0
+        self.v[addr // 2] = val
+
+    def write32f(self, addr, val):
+        assert addr % 4 == 0
+        self.f[addr // 4] = val
+
+
+def read_kmajor(sm, d, rows):
+    """Operand of `rows` rows (M or N) x 16 k, K-major."""
+    start, _, sbo = decode(d)
+    r = np.arange(rows)[:, None]
+    k = np.arange(16)[None, :]
+    a = start + (r % 8) * 128 + (r // 8) * sbo + 2 * k
+    return sm.v[swz(a) // 2]
+
+
+def read_mnmajor(sm, d, n):
+    """Operand 16 k x n, MN-major (B of m64nNk16 with the transpose bit; A transposed: m = n)."""
+    start, lbo, sbo = decode(d)
+    k = np.arange(16)[:, None]
+    c = np.arange(n)[None, :]
+    a = start + (k % 8) * 128 + (k // 8) * sbo + 2 * (c % 64) + (c // 64) * lbo
+    return sm.v[swz(a) // 2]
+
+
+def key_visible(key, qrow, nk, diag, left, right):
+    qd = qrow + diag
+    return (key < nk) & ((left < 0) | (key >= qd - left)) & ((right < 0) | (key <= qd + right))
+
+
+# ---- thread geometry of one warpgroup (128 threads) --------------------------------------------
+TID = np.arange(128)
+W_OF, G_OF, T_OF = TID // 32, (TID % 32) // 4, TID % 4
+
+
+def acc_index(n):
+    """(rows, cols) of accumulator element i of thread tid: arrays [128, n // 2]."""
+    i = np.arange(n // 2)[None, :]
+    j, e = i // 4, i % 4
+    rows = 16 * W_OF[:, None] + G_OF[:, None] + 8 * (e // 2)
+    cols = 8 * j + 2 * T_OF[:, None] + e % 2
+    return rows, cols
+
+
+def regs_from(acc, n):
+    rows, cols = acc_index(n)
+    return acc[rows, cols]
+
+
+def a_from_regs(pa_kk):
+    """A (64 x 16) from the A registers of one k-step: pa_kk[128, 4, 2]."""
+    A = np.full((64, 16), np.nan)
+    r0 = 16 * W_OF + G_OF
+    for i, (dr, dc) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8))):
+        for h in range(2):
+            A[r0 + dr, dc + 2 * T_OF + h] = pa_kk[:, i, h]
+    return A
+
+
+def pack(x):
+    """A fragments from accumulators x[128, 32] (64 x 64): [128, 4 k-steps, 4, 2]."""
+    out = np.zeros((128, 4, 4, 2))
+    for kk in range(4):
+        for i in range(4):
+            out[:, kk, i, 0] = x[:, 8 * kk + 2 * i]
+            out[:, kk, i, 1] = x[:, 8 * kk + 2 * i + 1]
+    return out
+
+
+class Problem:
+    """Tensors in the kernel's flat element layout, dense (B, N, H, D) or varlen (total, H, D)."""
+
+    def __init__(self, rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain=1.0):
+        self.D, self.Hq, self.Hkv, self.reverse = D, Hq, Hkv, reverse
+        self.G = 1 if reverse else Hq // Hkv
+        self.Ha = Hkv if reverse else Hq
+        self.left, self.right = left, right
+        self.varlen = varlen
+        self.B = len(lens_q)
+        self.lens_q, self.lens_k = lens_q, lens_k
+        self.scale = 1 / math.sqrt(D)
+        if varlen:
+            self.cu_q = np.concatenate([[0], np.cumsum(lens_q)]).astype(int)
+            self.cu_k = np.concatenate([[0], np.cumsum(lens_k)]).astype(int)
+            self.Nq, self.Nk = max(lens_q), max(lens_k)
+            rows_q, rows_k = self.cu_q[-1], self.cu_k[-1]
+        else:
+            assert len(set(lens_q)) == 1 and len(set(lens_k)) == 1
+            self.Nq, self.Nk = lens_q[0], lens_k[0]
+            rows_q, rows_k = self.B * self.Nq, self.B * self.Nk
+        self.rows_q, self.rows_k = rows_q, rows_k
+        # (rows, heads, D) arrays; flat views below (row stride H * D, head stride D)
+        self.q = rng.standard_normal((rows_q, Hq, D)) * gain
+        self.k = rng.standard_normal((rows_k, Hkv, D))
+        self.v = rng.standard_normal((rows_k, Hkv, D))
+        self.do = rng.standard_normal((rows_q, self.Ha, D))
+        self.dq = np.zeros_like(self.q)
+        self.dk = np.zeros_like(self.k)
+        self.dv = np.zeros_like(self.v)
+        # lse / D in the lse layout: dense (B, H_attn, N_q), varlen (H_attn, total_q)
+        self.lse = np.full(self.B * self.Ha * self.Nq if not varlen else self.Ha * rows_q, np.nan)
+        self.dsum = np.full_like(self.lse, np.nan)
+        self.reference()
+
+    def span(self, b):
+        if self.varlen:
+            return (self.cu_q[b], self.cu_k[b], self.cu_q[-1], self.lens_q[b], self.lens_k[b])
+        return (b * self.Nq, b * self.Nk, 0, self.Nq, self.Nk)
+
+    def lse_row(self, b, h, r):
+        if self.varlen:
+            return h * self.cu_q[-1] + self.cu_q[b] + r
+        return (b * self.Ha + h) * self.Nq + r
+
+    def reference(self):
+        for b in range(self.B):
+            q0, k0, _, nq, nk = self.span(b)
+            diag = nk - nq
+            vis = key_visible(np.arange(nk)[None, :], np.arange(nq)[:, None], nk, diag,
+                              self.left, self.right)
+            for h in range(self.Ha):
+                qh = h % self.Hq if self.reverse else h
+                kvh = h if self.reverse else h // self.G
+                Q = self.q[q0:q0 + nq, qh]
+                K = self.k[k0:k0 + nk, kvh]
+                V = self.v[k0:k0 + nk, kvh]
+                dO = self.do[q0:q0 + nq, h]
+                S = Q @ K.T * self.scale
+                S = np.where(vis, S, -INF)
+                mx = S.max(1, initial=-INF)
+                any_ = np.isfinite(mx)
+                P = np.where(vis, np.exp(S - np.where(any_, mx, 0)[:, None]), 0.0)
+                den = P.sum(1)
+                P = np.where(any_[:, None], P / np.where(any_, den, 1)[:, None], 0.0)
+                lse = np.where(any_, mx + np.log(np.where(any_, den, 1)), -INF)
+                O = P @ V
+                Dq = (dO * O).sum(1)
+                dP = dO @ V.T
+                dS = P * (dP - Dq[:, None])
+                self.dv[k0:k0 + nk, kvh] += P.T @ dO
+                self.dk[k0:k0 + nk, kvh] += self.scale * dS.T @ Q
+                self.dq[q0:q0 + nq, qh] += self.scale * dS @ K
+                for r in range(nq):
+                    self.lse[self.lse_row(b, h, r)] = lse[r]
+                    self.dsum[self.lse_row(b, h, r)] = Dq[r]
+
+
+def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
+                raw_addr=0x410):
+    """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
+    keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
+    partial [splits, B, Hkv, Nk, 2D]."""
+    D = P.D
+    BN, BM, kStages, T = 128, 64, 3, 256
+    kKV, kQ, kDs, kStat = BN * D * 2, BM * D * 2, BN * BM * 2, BM * 4
+    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + 1024
+    assert smem_bytes <= 227 * 1024
+    sm = Smem(raw_addr + smem_bytes + 64)
+    sK = (raw_addr + 1023) & ~1023
+    sV = sK + kKV
+    sQ = sV + kKV
+    sdO = sQ + kStages * kQ
+    sdS = sdO + kStages * kQ
+    sStat = sdS + kDs
+    assert sStat + 2 * kStages * kStat <= raw_addr + smem_bytes
+
+    q_row0, k_row0, total_q, nq, nk = P.span(b)
+    n0 = n_block * BN
+    if n0 >= nk:
+        return
+    diag, left, right = nk - nq, P.left, P.right
+    G = P.G
+    group_lo = split * G // splits
+    group_hi = (split + 1) * G // splits
+    h_first = kv_head if P.reverse else kv_head * G + group_lo
+    h_count = 1 if P.reverse else group_hi - group_lo
+    rsqa_qh = kv_head % P.Hq if P.reverse else 0
+    last_key = min(n0 + BN, nk) - 1
+    q_lo, q_hi = 0, nq
+    if right >= 0:
+        q_lo = max(0, n0 - diag - right)
+    if left >= 0:
+        q_hi = min(nq, last_key - diag + left + 1)
+    qb_begin = q_lo // BM
+    nqb = (q_hi + BM - 1) // BM - qb_begin if q_hi > q_lo else 0
+    n_iter = h_count * nqb
+
+    groups = [[]]  # cp.async groups of this CTA (the current, uncommitted one last)
+
+    def cp_async(addr, vals, f32=False):
+        op = (addr, vals, f32)
+        if reads_at_wait:
+            land(op)
+        else:
+            groups[-1].append(op)
+
+    def land(op):
+        addr, vals, f32 = op
+        if f32:
+            sm.write32f(addr, vals)
+        else:
+            sm.write_chunk(addr, vals)
+
+    def commit():
+        groups.append([])
+
+    def cp_wait(n):
+        committed = groups[:-1]
+        for grp in committed[:max(0, len(committed) - n)]:
+            for op in grp:
+                land(op)
+            grp.clear()
+
+    def load_tile(dst, arr, rows, row0, valid_rows):
+        """load_tile_sw128<T, D, rows, 256>: arr is the [seq rows, D] view of the head."""
+        kch = D // 8
+        step = T // kch
+        assert step % 8 == 0 and rows % step == 0
+        for tid in range(T):
+            r, c = tid // kch, tid % kch
+            to = dst + sw128_offset(rows, r, c)
+            for i in range(rows // step):
+                row = row0 + r + i * step
+                assert to + i * step * 128 == dst + sw128_offset(rows, r + i * step, c)
+                vals = arr[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
+                cp_async(to + i * step * 128, vals)
+
+    Kh = P.k[k_row0:k_row0 + nk, kv_head]
+    Vh = P.v[k_row0:k_row0 + nk, kv_head]
+    load_tile(sK, Kh, BN, n0, nk)
+    load_tile(sV, Vh, BN, n0, nk)
+    lse_head = total_q if P.varlen else P.Nq
+    lse_base = q_row0 if P.varlen else b * P.Ha * P.Nq
+    dq_base = q_row0 if P.varlen else b * P.Hq * P.Nq
+
+    def load_q_block(stage, h, m0):
+        qh = rsqa_qh if P.reverse else h
+        load_tile(sQ + stage * kQ, P.q[q_row0:q_row0 + nq, qh], BM, m0, nq)
+        load_tile(sdO + stage * kQ, P.do[q_row0:q_row0 + nq, h], BM, m0, nq)
+        for tid in range(2 * BM):
+            i, is_d = tid % BM, tid >= BM
+            valid = m0 + i < nq
+            row = lse_base + h * lse_head + m0 + i
+            src = P.dsum if is_d else P.lse
+            cp_async(sStat + ((kStages if is_d else 0) + stage) * kStat + i * 4,
+                     src[row] if valid else 0.0, f32=True)
+
+    load_state = {"h": h_first, "qb": 0}
+
+    def load_next(stage):
+        load_q_block(stage, load_state["h"], (qb_begin + load_state["qb"]) * BM)
+        load_state["qb"] += 1
+        if load_state["qb"] == nqb:
+            load_state["qb"] = 0
+            load_state["h"] += 1
+
+    for j in range(kStages - 1):
+        if j < n_iter:
+            load_next(j)
+        commit()
+
+    # per-warpgroup register state
+    wgs = []
+    for wg in range(2):
+        key_local0 = wg * 64 + W_OF * 16 + G_OF
+        wgs.append({
+            "key_local0": key_local0,
+            "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
+            "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
+            "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
+            "dq": np.zeros((128, D // 2 if split_keys else D // 4)),
+            "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
+            "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
+            "dq_col0": 0 if split_keys else wg * (D // 2),
+        })
+    assert not split_keys or D == 64
+    dq_n = D if split_keys else D // 2       # dQ columns per warpgroup
+    dq_steps = 4 if split_keys else BN // 16  # k-steps of dQ
+    for wg in range(2):
+        c0 = wgs[wg]["dq_col0"]
+        key0 = wg * 64 if split_keys else 0
+        wgs[wg]["ds_desc"] = desc(sdS + key0 * 128, BN * 128, 1024)
+        wgs[wg]["kt_desc"] = desc(sK + key0 * 128 + (c0 // 64) * BN * 128 + (c0 % 64) * 2,
+                                  BN * 128, 1024)
+
+    mma_groups = [[], []]
+
+    def mma_commit(wg, op):
+        if reads_at_wait:
+            mma_groups[wg].append(op)
+        else:
+            op()
+            mma_groups[wg].append(None)
+
+    def mma_wait(wg, n):
+        while len(mma_groups[wg]) > n:
+            op = mma_groups[wg].pop(0)
+            if op is not None:
+                op()
+
+    def gemm_st(wg, q_stage, which):
+        a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
+        b_desc0 = desc(q_stage, 16, 1024)
+
+        def op():
+            acc = np.zeros((64, 64))
+            for kk in range(D // 16):
+                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
+                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
+                A = read_kmajor(sm, advance(a_desc0, a_off), 64)
+                B = read_kmajor(sm, advance(b_desc0, b_off), 64)
+                acc += A @ B.T
+            wgs[wg][which][:] = regs_from(acc, 64)
+        return op
+
+    def gemm_kv(wg, do_stage, q_stage, pa, da):
+        dob = desc(do_stage, BM * 128, 1024)
+        qbd = desc(q_stage, BM * 128, 1024)
+
+        def op():
+            for regs, bdesc, name in ((pa, dob, "dv"), (da, qbd, "dk")):
+                acc = np.zeros((64, D))
+                for kk in range(BM // 16):
+                    A = a_from_regs(regs[:, kk])
+                    B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
+                    acc += A @ B
+                wgs[wg][name] += regs_from(acc, D)
+        return op
+
+    def gemm_dq(wg):
+        def op():
+            acc = np.zeros((64, dq_n))
+            for kk in range(dq_steps):
+                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)  # [k, m]
+                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
+                acc += At.T @ B
+            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
+        return op
+
+    qb, h = 0, h_first
+    for it in range(n_iter):
+        stage = it % kStages
+        m0 = (qb_begin + qb) * BM
+        qh = rsqa_qh if P.reverse else h
+        cp_wait(kStages - 2)
+        # barrier 1
+        if it + kStages - 1 < n_iter:
+            load_next((it + kStages - 1) % kStages)
+        commit()
+        q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
+        for wg in range(2):
+            mma_commit(wg, gemm_st(wg, q_stage, "st"))
+            mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
+        q_last = min(m0 + BM, nq) - 1
+        pas, das = [None, None], [None, None]
+        for wg in range(2):
+            S = wgs[wg]
+            wg_key0 = n0 + wg * 64
+            full = (wg_key0 + 64 <= nk and m0 + BM <= nq
+                    and (left < 0 or wg_key0 >= q_last + diag - left)
+                    and (right < 0 or wg_key0 + 63 <= m0 + diag + right))
+            mma_wait(wg, 1)
+            st = S["st"]
+            l_tile = sStat + stage * kStat
+            d_tile = sStat + (kStages + stage) * kStat
+            i = np.arange(32)[None, :]
+            col = 8 * (i // 4) + 2 * T_OF[:, None] + (i % 2)     # query column in the block
+            lval = sm.f[(l_tile + 4 * col) // 4]
+            with np.errstate(over="ignore", invalid="ignore"):
+                st[:] = np.exp2(st * (P.scale * LOG2E) - lval * LOG2E)
+            if not full:
+                qrow = m0 + col
+                keyv = S["key"][np.arange(128)[:, None], (i // 2) % 2]
+                ok = (qrow < nq) & key_visible(keyv, qrow, nk, diag, left, right)
+                st[:] = np.where(ok, st, 0.0)
+            else:
+                assert np.all(m0 + col < nq)
+            assert not np.isnan(st).any()
+            mma_wait(wg, 0)
+            dpt = S["dpt"]
+            dval = sm.f[(d_tile + 4 * col) // 4]
+            dpt[:] = st * (dpt - dval)
+            assert not np.isnan(dpt).any()
+            pas[wg], das[wg] = pack(st), pack(dpt)
+            # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
+            # g + 8 (i % 2), column tile 2 kk + i / 2
+            for kk in range(4):
+                for i in range(4):
+                    row = S["key_local0"] + 8 * (i % 2)
+                    for tt in range(128):
+                        off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
+                        sm.write16(sdS + off, das[wg][tt, kk, i, 0])
+                        sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg]))
+        # barrier 2
+        for wg in range(2):
+            mma_commit(wg, gemm_dq(wg))
+            mma_wait(wg, 0)
+            S = wgs[wg]
+            dq = S["dq"]
+            dq_accum = out["dq_accum"]
+            for tt in range(128):
+                t = T_OF[tt]
+                odd = t & 1
+                partner = tt ^ 1
+                qrow = m0 + W_OF[tt] * 16 + G_OF[tt] + (8 if odd else 0)
+                col0 = S["dq_col0"] + 4 * (t // 2)
+                assert col0 % 4 == 0
+                for j in range(dq_n // 8):
+                    pd = dq[partner]
+                    recv = (pd[4 * j + 2], pd[4 * j + 3]) if odd else (pd[4 * j], pd[4 * j + 1])
+                    # the partner (opposite parity) sends what this lane lacks
+                    if odd:
+                        v = (recv[0], recv[1], dq[tt, 4 * j + 2], dq[tt, 4 * j + 3])
+                    else:
+                        v = (dq[tt, 4 * j], dq[tt, 4 * j + 1], recv[0], recv[1])
+                    if qrow < nq:
+                        rowi = dq_base + qh * lse_head + qrow
+                        dq_accum[rowi, col0 + j * 8: col0 + j * 8 + 4] += np.array(v) * P.scale
+        qb += 1
+        if qb == nqb:
+            qb = 0
+            h += 1
+    cp_wait(0)
+    assert all(not gq for gq in mma_groups)
+
+    for wg in range(2):
+        S = wgs[wg]
+        for tt in range(128):
+            for r in range(2):
+                key = S["key"][tt, r]
+                if key >= nk:
+                    continue
+                for j in range(D // 8):
+                    c = j * 8 + 2 * T_OF[tt]
+                    dkv = S["dk"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2] * P.scale
+                    dvv = S["dv"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2]
+                    if splits > 1:
+                        out["partial"][split, b, kv_head, key, c: c + 2] = dkv
+                        out["partial"][split, b, kv_head, key, D + c: D + c + 2] = dvv
+                    else:
+                        out["dk"][k_row0 + key, kv_head, c: c + 2] = dkv
+                        out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
+
+
+def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
+             reads_at_wait, gain=1.0, split_keys=False):
+    rng = np.random.default_rng(seed)
+    P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
+    assert splits == 1 or (not varlen and not reverse)
+    rows_dq = P.Hq * P.rows_q
+    out = {"dq_accum": np.zeros((rows_dq, D)),
+           "dk": np.full_like(P.dk, np.nan), "dv": np.full_like(P.dv, np.nan),
+           "partial": np.full((splits, P.B, Hkv, P.Nk, 2 * D), np.nan)}
+    n_blocks = (P.Nk + 127) // 128
+    for b in range(P.B):
+        for x in range(n_blocks * Hkv * splits):
+            per_block = Hkv * splits
+            emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
+                        reads_at_wait, split_keys)
+    if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
+        tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
+        for b in range(P.B):
+            out["dk"][b * P.Nk:(b + 1) * P.Nk] = tot[b, :, :, :D].transpose(1, 0, 2)
+            out["dv"][b * P.Nk:(b + 1) * P.Nk] = tot[b, :, :, D:].transpose(1, 0, 2)
+    # dq_accum rows -> dQ (flash_bwd_dq_convert_kernel's row mapping)
+    dq = np.full_like(P.dq, np.nan)
+    for rid in range(rows_dq):
+        if varlen:
+            tq = P.cu_q[-1]
+            dq[rid % tq, rid // tq] = out["dq_accum"][rid]
+        else:
+            qrow, qh, b = rid % P.Nq, (rid // P.Nq) % P.Hq, rid // (P.Nq * P.Hq)
+            dq[b * P.Nq + qrow, qh] = out["dq_accum"][rid]
+    errs = []
+    for name, got, ref in (("dQ", dq, P.dq), ("dK", out["dk"], P.dk), ("dV", out["dv"], P.dv)):
+        assert not np.isnan(got).any(), f"{name}: unwritten elements"
+        errs.append(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
+    layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
+    print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
+          f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
+          f"{' wgmmak' if split_keys else ''}: "
+          f"rel err dQ {errs[0]:.1e} dK {errs[1]:.1e} dV {errs[2]:.1e}", flush=True)
+    assert max(errs) < 1e-12, errs
+
+
+if __name__ == "__main__":
+    quick = "quick" in sys.argv[1:]
+    # (D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits)
+    cases = [
+        (64, 2, 2, False, [150], [200], -1, -1, False, 1),    # MHA, N_q != N_k
+        (128, 2, 2, False, [200], [130], -1, 0, False, 1),    # causal, N_q > N_k
+        (64, 4, 1, False, [130], [130], -1, 0, False, 1),     # MQA (one KV head, 4 heads)
+        (128, 4, 2, False, [100], [300], 37, 5, False, 1),    # GQA, window
+        (64, 2, 4, True, [140], [170], -1, -1, False, 1),     # rSQA (H_kv multiple of H_q)
+        (128, 1, 3, True, [90], [90], 20, 0, False, 1),       # rSQA, sliding causal
+        (64, 4, 1, False, [129], [1], -1, 0, False, 1),       # one key
+        (128, 6, 2, False, [70], [260], -1, 3, False, 2),     # GQA G = 3, 2 splits (uneven)
+        (64, 8, 2, False, [150], [150], -1, 0, False, 3),     # G = 4, 3 splits (uneven)
+        (64, 4, 2, False, [70, 0, 150], [100, 60, 150], -1, 0, True, 1),   # varlen, empty q
+        (128, 2, 4, True, [65, 130], [200, 1], -1, -1, True, 1),           # varlen rSQA
+        (64, 2, 2, False, [100, 100], [300, 300], 50, 50, False, 1),        # batch 2, window
+    ]
+    if quick:
+        cases = cases[:3]
+    for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
+        for mode in (True, False):
+            # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
+            for split_keys in ((False, True) if D == 64 else (False,)):
+                run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
+                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys)
+    print("ALL OK")

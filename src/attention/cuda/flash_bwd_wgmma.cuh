@@ -1,0 +1,480 @@
+// Hopper (sm_90a) backward dK/dV kernel with warpgroup MMA (wgmma.mma_async), FlashAttention-3
+// style, for head_dim 64 and 128 in the atomic-dQ scheme (SQA_CUDA_BWD=wgmma; not the default).
+// It replaces flash_bwd_dkdv_kernel (flash_bwd_kernel.cuh, mma.sync) and keeps its semantics
+// exactly: the same grid (key block, KV head, head split), the same loop over the query heads of
+// the KV head's group (rSQA: one attention head reading query head kv_head % H_q) and the query
+// blocks that see the CTA's keys, the same masks (causal / sliding window, bottom-right aligned,
+// N_q != N_k, varlen), the same numerics (P = exp2(scale_log2 S - lse log2 e) in fp32,
+// dS = P (dP - D) in fp32, rounded to 16 bits for dK and dQ, dK scaled once at the end, dQ
+// scaled before its fp32 atomics into dq_accum), and the same outputs (dK / dV, or fp32 partial
+// rows per head split). The dsum, dQ-convert and split-reduce kernels are shared.
+//
+// Design (why it is what it is)
+//   CTA = 2 warpgroups (256 threads) and BN = 128 keys; warpgroup w owns keys 64 w .. 64 w + 63,
+//   which are the wgmma M of its products, and keeps their dK and dV accumulators (D / 2 fp32
+//   each per thread) in registers for the whole CTA. Per step it takes BM = 64 query rows of one
+//   attention head:
+//     S^T  = K Q^T        m64n64k16, A = K and B = Q from shared memory (both K-major, the
+//                         forward's S = Q K^T with the roles swapped);
+//     dP^T = V dO^T       the same with V and dO;
+//     P^T  = exp2(S^T scale_log2 - lse_q log2 e), masked;  dS^T = P^T (dP^T - D_q)  (registers:
+//                         a query is an accumulator column, so lse and D are per column);
+//     dV  += P^T dO       m64nDk16, A = P^T from registers (the S^T accumulators rounded to 16 bits
+//                         are the A fragments, as P in the forward's O += P V), B = dO from
+//                         shared memory MN-major (the forward's V operand);
+//     dK  += dS^T Q       the same with dS^T and Q;
+//     dQ   = dS K         M = the 64 queries, K = the CTA's 128 keys, so it needs both warpgroups'
+//                         dS^T: each stores its dS^T (16-bit) to one shared [128 keys][64
+//                         queries] tile, and after a CTA barrier warpgroup w computes dQ's
+//                         columns w D / 2 .. (w + 1) D / 2 - 1 (m64n(D / 2)k16 over 8 k-steps),
+//                         A = dS read MN-major (the dS^T tile as stored) and B = K read MN-major
+//                         (the K tile as stored, the same bytes as S^T's K-major A). Splitting N
+//                         rather than the keys halves the atomics (each dQ element is added once
+//                         per CTA, not once per warpgroup); then 16-byte fp32 atomics
+//                         (RED.ADD.F32x4: lanes 2i and 2i + 1 swap halves so that each holds 4
+//                         consecutive columns of one row) into dq_accum.
+//   The transposes are free: S^T (keys as M) makes P^T and dS^T the register A operands of dV and
+//   dK (no shared-memory round trip for them), and wgmma's transpose bits read Q, dO, K and dS^T
+//   in their stored (row-major) form. Only dS^T goes through shared memory, as in every FA
+//   backward (dQ contracts over keys, which are spread over the warpgroups).
+//   Tiles: BM = 64 keeps S^T and dP^T at 32 registers each; with dK and dV (D registers per
+//   thread) the live set peaks at ~200 values at D = 128, so the CTA is 1 per SM and the register
+//   file holds two warpgroups (FA3 uses the same 64 x 128 tile at D = 128, with a third, producer
+//   warpgroup and setmaxnreg, not done here). ptxas (CUDA 13, sm_90a): D = 64 233 registers,
+//   D = 128 254, no spills, no stack (the dS^T store and the fragment packs run one k-step at a
+//   time and the mask uses selects, not branches; a per-element branch mask and separate store
+//   and pack passes had 8 bytes of spills at D = 128); wgmmak (D = 64) 227.
+//   Shared memory: K, V 16 / 32 KB each, Q and dO 3 x 8 / 16 KB each, dS^T 16 KB, lse and D
+//   3 x 256 B each, + 1 KB alignment: 98.5 KB at D = 64, 178.5 KB at D = 128.
+//   Loads: every thread copies its share with cp.async into 128-byte-swizzled tiles (the
+//   forward's load_tile_sw128; no producer warp, no TMA): K and V once, then Q, dO, lse and D of
+//   the query blocks through kStages (3) buffers, so two blocks stream in while one is computed.
+//   lse and D come raw (4-byte cp.async, zero-filled past the sequence); the kernel masks rows
+//   past the sequence explicitly (the mma.sync kernel gives them lse = +inf instead).
+//   Schedule of a step (both warpgroups in step, two CTA barriers):
+//     barrier 1 (block landed and fenced to the async proxy; every warpgroup finished the last
+//     step, so the stage it read and the dS^T tile are free); copies of the block kStages - 1
+//     ahead; issue S^T and dP^T (two groups); wait for S^T; P (the exponentials overlap dP^T on
+//     the tensor cores); wait for dP^T; dS; pack P and dS, store dS^T; issue dV and dK (one
+//     group); barrier 2 (every dS^T stored and fenced); issue dQ; wait for all; atomics.
+//   Hazards: a stage is overwritten only by copies issued after barrier 1 of the step after the
+//   one that read it (every wgmma reading it completed before that barrier: wait_group 0 at the
+//   end of each step); the dS^T tile is rewritten after barrier 1 of the next step, when every
+//   dQ read of it completed. bench/gpu/wgmma_bwd_emulate.py checks the index math, descriptors
+//   and fragment hand-overs (and this buffer order) against a float64 reference on the host.
+// Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
+// warpgroups out of step (the dQ barrier pulls them together), the dQ atomics behind the next
+// step's S^T / dP^T issue, dQ through shared memory with TMA reduce-add, a persistent grid.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "flash_bwd_kernel.cuh"
+#include "flash_common.cuh"
+#include "flash_fwd_wgmma.cuh"
+#include "flash_params.hpp"
+#include "wgmma_sm90.cuh"
+
+namespace sqa::cuda::detail {
+
+template <typename T, int D>
+struct WgmmaBwdTile {
+  static constexpr int kWarpGroups = 2;
+  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int BN = 64 * kWarpGroups;   // keys per CTA: 64 per warpgroup (the wgmma M)
+  static constexpr int BM = 64;                 // query rows per step
+  static constexpr int kStages = 3;             // Q / dO / lse / D buffers
+  static constexpr int kKVBytes = BN * D * 2;   // K or V: [D / 64][BN][64], swizzled
+  static constexpr int kQBytes = BM * D * 2;    // one Q or dO stage: [D / 64][BM][64]
+  static constexpr int kDsBytes = BN * BM * 2;  // dS^T: [BN][BM = 64], swizzled
+  static constexpr int kStatBytes = BM * 4;     // one stage of lse or D (fp32)
+  // Wait for dV and dK before issuing dQ (frees the P^T / dS^T fragments first): ptxas 250
+  // registers at D = 128 instead of 254, both without spills, but the tensor cores then idle
+  // between the two groups. Off: dQ queues behind dV and dK.
+  static constexpr bool kFreeFragsBeforeDq = false;
+  static constexpr int kSmemBytes =
+      2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes + 2 * kStages * kStatBytes + 1024;
+  static_assert(sizeof(T) == 2, "16-bit inputs");
+  static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (dK, dV)");
+  static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
+};
+
+// 4-byte global->shared copy (lse and D); zero-fills when !valid (nothing is read).
+__device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(valid ? 4 : 0));
+}
+
+// kDqSplitKeys (SQA_CUDA_BWD=wgmmak, D = 64 only): dQ split over the keys instead of its columns:
+// warpgroup w computes dQ's 64 x D block over its own 64 keys (A = rows 64 w .. of the dS^T tile,
+// B = K rows 64 w .., both starting on swizzle atoms) and both add it, so twice the atomics. The
+// column split at D = 64 gives warpgroup 1 a B operand starting 64 bytes into the 128-byte
+// swizzle atom rows (the emulator models the hardware as applying the swizzle to the summed
+// address, as for the forward's 32-byte k-steps of K-major operands); should that read differ on
+// the GPU, this variant avoids it.
+template <typename T, int D, bool kDqSplitKeys = false>
+__global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
+#else
+  using Tile = WgmmaBwdTile<T, D>;
+  constexpr int BN = Tile::BN;
+  constexpr int BM = Tile::BM;
+  constexpr int kThreads = Tile::kThreads;
+  constexpr int kStages = Tile::kStages;
+  constexpr int kQT = BM / 8;       // 8-column tiles of S^T / dP^T (query columns)
+  constexpr int kKSteps = D / 16;   // k-steps of S^T and dP^T
+  constexpr int kMSteps = BM / 16;  // k-steps of dV and dK (over the step's query rows)
+  static_assert(!kDqSplitKeys || D == 64, "the key split's dQ accumulators fit at D = 64 only");
+  // k-steps of dQ (over the CTA's keys, or this warpgroup's) and its columns per warpgroup.
+  constexpr int kNSteps = (kDqSplitKeys ? 64 : BN) / 16;
+  constexpr int kDqN = kDqSplitKeys ? D : D / 2;
+  constexpr int kDqT = kDqN / 8;  // their 8-column tiles
+  using GemmS = Wgmma<T, 64>;     // S^T, dP^T: m64n64 (N = BM)
+  using GemmKV = Wgmma<T, D>;     // dV, dK: m64nD, A from registers
+  using GemmQ = WgmmaSSTrans<T, kDqN>;
+  using M = Mma<T>;
+  constexpr bool kFreeFragsBeforeDq = Tile::kFreeFragsBeforeDq;
+  static_assert(BM == 64, "S^T and dP^T are m64n64; the dS^T tile is one 128-byte atom column");
+  const FwdKernelParams& p = g.fwd;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  const uint32_t sK = (raw_addr + 1023u) & ~1023u;         // [D / 64][BN][64]
+  const uint32_t sV = sK + Tile::kKVBytes;                 // [D / 64][BN][64]
+  const uint32_t sQ = sV + Tile::kKVBytes;                 // [kStages][D / 64][BM][64]
+  const uint32_t sdO = sQ + kStages * Tile::kQBytes;       // [kStages][D / 64][BM][64]
+  const uint32_t sdS = sdO + kStages * Tile::kQBytes;      // [BN][64]
+  const uint32_t sStat = sdS + Tile::kDsBytes;             // lse [kStages][BM], D [kStages][BM]
+  unsigned char* const smem = smem_raw + (sK - raw_addr);  // generic pointer to sK
+  const float* const stat = reinterpret_cast<const float*>(smem + (sStat - sK));
+
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+  const int warp_in_group = (tid % 128) / 32;
+  const int lane = tid % 32;
+  const int g4 = lane / 4;
+  const int t = lane % 4;
+
+  // x = (key block, KV head, split), splits fastest (flash_bwd_dkdv_kernel's grid).
+  const int splits = g.dkdv_splits;
+  const int per_block = p.num_kv_heads * splits;
+  const int n_block = static_cast<int>(blockIdx.x) / per_block;
+  const int kv_head = static_cast<int>(blockIdx.x) % per_block / splits;
+  const int split = static_cast<int>(blockIdx.x) % splits;
+  const int b = blockIdx.z;
+  const SeqSpan s = seq_span(p, b);
+  const int n0 = n_block * BN;
+  if (n0 >= s.nk) return;
+  const int nq = s.nq, nk = s.nk;
+  const int diag = nk - nq, left = p.window_left, right = p.window_right;
+
+  // This CTA's attention heads: the split's share of the KV head's group (rSQA: one head).
+  const int group_lo = split * p.group_size / splits;
+  const int group_hi = (split + 1) * p.group_size / splits;
+  const int h_first = p.reverse ? kv_head : kv_head * p.group_size + group_lo;
+  const int h_count = p.reverse ? 1 : group_hi - group_lo;
+  const int rsqa_qh = p.reverse ? kv_head % p.num_query_heads : 0;
+  // Query rows that see at least one of keys [n0, last_key].
+  const int last_key = min(n0 + BN, nk) - 1;
+  int q_lo = 0, q_hi = nq;
+  if (right >= 0) q_lo = max(0, n0 - diag - right);
+  if (left >= 0) q_hi = min(nq, last_key - diag + left + 1);
+  const int qb_begin = q_lo / BM;
+  const int nqb = q_hi > q_lo ? (q_hi + BM - 1) / BM - qb_begin : 0;
+  const int n_iter = h_count * nqb;
+
+  const T* k_base =
+      static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
+  const T* v_base =
+      static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
+  load_tile_sw128<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, nk, tid);
+  load_tile_sw128<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, nk, tid);
+
+  // Row bases as in flash_bwd_dkdv_kernel: lse / D row of (head h, query q) is
+  // lse_base + h * lse_head + q; the dQ workspace row of (query head qh, q) is
+  // dq_base + qh * lse_head + q.
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t lse_head = varlen ? s.total_q : p.seqlen_q;
+  const int64_t lse_base =
+      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_attention_heads * p.seqlen_q;
+  const int64_t dq_base =
+      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_query_heads * p.seqlen_q;
+  auto load_q_block = [&](int stage, int h, int m0) {
+    const int qh = p.reverse ? rsqa_qh : h;
+    const T* q_base =
+        static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
+    const T* do_base =
+        static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
+    load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, q_base, p.q_row, m0, nq, tid);
+    load_tile_sw128<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, do_base, g.do_row, m0, nq,
+                                        tid);
+    if (tid < 2 * BM) {  // threads 0 .. 63 copy lse, 64 .. 127 D; zeros past the sequence
+      const int i = tid % BM;
+      const bool is_d = tid >= BM;
+      const bool valid = m0 + i < nq;
+      const int64_t row = lse_base + h * lse_head + m0 + i;
+      const float* src = is_d ? g.dsum : p.lse;
+      cp_async_4(sStat + ((is_d ? kStages : 0) + stage) * Tile::kStatBytes + i * 4,
+                 valid ? src + row : src, valid);
+    }
+  };
+  int load_h = h_first, load_qb = 0;  // the next block to load
+  auto load_next = [&](int stage) {
+    load_q_block(stage, load_h, (qb_begin + load_qb) * BM);
+    if (++load_qb == nqb) {
+      load_qb = 0;
+      ++load_h;
+    }
+  };
+  // Group j (j < kStages - 1) holds block j; K and V ride in group 0.
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < n_iter) load_next(j);
+    cp_async_commit();
+  }
+
+  // This thread's keys (accumulator rows of S^T, dP^T, dK, dV): local rows kr[0], kr[1].
+  const int key_local0 = wg * 64 + warp_in_group * 16 + g4;
+  const int key[2] = {n0 + key_local0, n0 + key_local0 + 8};
+  // This warpgroup's keys, for the block-level mask test.
+  const int wg_key0 = n0 + wg * 64;
+
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+  float st[BM / 2], dpt[BM / 2];  // S^T then P^T; dP^T then dS^T (accumulator layout)
+  float dq[kDqN / 2];
+  uint32_t pa[kMSteps][4], da[kMSteps][4];  // P^T and dS^T as A fragments of dV and dK
+  const float scale_log2 = p.scale_log2;
+  const float scale = g.scale;
+
+  // Descriptors. K-major (S^T, dP^T): leading offset unused, 1024 bytes per 8-row group. This
+  // warpgroup's 64 keys start 64 rows into K and V.
+  const uint64_t k_desc = wgmma_desc_sw128(sK + wg * 64 * 128, 16, 1024);
+  const uint64_t v_desc = wgmma_desc_sw128(sV + wg * 64 * 128, 16, 1024);
+  // dQ: A = dS^T tile read MN-major (64 queries in one atom column; 8-key groups 1024 bytes
+  // apart), B = K read MN-major from dQ column wg * D / 2 on: atom column (wg * D / 2) / 64,
+  // plus (wg * D / 2) % 64 elements inside the 128-byte rows (D = 64: 64 bytes for warpgroup 1;
+  // the start stays below bit 7 of the atom, so the base offset stays 0).
+  // kDqSplitKeys: A = this warpgroup's 64 rows of the dS^T tile, B = its 64 keys of K, all
+  // columns.
+  const uint32_t dq_key0 = kDqSplitKeys ? static_cast<uint32_t>(wg * 64) : 0u;
+  const uint64_t ds_desc = wgmma_desc_sw128(sdS + dq_key0 * 128, BN * 128, 1024);
+  const uint32_t dq_col0 = kDqSplitKeys ? 0u : static_cast<uint32_t>(wg * kDqN);
+  const uint64_t kt_desc = wgmma_desc_sw128(
+      sK + dq_key0 * 128 + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
+
+  for (int it = 0, h = h_first, qb = 0; it < n_iter; ++it) {
+    const int stage = it % kStages;
+    const int m0 = (qb_begin + qb) * BM;
+    const int qh = p.reverse ? rsqa_qh : h;
+    // Barrier 1: block it landed and is visible to the async proxy; every warpgroup finished
+    // step it - 1 (its wgmmas, its reads of lse / D), so stage (it - 1) % kStages and the dS^T
+    // tile are free.
+    cp_async_wait<kStages - 2>();
+    fence_proxy_async_shared();
+    __syncthreads();
+    if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+    cp_async_commit();
+
+    const uint32_t q_stage = sQ + stage * Tile::kQBytes;
+    const uint32_t do_stage = sdO + stage * Tile::kQBytes;
+    // S^T = K Q^T and dP^T = V dO^T (A: this warpgroup's keys; B: the block's query rows).
+    {
+      const uint64_t q_desc = wgmma_desc_sw128(q_stage, 16, 1024);
+      const uint64_t do_desc = wgmma_desc_sw128(do_stage, 16, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
+        const uint32_t b_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+        GemmS::ss(st, wgmma_desc_advance(k_desc, a_off), wgmma_desc_advance(q_desc, b_off),
+                  kk > 0 ? 1 : 0);
+      }
+      wgmma_commit_group();
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
+        const uint32_t b_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+        GemmS::ss(dpt, wgmma_desc_advance(v_desc, a_off), wgmma_desc_advance(do_desc, b_off),
+                  kk > 0 ? 1 : 0);
+      }
+      wgmma_commit_group();
+    }
+
+    // P^T = exp2(scale_log2 S^T - lse log2 e): query column 8 j + 2 t + (e & 1) of the block.
+    const float* l_tile = stat + stage * BM;
+    const float* d_tile = stat + (kStages + stage) * BM;
+    // Every key of this warpgroup visible from every row of the block (and every row real)?
+    const int q_last = min(m0 + BM, nq) - 1;
+    const bool full = wg_key0 + 64 <= nk && m0 + BM <= nq &&
+                      (left < 0 || wg_key0 >= q_last + diag - left) &&
+                      (right < 0 || wg_key0 + 63 <= m0 + diag + right);
+    wgmma_wait_group<1>();  // S^T done; dP^T may still run
+    fence_registers(st);
+#pragma unroll
+    for (int j = 0; j < kQT; ++j) {
+      const float2 l = *reinterpret_cast<const float2*>(l_tile + j * 8 + 2 * t);
+      const float l2[2] = {l.x * kLog2e, l.y * kLog2e};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[4 * j + e] = fast_exp2(st[4 * j + e] * scale_log2 - l2[e & 1]);
+    }
+    if (!full) {  // one branch per block (warp-uniform)
+      // key_visible and the row test with bitwise operators: selects, not a branch per element.
+#pragma unroll
+      for (int j = 0; j < kQT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qrow = m0 + j * 8 + 2 * t + (e & 1);
+          const int qd = qrow + diag, k = key[e / 2];
+          const bool ok = (qrow < nq) & (k < nk) & ((left < 0) | (k >= qd - left)) &
+                          ((right < 0) | (k <= qd + right));
+          st[4 * j + e] = ok ? st[4 * j + e] : 0.0f;
+        }
+    }
+    wgmma_wait_group<0>();  // dP^T done
+    fence_registers(dpt);
+    // dS^T = P^T (dP^T - D), stored (16-bit) to the dS^T tile for dQ: row = key, 64 queries in
+    // one swizzled 128-byte row; the 32-bit store of (column 8 j + 2 t, + 1) sits in 16-byte
+    // chunk j ^ (row % 8) (conflict-free: the 32 lanes hit 32 different banks).
+    // P^T and dS^T as A fragments: k-step kk = accumulator column tiles 2 kk and 2 kk + 1; the
+    // dS^T fragment registers are also what goes to the dS^T tile (a_i = row g + 8 (i % 2), tile
+    // 2 kk + i / 2). One k-step at a time, so S^T and dP^T die as the fragments are born.
+    unsigned char* const ds_tile = smem + (sdS - sK);
+#pragma unroll
+    for (int kk = 0; kk < kMSteps; ++kk) {
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * kk + jj;
+        const float2 dd = *reinterpret_cast<const float2*>(d_tile + j * 8 + 2 * t);
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          dpt[4 * j + e] = st[4 * j + e] * (dpt[4 * j + e] - (e & 1 ? dd.y : dd.x));
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+        da[kk][i] = M::pack(dpt[8 * kk + 2 * i], dpt[8 * kk + 2 * i + 1]);
+        const int row = key_local0 + 8 * (i % 2);
+        *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
+            da[kk][i];
+      }
+    }
+    fence_proxy_async_shared();  // this thread's dS^T stores, for the dQ wgmmas (async proxy)
+    // dV += P^T dO and dK += dS^T Q: B MN-major (atom columns of 64 dims BM * 128 bytes apart,
+    // 8-row groups 1024 bytes apart; k-step kk starts at query row 16 kk).
+    {
+      const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
+      const uint64_t qb_desc = wgmma_desc_sw128(q_stage, BM * 128, 1024);
+      wgmma_fence();  // P^T and dS^T were packed by ordinary instructions
+#pragma unroll
+      for (int kk = 0; kk < kMSteps; ++kk)
+        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+#pragma unroll
+      for (int kk = 0; kk < kMSteps; ++kk)
+        GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * 128));
+      wgmma_commit_group();
+    }
+    // Barrier 2: both warpgroups' dS^T are in shared memory (and fenced); with kDqSplitKeys
+    // only this warpgroup's (named barrier 1 + wg over its 128 threads).
+    if constexpr (kDqSplitKeys) {
+      named_barrier_sync(1 + wg, 128);
+    } else {
+      __syncthreads();
+    }
+    if constexpr (kFreeFragsBeforeDq) {
+      // dV and dK complete before dQ is issued: the P^T / dS^T fragments die before the dQ
+      // accumulators are born (register peak; see WgmmaBwdTile).
+      wgmma_wait_group<0>();
+      fence_registers(dk);
+      fence_registers(dv);
+      fence_registers(pa);
+      fence_registers(da);
+    }
+    // dQ(block rows, columns dq_col0 ..) = dS K over the CTA's keys; k-step kk = keys 16 kk.
+    wgmma_fence();  // its accumulators last held dP^T / dS^T, written by ordinary instructions
+#pragma unroll
+    for (int kk = 0; kk < kNSteps; ++kk) {
+      GemmQ::run(dq, wgmma_desc_advance(ds_desc, kk * 16 * 128),
+                 wgmma_desc_advance(kt_desc, kk * 16 * 128), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    fence_registers(dq);
+    if constexpr (!kFreeFragsBeforeDq) {
+      fence_registers(dk);
+      fence_registers(dv);
+      fence_registers(pa);
+      fence_registers(da);
+    }
+    // dQ atomics: accumulator row 16 warp + g (+ 8) = query, columns 8 j + 2 t (+ 1). Lanes t and
+    // t ^ 1 swap halves: even t keeps row g, columns 8 j + 2 t .. + 3; odd t row g + 8, columns
+    // 8 j + 2 (t - 1) .. + 3; one 16-byte reduction each.
+    {
+      const bool odd = (t & 1) != 0;
+      const int qrow = m0 + warp_in_group * 16 + g4 + (odd ? 8 : 0);
+      float* dst = g.dq_accum + (dq_base + qh * lse_head + qrow) * D + dq_col0 + 4 * (t / 2);
+#pragma unroll
+      for (int j = 0; j < kDqT; ++j) {
+        const float send0 = odd ? dq[4 * j] : dq[4 * j + 2];
+        const float send1 = odd ? dq[4 * j + 1] : dq[4 * j + 3];
+        const float recv0 = __shfl_xor_sync(0xffffffffu, send0, 1);
+        const float recv1 = __shfl_xor_sync(0xffffffffu, send1, 1);
+        const float4 v = odd ? make_float4(recv0, recv1, dq[4 * j + 2], dq[4 * j + 3])
+                             : make_float4(dq[4 * j], dq[4 * j + 1], recv0, recv1);
+        if (qrow < nq) {
+          // No return value: a fire-and-forget vector reduction.
+          atomicAdd(reinterpret_cast<float4*>(dst + j * 8),
+                    make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale));
+        }
+      }
+    }
+    if (++qb == nqb) {
+      qb = 0;
+      ++h;
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: this thread's dK / dV rows (keys key[r]), columns 8 j + 2 t (+ 1).
+  if (splits > 1) {
+    // Partial rows [dK | dV] in fp32; dK already scaled.
+    const int64_t kv_rows = static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (key[r] >= nk) continue;
+      const int64_t row =
+          (static_cast<int64_t>(b) * p.num_kv_heads + kv_head) * p.seqlen_k + key[r];
+      float* dst = g.dkdv_accum + (split * kv_rows + row) * (2 * D) + 2 * t;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<float2*>(dst + j * 8) =
+            make_float2(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
+        *reinterpret_cast<float2*>(dst + D + j * 8) =
+            make_float2(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= nk) continue;
+    T* dk_row = static_cast<T*>(g.dk) + b * g.dk_batch + (s.k_row0 + key[r]) * g.dk_row +
+                kv_head * g.dk_head;
+    T* dv_row = static_cast<T*>(g.dv) + b * g.dv_batch + (s.k_row0 + key[r]) * g.dv_row +
+                kv_head * g.dv_head;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(dk_row + j * 8 + 2 * t) =
+          M::pack(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv_row + j * 8 + 2 * t) =
+          M::pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+    }
+  }
+#endif
+}
+
+}  // namespace sqa::cuda::detail
