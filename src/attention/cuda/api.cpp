@@ -75,8 +75,8 @@ int multiprocessor_count() {
 
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
 // one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
-// kernel, one 128-key CTA per SM for the wgmma one (SQA_CUDA_BWD=wgmma / wgmmak at D = 64 and 128
-// with atomic dQ; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
+// kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128 with atomic
+// dQ; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
 // and A/B runs can take either path.
 int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
   if (p.reverse || p.group_size <= 1) return 1;
@@ -92,7 +92,8 @@ int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
   }
   const BwdVariant variant = bwd_variant();
   const bool wgmma = !deterministic && (head_dim == 64 || head_dim == 128) &&
-                     (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak);
+                     (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
+                      variant == BwdVariant::wgmmak);
   const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwdTile::BN, BwdDkDvTile::BN
   const int64_t per_sm = wgmma ? 1 : 3;
   const int64_t ctas = (p.seqlen_k + key_block - 1) / key_block * p.num_kv_heads * p.batch;

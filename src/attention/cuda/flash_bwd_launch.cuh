@@ -69,10 +69,14 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
       check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
     }
   };
-  // SQA_CUDA_BWD=wgmma / wgmmak: the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh) at
-  // D = 64 and 128 with atomic dQ; elsewhere (other head dims, deterministic) the default below.
+  // The Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh): the default at D = 64 and 128
+  // with atomic dQ (SQA_CUDA_BWD unset, wgmma or wgmmak; H200, 2026-11-29: fwd+bwd 0.75-0.80x
+  // cuDNN against 0.42-0.60x with the mma.sync kernel, bench/results/2026-11-29-h200-bwd-wgmma/).
+  // Other head dims, deterministic mode and SQA_CUDA_BWD=base / occ / occ2 take the mma.sync
+  // kernels below.
   if constexpr (D == 64 || D == 128) {
-    if (atomic_dq && (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak)) {
+    if (atomic_dq && (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
+                      variant == BwdVariant::wgmmak)) {
       using Wg = WgmmaBwdTile<T, D>;
       // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma).
       auto* dkdv = D == 64 && variant == BwdVariant::wgmmak

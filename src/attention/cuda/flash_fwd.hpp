@@ -41,9 +41,10 @@ enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq
 FwdVariant fwd_variant();
 
 // Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma or
-// wgmmak; unset: the default, occ). wgmma: the Hopper warpgroup-MMA dK/dV kernel at D = 64 and
-// 128 with atomic dQ (flash_bwd_wgmma.cuh); wgmmak: the same with dQ split over the keys at
-// D = 64 (kDqSplitKeys). Elsewhere, and in deterministic mode, the default. See
+// wgmmak; unset: the default, wgmma at D = 64 and 128 with atomic dQ, occ elsewhere). wgmma: the
+// Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh); wgmmak: the same with dQ split over
+// the keys at D = 64 (kDqSplitKeys). base / occ / occ2: register caps of the mma.sync kernel.
+// At other head dims and in deterministic mode wgmma / wgmmak give the default. See
 // flash_bwd_launch.cuh.
 enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmak };
 BwdVariant bwd_variant();
