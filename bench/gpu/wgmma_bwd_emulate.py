@@ -9,7 +9,11 @@ case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
 Both dQ splits: over dQ's columns (SQA_CUDA_BWD=wgmma) and, at D = 64, over the keys (wgmmak,
-kDqSplitKeys).
+kDqSplitKeys); and the column split with dQ through a shared fp32 tile and bulk reduce-adds
+(wgmma2, kDqBulk): the tile's padded rows and 8-byte stores (bank-conflict-free, checked), one
+cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and size checked;
+rows past the sequence not issued), issued at the next step's barrier 1 (after S^T / dP^T issue)
+or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2.
 
 Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
 byte address a -> a ^ (((a >> 7) & 7) << 4)):
@@ -26,7 +30,9 @@ byte address a -> a ^ (((a >> 7) & 7) << 4)):
 Timing modes: reads_at_wait=True lands cp.async copies at issue and runs wgmma reads (shared
 memory and A registers) at the wait that completes them (catches a buffer overwritten while a
 wgmma may still read it); False lands copies at the cp.async wait and runs wgmma at issue
-(catches a read before the data landed). Unwritten shared memory is NaN.
+(catches a read before the data landed). Unwritten shared memory is NaN. The bulk reduce-adds
+read their shared rows at the thread's wait_group.read when reads_at_wait=True (catches the tile
+rewritten before the wait) and at issue when False (catches an issue before the tile is written).
 """
 import math
 import sys
@@ -224,14 +230,18 @@ class Problem:
 
 
 def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
-                raw_addr=0x410):
+                raw_addr=0x410, dq_bulk=False):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
     keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
     partial [splits, B, Hkv, Nk, 2D]."""
     D = P.D
     BN, BM, kStages, T = 128, 64, 3, 256
     kKV, kQ, kDs, kStat = BN * D * 2, BM * D * 2, BN * BM * 2, BM * 4
-    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + 1024
+    assert not (dq_bulk and split_keys)
+    kDqRow = D * 4 + 32  # WgmmaBwdTile::kDqRowBytes
+    kDq = BM * kDqRow if dq_bulk else 0
+    assert kDqRow % 128 == 32 and kDqRow % 16 == 0
+    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + 1024
     assert smem_bytes <= 227 * 1024
     sm = Smem(raw_addr + smem_bytes + 64)
     sK = (raw_addr + 1023) & ~1023
@@ -240,7 +250,9 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
     sdO = sQ + kStages * kQ
     sdS = sdO + kStages * kQ
     sStat = sdS + kDs
-    assert sStat + 2 * kStages * kStat <= raw_addr + smem_bytes
+    sDq = sStat + 2 * kStages * kStat
+    assert sDq + kDq <= raw_addr + smem_bytes
+    assert sDq % 16 == 0
 
     q_row0, k_row0, total_q, nq, nk = P.span(b)
     n0 = n_block * BN
@@ -415,6 +427,57 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             wgs[wg]["dq"][:] = regs_from(acc, dq_n)
         return op
 
+    # kDqBulk: the pending tile (dq_accum row of its row 0, rows in the sequence) and the bulk
+    # groups of each issuing thread (lanes 0 .. 7 of warp w issue row 8 w + lane)
+    pend = {"row": 0, "rows": 0}
+    bulk_groups = {}  # tid -> list of (global row, smem address)
+    dq_accum = out["dq_accum"]
+
+    def bulk_apply(grow, saddr):
+        vals = sm.f[saddr // 4: saddr // 4 + D].copy()
+        assert not np.isnan(vals).any(), "bulk reduce reads unwritten tile words"
+        dq_accum[grow] += vals
+
+    def issue_dq_bulk():
+        for tid in range(T):
+            lane, warp = tid % 32, tid // 32
+            row = warp * 8 + lane
+            if lane < 8 and row < pend["rows"]:
+                grow = pend["row"] + row
+                saddr = sDq + row * kDqRow
+                nbytes = D * 4
+                assert saddr % 16 == 0 and nbytes % 16 == 0 and (grow * D * 4) % 16 == 0
+                if reads_at_wait:
+                    bulk_groups.setdefault(tid, []).append((grow, saddr))
+                else:
+                    bulk_apply(grow, saddr)
+
+    def bulk_wait_read():  # every thread: wait_group.read 0 on its own bulk groups
+        for tid in list(bulk_groups):
+            for grow, saddr in bulk_groups.pop(tid):
+                bulk_apply(grow, saddr)
+
+    def store_dq_tile(wg, dq):
+        c0 = wgs[wg]["dq_col0"]
+        for w in range(4):
+            for j in range(dq_n // 8):
+                for half_row in (0, 8):  # the two float2 stores of tile j
+                    words = []
+                    for lane in range(32):
+                        tt = w * 32 + lane
+                        g, t = lane // 4, lane % 4
+                        r = w * 16 + g + half_row
+                        col = c0 + 8 * j + 2 * t
+                        addr = sDq + r * kDqRow + col * 4
+                        assert addr % 8 == 0
+                        e0 = 2 if half_row else 0
+                        sm.write32f(addr, dq[tt, 4 * j + e0] * P.scale)
+                        sm.write32f(addr + 4, dq[tt, 4 * j + e0 + 1] * P.scale)
+                        words.append((addr // 4, addr // 4 + 1))
+                    for hw in range(2):  # 8-byte stores: two half-warp wavefronts
+                        banks = [wd % 32 for pair in words[16 * hw: 16 * hw + 16] for wd in pair]
+                        assert len(set(banks)) == 32, "dQ tile store bank conflict"
+
     qb, h = 0, h_first
     for it in range(n_iter):
         stage = it % kStages
@@ -429,6 +492,8 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
         for wg in range(2):
             mma_commit(wg, gemm_st(wg, q_stage, "st"))
             mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
+        if dq_bulk:
+            issue_dq_bulk()  # the previous block's tile (stored before barrier 1)
         q_last = min(m0 + BM, nq) - 1
         pas, das = [None, None], [None, None]
         for wg in range(2):
@@ -470,13 +535,17 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                         sm.write16(sdS + off, das[wg][tt, kk, i, 0])
                         sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
             mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg]))
+        if dq_bulk:
+            bulk_wait_read()
         # barrier 2
         for wg in range(2):
             mma_commit(wg, gemm_dq(wg))
             mma_wait(wg, 0)
             S = wgs[wg]
             dq = S["dq"]
-            dq_accum = out["dq_accum"]
+            if dq_bulk:
+                store_dq_tile(wg, dq)
+                continue
             for tt in range(128):
                 t = T_OF[tt]
                 odd = t & 1
@@ -495,11 +564,18 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                     if qrow < nq:
                         rowi = dq_base + qh * lse_head + qrow
                         dq_accum[rowi, col0 + j * 8: col0 + j * 8 + 4] += np.array(v) * P.scale
+        if dq_bulk:
+            pend["row"] = dq_base + qh * lse_head + m0
+            pend["rows"] = min(BM, nq - m0)
         qb += 1
         if qb == nqb:
             qb = 0
             h += 1
     cp_wait(0)
+    if dq_bulk and n_iter > 0:
+        issue_dq_bulk()  # after a CTA barrier: the last block's tile
+        bulk_wait_read()  # wait_group 0
+    assert not bulk_groups
     assert all(not gq for gq in mma_groups)
 
     for wg in range(2):
@@ -522,7 +598,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, split_keys=False):
+             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -535,7 +611,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
             emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait, split_keys)
+                        reads_at_wait, split_keys, dq_bulk=dq_bulk)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -557,7 +633,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
     print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
           f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
-          f"{' wgmmak' if split_keys else ''}: "
+          f"{' wgmmak' if split_keys else ''}{' wgmma2' if dq_bulk else ''}: "
           f"rel err dQ {errs[0]:.1e} dK {errs[1]:.1e} dV {errs[2]:.1e}", flush=True)
     assert max(errs) < 1e-12, errs
 
@@ -584,7 +660,9 @@ if __name__ == "__main__":
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
             # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
-            for split_keys in ((False, True) if D == 64 else (False,)):
+            # and wgmma2 (the column split, dQ by bulk reduce-adds from a shared tile)
+            for split_keys, bulk in (((False, False), (True, False), (False, True)) if D == 64
+                                     else ((False, False), (False, True))):
                 run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
-                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys)
+                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys, dq_bulk=bulk)
     print("ALL OK")

@@ -69,22 +69,28 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
       check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
     }
   };
-  // SQA_CUDA_BWD=wgmma / wgmmak: the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh) at
-  // D = 64 and 128 with atomic dQ; elsewhere (other head dims, deterministic) the default below.
+  // SQA_CUDA_BWD=wgmma / wgmmak / wgmma2: the Hopper warpgroup-MMA dK/dV kernel
+  // (flash_bwd_wgmma.cuh) at D = 64 and 128 with atomic dQ; elsewhere (other head dims,
+  // deterministic) the default below.
   if constexpr (D == 64 || D == 128) {
-    if (atomic_dq && (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak)) {
+    if (atomic_dq && (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak ||
+                      variant == BwdVariant::wgmma2)) {
       using Wg = WgmmaBwdTile<T, D>;
-      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma).
-      auto* dkdv = D == 64 && variant == BwdVariant::wgmmak
+      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma). wgmma2: dQ
+      // through a shared tile and bulk reduce-adds (kDqBulk; more shared memory).
+      const bool bulk = variant == BwdVariant::wgmma2;
+      auto* dkdv = bulk ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true>
+                   : D == 64 && variant == BwdVariant::wgmmak
                        ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
                        : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
+      const int smem_bytes = bulk ? WgmmaBwdTile<T, D, true>::kSmemBytes : Wg::kSmemBytes;
       check_cuda(
-          cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, Wg::kSmemBytes),
+          cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),
           "cudaFuncSetAttribute(flash_bwd_dkdv_wgmma_kernel, max dynamic shared memory)");
       const int64_t n_blocks = (p.seqlen_k + Wg::BN - 1) / Wg::BN;
       const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
                          p.batch);
-      dkdv<<<grid_kv, Wg::kThreads, Wg::kSmemBytes, stream>>>(g);
+      dkdv<<<grid_kv, Wg::kThreads, smem_bytes, stream>>>(g);
       check_cuda(cudaGetLastError(), "flash_bwd_dkdv_wgmma_kernel launch");
       if (g.dkdv_splits > 1) {
         const int64_t threads =
