@@ -13,7 +13,8 @@ kDqSplitKeys); and the column split with dQ through a shared fp32 tile and bulk 
 (wgmma2, kDqBulk): the tile's padded rows and 8-byte stores (bank-conflict-free, checked), one
 cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and size checked;
 rows past the sequence not issued), issued at the next step's barrier 1 (after S^T / dP^T issue)
-or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2.
+or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2; with dV
+issued before the wait for dP^T (kDvEarly, wgmma2 at D = 64) in its own wgmma group, dK after.
 
 Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
 byte address a -> a ^ (((a >> 7) & 7) << 4)):
@@ -230,7 +231,7 @@ class Problem:
 
 
 def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
-                raw_addr=0x410, dq_bulk=False):
+                raw_addr=0x410, dq_bulk=False, dv_early=False):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
     keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
     partial [splits, B, Hkv, Nk, 2D]."""
@@ -404,11 +405,13 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
         return op
 
     def gemm_kv(wg, do_stage, q_stage, pa, da):
+        """dV += P^T dO (pa not None) and dK += dS^T Q (da not None), in one group."""
         dob = desc(do_stage, BM * 128, 1024)
         qbd = desc(q_stage, BM * 128, 1024)
+        todo = [x for x in ((pa, dob, "dv"), (da, qbd, "dk")) if x[0] is not None]
 
         def op():
-            for regs, bdesc, name in ((pa, dob, "dv"), (da, qbd, "dk")):
+            for regs, bdesc, name in todo:
                 acc = np.zeros((64, D))
                 for kk in range(BM // 16):
                     A = a_from_regs(regs[:, kk])
@@ -519,12 +522,20 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             else:
                 assert np.all(m0 + col < nq)
             assert not np.isnan(st).any()
-            mma_wait(wg, 0)
+            if dv_early:
+                # P^T packed, dV issued in its own group; dP^T's wait leaves it running
+                pas[wg] = pack(st)
+                mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], None))
+                mma_wait(wg, 1)
+            else:
+                mma_wait(wg, 0)
             dpt = S["dpt"]
             dval = sm.f[(d_tile + 4 * col) // 4]
             dpt[:] = st * (dpt - dval)
             assert not np.isnan(dpt).any()
-            pas[wg], das[wg] = pack(st), pack(dpt)
+            if not dv_early:
+                pas[wg] = pack(st)
+            das[wg] = pack(dpt)
             # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
             # g + 8 (i % 2), column tile 2 kk + i / 2
             for kk in range(4):
@@ -534,7 +545,8 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                         off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
                         sm.write16(sdS + off, das[wg][tt, kk, i, 0])
                         sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
-            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg]))
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, None if dv_early else pas[wg],
+                                   das[wg]))
         if dq_bulk:
             bulk_wait_read()
         # barrier 2
@@ -598,7 +610,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False):
+             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False, dv_early=False):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -611,7 +623,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
             emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait, split_keys, dq_bulk=dq_bulk)
+                        reads_at_wait, split_keys, dq_bulk=dq_bulk, dv_early=dv_early)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -633,7 +645,8 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
     print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
           f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
-          f"{' wgmmak' if split_keys else ''}{' wgmma2' if dq_bulk else ''}: "
+          f"{' wgmmak' if split_keys else ''}"
+          f"{(' wgmma2' if dv_early else ' wgmmab') if dq_bulk else ''}: "
           f"rel err dQ {errs[0]:.1e} dK {errs[1]:.1e} dV {errs[2]:.1e}", flush=True)
     assert max(errs) < 1e-12, errs
 
@@ -660,9 +673,13 @@ if __name__ == "__main__":
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
             # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
-            # and wgmma2 (the column split, dQ by bulk reduce-adds from a shared tile)
-            for split_keys, bulk in (((False, False), (True, False), (False, True)) if D == 64
-                                     else ((False, False), (False, True))):
+            # and wgmmab (the column split, dQ by bulk reduce-adds from a shared tile), wgmma2
+            # (wgmmab with dV issued early at D = 64; at D = 128 wgmma2 is wgmmab)
+            combos = [(False, False, False), (False, True, False)]
+            if D == 64:
+                combos += [(True, False, False), (False, True, True)]
+            for split_keys, bulk, early in combos:
                 run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
-                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys, dq_bulk=bulk)
+                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys, dq_bulk=bulk,
+                         dv_early=early)
     print("ALL OK")

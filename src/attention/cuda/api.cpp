@@ -54,8 +54,9 @@ BwdVariant bwd_variant() {
   if (m == "wgmma") return BwdVariant::wgmma;
   if (m == "wgmmak") return BwdVariant::wgmmak;
   if (m == "wgmma2") return BwdVariant::wgmma2;
-  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m,
-                                  ") must be base, occ, occ2, wgmma, wgmmak or wgmma2, or unset"));
+  if (m == "wgmmab") return BwdVariant::wgmmab;
+  throw Error(sqa::detail::concat(
+      "SQA_CUDA_BWD (", m, ") must be base, occ, occ2, wgmma, wgmmak, wgmma2 or wgmmab, or unset"));
 }
 
 namespace {
@@ -94,7 +95,7 @@ int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
   const BwdVariant variant = bwd_variant();
   const bool wgmma = !deterministic && (head_dim == 64 || head_dim == 128) &&
                      (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak ||
-                      variant == BwdVariant::wgmma2);
+                      variant == BwdVariant::wgmma2 || variant == BwdVariant::wgmmab);
   const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwdTile::BN, BwdDkDvTile::BN
   const int64_t per_sm = wgmma ? 1 : 3;
   const int64_t ctas = (p.seqlen_k + key_block - 1) / key_block * p.num_kv_heads * p.batch;

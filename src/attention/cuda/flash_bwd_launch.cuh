@@ -74,15 +74,18 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   // deterministic) the default below.
   if constexpr (D == 64 || D == 128) {
     if (atomic_dq && (variant == BwdVariant::wgmma || variant == BwdVariant::wgmmak ||
-                      variant == BwdVariant::wgmma2)) {
+                      variant == BwdVariant::wgmma2 || variant == BwdVariant::wgmmab)) {
       using Wg = WgmmaBwdTile<T, D>;
       // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma). wgmma2: dQ
-      // through a shared tile and bulk reduce-adds (kDqBulk; more shared memory).
-      const bool bulk = variant == BwdVariant::wgmma2;
-      auto* dkdv = bulk ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true>
-                   : D == 64 && variant == BwdVariant::wgmmak
-                       ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
-                       : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
+      // through a shared tile and bulk reduce-adds (kDqBulk; more shared memory) and dV issued
+      // before the wait for dP^T (kDvEarly, D = 64 only: at D = 128 it spills 20 bytes, so
+      // wgmma2 is wgmmab there); wgmmab: kDqBulk alone.
+      const bool bulk = variant == BwdVariant::wgmma2 || variant == BwdVariant::wgmmab;
+      auto* dkdv =
+          variant == BwdVariant::wgmma2   ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true, D == 64>
+          : variant == BwdVariant::wgmmab ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true>
+          : D == 64 && variant == BwdVariant::wgmmak ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
+                                                     : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
       const int smem_bytes = bulk ? WgmmaBwdTile<T, D, true>::kSmemBytes : Wg::kSmemBytes;
       check_cuda(
           cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),

@@ -62,9 +62,11 @@
 //   end of each step); the dS^T tile is rewritten after barrier 1 of the next step, when every
 //   dQ read of it completed. bench/gpu/wgmma_bwd_emulate.py checks the index math, descriptors
 //   and fragment hand-overs (and this buffer order) against a float64 reference on the host.
+// Variants: kDqSplitKeys (wgmmak), kDqBulk (wgmmab: dQ through shared memory with TMA bulk
+// reduce-adds, no atomics on the warps' path) and kDqBulk + kDvEarly (wgmma2; dV issued before
+// the wait for dP^T, at D = 64), each described at the kernel.
 // Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
-// warpgroups out of step (the dQ barrier pulls them together), the dQ atomics behind the next
-// step's S^T / dP^T issue, dQ through shared memory with TMA reduce-add, a persistent grid.
+// warpgroups out of step (the dQ barrier pulls them together), a persistent grid.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -151,8 +153,17 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
 // of dq_accum are rows of the workspace, a row per query) to the TMA unit as a bulk reduce-add
 // and go on. The issuing threads wait for the reads of their row (wait_group.read) just before
 // barrier 2 of that next step, so the tile is free when it is rewritten after barrier 2; the
-// adds to global memory complete behind the warps (the kernel's end waits for them).
-template <typename T, int D, bool kDqSplitKeys = false, bool kDqBulk = false>
+// adds to global memory complete behind the warps (the kernel's end waits for them). The tile
+// costs 18 / 34 KB of shared memory (116.5 KB at D = 64, 212.5 KB at D = 128); ptxas D = 64 229
+// registers, D = 128 255, no spills (no shuffles or atomics: 16 STS.64 and 2 UBLKRED at
+// D = 128).
+//
+// kDvEarly (SQA_CUDA_BWD=wgmma2, with kDqBulk): dV += P^T dO is issued as soon as P^T is packed,
+// before the wait for dP^T, so the tensor cores run it while the warps compute dS^T (FA3's
+// order); dK follows in its own group after the dS^T stores. S^T (P^T in fp32) stays live until
+// dS^T is computed (the numerics are unchanged), so the live set grows by P^T's fragments: ptxas
+// D = 64 230 registers, no spills; D = 128 255 and 20 bytes of spills (not launched).
+template <typename T, int D, bool kDqSplitKeys = false, bool kDqBulk = false, bool kDvEarly = false>
 __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
@@ -393,7 +404,22 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
           st[4 * j + e] = ok ? st[4 * j + e] : 0.0f;
         }
     }
-    wgmma_wait_group<0>();  // dP^T done
+    const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
+    if constexpr (kDvEarly) {
+      // P^T as A fragments, then dV += P^T dO (B MN-major, see below) behind dP^T.
+#pragma unroll
+      for (int kk = 0; kk < kMSteps; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+      wgmma_fence();  // P^T was packed by ordinary instructions
+#pragma unroll
+      for (int kk = 0; kk < kMSteps; ++kk)
+        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+      wgmma_commit_group();
+      wgmma_wait_group<1>();  // dP^T done; dV may run
+    } else {
+      wgmma_wait_group<0>();  // dP^T done
+    }
     fence_registers(dpt);
     // dS^T = P^T (dP^T - D), stored (16-bit) to the dS^T tile for dQ: row = key, 64 queries in
     // one swizzled 128-byte row; the 32-bit store of (column 8 j + 2 t, + 1) sits in 16-byte
@@ -414,7 +440,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+        if constexpr (!kDvEarly) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
         da[kk][i] = M::pack(dpt[8 * kk + 2 * i], dpt[8 * kk + 2 * i + 1]);
         const int row = key_local0 + 8 * (i % 2);
         *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
@@ -425,12 +451,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     // dV += P^T dO and dK += dS^T Q: B MN-major (atom columns of 64 dims BM * 128 bytes apart,
     // 8-row groups 1024 bytes apart; k-step kk starts at query row 16 kk).
     {
-      const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
       const uint64_t qb_desc = wgmma_desc_sw128(q_stage, BM * 128, 1024);
       wgmma_fence();  // P^T and dS^T were packed by ordinary instructions
+      if constexpr (!kDvEarly) {
 #pragma unroll
-      for (int kk = 0; kk < kMSteps; ++kk)
-        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+        for (int kk = 0; kk < kMSteps; ++kk)
+          GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+      }
 #pragma unroll
       for (int kk = 0; kk < kMSteps; ++kk)
         GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * 128));

@@ -41,12 +41,13 @@ enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq
 FwdVariant fwd_variant();
 
 // Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma,
-// wgmmak or wgmma2; unset: the default, occ). wgmma: the Hopper warpgroup-MMA dK/dV kernel at
-// D = 64 and 128 with atomic dQ (flash_bwd_wgmma.cuh); wgmmak: the same with dQ split over the
+// wgmmak, wgmma2 or wgmmab; unset: the default, occ). wgmma: the Hopper warpgroup-MMA dK/dV kernel
+// at D = 64 and 128 with atomic dQ (flash_bwd_wgmma.cuh); wgmmak: the same with dQ split over the
 // keys at D = 64 (kDqSplitKeys); wgmma2: the same with dQ added by bulk reduce-adds from a
-// shared tile (kDqBulk). Elsewhere, and in deterministic mode, the default. See
+// shared tile (kDqBulk) and dV issued before the wait for dP^T (kDvEarly); wgmmab: kDqBulk
+// alone. Elsewhere, and in deterministic mode, the default. See
 // flash_bwd_launch.cuh.
-enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmak, wgmma2 };
+enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmak, wgmma2, wgmmab };
 BwdVariant bwd_variant();
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).
