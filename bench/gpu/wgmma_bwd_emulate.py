@@ -14,7 +14,8 @@ kDqSplitKeys); and the column split with dQ through a shared fp32 tile and bulk 
 cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and size checked;
 rows past the sequence not issued), issued at the next step's barrier 1 (after S^T / dP^T issue)
 or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2; with dV
-issued before the wait for dP^T (kDvEarly, wgmma2 at D = 64) in its own wgmma group, dK after.
+issued before the wait for dP^T (kDvEarly: its first 4 k-steps at D = 64, 3 at D = 128; wgmma2)
+in its own wgmma group, the rest of dV and dK after.
 
 Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
 byte address a -> a ^ (((a >> 7) & 7) << 4)):
@@ -231,7 +232,7 @@ class Problem:
 
 
 def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
-                raw_addr=0x410, dq_bulk=False, dv_early=False):
+                raw_addr=0x410, dq_bulk=False, dv_early=0):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
     keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
     partial [splits, B, Hkv, Nk, 2D]."""
@@ -404,16 +405,18 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             wgs[wg][which][:] = regs_from(acc, 64)
         return op
 
-    def gemm_kv(wg, do_stage, q_stage, pa, da):
-        """dV += P^T dO (pa not None) and dK += dS^T Q (da not None), in one group."""
+    def gemm_kv(wg, do_stage, q_stage, pa, da, dv_steps=range(BM // 16)):
+        """dV += P^T dO over dv_steps (pa not None) and dK += dS^T Q (da not None), in one
+        group."""
         dob = desc(do_stage, BM * 128, 1024)
         qbd = desc(q_stage, BM * 128, 1024)
-        todo = [x for x in ((pa, dob, "dv"), (da, qbd, "dk")) if x[0] is not None]
+        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
+                if x[0] is not None]
 
         def op():
-            for regs, bdesc, name in todo:
+            for regs, bdesc, name, steps in todo:
                 acc = np.zeros((64, D))
-                for kk in range(BM // 16):
+                for kk in steps:
                     A = a_from_regs(regs[:, kk])
                     B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
                     acc += A @ B
@@ -523,9 +526,11 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                 assert np.all(m0 + col < nq)
             assert not np.isnan(st).any()
             if dv_early:
-                # P^T packed, dV issued in its own group; dP^T's wait leaves it running
-                pas[wg] = pack(st)
-                mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], None))
+                # P^T's first dv_early k-steps packed (the rest stay NaN until the dS^T loop),
+                # their dV issued in its own group; dP^T's wait leaves it running
+                pas[wg] = np.full((128, 4, 4, 2), np.nan)
+                pas[wg][:, :dv_early] = pack(st)[:, :dv_early]
+                mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], None, range(dv_early)))
                 mma_wait(wg, 1)
             else:
                 mma_wait(wg, 0)
@@ -535,6 +540,12 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             assert not np.isnan(dpt).any()
             if not dv_early:
                 pas[wg] = pack(st)
+            else:
+                # the dS^T loop packs P^T's remaining k-steps (in the emulated group the early
+                # op, when run at its wait, still sees only its own k-steps' fragments)
+                late = np.array(pas[wg])
+                late[:, dv_early:] = pack(st)[:, dv_early:]
+                pas[wg] = late
             das[wg] = pack(dpt)
             # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
             # g + 8 (i % 2), column tile 2 kk + i / 2
@@ -545,8 +556,8 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                         off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
                         sm.write16(sdS + off, das[wg][tt, kk, i, 0])
                         sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
-            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, None if dv_early else pas[wg],
-                                   das[wg]))
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg],
+                                   range(dv_early, BM // 16)))
         if dq_bulk:
             bulk_wait_read()
         # barrier 2
@@ -610,7 +621,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False, dv_early=False):
+             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False, dv_early=0):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -674,10 +685,10 @@ if __name__ == "__main__":
         for mode in (True, False):
             # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
             # and wgmmab (the column split, dQ by bulk reduce-adds from a shared tile), wgmma2
-            # (wgmmab with dV issued early at D = 64; at D = 128 wgmma2 is wgmmab)
-            combos = [(False, False, False), (False, True, False)]
+            # (wgmmab with dV's first 4 (D = 64) / 3 (D = 128) k-steps issued early)
+            combos = [(False, False, 0), (False, True, 0), (False, True, 4 if D == 64 else 3)]
             if D == 64:
-                combos += [(True, False, False), (False, True, True)]
+                combos += [(True, False, 0)]
             for split_keys, bulk, early in combos:
                 run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
                          gain=2.0 if i % 2 else 1.0, split_keys=split_keys, dq_bulk=bulk,

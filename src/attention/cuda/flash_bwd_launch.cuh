@@ -78,11 +78,12 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
       using Wg = WgmmaBwdTile<T, D>;
       // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma). wgmma2: dQ
       // through a shared tile and bulk reduce-adds (kDqBulk; more shared memory) and dV issued
-      // before the wait for dP^T (kDvEarly, D = 64 only: at D = 128 it spills 20 bytes, so
-      // wgmma2 is wgmmab there); wgmmab: kDqBulk alone.
+      // before the wait for dP^T (kDvEarly: all 4 k-steps at D = 64, 3 at D = 128, where 4 spill);
+      // wgmmab: kDqBulk alone.
       const bool bulk = variant == BwdVariant::wgmma2 || variant == BwdVariant::wgmmab;
+      constexpr int kDvEarly = D == 64 ? 4 : 3;
       auto* dkdv =
-          variant == BwdVariant::wgmma2   ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true, D == 64>
+          variant == BwdVariant::wgmma2 ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true, kDvEarly>
           : variant == BwdVariant::wgmmab ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true>
           : D == 64 && variant == BwdVariant::wgmmak ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
                                                      : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;

@@ -158,12 +158,14 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
 // registers, D = 128 255, no spills (no shuffles or atomics: 16 STS.64 and 2 UBLKRED at
 // D = 128).
 //
-// kDvEarly (SQA_CUDA_BWD=wgmma2, with kDqBulk): dV += P^T dO is issued as soon as P^T is packed,
-// before the wait for dP^T, so the tensor cores run it while the warps compute dS^T (FA3's
-// order); dK follows in its own group after the dS^T stores. S^T (P^T in fp32) stays live until
-// dS^T is computed (the numerics are unchanged), so the live set grows by P^T's fragments: ptxas
-// D = 64 230 registers, no spills; D = 128 255 and 20 bytes of spills (not launched).
-template <typename T, int D, bool kDqSplitKeys = false, bool kDqBulk = false, bool kDvEarly = false>
+// kDvEarly (SQA_CUDA_BWD=wgmma2, with kDqBulk): the first kDvEarly of dV += P^T dO's 4 k-steps
+// are issued as soon as their P^T fragments are packed, before the wait for dP^T, so the tensor
+// cores run them while the warps compute dS^T (FA3's order); the rest of dV and dK follow in
+// their own group after the dS^T stores. S^T (P^T in fp32) stays live until dS^T is computed
+// (the numerics are unchanged), so the live set grows by those fragments (4 registers per
+// k-step): ptxas D = 64 with 4 early k-steps 230 registers, no spills; D = 128 with 4: 255 and
+// 20 bytes of spills, with 3 (what wgmma2 launches) 255 and with 2 254, both without.
+template <typename T, int D, bool kDqSplitKeys = false, bool kDqBulk = false, int kDvEarly = 0>
 __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
@@ -405,15 +407,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
         }
     }
     const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
-    if constexpr (kDvEarly) {
-      // P^T as A fragments, then dV += P^T dO (B MN-major, see below) behind dP^T.
+    static_assert(kDvEarly >= 0 && kDvEarly <= kMSteps, "k-steps of dV issued early");
+    if constexpr (kDvEarly > 0) {
+      // P^T's first kDvEarly k-steps as A fragments, then their dV += P^T dO (B MN-major, see
+      // below) behind dP^T.
 #pragma unroll
-      for (int kk = 0; kk < kMSteps; ++kk)
+      for (int kk = 0; kk < kDvEarly; ++kk)
 #pragma unroll
         for (int i = 0; i < 4; ++i) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
       wgmma_fence();  // P^T was packed by ordinary instructions
 #pragma unroll
-      for (int kk = 0; kk < kMSteps; ++kk)
+      for (int kk = 0; kk < kDvEarly; ++kk)
         GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
       wgmma_commit_group();
       wgmma_wait_group<1>();  // dP^T done; dV may run
@@ -440,7 +444,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        if constexpr (!kDvEarly) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+        if (kk >= kDvEarly) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
         da[kk][i] = M::pack(dpt[8 * kk + 2 * i], dpt[8 * kk + 2 * i + 1]);
         const int row = key_local0 + 8 * (i % 2);
         *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
@@ -453,11 +457,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     {
       const uint64_t qb_desc = wgmma_desc_sw128(q_stage, BM * 128, 1024);
       wgmma_fence();  // P^T and dS^T were packed by ordinary instructions
-      if constexpr (!kDvEarly) {
+      // (the k-steps of dV not issued early; the same shape, so no fence between the groups)
 #pragma unroll
-        for (int kk = 0; kk < kMSteps; ++kk)
-          GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
-      }
+      for (int kk = kDvEarly; kk < kMSteps; ++kk)
+        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
 #pragma unroll
       for (int kk = 0; kk < kMSteps; ++kk)
         GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * 128));
