@@ -13,7 +13,8 @@ kDqSplitKeys); and the column split with dQ through a shared fp32 tile and bulk 
 (wgmma2, kDqBulk): the tile's padded rows and 8-byte stores (bank-conflict-free, checked), one
 cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and size checked;
 rows past the sequence not issued), issued at the next step's barrier 1 (after S^T / dP^T issue)
-or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2; with dV
+or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2; the copies
+of the block kStages - 1 ahead after the S^T / dP^T issue (both bulk variants); with dV
 issued before the wait for dP^T (kDvEarly: its first 4 k-steps at D = 64, 3 at D = 128; wgmma2)
 in its own wgmma group, the rest of dV and dK after.
 
@@ -490,16 +491,20 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
         m0 = (qb_begin + qb) * BM
         qh = rsqa_qh if P.reverse else h
         cp_wait(kStages - 2)
-        # barrier 1
-        if it + kStages - 1 < n_iter:
-            load_next((it + kStages - 1) % kStages)
-        commit()
+        # barrier 1 (kDqBulk: the copies go out after the S^T / dP^T issue)
+        if not dq_bulk:
+            if it + kStages - 1 < n_iter:
+                load_next((it + kStages - 1) % kStages)
+            commit()
         q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
         for wg in range(2):
             mma_commit(wg, gemm_st(wg, q_stage, "st"))
             mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
         if dq_bulk:
             issue_dq_bulk()  # the previous block's tile (stored before barrier 1)
+            if it + kStages - 1 < n_iter:
+                load_next((it + kStages - 1) % kStages)
+            commit()
         q_last = min(m0 + BM, nq) - 1
         pas, das = [None, None], [None, None]
         for wg in range(2):

@@ -345,8 +345,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     cp_async_wait<kStages - 2>();
     fence_proxy_async_shared();
     __syncthreads();
-    if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
-    cp_async_commit();
+    // kDqBulk: the copies of the block kStages - 1 ahead go out after the S^T / dP^T issue (they
+    // fill stage (it - 1) % kStages, which no wgmma of this step reads), so the tensor cores
+    // start sooner after the barrier.
+    if constexpr (!kDqBulk) {
+      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+      cp_async_commit();
+    }
 
     const uint32_t q_stage = sQ + stage * Tile::kQBytes;
     const uint32_t do_stage = sdO + stage * Tile::kQBytes;
@@ -372,9 +377,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       }
       wgmma_commit_group();
     }
-    // The previous block's dQ tile (stored and fenced before barrier 1) to the TMA unit, while
-    // S^T runs.
-    if constexpr (kDqBulk) issue_dq_bulk();
+    if constexpr (kDqBulk) {
+      // The previous block's dQ tile (stored and fenced before barrier 1) to the TMA unit, then
+      // the copies, while S^T runs.
+      issue_dq_bulk();
+      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+      cp_async_commit();
+    }
 
     // P^T = exp2(scale_log2 S^T - lse log2 e): query column 8 j + 2 t + (e & 1) of the block.
     const float* l_tile = stat + stage * BM;
