@@ -63,8 +63,9 @@
 //   dQ read of it completed. bench/gpu/wgmma_bwd_emulate.py checks the index math, descriptors
 //   and fragment hand-overs (and this buffer order) against a float64 reference on the host.
 // Variants: kDqSplitKeys (wgmmak), kDqBulk (wgmmab: dQ through shared memory with TMA bulk
-// reduce-adds, no atomics on the warps' path) and kDqBulk + kDvEarly (wgmma2; dV issued before
-// the wait for dP^T, at D = 64), each described at the kernel.
+// reduce-adds, no atomics on the warps' path, and the copies after the S^T / dP^T issue) and
+// kDqBulk + kDvEarly (wgmma2: dV's k-steps, 4 of 4 at D = 64 and 3 at D = 128, issued before the
+// wait for dP^T), each described at the kernel.
 // Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
 // warpgroups out of step (the dQ barrier pulls them together), a persistent grid.
 #pragma once
@@ -146,17 +147,18 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
 // address, as for the forward's 32-byte k-steps of K-major operands); should that read differ on
 // the GPU, this variant avoids it.
 //
-// kDqBulk (SQA_CUDA_BWD=wgmma2; the column split): no dQ atomics on the warps' path. Each
-// warpgroup stores its scaled dQ accumulators (columns dq_col0 ..) to an fp32 shared tile
-// [BM][D] (8-byte stores, conflict-free rows); at barrier 1 of the next step (or after the
-// loop) 64 threads (lanes 0 .. 7 of each warp) hand one row each (D * 4 bytes: the block's rows
-// of dq_accum are rows of the workspace, a row per query) to the TMA unit as a bulk reduce-add
-// and go on. The issuing threads wait for the reads of their row (wait_group.read) just before
-// barrier 2 of that next step, so the tile is free when it is rewritten after barrier 2; the
-// adds to global memory complete behind the warps (the kernel's end waits for them). The tile
-// costs 18 / 34 KB of shared memory (116.5 KB at D = 64, 212.5 KB at D = 128); ptxas D = 64 229
-// registers, D = 128 255, no spills (no shuffles or atomics: 16 STS.64 and 2 UBLKRED at
-// D = 128).
+// kDqBulk (SQA_CUDA_BWD=wgmmab and wgmma2; the column split): no dQ atomics on the warps' path.
+// Each warpgroup stores its scaled dQ accumulators (columns dq_col0 ..) to an fp32 shared tile
+// [BM][D] (8-byte stores, conflict-free rows); after barrier 1 and the S^T / dP^T issue of the
+// next step (or after the loop and a barrier) 64 threads (lanes 0 .. 7 of each warp) hand one row
+// each (D * 4 bytes: the block's rows of dq_accum are rows of the workspace, a row per query) to
+// the TMA unit as a bulk reduce-add and go on. The issuing threads wait for the reads of their row
+// (wait_group.read) just before barrier 2 of that next step, so the tile is free when it is
+// rewritten after barrier 2; the adds to global memory complete behind the warps (the kernel's end
+// waits for them). The tile costs 18 / 34 KB of shared memory (116.5 KB at D = 64, 212.5 KB at D =
+// 128); ptxas D = 64 229 registers, D = 128 255, no spills (no shuffles or atomics: 16 STS.64 and 2
+// UBLKRED at D = 128). The copies of the block kStages - 1 ahead are issued after S^T / dP^T, not
+// before.
 //
 // kDvEarly (SQA_CUDA_BWD=wgmma2, with kDqBulk): the first kDvEarly of dV += P^T dO's 4 k-steps
 // are issued as soon as their P^T fragments are packed, before the wait for dP^T, so the tensor
