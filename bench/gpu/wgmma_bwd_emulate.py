@@ -9,7 +9,14 @@ case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
 Both dQ splits: over dQ's columns (SQA_CUDA_BWD=wgmma) and, at D = 64, over the keys (wgmmak,
-kDqSplitKeys).
+kDqSplitKeys); and the column split with dQ through a shared fp32 tile and bulk reduce-adds
+(wgmma2, kDqBulk): the tile's padded rows and 8-byte stores (bank-conflict-free, checked), one
+cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and size checked;
+rows past the sequence not issued), issued at the next step's barrier 1 (after S^T / dP^T issue)
+or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2; the copies
+of the block kStages - 1 ahead after the S^T / dP^T issue (both bulk variants); with dV
+issued before the wait for dP^T (kDvEarly: its first 4 k-steps at D = 64, 3 at D = 128; wgmma2)
+in its own wgmma group, the rest of dV and dK after.
 
 Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
 byte address a -> a ^ (((a >> 7) & 7) << 4)):
@@ -26,7 +33,9 @@ byte address a -> a ^ (((a >> 7) & 7) << 4)):
 Timing modes: reads_at_wait=True lands cp.async copies at issue and runs wgmma reads (shared
 memory and A registers) at the wait that completes them (catches a buffer overwritten while a
 wgmma may still read it); False lands copies at the cp.async wait and runs wgmma at issue
-(catches a read before the data landed). Unwritten shared memory is NaN.
+(catches a read before the data landed). Unwritten shared memory is NaN. The bulk reduce-adds
+read their shared rows at the thread's wait_group.read when reads_at_wait=True (catches the tile
+rewritten before the wait) and at issue when False (catches an issue before the tile is written).
 """
 import math
 import sys
@@ -224,14 +233,18 @@ class Problem:
 
 
 def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
-                raw_addr=0x410):
+                raw_addr=0x410, dq_bulk=False, dv_early=0):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
     keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
     partial [splits, B, Hkv, Nk, 2D]."""
     D = P.D
     BN, BM, kStages, T = 128, 64, 3, 256
     kKV, kQ, kDs, kStat = BN * D * 2, BM * D * 2, BN * BM * 2, BM * 4
-    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + 1024
+    assert not (dq_bulk and split_keys)
+    kDqRow = D * 4 + 32  # WgmmaBwdTile::kDqRowBytes
+    kDq = BM * kDqRow if dq_bulk else 0
+    assert kDqRow % 128 == 32 and kDqRow % 16 == 0
+    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + 1024
     assert smem_bytes <= 227 * 1024
     sm = Smem(raw_addr + smem_bytes + 64)
     sK = (raw_addr + 1023) & ~1023
@@ -240,7 +253,9 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
     sdO = sQ + kStages * kQ
     sdS = sdO + kStages * kQ
     sStat = sdS + kDs
-    assert sStat + 2 * kStages * kStat <= raw_addr + smem_bytes
+    sDq = sStat + 2 * kStages * kStat
+    assert sDq + kDq <= raw_addr + smem_bytes
+    assert sDq % 16 == 0
 
     q_row0, k_row0, total_q, nq, nk = P.span(b)
     n0 = n_block * BN
@@ -391,14 +406,18 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             wgs[wg][which][:] = regs_from(acc, 64)
         return op
 
-    def gemm_kv(wg, do_stage, q_stage, pa, da):
+    def gemm_kv(wg, do_stage, q_stage, pa, da, dv_steps=range(BM // 16)):
+        """dV += P^T dO over dv_steps (pa not None) and dK += dS^T Q (da not None), in one
+        group."""
         dob = desc(do_stage, BM * 128, 1024)
         qbd = desc(q_stage, BM * 128, 1024)
+        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
+                if x[0] is not None]
 
         def op():
-            for regs, bdesc, name in ((pa, dob, "dv"), (da, qbd, "dk")):
+            for regs, bdesc, name, steps in todo:
                 acc = np.zeros((64, D))
-                for kk in range(BM // 16):
+                for kk in steps:
                     A = a_from_regs(regs[:, kk])
                     B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
                     acc += A @ B
@@ -415,20 +434,77 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             wgs[wg]["dq"][:] = regs_from(acc, dq_n)
         return op
 
+    # kDqBulk: the pending tile (dq_accum row of its row 0, rows in the sequence) and the bulk
+    # groups of each issuing thread (lanes 0 .. 7 of warp w issue row 8 w + lane)
+    pend = {"row": 0, "rows": 0}
+    bulk_groups = {}  # tid -> list of (global row, smem address)
+    dq_accum = out["dq_accum"]
+
+    def bulk_apply(grow, saddr):
+        vals = sm.f[saddr // 4: saddr // 4 + D].copy()
+        assert not np.isnan(vals).any(), "bulk reduce reads unwritten tile words"
+        dq_accum[grow] += vals
+
+    def issue_dq_bulk():
+        for tid in range(T):
+            lane, warp = tid % 32, tid // 32
+            row = warp * 8 + lane
+            if lane < 8 and row < pend["rows"]:
+                grow = pend["row"] + row
+                saddr = sDq + row * kDqRow
+                nbytes = D * 4
+                assert saddr % 16 == 0 and nbytes % 16 == 0 and (grow * D * 4) % 16 == 0
+                if reads_at_wait:
+                    bulk_groups.setdefault(tid, []).append((grow, saddr))
+                else:
+                    bulk_apply(grow, saddr)
+
+    def bulk_wait_read():  # every thread: wait_group.read 0 on its own bulk groups
+        for tid in list(bulk_groups):
+            for grow, saddr in bulk_groups.pop(tid):
+                bulk_apply(grow, saddr)
+
+    def store_dq_tile(wg, dq):
+        c0 = wgs[wg]["dq_col0"]
+        for w in range(4):
+            for j in range(dq_n // 8):
+                for half_row in (0, 8):  # the two float2 stores of tile j
+                    words = []
+                    for lane in range(32):
+                        tt = w * 32 + lane
+                        g, t = lane // 4, lane % 4
+                        r = w * 16 + g + half_row
+                        col = c0 + 8 * j + 2 * t
+                        addr = sDq + r * kDqRow + col * 4
+                        assert addr % 8 == 0
+                        e0 = 2 if half_row else 0
+                        sm.write32f(addr, dq[tt, 4 * j + e0] * P.scale)
+                        sm.write32f(addr + 4, dq[tt, 4 * j + e0 + 1] * P.scale)
+                        words.append((addr // 4, addr // 4 + 1))
+                    for hw in range(2):  # 8-byte stores: two half-warp wavefronts
+                        banks = [wd % 32 for pair in words[16 * hw: 16 * hw + 16] for wd in pair]
+                        assert len(set(banks)) == 32, "dQ tile store bank conflict"
+
     qb, h = 0, h_first
     for it in range(n_iter):
         stage = it % kStages
         m0 = (qb_begin + qb) * BM
         qh = rsqa_qh if P.reverse else h
         cp_wait(kStages - 2)
-        # barrier 1
-        if it + kStages - 1 < n_iter:
-            load_next((it + kStages - 1) % kStages)
-        commit()
+        # barrier 1 (kDqBulk: the copies go out after the S^T / dP^T issue)
+        if not dq_bulk:
+            if it + kStages - 1 < n_iter:
+                load_next((it + kStages - 1) % kStages)
+            commit()
         q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
         for wg in range(2):
             mma_commit(wg, gemm_st(wg, q_stage, "st"))
             mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
+        if dq_bulk:
+            issue_dq_bulk()  # the previous block's tile (stored before barrier 1)
+            if it + kStages - 1 < n_iter:
+                load_next((it + kStages - 1) % kStages)
+            commit()
         q_last = min(m0 + BM, nq) - 1
         pas, das = [None, None], [None, None]
         for wg in range(2):
@@ -454,12 +530,28 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             else:
                 assert np.all(m0 + col < nq)
             assert not np.isnan(st).any()
-            mma_wait(wg, 0)
+            if dv_early:
+                # P^T's first dv_early k-steps packed (the rest stay NaN until the dS^T loop),
+                # their dV issued in its own group; dP^T's wait leaves it running
+                pas[wg] = np.full((128, 4, 4, 2), np.nan)
+                pas[wg][:, :dv_early] = pack(st)[:, :dv_early]
+                mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], None, range(dv_early)))
+                mma_wait(wg, 1)
+            else:
+                mma_wait(wg, 0)
             dpt = S["dpt"]
             dval = sm.f[(d_tile + 4 * col) // 4]
             dpt[:] = st * (dpt - dval)
             assert not np.isnan(dpt).any()
-            pas[wg], das[wg] = pack(st), pack(dpt)
+            if not dv_early:
+                pas[wg] = pack(st)
+            else:
+                # the dS^T loop packs P^T's remaining k-steps (in the emulated group the early
+                # op, when run at its wait, still sees only its own k-steps' fragments)
+                late = np.array(pas[wg])
+                late[:, dv_early:] = pack(st)[:, dv_early:]
+                pas[wg] = late
+            das[wg] = pack(dpt)
             # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
             # g + 8 (i % 2), column tile 2 kk + i / 2
             for kk in range(4):
@@ -469,14 +561,19 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                         off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
                         sm.write16(sdS + off, das[wg][tt, kk, i, 0])
                         sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
-            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg]))
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg],
+                                   range(dv_early, BM // 16)))
+        if dq_bulk:
+            bulk_wait_read()
         # barrier 2
         for wg in range(2):
             mma_commit(wg, gemm_dq(wg))
             mma_wait(wg, 0)
             S = wgs[wg]
             dq = S["dq"]
-            dq_accum = out["dq_accum"]
+            if dq_bulk:
+                store_dq_tile(wg, dq)
+                continue
             for tt in range(128):
                 t = T_OF[tt]
                 odd = t & 1
@@ -495,11 +592,18 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
                     if qrow < nq:
                         rowi = dq_base + qh * lse_head + qrow
                         dq_accum[rowi, col0 + j * 8: col0 + j * 8 + 4] += np.array(v) * P.scale
+        if dq_bulk:
+            pend["row"] = dq_base + qh * lse_head + m0
+            pend["rows"] = min(BM, nq - m0)
         qb += 1
         if qb == nqb:
             qb = 0
             h += 1
     cp_wait(0)
+    if dq_bulk and n_iter > 0:
+        issue_dq_bulk()  # after a CTA barrier: the last block's tile
+        bulk_wait_read()  # wait_group 0
+    assert not bulk_groups
     assert all(not gq for gq in mma_groups)
 
     for wg in range(2):
@@ -522,7 +626,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, split_keys=False):
+             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False, dv_early=0):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -535,7 +639,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
             emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait, split_keys)
+                        reads_at_wait, split_keys, dq_bulk=dq_bulk, dv_early=dv_early)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -557,7 +661,8 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
     print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
           f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
-          f"{' wgmmak' if split_keys else ''}: "
+          f"{' wgmmak' if split_keys else ''}"
+          f"{(' wgmma2' if dv_early else ' wgmmab') if dq_bulk else ''}: "
           f"rel err dQ {errs[0]:.1e} dK {errs[1]:.1e} dV {errs[2]:.1e}", flush=True)
     assert max(errs) < 1e-12, errs
 
@@ -584,7 +689,13 @@ if __name__ == "__main__":
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
             # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
-            for split_keys in ((False, True) if D == 64 else (False,)):
+            # and wgmmab (the column split, dQ by bulk reduce-adds from a shared tile), wgmma2
+            # (wgmmab with dV's first 4 (D = 64) / 3 (D = 128) k-steps issued early)
+            combos = [(False, False, 0), (False, True, 0), (False, True, 4 if D == 64 else 3)]
+            if D == 64:
+                combos += [(True, False, 0)]
+            for split_keys, bulk, early in combos:
                 run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
-                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys)
+                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys, dq_bulk=bulk,
+                         dv_early=early)
     print("ALL OK")

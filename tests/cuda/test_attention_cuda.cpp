@@ -440,14 +440,13 @@ TEST(CudaBackward, RegisterCapVariantsMatchReference) {
   unsetenv("SQA_CUDA_BWD");
 }
 
-// SQA_CUDA_BWD=wgmma (and wgmmak): the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh)
-// at D = 64 and
-// 128 with atomic dQ: 128-key CTAs of two warpgroups, 64-row query blocks, dQ by both
-// warpgroups from a shared dS^T tile. Lengths that are not multiples of either tile, every
-// layout (incl. rSQA and MQA) with every mask kind, both dtypes, padding, varlen (the random
-// sweep, with empty sequences), N_q != N_k both ways (rows that see no key), one key, the head
-// splits (none, uneven, the automatic choice), and the deterministic scheme, which keeps the
-// mma.sync kernels (fallback).
+// SQA_CUDA_BWD=wgmma (and wgmmak, wgmma2, wgmmab): the Hopper warpgroup-MMA dK/dV kernel
+// (flash_bwd_wgmma.cuh) at D = 64 and 128 with atomic dQ: 128-key CTAs of two warpgroups, 64-row
+// query blocks, dQ by both warpgroups from a shared dS^T tile. Lengths that are not multiples of
+// either tile, every layout (incl. rSQA and MQA) with every mask kind, both dtypes, padding, varlen
+// (the random sweep, with empty sequences), N_q != N_k both ways (rows that see no key), one key,
+// the head splits (none, uneven, the automatic choice), and the deterministic scheme, which keeps
+// the mma.sync kernels (fallback).
 void check_wgmma_backward(const char* variant, const std::vector<int>& head_dims) {
   setenv("SQA_CUDA_BWD", variant, 1);
   const std::string label = std::string("SQA_CUDA_BWD=") + variant;
@@ -532,6 +531,15 @@ void check_wgmma_backward(const char* variant, const std::vector<int>& head_dims
 TEST(CudaBackward, WgmmaMatchesReference) {
   SKIP_WITHOUT_GPU();
   check_wgmma_backward("wgmma", {64, 128});
+}
+
+// wgmma2: dQ through a shared fp32 tile and bulk reduce-adds (one per row, issued at the next
+// step's barrier 1 or after the loop) instead of atomics, and dV issued before the wait for
+// dP^T; wgmmab: the bulk dQ alone.
+TEST(CudaBackward, WgmmaBulkDqMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_backward("wgmma2", {64, 128});
+  check_wgmma_backward("wgmmab", {64, 128});
 }
 
 // wgmmak: dQ split over the keys at D = 64 (each warpgroup adds its own keys' dQ; no B operand
@@ -619,11 +627,15 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
   setenv("SQA_CUDA_BWD", "fast", 1);
   expect_error([] { cuda::detail::bwd_variant(); },
-               {"SQA_CUDA_BWD (fast)", "base, occ, occ2, wgmma or wgmmak"});
+               {"SQA_CUDA_BWD (fast)", "base, occ, occ2, wgmma, wgmmak, wgmma2 or wgmmab"});
   setenv("SQA_CUDA_BWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
   setenv("SQA_CUDA_BWD", "wgmmak", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmak);
+  setenv("SQA_CUDA_BWD", "wgmma2", 1);
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma2);
+  setenv("SQA_CUDA_BWD", "wgmmab", 1);
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmab);
   unsetenv("SQA_CUDA_BWD");
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::automatic);
 }

@@ -53,8 +53,10 @@ BwdVariant bwd_variant() {
   if (m == "occ2") return BwdVariant::occ2;
   if (m == "wgmma") return BwdVariant::wgmma;
   if (m == "wgmmak") return BwdVariant::wgmmak;
-  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m,
-                                  ") must be base, occ, occ2, wgmma or wgmmak, or unset"));
+  if (m == "wgmma2") return BwdVariant::wgmma2;
+  if (m == "wgmmab") return BwdVariant::wgmmab;
+  throw Error(sqa::detail::concat(
+      "SQA_CUDA_BWD (", m, ") must be base, occ, occ2, wgmma, wgmmak, wgmma2 or wgmmab, or unset"));
 }
 
 namespace {
@@ -93,7 +95,8 @@ int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
   const BwdVariant variant = bwd_variant();
   const bool wgmma = !deterministic && (head_dim == 64 || head_dim == 128) &&
                      (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
-                      variant == BwdVariant::wgmmak);
+                      variant == BwdVariant::wgmmak || variant == BwdVariant::wgmma2 ||
+                      variant == BwdVariant::wgmmab);
   const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwdTile::BN, BwdDkDvTile::BN
   const int64_t per_sm = wgmma ? 1 : 3;
   const int64_t ctas = (p.seqlen_k + key_block - 1) / key_block * p.num_kv_heads * p.batch;

@@ -70,25 +70,34 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
     }
   };
   // The Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh): the default at D = 64 and 128
-  // with atomic dQ (SQA_CUDA_BWD unset, wgmma or wgmmak; H200, 2026-11-29: fwd+bwd 0.75-0.80x
-  // cuDNN against 0.42-0.60x with the mma.sync kernel, bench/results/2026-11-29-h200-bwd-wgmma/).
-  // Other head dims, deterministic mode and SQA_CUDA_BWD=base / occ / occ2 take the mma.sync
-  // kernels below.
+  // with atomic dQ (SQA_CUDA_BWD unset or wgmma; H200, 2026-11-29: fwd+bwd 0.75-0.80x cuDNN
+  // against 0.42-0.60x with the mma.sync kernel, bench/results/2026-11-29-h200-bwd-wgmma/), and
+  // its variants wgmmak / wgmma2 / wgmmab. Other head dims, deterministic mode and
+  // SQA_CUDA_BWD=base / occ / occ2 take the mma.sync kernels below.
   if constexpr (D == 64 || D == 128) {
     if (atomic_dq && (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
-                      variant == BwdVariant::wgmmak)) {
+                      variant == BwdVariant::wgmmak || variant == BwdVariant::wgmma2 ||
+                      variant == BwdVariant::wgmmab)) {
       using Wg = WgmmaBwdTile<T, D>;
-      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma).
-      auto* dkdv = D == 64 && variant == BwdVariant::wgmmak
-                       ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
-                       : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
+      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma). wgmma2: dQ
+      // through a shared tile and bulk reduce-adds (kDqBulk; more shared memory) and dV issued
+      // before the wait for dP^T (kDvEarly: all 4 k-steps at D = 64, 3 at D = 128, where 4 spill);
+      // wgmmab: kDqBulk alone.
+      const bool bulk = variant == BwdVariant::wgmma2 || variant == BwdVariant::wgmmab;
+      constexpr int kDvEarly = D == 64 ? 4 : 3;
+      auto* dkdv =
+          variant == BwdVariant::wgmma2 ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true, kDvEarly>
+          : variant == BwdVariant::wgmmab ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true>
+          : D == 64 && variant == BwdVariant::wgmmak ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
+                                                     : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
+      const int smem_bytes = bulk ? WgmmaBwdTile<T, D, true>::kSmemBytes : Wg::kSmemBytes;
       check_cuda(
-          cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, Wg::kSmemBytes),
+          cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),
           "cudaFuncSetAttribute(flash_bwd_dkdv_wgmma_kernel, max dynamic shared memory)");
       const int64_t n_blocks = (p.seqlen_k + Wg::BN - 1) / Wg::BN;
       const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
                          p.batch);
-      dkdv<<<grid_kv, Wg::kThreads, Wg::kSmemBytes, stream>>>(g);
+      dkdv<<<grid_kv, Wg::kThreads, smem_bytes, stream>>>(g);
       check_cuda(cudaGetLastError(), "flash_bwd_dkdv_wgmma_kernel launch");
       if (g.dkdv_splits > 1) {
         const int64_t threads =

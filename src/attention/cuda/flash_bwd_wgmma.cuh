@@ -62,9 +62,12 @@
 //   end of each step); the dS^T tile is rewritten after barrier 1 of the next step, when every
 //   dQ read of it completed. bench/gpu/wgmma_bwd_emulate.py checks the index math, descriptors
 //   and fragment hand-overs (and this buffer order) against a float64 reference on the host.
+// Variants: kDqSplitKeys (wgmmak), kDqBulk (wgmmab: dQ through shared memory with TMA bulk
+// reduce-adds, no atomics on the warps' path, and the copies after the S^T / dP^T issue) and
+// kDqBulk + kDvEarly (wgmma2: dV's k-steps, 4 of 4 at D = 64 and 3 at D = 128, issued before the
+// wait for dP^T), each described at the kernel.
 // Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
-// warpgroups out of step (the dQ barrier pulls them together), the dQ atomics behind the next
-// step's S^T / dP^T issue, dQ through shared memory with TMA reduce-add, a persistent grid.
+// warpgroups out of step (the dQ barrier pulls them together), a persistent grid.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -79,7 +82,7 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D>
+template <typename T, int D, bool kDqBulk = false>
 struct WgmmaBwdTile {
   static constexpr int kWarpGroups = 2;
   static constexpr int kThreads = 128 * kWarpGroups;
@@ -90,16 +93,45 @@ struct WgmmaBwdTile {
   static constexpr int kQBytes = BM * D * 2;    // one Q or dO stage: [D / 64][BM][64]
   static constexpr int kDsBytes = BN * BM * 2;  // dS^T: [BN][BM = 64], swizzled
   static constexpr int kStatBytes = BM * 4;     // one stage of lse or D (fp32)
+  // kDqBulk: the block's scaled dQ (fp32) [BM][D], rows padded by 32 bytes (a row stride of 32
+  // mod 128 bytes makes the accumulators' 8-byte stores conflict-free: a half warp's 4 rows x 4
+  // lanes x 8 bytes cover the 32 banks once); one bulk reduce-add per row, so the padding is
+  // never read.
+  static constexpr int kDqRowBytes = D * 4 + 32;
+  static constexpr int kDqBytes = kDqBulk ? BM * kDqRowBytes : 0;
   // Wait for dV and dK before issuing dQ (frees the P^T / dS^T fragments first): ptxas 250
   // registers at D = 128 instead of 254, both without spills, but the tensor cores then idle
   // between the two groups. Off: dQ queues behind dV and dK.
   static constexpr bool kFreeFragsBeforeDq = false;
   static constexpr int kSmemBytes =
-      2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes + 2 * kStages * kStatBytes + 1024;
+      2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes + 2 * kStages * kStatBytes + kDqBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
   static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (dK, dV)");
   static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
+  static_assert(kDqRowBytes % 128 == 32 && kDqRowBytes % 16 == 0, "conflict-free, 16-byte rows");
 };
+
+// Bulk asynchronous reduce-add (sm_90, the async proxy; the TMA unit): nbytes of fp32 from shared
+// memory added element-wise into global memory (both 16-byte aligned, nbytes a multiple of 16),
+// in this thread's current bulk group. The shared source may be rewritten only after
+// cp_async_bulk_wait_read (its reads done); the global adds are complete at kernel end.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, uint32_t smem, uint32_t nbytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem),
+      "r"(smem), "r"(nbytes)
+      : "memory");
+}
+__device__ __forceinline__ void cp_async_bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// Waits until every bulk group of this thread finished reading its shared-memory source.
+__device__ __forceinline__ void cp_async_bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+// Waits until every bulk group of this thread completed (its writes done).
+__device__ __forceinline__ void cp_async_bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
 
 // 4-byte global->shared copy (lse and D); zero-fills when !valid (nothing is read).
 __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool valid) {
@@ -114,12 +146,33 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
 // swizzle atom rows (the emulator models the hardware as applying the swizzle to the summed
 // address, as for the forward's 32-byte k-steps of K-major operands); should that read differ on
 // the GPU, this variant avoids it.
-template <typename T, int D, bool kDqSplitKeys = false>
+//
+// kDqBulk (SQA_CUDA_BWD=wgmmab and wgmma2; the column split): no dQ atomics on the warps' path.
+// Each warpgroup stores its scaled dQ accumulators (columns dq_col0 ..) to an fp32 shared tile
+// [BM][D] (8-byte stores, conflict-free rows); after barrier 1 and the S^T / dP^T issue of the
+// next step (or after the loop and a barrier) 64 threads (lanes 0 .. 7 of each warp) hand one row
+// each (D * 4 bytes: the block's rows of dq_accum are rows of the workspace, a row per query) to
+// the TMA unit as a bulk reduce-add and go on. The issuing threads wait for the reads of their row
+// (wait_group.read) just before barrier 2 of that next step, so the tile is free when it is
+// rewritten after barrier 2; the adds to global memory complete behind the warps (the kernel's end
+// waits for them). The tile costs 18 / 34 KB of shared memory (116.5 KB at D = 64, 212.5 KB at D =
+// 128); ptxas D = 64 229 registers, D = 128 255, no spills (no shuffles or atomics: 16 STS.64 and 2
+// UBLKRED at D = 128). The copies of the block kStages - 1 ahead are issued after S^T / dP^T, not
+// before.
+//
+// kDvEarly (SQA_CUDA_BWD=wgmma2, with kDqBulk): the first kDvEarly of dV += P^T dO's 4 k-steps
+// are issued as soon as their P^T fragments are packed, before the wait for dP^T, so the tensor
+// cores run them while the warps compute dS^T (FA3's order); the rest of dV and dK follow in
+// their own group after the dS^T stores. S^T (P^T in fp32) stays live until dS^T is computed
+// (the numerics are unchanged), so the live set grows by those fragments (4 registers per
+// k-step): ptxas D = 64 with 4 early k-steps 230 registers, no spills; D = 128 with 4: 255 and
+// 20 bytes of spills, with 3 (what wgmma2 launches) 255 and with 2 254, both without.
+template <typename T, int D, bool kDqSplitKeys = false, bool kDqBulk = false, int kDvEarly = 0>
 __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
 #else
-  using Tile = WgmmaBwdTile<T, D>;
+  using Tile = WgmmaBwdTile<T, D, kDqBulk>;
   constexpr int BN = Tile::BN;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
@@ -128,6 +181,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   constexpr int kKSteps = D / 16;   // k-steps of S^T and dP^T
   constexpr int kMSteps = BM / 16;  // k-steps of dV and dK (over the step's query rows)
   static_assert(!kDqSplitKeys || D == 64, "the key split's dQ accumulators fit at D = 64 only");
+  static_assert(!(kDqSplitKeys && kDqBulk), "the bulk dQ adds one tile per CTA (column split)");
   // k-steps of dQ (over the CTA's keys, or this warpgroup's) and its columns per warpgroup.
   constexpr int kNSteps = (kDqSplitKeys ? 64 : BN) / 16;
   constexpr int kDqN = kDqSplitKeys ? D : D / 2;
@@ -142,12 +196,14 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw_addr = smem_addr(smem_raw);
-  const uint32_t sK = (raw_addr + 1023u) & ~1023u;         // [D / 64][BN][64]
-  const uint32_t sV = sK + Tile::kKVBytes;                 // [D / 64][BN][64]
-  const uint32_t sQ = sV + Tile::kKVBytes;                 // [kStages][D / 64][BM][64]
-  const uint32_t sdO = sQ + kStages * Tile::kQBytes;       // [kStages][D / 64][BM][64]
-  const uint32_t sdS = sdO + kStages * Tile::kQBytes;      // [BN][64]
-  const uint32_t sStat = sdS + Tile::kDsBytes;             // lse [kStages][BM], D [kStages][BM]
+  const uint32_t sK = (raw_addr + 1023u) & ~1023u;     // [D / 64][BN][64]
+  const uint32_t sV = sK + Tile::kKVBytes;             // [D / 64][BN][64]
+  const uint32_t sQ = sV + Tile::kKVBytes;             // [kStages][D / 64][BM][64]
+  const uint32_t sdO = sQ + kStages * Tile::kQBytes;   // [kStages][D / 64][BM][64]
+  const uint32_t sdS = sdO + kStages * Tile::kQBytes;  // [BN][64]
+  const uint32_t sStat = sdS + Tile::kDsBytes;         // lse [kStages][BM], D [kStages][BM]
+  // kDqBulk: the dQ tile, [BM][D + 8] fp32.
+  [[maybe_unused]] const uint32_t sDq = sStat + 2 * kStages * Tile::kStatBytes;
   unsigned char* const smem = smem_raw + (sK - raw_addr);  // generic pointer to sK
   const float* const stat = reinterpret_cast<const float*>(smem + (sStat - sK));
 
@@ -267,6 +323,20 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   const uint64_t kt_desc = wgmma_desc_sw128(
       sK + dq_key0 * 128 + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
 
+  // kDqBulk: the dQ tile waiting for its bulk adds (dq_accum row of its row 0, its rows inside
+  // the sequence; 0: none) and this thread's row to hand over (lanes 0 .. 7 of each warp).
+  [[maybe_unused]] int64_t dq_pend_row = 0;
+  [[maybe_unused]] int dq_pend_rows = 0;
+  [[maybe_unused]] const int dq_issue_row = (tid / 32) * 8 + lane;
+  [[maybe_unused]] const bool dq_issuer = kDqBulk && lane < 8;
+  [[maybe_unused]] auto issue_dq_bulk = [&]() {
+    if (dq_issuer && dq_issue_row < dq_pend_rows) {
+      bulk_reduce_add_f32(g.dq_accum + (dq_pend_row + dq_issue_row) * D,
+                          sDq + dq_issue_row * Tile::kDqRowBytes, D * 4);
+      cp_async_bulk_commit();
+    }
+  };
+
   for (int it = 0, h = h_first, qb = 0; it < n_iter; ++it) {
     const int stage = it % kStages;
     const int m0 = (qb_begin + qb) * BM;
@@ -277,8 +347,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     cp_async_wait<kStages - 2>();
     fence_proxy_async_shared();
     __syncthreads();
-    if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
-    cp_async_commit();
+    // kDqBulk: the copies of the block kStages - 1 ahead go out after the S^T / dP^T issue (they
+    // fill stage (it - 1) % kStages, which no wgmma of this step reads), so the tensor cores
+    // start sooner after the barrier.
+    if constexpr (!kDqBulk) {
+      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+      cp_async_commit();
+    }
 
     const uint32_t q_stage = sQ + stage * Tile::kQBytes;
     const uint32_t do_stage = sdO + stage * Tile::kQBytes;
@@ -303,6 +378,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
                   kk > 0 ? 1 : 0);
       }
       wgmma_commit_group();
+    }
+    if constexpr (kDqBulk) {
+      // The previous block's dQ tile (stored and fenced before barrier 1) to the TMA unit, then
+      // the copies, while S^T runs.
+      issue_dq_bulk();
+      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+      cp_async_commit();
     }
 
     // P^T = exp2(scale_log2 S^T - lse log2 e): query column 8 j + 2 t + (e & 1) of the block.
@@ -335,7 +417,24 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
           st[4 * j + e] = ok ? st[4 * j + e] : 0.0f;
         }
     }
-    wgmma_wait_group<0>();  // dP^T done
+    const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
+    static_assert(kDvEarly >= 0 && kDvEarly <= kMSteps, "k-steps of dV issued early");
+    if constexpr (kDvEarly > 0) {
+      // P^T's first kDvEarly k-steps as A fragments, then their dV += P^T dO (B MN-major, see
+      // below) behind dP^T.
+#pragma unroll
+      for (int kk = 0; kk < kDvEarly; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+      wgmma_fence();  // P^T was packed by ordinary instructions
+#pragma unroll
+      for (int kk = 0; kk < kDvEarly; ++kk)
+        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+      wgmma_commit_group();
+      wgmma_wait_group<1>();  // dP^T done; dV may run
+    } else {
+      wgmma_wait_group<0>();  // dP^T done
+    }
     fence_registers(dpt);
     // dS^T = P^T (dP^T - D), stored (16-bit) to the dS^T tile for dQ: row = key, 64 queries in
     // one swizzled 128-byte row; the 32-bit store of (column 8 j + 2 t, + 1) sits in 16-byte
@@ -356,7 +455,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+        if (kk >= kDvEarly) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
         da[kk][i] = M::pack(dpt[8 * kk + 2 * i], dpt[8 * kk + 2 * i + 1]);
         const int row = key_local0 + 8 * (i % 2);
         *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
@@ -367,11 +466,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     // dV += P^T dO and dK += dS^T Q: B MN-major (atom columns of 64 dims BM * 128 bytes apart,
     // 8-row groups 1024 bytes apart; k-step kk starts at query row 16 kk).
     {
-      const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
       const uint64_t qb_desc = wgmma_desc_sw128(q_stage, BM * 128, 1024);
       wgmma_fence();  // P^T and dS^T were packed by ordinary instructions
+      // (the k-steps of dV not issued early; the same shape, so no fence between the groups)
 #pragma unroll
-      for (int kk = 0; kk < kMSteps; ++kk)
+      for (int kk = kDvEarly; kk < kMSteps; ++kk)
         GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
 #pragma unroll
       for (int kk = 0; kk < kMSteps; ++kk)
@@ -383,6 +482,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     if constexpr (kDqSplitKeys) {
       named_barrier_sync(1 + wg, 128);
     } else {
+      // kDqBulk: the dQ tile's reads issued this step are done before anyone passes barrier 2
+      // and rewrites it (no bulk groups: returns at once).
+      if constexpr (kDqBulk) cp_async_bulk_wait_read();
       __syncthreads();
     }
     if constexpr (kFreeFragsBeforeDq) {
@@ -410,10 +512,26 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       fence_registers(pa);
       fence_registers(da);
     }
-    // dQ atomics: accumulator row 16 warp + g (+ 8) = query, columns 8 j + 2 t (+ 1). Lanes t and
-    // t ^ 1 swap halves: even t keeps row g, columns 8 j + 2 t .. + 3; odd t row g + 8, columns
-    // 8 j + 2 (t - 1) .. + 3; one 16-byte reduction each.
-    {
+    if constexpr (kDqBulk) {
+      // Scaled dQ to the tile: accumulator row 16 warp + g (+ 8) = query row of the block,
+      // columns dq_col0 + 8 j + 2 t (+ 1); fenced for the bulk reads after barrier 1.
+      unsigned char* const dq_tile = smem + (sDq - sK);
+      const int r0 = warp_in_group * 16 + g4;
+#pragma unroll
+      for (int j = 0; j < kDqT; ++j) {
+        const int col = static_cast<int>(dq_col0) + 8 * j + 2 * t;
+        *reinterpret_cast<float2*>(dq_tile + r0 * Tile::kDqRowBytes + col * 4) =
+            make_float2(dq[4 * j] * scale, dq[4 * j + 1] * scale);
+        *reinterpret_cast<float2*>(dq_tile + (r0 + 8) * Tile::kDqRowBytes + col * 4) =
+            make_float2(dq[4 * j + 2] * scale, dq[4 * j + 3] * scale);
+      }
+      fence_proxy_async_shared();
+      dq_pend_row = dq_base + qh * lse_head + m0;
+      dq_pend_rows = min(BM, nq - m0);
+    } else {
+      // dQ atomics: accumulator row 16 warp + g (+ 8) = query, columns 8 j + 2 t (+ 1). Lanes t
+      // and t ^ 1 swap halves: even t keeps row g, columns 8 j + 2 t .. + 3; odd t row g + 8,
+      // columns 8 j + 2 (t - 1) .. + 3; one 16-byte reduction each.
       const bool odd = (t & 1) != 0;
       const int qrow = m0 + warp_in_group * 16 + g4 + (odd ? 8 : 0);
       float* dst = g.dq_accum + (dq_base + qh * lse_head + qrow) * D + dq_col0 + 4 * (t / 2);
@@ -438,6 +556,14 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     }
   }
   cp_async_wait<0>();
+  if constexpr (kDqBulk) {
+    // The last block's dQ tile: every warp stored and fenced it; its adds complete before exit.
+    if (n_iter > 0) {
+      __syncthreads();
+      issue_dq_bulk();
+      cp_async_bulk_wait_all();
+    }
+  }
 
   // Epilogue: this thread's dK / dV rows (keys key[r]), columns 8 j + 2 t (+ 1).
   if (splits > 1) {

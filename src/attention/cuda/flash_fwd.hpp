@@ -40,13 +40,15 @@ void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp };
 FwdVariant fwd_variant();
 
-// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma or
-// wgmmak; unset: the default, wgmma at D = 64 and 128 with atomic dQ, occ elsewhere). wgmma: the
-// Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh); wgmmak: the same with dQ split over
-// the keys at D = 64 (kDqSplitKeys). base / occ / occ2: register caps of the mma.sync kernel.
-// At other head dims and in deterministic mode wgmma / wgmmak give the default. See
+// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma,
+// wgmmak, wgmma2 or wgmmab; unset: the default, wgmma at D = 64 and 128 with atomic dQ, occ
+// elsewhere). wgmma: the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh); wgmmak: the
+// same with dQ split over the keys at D = 64 (kDqSplitKeys); wgmma2: the same with dQ added by
+// bulk reduce-adds from a shared tile (kDqBulk) and dV issued before the wait for dP^T
+// (kDvEarly); wgmmab: kDqBulk alone. base / occ / occ2: register caps of the mma.sync kernel.
+// At other head dims and in deterministic mode the wgmma names give the default. See
 // flash_bwd_launch.cuh.
-enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmak };
+enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmak, wgmma2, wgmmab };
 BwdVariant bwd_variant();
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).
