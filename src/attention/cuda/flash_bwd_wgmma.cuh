@@ -252,29 +252,18 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   load_tile_sw128<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, nk, tid);
   load_tile_sw128<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, nk, tid);
 
-  // Row bases as in flash_bwd_dkdv_kernel: lse / D row of (head h, query q) is
-  // lse_base + h * lse_head + q; the dQ workspace row of (query head qh, q) is
-  // dq_base + qh * lse_head + q.
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t lse_head = varlen ? s.total_q : p.seqlen_q;
-  const int64_t lse_base =
-      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_attention_heads * p.seqlen_q;
-  const int64_t dq_base =
-      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_query_heads * p.seqlen_q;
+  // Row bases as in flash_bwd_dkdv_kernel (bwd_row_bases).
+  const BwdRowBases rows = bwd_row_bases(p, s, b);
   auto load_q_block = [&](int stage, int h, int m0) {
-    const int qh = p.reverse ? rsqa_qh : h;
-    const T* q_base =
-        static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
-    const T* do_base =
-        static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
-    load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, q_base, p.q_row, m0, nq, tid);
-    load_tile_sw128<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, do_base, g.do_row, m0, nq,
+    const BwdQdOBases<T> base = bwd_q_do_bases<T>(g, s, b, p.reverse ? rsqa_qh : h, h);
+    load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, base.q, p.q_row, m0, nq, tid);
+    load_tile_sw128<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, base.dout, g.do_row, m0, nq,
                                         tid);
     if (tid < 2 * BM) {  // threads 0 .. 63 copy lse, 64 .. 127 D; zeros past the sequence
       const int i = tid % BM;
       const bool is_d = tid >= BM;
       const bool valid = m0 + i < nq;
-      const int64_t row = lse_base + h * lse_head + m0 + i;
+      const int64_t row = rows.lse(h, m0) + i;
       const float* src = is_d ? g.dsum : p.lse;
       cp_async_4(sStat + ((is_d ? kStages : 0) + stage) * Tile::kStatBytes + i * 4,
                  valid ? src + row : src, valid);
@@ -505,7 +494,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
             make_float2(dq[4 * j + 2] * scale, dq[4 * j + 3] * scale);
       }
       fence_proxy_async_shared();
-      dq_pend_row = dq_base + qh * lse_head + m0;
+      dq_pend_row = rows.dq(qh, m0);
       dq_pend_rows = min(BM, nq - m0);
     }
     if (++qb == nqb) {
