@@ -1,22 +1,23 @@
 #!/usr/bin/env python3
 """Host emulation of flash_bwd_dkdv_wgmma_kernel (src/attention/cuda/flash_bwd_wgmma.cuh, the
-SQA_CUDA_BWD=wgmma dK/dV kernel) at the level of threads, registers, swizzled shared memory and
-wgmma descriptors, against a float64 reference backward: a check of the kernel's index math,
-descriptors (K-major and MN-major, A and B), fragment hand-overs, the dS^T tile, the dQ atomics'
-lane swap, the head / query-block loop, the head splits and the buffer order, without a GPU. It
-mirrors the kernel by hand (keep the two in step), in float64 without 16-bit rounding, so every
-case must match to ~1e-12.
+SQA_CUDA_BWD=wgmma dK/dV kernel, the default at D = 64 / 128) at the level of threads, registers,
+swizzled shared memory and wgmma descriptors, against a float64 reference backward: a check of the
+kernel's index math, descriptors (K-major and MN-major, A and B), fragment hand-overs, the dS^T
+tile, the dQ tile and its bulk reduce-adds, the head / query-block loop, the head splits and the
+buffer order, without a GPU. It mirrors the kernel by hand (keep the two in step), in float64
+without 16-bit rounding, so every case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
-Both dQ splits: over dQ's columns (SQA_CUDA_BWD=wgmma) and, at D = 64, over the keys (wgmmak,
-kDqSplitKeys); and the column split with dQ through a shared fp32 tile and bulk reduce-adds
-(wgmma2, kDqBulk): the tile's padded rows and 8-byte stores (bank-conflict-free, checked), one
-cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and size checked;
-rows past the sequence not issued), issued at the next step's barrier 1 (after S^T / dP^T issue)
-or after the loop, and the per-thread bulk groups' wait_group.read before barrier 2; the copies
-of the block kStages - 1 ahead after the S^T / dP^T issue (both bulk variants); with dV
-issued before the wait for dP^T (kDvEarly: its first 4 k-steps at D = 64, 3 at D = 128; wgmma2)
-in its own wgmma group, the rest of dV and dK after.
+Both instantiations: kDq = true (the default scheme): dQ split over its columns, through a shared
+fp32 tile and bulk reduce-adds: the tile's padded rows and 8-byte stores (bank-conflict-free,
+checked), one cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and
+size checked; rows past the sequence not issued), issued at the next step's barrier 1 (after the
+S^T / dP^T issue) or after the loop, and the per-thread bulk groups' wait_group.read before
+barrier 2; and kDq = false (deterministic): dK / dV only (no dS^T tile, dQ tile, bulk adds or
+barrier 2; the step ends with the wait for its dV / dK group; dQ is left to flash_bwd_dq_kernel,
+not emulated, and must stay untouched). In both, the copies of the block kStages - 1 ahead go
+out after the S^T / dP^T issue, and dV's first 4 k-steps at D = 64, 3 at D = 128 (kDvEarly) are
+issued before the wait for dP^T in their own wgmma group, the rest of dV and dK after.
 
 Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
 byte address a -> a ^ (((a >> 7) & 7) << 4)):
@@ -232,17 +233,18 @@ class Problem:
                     self.dsum[self.lse_row(b, h, r)] = Dq[r]
 
 
-def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split_keys=False,
-                raw_addr=0x410, dq_bulk=False, dv_early=0):
-    """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D> (both warpgroups, in step as the barriers
-    keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like P.dk) or
-    partial [splits, B, Hkv, Nk, 2D]."""
+def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_dq=True,
+                raw_addr=0x410):
+    """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D, kDq = with_dq> (both warpgroups, in step as
+    the barriers keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like
+    P.dk) or partial [splits, B, Hkv, Nk, 2D]."""
     D = P.D
     BN, BM, kStages, T = 128, 64, 3, 256
-    kKV, kQ, kDs, kStat = BN * D * 2, BM * D * 2, BN * BM * 2, BM * 4
-    assert not (dq_bulk and split_keys)
+    dv_early = 4 if D == 64 else 3  # WgmmaBwdTile::kDvEarly
+    kKV, kQ, kStat = BN * D * 2, BM * D * 2, BM * 4
+    kDs = BN * BM * 2 if with_dq else 0
     kDqRow = D * 4 + 32  # WgmmaBwdTile::kDqRowBytes
-    kDq = BM * kDqRow if dq_bulk else 0
+    kDq = BM * kDqRow if with_dq else 0
     assert kDqRow % 128 == 32 and kDqRow % 16 == 0
     smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + 1024
     assert smem_bytes <= 227 * 1024
@@ -361,20 +363,17 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
             "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
             "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
-            "dq": np.zeros((128, D // 2 if split_keys else D // 4)),
+            "dq": np.zeros((128, D // 4)),
             "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
             "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
-            "dq_col0": 0 if split_keys else wg * (D // 2),
+            "dq_col0": wg * (D // 2),
         })
-    assert not split_keys or D == 64
-    dq_n = D if split_keys else D // 2       # dQ columns per warpgroup
-    dq_steps = 4 if split_keys else BN // 16  # k-steps of dQ
+    dq_n = D // 2       # dQ columns per warpgroup
+    dq_steps = BN // 16  # k-steps of dQ
     for wg in range(2):
         c0 = wgs[wg]["dq_col0"]
-        key0 = wg * 64 if split_keys else 0
-        wgs[wg]["ds_desc"] = desc(sdS + key0 * 128, BN * 128, 1024)
-        wgs[wg]["kt_desc"] = desc(sK + key0 * 128 + (c0 // 64) * BN * 128 + (c0 % 64) * 2,
-                                  BN * 128, 1024)
+        wgs[wg]["ds_desc"] = desc(sdS, BN * 128, 1024)
+        wgs[wg]["kt_desc"] = desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024)
 
     mma_groups = [[], []]
 
@@ -434,7 +433,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             wgs[wg]["dq"][:] = regs_from(acc, dq_n)
         return op
 
-    # kDqBulk: the pending tile (dq_accum row of its row 0, rows in the sequence) and the bulk
+    # kDq: the pending tile (dq_accum row of its row 0, rows in the sequence) and the bulk
     # groups of each issuing thread (lanes 0 .. 7 of warp w issue row 8 w + lane)
     pend = {"row": 0, "rows": 0}
     bulk_groups = {}  # tid -> list of (global row, smem address)
@@ -491,20 +490,16 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
         m0 = (qb_begin + qb) * BM
         qh = rsqa_qh if P.reverse else h
         cp_wait(kStages - 2)
-        # barrier 1 (kDqBulk: the copies go out after the S^T / dP^T issue)
-        if not dq_bulk:
-            if it + kStages - 1 < n_iter:
-                load_next((it + kStages - 1) % kStages)
-            commit()
+        # barrier 1 (the copies go out after the S^T / dP^T issue)
         q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
         for wg in range(2):
             mma_commit(wg, gemm_st(wg, q_stage, "st"))
             mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
-        if dq_bulk:
+        if with_dq:
             issue_dq_bulk()  # the previous block's tile (stored before barrier 1)
-            if it + kStages - 1 < n_iter:
-                load_next((it + kStages - 1) % kStages)
-            commit()
+        if it + kStages - 1 < n_iter:
+            load_next((it + kStages - 1) % kStages)
+        commit()
         q_last = min(m0 + BM, nq) - 1
         pas, das = [None, None], [None, None]
         for wg in range(2):
@@ -530,77 +525,58 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
             else:
                 assert np.all(m0 + col < nq)
             assert not np.isnan(st).any()
-            if dv_early:
-                # P^T's first dv_early k-steps packed (the rest stay NaN until the dS^T loop),
-                # their dV issued in its own group; dP^T's wait leaves it running
-                pas[wg] = np.full((128, 4, 4, 2), np.nan)
-                pas[wg][:, :dv_early] = pack(st)[:, :dv_early]
-                mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], None, range(dv_early)))
-                mma_wait(wg, 1)
-            else:
-                mma_wait(wg, 0)
+            # P^T's first dv_early k-steps packed (the rest stay NaN until the dS^T loop),
+            # their dV issued in its own group; dP^T's wait leaves it running
+            pas[wg] = np.full((128, 4, 4, 2), np.nan)
+            pas[wg][:, :dv_early] = pack(st)[:, :dv_early]
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], None, range(dv_early)))
+            mma_wait(wg, 1)
             dpt = S["dpt"]
             dval = sm.f[(d_tile + 4 * col) // 4]
             dpt[:] = st * (dpt - dval)
             assert not np.isnan(dpt).any()
-            if not dv_early:
-                pas[wg] = pack(st)
-            else:
-                # the dS^T loop packs P^T's remaining k-steps (in the emulated group the early
-                # op, when run at its wait, still sees only its own k-steps' fragments)
-                late = np.array(pas[wg])
-                late[:, dv_early:] = pack(st)[:, dv_early:]
-                pas[wg] = late
+            # the dS^T loop packs P^T's remaining k-steps (in the emulated group the early op,
+            # when run at its wait, still sees only its own k-steps' fragments)
+            late = np.array(pas[wg])
+            late[:, dv_early:] = pack(st)[:, dv_early:]
+            pas[wg] = late
             das[wg] = pack(dpt)
-            # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
-            # g + 8 (i % 2), column tile 2 kk + i / 2
-            for kk in range(4):
-                for i in range(4):
-                    row = S["key_local0"] + 8 * (i % 2)
-                    for tt in range(128):
-                        off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
-                        sm.write16(sdS + off, das[wg][tt, kk, i, 0])
-                        sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
+            if with_dq:
+                # the dS^T tile takes the dS^T fragment registers: a_i of k-step kk is row
+                # g + 8 (i % 2), column tile 2 kk + i / 2
+                for kk in range(4):
+                    for i in range(4):
+                        row = S["key_local0"] + 8 * (i % 2)
+                        for tt in range(128):
+                            off = sw128_offset(BN, row[tt], 2 * kk + i // 2) + 4 * T_OF[tt]
+                            sm.write16(sdS + off, das[wg][tt, kk, i, 0])
+                            sm.write16(sdS + off + 2, das[wg][tt, kk, i, 1])
             mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pas[wg], das[wg],
                                    range(dv_early, BM // 16)))
-        if dq_bulk:
-            bulk_wait_read()
+        if not with_dq:
+            # kDq = false: each warpgroup waits for its dV / dK group (no barrier 2); barrier 1
+            # of the next step follows before its copies refill this stage
+            for wg in range(2):
+                mma_wait(wg, 0)
+            qb += 1
+            if qb == nqb:
+                qb = 0
+                h += 1
+            continue
+        bulk_wait_read()
         # barrier 2
         for wg in range(2):
             mma_commit(wg, gemm_dq(wg))
             mma_wait(wg, 0)
-            S = wgs[wg]
-            dq = S["dq"]
-            if dq_bulk:
-                store_dq_tile(wg, dq)
-                continue
-            for tt in range(128):
-                t = T_OF[tt]
-                odd = t & 1
-                partner = tt ^ 1
-                qrow = m0 + W_OF[tt] * 16 + G_OF[tt] + (8 if odd else 0)
-                col0 = S["dq_col0"] + 4 * (t // 2)
-                assert col0 % 4 == 0
-                for j in range(dq_n // 8):
-                    pd = dq[partner]
-                    recv = (pd[4 * j + 2], pd[4 * j + 3]) if odd else (pd[4 * j], pd[4 * j + 1])
-                    # the partner (opposite parity) sends what this lane lacks
-                    if odd:
-                        v = (recv[0], recv[1], dq[tt, 4 * j + 2], dq[tt, 4 * j + 3])
-                    else:
-                        v = (dq[tt, 4 * j], dq[tt, 4 * j + 1], recv[0], recv[1])
-                    if qrow < nq:
-                        rowi = dq_base + qh * lse_head + qrow
-                        dq_accum[rowi, col0 + j * 8: col0 + j * 8 + 4] += np.array(v) * P.scale
-        if dq_bulk:
-            pend["row"] = dq_base + qh * lse_head + m0
-            pend["rows"] = min(BM, nq - m0)
+            store_dq_tile(wg, wgs[wg]["dq"])
+        pend["row"] = dq_base + qh * lse_head + m0
+        pend["rows"] = min(BM, nq - m0)
         qb += 1
         if qb == nqb:
             qb = 0
             h += 1
     cp_wait(0)
-    if dq_bulk and n_iter > 0:
+    if with_dq and n_iter > 0:
         issue_dq_bulk()  # after a CTA barrier: the last block's tile
         bulk_wait_read()  # wait_group 0
     assert not bulk_groups
@@ -626,7 +602,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, split
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, split_keys=False, dq_bulk=False, dv_early=0):
+             reads_at_wait, gain=1.0, with_dq=True):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -639,7 +615,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
             emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait, split_keys, dq_bulk=dq_bulk, dv_early=dv_early)
+                        reads_at_wait, with_dq)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -655,15 +631,22 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
             qrow, qh, b = rid % P.Nq, (rid // P.Nq) % P.Hq, rid // (P.Nq * P.Hq)
             dq[b * P.Nq + qrow, qh] = out["dq_accum"][rid]
     errs = []
-    for name, got, ref in (("dQ", dq, P.dq), ("dK", out["dk"], P.dk), ("dV", out["dv"], P.dv)):
+    if with_dq:
+        checks = (("dQ", dq, P.dq), ("dK", out["dk"], P.dk), ("dV", out["dv"], P.dv))
+    else:
+        # kDq = false leaves dQ to flash_bwd_dq_kernel: the workspace must stay untouched
+        assert not out["dq_accum"].any(), "kDq = false wrote dq_accum"
+        errs.append(0.0)
+        checks = (("dK", out["dk"], P.dk), ("dV", out["dv"], P.dv))
+    for name, got, ref in checks:
         assert not np.isnan(got).any(), f"{name}: unwritten elements"
         errs.append(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
     print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
           f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
-          f"{' wgmmak' if split_keys else ''}"
-          f"{(' wgmma2' if dv_early else ' wgmmab') if dq_bulk else ''}: "
-          f"rel err dQ {errs[0]:.1e} dK {errs[1]:.1e} dV {errs[2]:.1e}", flush=True)
+          f"{'' if with_dq else ' kDq=false'}: "
+          f"rel err dQ {errs[0]:.1e}{'' if with_dq else ' (not computed)'} dK {errs[1]:.1e} "
+          f"dV {errs[2]:.1e}", flush=True)
     assert max(errs) < 1e-12, errs
 
 
@@ -688,14 +671,8 @@ if __name__ == "__main__":
         cases = cases[:3]
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
-            # wgmma (dQ split over its columns), and at D = 64 wgmmak (split over the keys)
-            # and wgmmab (the column split, dQ by bulk reduce-adds from a shared tile), wgmma2
-            # (wgmmab with dV's first 4 (D = 64) / 3 (D = 128) k-steps issued early)
-            combos = [(False, False, 0), (False, True, 0), (False, True, 4 if D == 64 else 3)]
-            if D == 64:
-                combos += [(True, False, 0)]
-            for split_keys, bulk, early in combos:
+            # kDq = true (the default scheme) and false (deterministic: dK / dV only)
+            for with_dq in (True, False):
                 run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
-                         gain=2.0 if i % 2 else 1.0, split_keys=split_keys, dq_bulk=bulk,
-                         dv_early=early)
+                         gain=2.0 if i % 2 else 1.0, with_dq=with_dq)
     print("ALL OK")

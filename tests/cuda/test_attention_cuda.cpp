@@ -362,8 +362,42 @@ TEST(CudaBackward, DkDvHeadSplitsMatchReference) {
   unsetenv("SQA_CUDA_BWD_SPLITS");
 }
 
-// The default scheme (above) adds dQ with atomics; the deterministic one runs a separate dQ
-// kernel. It must match the reference on every kind of layout and repeat bit for bit.
+// The deterministic scheme on a dense case: runs the backward twice, each time on outputs
+// poisoned as the harness poisons them (so a run that skipped an element cannot inherit the
+// other run's value); `repeats` says whether dQ, dK and dV came out bit-identical.
+testing::CheckResult check_deterministic_backward(const testing::HarnessCase& c, bool& repeats) {
+  return testing::check_backward(c, [&](const AttentionBackwardParams& host) {
+    AttentionBackwardParams g = host;
+    g.deterministic = true;
+    const AttentionParams& f = g.forward;
+    const HeadLayout& heads = f.spec.heads;
+    const int64_t d = f.spec.head_dim, esize = dtype_size(f.dtype);
+    void* const outs[3] = {g.dq, g.dk, g.dv};
+    const int64_t bytes[3] = {
+        extent(g.dq_strides, f.batch, f.seqlen_q, heads.num_query_heads, d) * esize,
+        extent(g.dk_strides, f.batch, f.seqlen_k, heads.num_kv_heads, d) * esize,
+        extent(g.dv_strides, f.batch, f.seqlen_k, heads.num_kv_heads, d) * esize};
+    auto snapshot = [&](int i) {
+      const auto* p = static_cast<const unsigned char*>(outs[i]);
+      return std::vector<unsigned char>(p, p + bytes[i]);
+    };
+    std::vector<unsigned char> poisoned[3], first[3];
+    for (int i = 0; i < 3; ++i) poisoned[i] = snapshot(i);
+    cuda_backward_via_host(g);
+    for (int i = 0; i < 3; ++i) {
+      first[i] = snapshot(i);
+      std::copy(poisoned[i].begin(), poisoned[i].end(), static_cast<unsigned char*>(outs[i]));
+    }
+    cuda_backward_via_host(g);
+    repeats = true;
+    for (int i = 0; i < 3; ++i) repeats = repeats && snapshot(i) == first[i];
+  });
+}
+
+// The default scheme (above) adds dQ with atomics; the deterministic one runs dK/dV without dQ
+// (at D = 64 and 128 the wgmma kernel, flash_bwd_wgmma.cuh with kDq = false; elsewhere the
+// mma.sync one) and then a separate dQ kernel. It must match the reference on every kind of
+// layout (the grouped ones with dK/dV head splits, summed in order) and repeat bit for bit.
 TEST(CudaBackward, DeterministicSchemeMatchesReferenceAndRepeatsExactly) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 91;
@@ -377,26 +411,8 @@ TEST(CudaBackward, DeterministicSchemeMatchesReferenceAndRepeatsExactly) {
         c.seqlen_q = testing::small_scale() ? 130 : 260;
         c.seqlen_k = c.seqlen_q + (seed % 3) * 29;
         c.seed = seed++;
-        bool repeats = true;
-        const testing::CheckResult r =
-            testing::check_backward(c, [&](const AttentionBackwardParams& host) {
-              AttentionBackwardParams g = host;
-              g.deterministic = true;
-              const AttentionParams& f = g.forward;
-              const HeadLayout& heads = f.spec.heads;
-              const int64_t esize = dtype_size(f.dtype);
-              const int64_t dq_bytes =
-                  extent(g.dq_strides, f.batch, f.seqlen_q, heads.num_query_heads, d) * esize;
-              const int64_t dk_bytes =
-                  extent(g.dk_strides, f.batch, f.seqlen_k, heads.num_kv_heads, d) * esize;
-              cuda_backward_via_host(g);
-              const auto* dq = static_cast<const unsigned char*>(g.dq);
-              const auto* dk = static_cast<const unsigned char*>(g.dk);
-              const std::vector<unsigned char> dq1(dq, dq + dq_bytes), dk1(dk, dk + dk_bytes);
-              cuda_backward_via_host(g);
-              repeats =
-                  std::equal(dq1.begin(), dq1.end(), dq) && std::equal(dk1.begin(), dk1.end(), dk);
-            });
+        bool repeats = false;
+        const testing::CheckResult r = check_deterministic_backward(c, repeats);
         EXPECT_TRUE(r.ok) << r.message;
         EXPECT_TRUE(repeats) << "deterministic backward differs between two runs, d = " << d;
       }
@@ -440,13 +456,14 @@ TEST(CudaBackward, RegisterCapVariantsMatchReference) {
   unsetenv("SQA_CUDA_BWD");
 }
 
-// SQA_CUDA_BWD=wgmma (and wgmmak, wgmma2, wgmmab): the Hopper warpgroup-MMA dK/dV kernel
-// (flash_bwd_wgmma.cuh) at D = 64 and 128 with atomic dQ: 128-key CTAs of two warpgroups, 64-row
-// query blocks, dQ by both warpgroups from a shared dS^T tile. Lengths that are not multiples of
-// either tile, every layout (incl. rSQA and MQA) with every mask kind, both dtypes, padding, varlen
-// (the random sweep, with empty sequences), N_q != N_k both ways (rows that see no key), one key,
-// the head splits (none, uneven, the automatic choice), and the deterministic scheme, which keeps
-// the mma.sync kernels (fallback).
+// SQA_CUDA_BWD=wgmma (the default at D = 64 and 128): the Hopper warpgroup-MMA dK/dV kernel
+// (flash_bwd_wgmma.cuh): 128-key CTAs of two warpgroups, 64-row query blocks, dQ by both
+// warpgroups from a shared dS^T tile, added by bulk reduce-adds. Lengths that are not multiples
+// of either tile, every layout (incl. rSQA and MQA) with every mask kind, both dtypes, padding,
+// varlen (the random sweep, with empty sequences), N_q != N_k both ways (rows that see no key),
+// one key, the head splits (none, uneven, the automatic choice), and the deterministic scheme
+// (the kernel without dQ, then the dQ kernel): layouts, masks, padding and splits, each run
+// twice and compared bit for bit.
 void check_wgmma_backward(const char* variant, const std::vector<int>& head_dims) {
   setenv("SQA_CUDA_BWD", variant, 1);
   const std::string label = std::string("SQA_CUDA_BWD=") + variant;
@@ -509,44 +526,35 @@ void check_wgmma_backward(const char* variant, const std::vector<int>& head_dims
       }
     }
   }
-  unsetenv("SQA_CUDA_BWD_SPLITS");
-  for (int d : head_dims) {
-    testing::HarnessCase c;
-    c.spec = make_spec(Variant::gqa, 8, d, Window::causal());
-    c.dtype = DType::bf16;
-    c.batch = 2;
-    c.seqlen_q = c.seqlen_k = 200;
-    c.seed = seed++;
-    const testing::CheckResult r =
-        testing::check_backward(c, [&](const AttentionBackwardParams& host) {
-          AttentionBackwardParams g = host;
-          g.deterministic = true;
-          cuda_backward_via_host(g);
-        });
-    EXPECT_TRUE(r.ok) << label << ", deterministic (fallback): " << r.message;
+  for (const char* cap : {"1", "3", ""}) {
+    setenv("SQA_CUDA_BWD_SPLITS", cap, 1);
+    for (Variant v : {Variant::mqa, Variant::gqa, Variant::sqa, Variant::rsqa}) {
+      for (int d : head_dims) {
+        const Window windows[] = {Window::none(), Window::causal(), Window{37, 5}};
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 16, d, windows[seed % 3]);
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = testing::small_scale() ? 150 : 200;
+        c.seqlen_k = c.seqlen_q + (seed % 3) * 29;
+        c.padding = (seed % 2 == 0) ? 8 : 0;
+        c.seed = seed++;
+        bool repeats = false;
+        const testing::CheckResult r = check_deterministic_backward(c, repeats);
+        EXPECT_TRUE(r.ok) << label << ", deterministic, SQA_CUDA_BWD_SPLITS=" << cap << ": "
+                          << r.message;
+        EXPECT_TRUE(repeats) << label << ", deterministic, SQA_CUDA_BWD_SPLITS=" << cap
+                             << ": differs between two runs, d = " << d;
+      }
+    }
   }
+  unsetenv("SQA_CUDA_BWD_SPLITS");
   unsetenv("SQA_CUDA_BWD");
 }
 
 TEST(CudaBackward, WgmmaMatchesReference) {
   SKIP_WITHOUT_GPU();
   check_wgmma_backward("wgmma", {64, 128});
-}
-
-// wgmma2: dQ through a shared fp32 tile and bulk reduce-adds (one per row, issued at the next
-// step's barrier 1 or after the loop) instead of atomics, and dV issued before the wait for
-// dP^T; wgmmab: the bulk dQ alone.
-TEST(CudaBackward, WgmmaBulkDqMatchesReference) {
-  SKIP_WITHOUT_GPU();
-  check_wgmma_backward("wgmma2", {64, 128});
-  check_wgmma_backward("wgmmab", {64, 128});
-}
-
-// wgmmak: dQ split over the keys at D = 64 (each warpgroup adds its own keys' dQ; no B operand
-// starting inside a swizzle atom row). At D = 128 it is wgmma.
-TEST(CudaBackward, WgmmaKeySplitDqMatchesReference) {
-  SKIP_WITHOUT_GPU();
-  check_wgmma_backward("wgmmak", {64});
 }
 
 TEST(CudaBackward, SanitizerSmoke) {
@@ -627,17 +635,25 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
   setenv("SQA_CUDA_BWD", "fast", 1);
   expect_error([] { cuda::detail::bwd_variant(); },
-               {"SQA_CUDA_BWD (fast)", "base, occ, occ2, wgmma, wgmmak, wgmma2 or wgmmab"});
+               {"SQA_CUDA_BWD (fast)", "base, occ, occ2 or wgmma"});
+  // The removed variant names are errors now.
+  for (const char* gone : {"wgmmak", "wgmma2", "wgmmab"}) {
+    setenv("SQA_CUDA_BWD", gone, 1);
+    expect_error([] { cuda::detail::bwd_variant(); },
+                 {std::string("SQA_CUDA_BWD (") + gone + ")", "base, occ, occ2 or wgmma"});
+  }
   setenv("SQA_CUDA_BWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
-  setenv("SQA_CUDA_BWD", "wgmmak", 1);
-  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmak);
-  setenv("SQA_CUDA_BWD", "wgmma2", 1);
-  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma2);
-  setenv("SQA_CUDA_BWD", "wgmmab", 1);
-  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmab);
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
+  setenv("SQA_CUDA_BWD", "occ", 1);
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(64));
   unsetenv("SQA_CUDA_BWD");
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::automatic);
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));  // the default at D = 64 and 128
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(16));
 }
 
 TEST(CudaValidation, BackwardRejectsHeadDim256) {

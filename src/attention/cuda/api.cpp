@@ -52,11 +52,14 @@ BwdVariant bwd_variant() {
   if (m == "occ") return BwdVariant::occ;
   if (m == "occ2") return BwdVariant::occ2;
   if (m == "wgmma") return BwdVariant::wgmma;
-  if (m == "wgmmak") return BwdVariant::wgmmak;
-  if (m == "wgmma2") return BwdVariant::wgmma2;
-  if (m == "wgmmab") return BwdVariant::wgmmab;
-  throw Error(sqa::detail::concat(
-      "SQA_CUDA_BWD (", m, ") must be base, occ, occ2, wgmma, wgmmak, wgmma2 or wgmmab, or unset"));
+  throw Error(
+      sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base, occ, occ2 or wgmma, or unset"));
+}
+
+bool bwd_dkdv_wgmma(int head_dim) {
+  const BwdVariant variant = bwd_variant();
+  return (head_dim == 64 || head_dim == 128) &&
+         (variant == BwdVariant::automatic || variant == BwdVariant::wgmma);
 }
 
 namespace {
@@ -77,10 +80,11 @@ int multiprocessor_count() {
 
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
 // one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
-// kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128 with atomic
-// dQ; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
-// and A/B runs can take either path.
-int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
+// kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128, both
+// schemes; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
+// and A/B runs can take either path. The splits are summed in a fixed order, so the
+// deterministic scheme uses them too.
+int dkdv_splits(const FwdKernelParams& p, int head_dim) {
   if (p.reverse || p.group_size <= 1) return 1;
   int64_t cap = p.group_size;
   if (const char* env = std::getenv("SQA_CUDA_BWD_SPLITS"); env != nullptr && *env != '\0') {
@@ -92,11 +96,7 @@ int dkdv_splits(const FwdKernelParams& p, int head_dim, bool deterministic) {
     }
     cap = std::min<int64_t>(cap, v);
   }
-  const BwdVariant variant = bwd_variant();
-  const bool wgmma = !deterministic && (head_dim == 64 || head_dim == 128) &&
-                     (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
-                      variant == BwdVariant::wgmmak || variant == BwdVariant::wgmma2 ||
-                      variant == BwdVariant::wgmmab);
+  const bool wgmma = bwd_dkdv_wgmma(head_dim);
   const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwdTile::BN, BwdDkDvTile::BN
   const int64_t per_sm = wgmma ? 1 : 3;
   const int64_t ctas = (p.seqlen_k + key_block - 1) / key_block * p.num_kv_heads * p.batch;
@@ -365,7 +365,7 @@ void attention_backward(const AttentionBackwardParams& params) {
   // dQ with fp32 atomics into a workspace of (rows / H_attn) * H_q rows of head_dim floats.
   g.deterministic = params.deterministic ? 1 : 0;
   g.dq_rows = g.deterministic ? 0 : rows / g.fwd.num_attention_heads * g.fwd.num_query_heads;
-  g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd, spec.head_dim, params.deterministic);
+  g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd, spec.head_dim);
   const size_t dkdv_floats = g.dkdv_splits > 1
                                  ? static_cast<size_t>(g.dkdv_splits) * f.batch *
                                        g.fwd.num_kv_heads * f.seqlen_k * 2 * spec.head_dim

@@ -79,6 +79,39 @@ __global__ void __launch_bounds__(256) flash_bwd_dsum_kernel(const BwdKernelPara
   if (rid < g.lse_rows && part == 0) g.dsum[rid] = sum;
 }
 
+// Per-sequence row bases of a dK/dV CTA (both dK/dV kernels), fixed before the loop so a step
+// adds only head and row offsets: the lse / D row of (head h, query q) is
+// lse_base + h * lse_head + q (lse_row), and the fp32 dQ workspace, dense (B, H_q, N_q) or varlen
+// (H_q, total_q) with D floats a row, has row dq_base + qh * lse_head + q for (query head qh, q).
+struct BwdRowBases {
+  int64_t lse_head, lse_base, dq_base;
+  __device__ __forceinline__ int64_t lse(int h, int q) const { return lse_base + h * lse_head + q; }
+  __device__ __forceinline__ int64_t dq(int qh, int q) const { return dq_base + qh * lse_head + q; }
+};
+__device__ __forceinline__ BwdRowBases bwd_row_bases(const FwdKernelParams& p, const SeqSpan& s,
+                                                     int b) {
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  BwdRowBases r;
+  r.lse_head = varlen ? s.total_q : p.seqlen_q;
+  r.lse_base = varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_attention_heads * p.seqlen_q;
+  r.dq_base = varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_query_heads * p.seqlen_q;
+  return r;
+}
+
+// Sequence b's rows of Q (query head qh) and dO (attention head h), for a dK/dV query block.
+template <typename T>
+struct BwdQdOBases {
+  const T* q;
+  const T* dout;
+};
+template <typename T>
+__device__ __forceinline__ BwdQdOBases<T> bwd_q_do_bases(const BwdKernelParams& g, const SeqSpan& s,
+                                                         int b, int qh, int h) {
+  const FwdKernelParams& p = g.fwd;
+  return {static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head,
+          static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head};
+}
+
 template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
 struct BwdDkDvTile {
   static constexpr int kThreads = kNWarps * 32;
@@ -165,25 +198,12 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
 
   // Step it works on head h_first + it / nqb and query block qb_begin + it % nqb; both are
   // tracked by counters (a division by the runtime nqb costs ~20 integer instructions a step).
-  // Per-sequence bases are fixed here, so a step adds only head and row offsets: the lse / D
-  // row of (head h, query q) is lse_base + h * lse_head + q (lse_row), and the fp32 dQ
-  // workspace, dense (B, H_q, N_q) or varlen (H_q, total_q) with D floats a row, has row
-  // dq_base + qh * lse_head + q for (query head qh, q).
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t lse_head = varlen ? s.total_q : p.seqlen_q;
-  const int64_t lse_base =
-      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_attention_heads * p.seqlen_q;
-  const int64_t dq_base =
-      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_query_heads * p.seqlen_q;
+  const BwdRowBases rows = bwd_row_bases(p, s, b);
   auto load_q_block = [&](int stage, int h, int m0) {
-    const int qh = p.reverse ? rsqa_qh : h;
-    const T* q_base =
-        static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
-    const T* do_base =
-        static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
-    load_tile<T, D, BM, kThreads>(sQ + stage * BM * kStride, q_base, p.q_row, m0, s.nq, tid);
-    load_tile<T, D, BM, kThreads>(sdO + stage * BM * kStride, do_base, g.do_row, m0, s.nq, tid);
-    const int64_t lse0 = lse_base + h * lse_head + m0;
+    const BwdQdOBases<T> base = bwd_q_do_bases<T>(g, s, b, p.reverse ? rsqa_qh : h, h);
+    load_tile<T, D, BM, kThreads>(sQ + stage * BM * kStride, base.q, p.q_row, m0, s.nq, tid);
+    load_tile<T, D, BM, kThreads>(sdO + stage * BM * kStride, base.dout, g.do_row, m0, s.nq, tid);
+    const int64_t lse0 = rows.lse(h, m0);
 #pragma unroll
     for (int i0 = 0; i0 < BM; i0 += kThreads) {
       const int i = i0 + tid;
@@ -369,7 +389,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
       for (int r = 0; r < 2; ++r) {
         const int q = m0 + row_tile * 16 + g4 + 8 * r;
         if (q >= s.nq) continue;
-        float* dst = g.dq_accum + (dq_base + qh * lse_head + q) * D + dim0 + 2 * t;
+        float* dst = g.dq_accum + rows.dq(qh, q) * D + dim0 + 2 * t;
 #pragma unroll
         for (int dt = 0; dt < kDqT; ++dt) {
           // No return value: compiles to a fire-and-forget vector reduction (RED.E.ADD.F32x2).

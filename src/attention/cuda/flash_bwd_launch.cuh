@@ -19,8 +19,27 @@ void set_smem_limit(Kernel* kernel, int smem) {
   }
 }
 
-// Tile shapes: dK/dV keeps K and V fragments in registers up to D = 32 and takes 32 query rows
-// per step at D = 128 (register file); dQ takes 32 keys per step at D = 128 for the same reason.
+// One dK/dV kernel launch: grid (key blocks of bn keys x KV heads x head splits, batch).
+template <typename Kernel>
+void launch_dkdv(Kernel* kernel, int bn, int threads, int smem, const BwdKernelParams& g,
+                 cudaStream_t stream) {
+  const FwdKernelParams& p = g.fwd;
+  set_smem_limit(kernel, smem);
+  const int64_t n_blocks = (p.seqlen_k + bn - 1) / bn;
+  const dim3 grid(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1, p.batch);
+  kernel<<<grid, threads, smem, stream>>>(g);
+  check_cuda(cudaGetLastError(), "dK/dV kernel launch");
+}
+
+// The kernels of one backward, in order: dsum; dK/dV (with atomic dQ also adding dQ into the
+// fp32 workspace); the split reduce (dK/dV head splits); then the dQ convert (atomic dQ) or the
+// dQ kernel (deterministic).
+// dK/dV kernel: the Hopper warpgroup-MMA one (flash_bwd_wgmma.cuh) at D = 64 and 128 unless
+// SQA_CUDA_BWD names an mma.sync variant (bwd_dkdv_wgmma; H200: fwd+bwd 0.82-0.85x cuDNN at
+// D = 64, 0.78-0.83x at D = 128, the mma.sync kernel 0.42-0.60x; see flash_bwd_wgmma.cuh), with
+// dQ (kDq) or, deterministic, without; elsewhere flash_bwd_dkdv_kernel (mma.sync), whose tile
+// keeps K and V fragments in registers up to D = 32 and takes 32 query rows per step at D = 128
+// (register file); the dQ kernel takes 32 keys per step at D = 128 for the same reason.
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;
@@ -37,86 +56,54 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
     check_cuda(cudaGetLastError(), "flash_bwd_dsum_kernel launch");
   }
 
-  constexpr int kBM = D <= 64 ? 64 : 32;
-  constexpr bool kKVInRegs = D <= 32;
-  // dK/dV register caps (CTAs per SM, SQA_CUDA_BWD): base 3 at D = 16 and none above; occ (the
-  // default) 4 at D = 16 (128 registers, ~40 bytes of spills) and 3 at D = 32 (166 registers,
-  // no spills; uncapped the atomic kernel takes 240 and fits 2): +7-10% fwd+bwd at 32k causal
-  // (run 15); occ2 5 at D = 16 (96 registers, ~80 bytes of spills) and 4 at D = 32 (128, ~56).
-  const BwdVariant variant = bwd_variant();
-  auto launch_dkdv = [&](auto atomic_tag) {
-    constexpr bool kAtomic = decltype(atomic_tag)::value;
-    using DkDv = BwdDkDvTile<T, D, kBM, 4, kKVInRegs, kAtomic>;
-    constexpr int kBaseBlocks = D <= 16 ? 3 : 1;
-    constexpr int kOccBlocks = D <= 16 ? 4 : D <= 32 ? 3 : 1;
-    constexpr int kOcc2Blocks = D <= 16 ? 5 : D <= 32 ? 4 : 1;
-    auto* dkdv = variant == BwdVariant::base
-                     ? &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic, kBaseBlocks>
-                 : variant == BwdVariant::occ2
-                     ? &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic, kOcc2Blocks>
-                     : &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic, kOccBlocks>;
-    set_smem_limit(dkdv, DkDv::kSmemBytes);
-    const int64_t n_blocks = (p.seqlen_k + DkDv::BN - 1) / DkDv::BN;
-    const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
-                       p.batch);
-    dkdv<<<grid_kv, DkDv::kThreads, DkDv::kSmemBytes, stream>>>(g);
-    check_cuda(cudaGetLastError(), "flash_bwd_dkdv_kernel launch");
-    if (g.dkdv_splits > 1) {
-      const int64_t threads =
-          static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k * (2 * D / 8);
-      flash_bwd_dkdv_reduce_kernel<T>
-          <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, D);
-      check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
-    }
-  };
-  // The Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh): the default at D = 64 and 128
-  // with atomic dQ (SQA_CUDA_BWD unset or wgmma; H200, 2026-11-29: fwd+bwd 0.75-0.80x cuDNN
-  // against 0.42-0.60x with the mma.sync kernel, bench/results/2026-11-29-h200-bwd-wgmma/), and
-  // its variants wgmmak / wgmma2 / wgmmab. Other head dims, deterministic mode and
-  // SQA_CUDA_BWD=base / occ / occ2 take the mma.sync kernels below.
+  bool wgmma = false;
   if constexpr (D == 64 || D == 128) {
-    if (atomic_dq && (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
-                      variant == BwdVariant::wgmmak || variant == BwdVariant::wgmma2 ||
-                      variant == BwdVariant::wgmmab)) {
+    wgmma = bwd_dkdv_wgmma(D);
+    if (wgmma) {
+      auto* dkdv = atomic_dq ? &flash_bwd_dkdv_wgmma_kernel<T, D, true>
+                             : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
       using Wg = WgmmaBwdTile<T, D>;
-      // wgmmak: dQ split over the keys (D = 64; at D = 128 the same kernel as wgmma). wgmma2: dQ
-      // through a shared tile and bulk reduce-adds (kDqBulk; more shared memory) and dV issued
-      // before the wait for dP^T (kDvEarly: all 4 k-steps at D = 64, 3 at D = 128, where 4 spill);
-      // wgmmab: kDqBulk alone.
-      const bool bulk = variant == BwdVariant::wgmma2 || variant == BwdVariant::wgmmab;
-      constexpr int kDvEarly = D == 64 ? 4 : 3;
-      auto* dkdv =
-          variant == BwdVariant::wgmma2 ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true, kDvEarly>
-          : variant == BwdVariant::wgmmab ? &flash_bwd_dkdv_wgmma_kernel<T, D, false, true>
-          : D == 64 && variant == BwdVariant::wgmmak ? &flash_bwd_dkdv_wgmma_kernel<T, D, D == 64>
-                                                     : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
-      const int smem_bytes = bulk ? WgmmaBwdTile<T, D, true>::kSmemBytes : Wg::kSmemBytes;
-      check_cuda(
-          cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),
-          "cudaFuncSetAttribute(flash_bwd_dkdv_wgmma_kernel, max dynamic shared memory)");
-      const int64_t n_blocks = (p.seqlen_k + Wg::BN - 1) / Wg::BN;
-      const dim3 grid_kv(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
-                         p.batch);
-      dkdv<<<grid_kv, Wg::kThreads, smem_bytes, stream>>>(g);
-      check_cuda(cudaGetLastError(), "flash_bwd_dkdv_wgmma_kernel launch");
-      if (g.dkdv_splits > 1) {
-        const int64_t threads =
-            static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k * (2 * D / 8);
-        flash_bwd_dkdv_reduce_kernel<T>
-            <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, D);
-        check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
-      }
-      if (g.dq_rows > 0) {
-        const int64_t threads = g.dq_rows * (D / 8);
-        flash_bwd_dq_convert_kernel<T>
-            <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, g.dq_rows, D);
-        check_cuda(cudaGetLastError(), "flash_bwd_dq_convert_kernel launch");
-      }
-      return;
+      const int smem = atomic_dq ? Wg::kSmemBytes : WgmmaBwdTile<T, D, false>::kSmemBytes;
+      launch_dkdv(dkdv, Wg::BN, Wg::kThreads, smem, g, stream);
     }
   }
+  if (!wgmma) {
+    constexpr int kBM = D <= 64 ? 64 : 32;
+    constexpr bool kKVInRegs = D <= 32;
+    // dK/dV register caps (CTAs per SM, SQA_CUDA_BWD): base 3 at D = 16 and none above; occ
+    // (the default) 4 at D = 16 (128 registers, ~40 bytes of spills) and 3 at D = 32 (166
+    // registers, no spills; uncapped the atomic kernel takes 240 and fits 2): +7-10% fwd+bwd at
+    // 32k causal (run 15); occ2 5 at D = 16 (96 registers, ~80 bytes of spills) and 4 at D = 32
+    // (128, ~56).
+    const BwdVariant variant = bwd_variant();
+    auto launch_mma = [&](auto atomic_tag) {
+      constexpr bool kAtomic = decltype(atomic_tag)::value;
+      using DkDv = BwdDkDvTile<T, D, kBM, 4, kKVInRegs, kAtomic>;
+      constexpr int kBaseBlocks = D <= 16 ? 3 : 1;
+      constexpr int kOccBlocks = D <= 16 ? 4 : D <= 32 ? 3 : 1;
+      constexpr int kOcc2Blocks = D <= 16 ? 5 : D <= 32 ? 4 : 1;
+      auto* dkdv = variant == BwdVariant::base
+                       ? &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic, kBaseBlocks>
+                   : variant == BwdVariant::occ2
+                       ? &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic, kOcc2Blocks>
+                       : &flash_bwd_dkdv_kernel<T, D, kBM, 4, kKVInRegs, kAtomic, kOccBlocks>;
+      launch_dkdv(dkdv, DkDv::BN, DkDv::kThreads, DkDv::kSmemBytes, g, stream);
+    };
+    if (atomic_dq) {
+      launch_mma(std::true_type{});
+    } else {
+      launch_mma(std::false_type{});
+    }
+  }
+  if (g.dkdv_splits > 1) {
+    const int64_t threads =
+        static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k * (2 * D / 8);
+    flash_bwd_dkdv_reduce_kernel<T>
+        <<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(g, D);
+    check_cuda(cudaGetLastError(), "flash_bwd_dkdv_reduce_kernel launch");
+  }
+
   if (atomic_dq) {
-    launch_dkdv(std::true_type{});
     if (g.dq_rows > 0) {
       const int64_t threads = g.dq_rows * (D / 8);
       flash_bwd_dq_convert_kernel<T>
@@ -125,8 +112,6 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
     }
     return;
   }
-  launch_dkdv(std::false_type{});
-
   constexpr int kBN = D <= 64 ? 64 : 32;
   using Dq = BwdDqTile<T, D, kBN, 4>;
   auto* dq = &flash_bwd_dq_kernel<T, D, kBN, 4>;

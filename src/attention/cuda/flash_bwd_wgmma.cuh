@@ -1,13 +1,18 @@
 // Hopper (sm_90a) backward dK/dV kernel with warpgroup MMA (wgmma.mma_async), FlashAttention-3
-// style, for head_dim 64 and 128 in the atomic-dQ scheme (SQA_CUDA_BWD=wgmma; not the default).
-// It replaces flash_bwd_dkdv_kernel (flash_bwd_kernel.cuh, mma.sync) and keeps its semantics
-// exactly: the same grid (key block, KV head, head split), the same loop over the query heads of
-// the KV head's group (rSQA: one attention head reading query head kv_head % H_q) and the query
-// blocks that see the CTA's keys, the same masks (causal / sliding window, bottom-right aligned,
-// N_q != N_k, varlen), the same numerics (P = exp2(scale_log2 S - lse log2 e) in fp32,
+// style, for head_dim 64 and 128: the default backward there (SQA_CUDA_BWD unset or wgmma), in
+// both schemes. It replaces flash_bwd_dkdv_kernel (flash_bwd_kernel.cuh, mma.sync) and keeps its
+// semantics exactly: the same grid (key block, KV head, head split), the same loop over the query
+// heads of the KV head's group (rSQA: one attention head reading query head kv_head % H_q) and
+// the query blocks that see the CTA's keys, the same masks (causal / sliding window, bottom-right
+// aligned, N_q != N_k, varlen), the same numerics (P = exp2(scale_log2 S - lse log2 e) in fp32,
 // dS = P (dP - D) in fp32, rounded to 16 bits for dK and dQ, dK scaled once at the end, dQ
-// scaled before its fp32 atomics into dq_accum), and the same outputs (dK / dV, or fp32 partial
-// rows per head split). The dsum, dQ-convert and split-reduce kernels are shared.
+// scaled before it is added into dq_accum), and the same outputs (dK / dV, or fp32 partial rows
+// per head split). The dsum, dQ-convert, split-reduce and (deterministic) dQ kernels are shared.
+//   kDq = true (the default scheme): the CTA also adds dQ += scale dS K for its keys into the
+// fp32 workspace dq_accum (bulk reduce-adds; their order varies from run to run).
+//   kDq = false (deterministic): dK and dV only; flash_bwd_dq_kernel computes dQ after it. Every
+// dK / dV element is computed by one CTA in a fixed order (and the head splits are summed in
+// order by flash_bwd_dkdv_reduce_kernel), so the result repeats bit for bit.
 //
 // Design (why it is what it is)
 //   CTA = 2 warpgroups (256 threads) and BN = 128 keys; warpgroup w owns keys 64 w .. 64 w + 63,
@@ -21,18 +26,21 @@
 //                         a query is an accumulator column, so lse and D are per column);
 //     dV  += P^T dO       m64nDk16, A = P^T from registers (the S^T accumulators rounded to 16 bits
 //                         are the A fragments, as P in the forward's O += P V), B = dO from
-//                         shared memory MN-major (the forward's V operand);
+//                         shared memory MN-major (the forward's V operand); the first kDvEarly
+//                         of its 4 k-steps (4 at D = 64, 3 at D = 128) are issued as soon as
+//                         their P^T fragments are packed, before the wait for dP^T, so the
+//                         tensor cores run them while the warps compute dS^T (FA3's order);
 //     dK  += dS^T Q       the same with dS^T and Q;
-//     dQ   = dS K         M = the 64 queries, K = the CTA's 128 keys, so it needs both warpgroups'
-//                         dS^T: each stores its dS^T (16-bit) to one shared [128 keys][64
-//                         queries] tile, and after a CTA barrier warpgroup w computes dQ's
-//                         columns w D / 2 .. (w + 1) D / 2 - 1 (m64n(D / 2)k16 over 8 k-steps),
-//                         A = dS read MN-major (the dS^T tile as stored) and B = K read MN-major
-//                         (the K tile as stored, the same bytes as S^T's K-major A). Splitting N
-//                         rather than the keys halves the atomics (each dQ element is added once
-//                         per CTA, not once per warpgroup); then 16-byte fp32 atomics
-//                         (RED.ADD.F32x4: lanes 2i and 2i + 1 swap halves so that each holds 4
-//                         consecutive columns of one row) into dq_accum.
+//     dQ   = dS K         (kDq) M = the 64 queries, K = the CTA's 128 keys, so it needs both
+//                         warpgroups' dS^T: each stores its dS^T (16-bit) to one shared [128
+//                         keys][64 queries] tile, and after a CTA barrier warpgroup w computes
+//                         dQ's columns w D / 2 .. (w + 1) D / 2 - 1 (m64n(D / 2)k16 over 8
+//                         k-steps), A = dS read MN-major (the dS^T tile as stored) and B = K read
+//                         MN-major (the K tile as stored, the same bytes as S^T's K-major A).
+//                         Splitting N rather than the keys adds each dQ element once per CTA.
+//                         The scaled dQ goes to an fp32 shared tile and from there to dq_accum
+//                         by bulk reduce-adds (cp.reduce.async.bulk, one per row, issued at the
+//                         next step), so the warps never wait for global atomics.
 //   The transposes are free: S^T (keys as M) makes P^T and dS^T the register A operands of dV and
 //   dK (no shared-memory round trip for them), and wgmma's transpose bits read Q, dO, K and dS^T
 //   in their stored (row-major) form. Only dS^T goes through shared memory, as in every FA
@@ -40,32 +48,45 @@
 //   Tiles: BM = 64 keeps S^T and dP^T at 32 registers each; with dK and dV (D registers per
 //   thread) the live set peaks at ~200 values at D = 128, so the CTA is 1 per SM and the register
 //   file holds two warpgroups (FA3 uses the same 64 x 128 tile at D = 128, with a third, producer
-//   warpgroup and setmaxnreg, not done here). ptxas (CUDA 13, sm_90a): D = 64 233 registers,
-//   D = 128 254, no spills, no stack (the dS^T store and the fragment packs run one k-step at a
-//   time and the mask uses selects, not branches; a per-element branch mask and separate store
-//   and pack passes had 8 bytes of spills at D = 128); wgmmak (D = 64) 227.
-//   Shared memory: K, V 16 / 32 KB each, Q and dO 3 x 8 / 16 KB each, dS^T 16 KB, lse and D
-//   3 x 256 B each, + 1 KB alignment: 98.5 KB at D = 64, 178.5 KB at D = 128.
+//   warpgroup and setmaxnreg, not done here). ptxas (CUDA 13, sm_90a), kDq: D = 64 230 registers,
+//   D = 128 255; kDq = false: D = 64 210, D = 128 240; no spills, no stack (the dS^T store and
+//   the fragment packs run one k-step at a time and the mask uses selects, not branches; a
+//   per-element branch mask and separate store and pack passes had 8 bytes of spills at D = 128;
+//   4 early dV k-steps at D = 128: 255 registers and 20 bytes of spills).
+//   Shared memory: K, V 16 / 32 KB each, Q and dO 3 x 8 / 16 KB each, lse and D 3 x 256 B each,
+//   + 1 KB alignment; kDq adds dS^T 16 KB and the dQ tile 18 / 34 KB: 116.5 KB at D = 64, 212.5
+//   KB at D = 128 (kDq = false: 82.5 / 162.5 KB).
 //   Loads: every thread copies its share with cp.async into 128-byte-swizzled tiles (the
 //   forward's load_tile_sw128; no producer warp, no TMA): K and V once, then Q, dO, lse and D of
 //   the query blocks through kStages (3) buffers, so two blocks stream in while one is computed.
 //   lse and D come raw (4-byte cp.async, zero-filled past the sequence); the kernel masks rows
 //   past the sequence explicitly (the mma.sync kernel gives them lse = +inf instead).
-//   Schedule of a step (both warpgroups in step, two CTA barriers):
+//   Schedule of a step (both warpgroups in step, two CTA barriers; kDq = false: one):
 //     barrier 1 (block landed and fenced to the async proxy; every warpgroup finished the last
-//     step, so the stage it read and the dS^T tile are free); copies of the block kStages - 1
-//     ahead; issue S^T and dP^T (two groups); wait for S^T; P (the exponentials overlap dP^T on
-//     the tensor cores); wait for dP^T; dS; pack P and dS, store dS^T; issue dV and dK (one
-//     group); barrier 2 (every dS^T stored and fenced); issue dQ; wait for all; atomics.
+//     step, so the stage it read and the dS^T / dQ tiles are free); issue S^T and dP^T (two
+//     groups); (kDq) the previous block's dQ rows to the TMA unit; copies of the block kStages - 1
+//     ahead (into the stage no wgmma of this step reads); wait for S^T; P (the exponentials
+//     overlap dP^T on the tensor cores); pack P^T's first kDvEarly k-steps and issue their dV
+//     (one group); wait for dP^T; dS; pack P and dS, (kDq) store dS^T; issue the rest of dV and
+//     dK (one group); kDq: wait for the reads of the dQ rows issued this step, barrier 2 (every
+//     dS^T stored and fenced), issue dQ, wait for all, dQ to its tile (fenced for the bulk reads);
+//     kDq = false: wait for all.
 //   Hazards: a stage is overwritten only by copies issued after barrier 1 of the step after the
 //   one that read it (every wgmma reading it completed before that barrier: wait_group 0 at the
 //   end of each step); the dS^T tile is rewritten after barrier 1 of the next step, when every
-//   dQ read of it completed. bench/gpu/wgmma_bwd_emulate.py checks the index math, descriptors
-//   and fragment hand-overs (and this buffer order) against a float64 reference on the host.
-// Variants: kDqSplitKeys (wgmmak), kDqBulk (wgmmab: dQ through shared memory with TMA bulk
-// reduce-adds, no atomics on the warps' path, and the copies after the S^T / dP^T issue) and
-// kDqBulk + kDvEarly (wgmma2: dV's k-steps, 4 of 4 at D = 64 and 3 at D = 128, issued before the
-// wait for dP^T), each described at the kernel.
+//   dQ read of it completed; the dQ tile after barrier 2 of the next step, when the bulk reads
+//   issued before it completed (wait_group.read). bench/gpu/wgmma_bwd_emulate.py checks the index
+//   math, descriptors and fragment hand-overs (and this buffer order) against a float64
+//   reference on the host, in both modes.
+// Measured on the H200 (fwd+bwd TFLOP/s at d64 / d128, x cuDNN) and removed:
+//   dQ by 16-byte fp32 atomics (RED.ADD.F32x4, lanes swapping halves; the first wgmma kernel):
+//     320-341 (0.77-0.80x) / 416-434 (0.72-0.74x).
+//   bulk dQ without the early dV k-steps (wgmmab): 337-361 / 452-472.
+//   dQ split over the keys, both warpgroups adding all columns (wgmmak, d64 only): 0.85x of the
+//     atomic kernel at d64.
+//   kept (bulk dQ + early dV, was wgmma2): 341-363 (0.82-0.85x) / 464-472 (0.78-0.83x).
+//   Not measured, not kept: waiting for dV / dK before issuing dQ (250 registers at D = 128, but
+//   the tensor cores idle between the groups).
 // Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
 // warpgroups out of step (the dQ barrier pulls them together), a persistent grid.
 #pragma once
@@ -82,27 +103,26 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, bool kDqBulk = false>
+template <typename T, int D, bool kDq = true>
 struct WgmmaBwdTile {
   static constexpr int kWarpGroups = 2;
   static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int BN = 64 * kWarpGroups;   // keys per CTA: 64 per warpgroup (the wgmma M)
-  static constexpr int BM = 64;                 // query rows per step
-  static constexpr int kStages = 3;             // Q / dO / lse / D buffers
-  static constexpr int kKVBytes = BN * D * 2;   // K or V: [D / 64][BN][64], swizzled
-  static constexpr int kQBytes = BM * D * 2;    // one Q or dO stage: [D / 64][BM][64]
-  static constexpr int kDsBytes = BN * BM * 2;  // dS^T: [BN][BM = 64], swizzled
-  static constexpr int kStatBytes = BM * 4;     // one stage of lse or D (fp32)
-  // kDqBulk: the block's scaled dQ (fp32) [BM][D], rows padded by 32 bytes (a row stride of 32
-  // mod 128 bytes makes the accumulators' 8-byte stores conflict-free: a half warp's 4 rows x 4
-  // lanes x 8 bytes cover the 32 banks once); one bulk reduce-add per row, so the padding is
-  // never read.
+  static constexpr int BN = 64 * kWarpGroups;  // keys per CTA: 64 per warpgroup (the wgmma M)
+  static constexpr int BM = 64;                // query rows per step
+  static constexpr int kStages = 3;            // Q / dO / lse / D buffers
+  static constexpr int kKVBytes = BN * D * 2;  // K or V: [D / 64][BN][64], swizzled
+  static constexpr int kQBytes = BM * D * 2;   // one Q or dO stage: [D / 64][BM][64]
+  static constexpr int kStatBytes = BM * 4;    // one stage of lse or D (fp32)
+  // kDq: dS^T, [BN][BM = 64], swizzled; then the block's scaled dQ (fp32) [BM][D], rows padded
+  // by 32 bytes (a row stride of 32 mod 128 bytes makes the accumulators' 8-byte stores
+  // conflict-free: a half warp's 4 rows x 4 lanes x 8 bytes cover the 32 banks once); one bulk
+  // reduce-add per row, so the padding is never read.
+  static constexpr int kDsBytes = kDq ? BN * BM * 2 : 0;
   static constexpr int kDqRowBytes = D * 4 + 32;
-  static constexpr int kDqBytes = kDqBulk ? BM * kDqRowBytes : 0;
-  // Wait for dV and dK before issuing dQ (frees the P^T / dS^T fragments first): ptxas 250
-  // registers at D = 128 instead of 254, both without spills, but the tensor cores then idle
-  // between the two groups. Off: dQ queues behind dV and dK.
-  static constexpr bool kFreeFragsBeforeDq = false;
+  static constexpr int kDqBytes = kDq ? BM * kDqRowBytes : 0;
+  // dV's k-steps (of BM / 16 = 4) issued before the wait for dP^T: 4 at D = 64; 3 at D = 128,
+  // where 4 spill (the P^T values stay live until dS^T is computed: 4 registers per k-step).
+  static constexpr int kDvEarly = D == 64 ? 4 : 3;
   static constexpr int kSmemBytes =
       2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes + 2 * kStages * kStatBytes + kDqBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
@@ -139,40 +159,25 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
                "r"(valid ? 4 : 0));
 }
 
-// kDqSplitKeys (SQA_CUDA_BWD=wgmmak, D = 64 only): dQ split over the keys instead of its columns:
-// warpgroup w computes dQ's 64 x D block over its own 64 keys (A = rows 64 w .. of the dS^T tile,
-// B = K rows 64 w .., both starting on swizzle atoms) and both add it, so twice the atomics. The
-// column split at D = 64 gives warpgroup 1 a B operand starting 64 bytes into the 128-byte
-// swizzle atom rows (the emulator models the hardware as applying the swizzle to the summed
-// address, as for the forward's 32-byte k-steps of K-major operands); should that read differ on
-// the GPU, this variant avoids it.
-//
-// kDqBulk (SQA_CUDA_BWD=wgmmab and wgmma2; the column split): no dQ atomics on the warps' path.
-// Each warpgroup stores its scaled dQ accumulators (columns dq_col0 ..) to an fp32 shared tile
-// [BM][D] (8-byte stores, conflict-free rows); after barrier 1 and the S^T / dP^T issue of the
-// next step (or after the loop and a barrier) 64 threads (lanes 0 .. 7 of each warp) hand one row
-// each (D * 4 bytes: the block's rows of dq_accum are rows of the workspace, a row per query) to
-// the TMA unit as a bulk reduce-add and go on. The issuing threads wait for the reads of their row
-// (wait_group.read) just before barrier 2 of that next step, so the tile is free when it is
-// rewritten after barrier 2; the adds to global memory complete behind the warps (the kernel's end
-// waits for them). The tile costs 18 / 34 KB of shared memory (116.5 KB at D = 64, 212.5 KB at D =
-// 128); ptxas D = 64 229 registers, D = 128 255, no spills (no shuffles or atomics: 16 STS.64 and 2
-// UBLKRED at D = 128). The copies of the block kStages - 1 ahead are issued after S^T / dP^T, not
-// before.
-//
-// kDvEarly (SQA_CUDA_BWD=wgmma2, with kDqBulk): the first kDvEarly of dV += P^T dO's 4 k-steps
-// are issued as soon as their P^T fragments are packed, before the wait for dP^T, so the tensor
-// cores run them while the warps compute dS^T (FA3's order); the rest of dV and dK follow in
-// their own group after the dS^T stores. S^T (P^T in fp32) stays live until dS^T is computed
-// (the numerics are unchanged), so the live set grows by those fragments (4 registers per
-// k-step): ptxas D = 64 with 4 early k-steps 230 registers, no spills; D = 128 with 4: 255 and
-// 20 bytes of spills, with 3 (what wgmma2 launches) 255 and with 2 254, both without.
-template <typename T, int D, bool kDqSplitKeys = false, bool kDqBulk = false, int kDvEarly = 0>
+// kDq: the dQ of the CTA's keys, without atomics on the warps' path. Each warpgroup stores its
+// scaled dQ accumulators (columns dq_col0 ..) to an fp32 shared tile [BM][D] (8-byte stores,
+// conflict-free rows); after barrier 1 and the S^T / dP^T issue of the next step (or after the
+// loop and a barrier) 64 threads (lanes 0 .. 7 of each warp) hand one row each (D * 4 bytes: the
+// block's rows of dq_accum are rows of the workspace, a row per query) to the TMA unit as a bulk
+// reduce-add and go on. The issuing threads wait for the reads of their row (wait_group.read)
+// just before barrier 2 of that next step, so the tile is free when it is rewritten after
+// barrier 2; the adds to global memory complete behind the warps (the kernel's end waits for
+// them). At D = 64 warpgroup 1's B operand of dQ (K, MN-major) starts 64 bytes into the 128-byte
+// swizzle atom rows (the hardware applies the swizzle to the summed address, as for the
+// forward's 32-byte k-steps of K-major operands).
+// kDq = false: no dS^T tile, dQ wgmma, dQ tile, bulk adds or barrier 2; each step ends with the
+// wait for its dV / dK group (the next step's copies refill the stage it read, after barrier 1).
+template <typename T, int D, bool kDq = true>
 __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
 #else
-  using Tile = WgmmaBwdTile<T, D, kDqBulk>;
+  using Tile = WgmmaBwdTile<T, D, kDq>;
   constexpr int BN = Tile::BN;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
@@ -180,17 +185,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   constexpr int kQT = BM / 8;       // 8-column tiles of S^T / dP^T (query columns)
   constexpr int kKSteps = D / 16;   // k-steps of S^T and dP^T
   constexpr int kMSteps = BM / 16;  // k-steps of dV and dK (over the step's query rows)
-  static_assert(!kDqSplitKeys || D == 64, "the key split's dQ accumulators fit at D = 64 only");
-  static_assert(!(kDqSplitKeys && kDqBulk), "the bulk dQ adds one tile per CTA (column split)");
-  // k-steps of dQ (over the CTA's keys, or this warpgroup's) and its columns per warpgroup.
-  constexpr int kNSteps = (kDqSplitKeys ? 64 : BN) / 16;
-  constexpr int kDqN = kDqSplitKeys ? D : D / 2;
+  constexpr int kDvEarly = Tile::kDvEarly;
+  // k-steps of dQ (over the CTA's keys) and its columns per warpgroup.
+  constexpr int kNSteps = BN / 16;
+  constexpr int kDqN = D / 2;
   constexpr int kDqT = kDqN / 8;  // their 8-column tiles
   using GemmS = Wgmma<T, 64>;     // S^T, dP^T: m64n64 (N = BM)
   using GemmKV = Wgmma<T, D>;     // dV, dK: m64nD, A from registers
   using GemmQ = WgmmaSSTrans<T, kDqN>;
   using M = Mma<T>;
-  constexpr bool kFreeFragsBeforeDq = Tile::kFreeFragsBeforeDq;
   static_assert(BM == 64, "S^T and dP^T are m64n64; the dS^T tile is one 128-byte atom column");
   const FwdKernelParams& p = g.fwd;
 
@@ -200,9 +203,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   const uint32_t sV = sK + Tile::kKVBytes;             // [D / 64][BN][64]
   const uint32_t sQ = sV + Tile::kKVBytes;             // [kStages][D / 64][BM][64]
   const uint32_t sdO = sQ + kStages * Tile::kQBytes;   // [kStages][D / 64][BM][64]
-  const uint32_t sdS = sdO + kStages * Tile::kQBytes;  // [BN][64]
+  const uint32_t sdS = sdO + kStages * Tile::kQBytes;  // kDq: [BN][64]
   const uint32_t sStat = sdS + Tile::kDsBytes;         // lse [kStages][BM], D [kStages][BM]
-  // kDqBulk: the dQ tile, [BM][D + 8] fp32.
+  // kDq: the dQ tile, [BM][D + 8] fp32.
   [[maybe_unused]] const uint32_t sDq = sStat + 2 * kStages * Tile::kStatBytes;
   unsigned char* const smem = smem_raw + (sK - raw_addr);  // generic pointer to sK
   const float* const stat = reinterpret_cast<const float*>(smem + (sStat - sK));
@@ -249,29 +252,18 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   load_tile_sw128<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, nk, tid);
   load_tile_sw128<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, nk, tid);
 
-  // Row bases as in flash_bwd_dkdv_kernel: lse / D row of (head h, query q) is
-  // lse_base + h * lse_head + q; the dQ workspace row of (query head qh, q) is
-  // dq_base + qh * lse_head + q.
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t lse_head = varlen ? s.total_q : p.seqlen_q;
-  const int64_t lse_base =
-      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_attention_heads * p.seqlen_q;
-  const int64_t dq_base =
-      varlen ? s.q_row0 : static_cast<int64_t>(b) * p.num_query_heads * p.seqlen_q;
+  // Row bases as in flash_bwd_dkdv_kernel (bwd_row_bases).
+  const BwdRowBases rows = bwd_row_bases(p, s, b);
   auto load_q_block = [&](int stage, int h, int m0) {
-    const int qh = p.reverse ? rsqa_qh : h;
-    const T* q_base =
-        static_cast<const T*>(p.q) + b * p.q_batch + s.q_row0 * p.q_row + qh * p.q_head;
-    const T* do_base =
-        static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head;
-    load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, q_base, p.q_row, m0, nq, tid);
-    load_tile_sw128<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, do_base, g.do_row, m0, nq,
+    const BwdQdOBases<T> base = bwd_q_do_bases<T>(g, s, b, p.reverse ? rsqa_qh : h, h);
+    load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, base.q, p.q_row, m0, nq, tid);
+    load_tile_sw128<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, base.dout, g.do_row, m0, nq,
                                         tid);
     if (tid < 2 * BM) {  // threads 0 .. 63 copy lse, 64 .. 127 D; zeros past the sequence
       const int i = tid % BM;
       const bool is_d = tid >= BM;
       const bool valid = m0 + i < nq;
-      const int64_t row = lse_base + h * lse_head + m0 + i;
+      const int64_t row = rows.lse(h, m0) + i;
       const float* src = is_d ? g.dsum : p.lse;
       cp_async_4(sStat + ((is_d ? kStages : 0) + stage) * Tile::kStatBytes + i * 4,
                  valid ? src + row : src, valid);
@@ -302,7 +294,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
   float st[BM / 2], dpt[BM / 2];  // S^T then P^T; dP^T then dS^T (accumulator layout)
-  float dq[kDqN / 2];
+  [[maybe_unused]] float dq[kDqN / 2];
   uint32_t pa[kMSteps][4], da[kMSteps][4];  // P^T and dS^T as A fragments of dV and dK
   const float scale_log2 = p.scale_log2;
   const float scale = g.scale;
@@ -315,20 +307,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   // apart), B = K read MN-major from dQ column wg * D / 2 on: atom column (wg * D / 2) / 64,
   // plus (wg * D / 2) % 64 elements inside the 128-byte rows (D = 64: 64 bytes for warpgroup 1;
   // the start stays below bit 7 of the atom, so the base offset stays 0).
-  // kDqSplitKeys: A = this warpgroup's 64 rows of the dS^T tile, B = its 64 keys of K, all
-  // columns.
-  const uint32_t dq_key0 = kDqSplitKeys ? static_cast<uint32_t>(wg * 64) : 0u;
-  const uint64_t ds_desc = wgmma_desc_sw128(sdS + dq_key0 * 128, BN * 128, 1024);
-  const uint32_t dq_col0 = kDqSplitKeys ? 0u : static_cast<uint32_t>(wg * kDqN);
-  const uint64_t kt_desc = wgmma_desc_sw128(
-      sK + dq_key0 * 128 + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
+  [[maybe_unused]] const uint64_t ds_desc = wgmma_desc_sw128(sdS, BN * 128, 1024);
+  [[maybe_unused]] const uint32_t dq_col0 = static_cast<uint32_t>(wg * kDqN);
+  [[maybe_unused]] const uint64_t kt_desc =
+      wgmma_desc_sw128(sK + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
 
-  // kDqBulk: the dQ tile waiting for its bulk adds (dq_accum row of its row 0, its rows inside
-  // the sequence; 0: none) and this thread's row to hand over (lanes 0 .. 7 of each warp).
+  // kDq: the dQ tile waiting for its bulk adds (dq_accum row of its row 0, its rows inside the
+  // sequence; 0: none) and this thread's row to hand over (lanes 0 .. 7 of each warp).
   [[maybe_unused]] int64_t dq_pend_row = 0;
   [[maybe_unused]] int dq_pend_rows = 0;
   [[maybe_unused]] const int dq_issue_row = (tid / 32) * 8 + lane;
-  [[maybe_unused]] const bool dq_issuer = kDqBulk && lane < 8;
+  [[maybe_unused]] const bool dq_issuer = kDq && lane < 8;
   [[maybe_unused]] auto issue_dq_bulk = [&]() {
     if (dq_issuer && dq_issue_row < dq_pend_rows) {
       bulk_reduce_add_f32(g.dq_accum + (dq_pend_row + dq_issue_row) * D,
@@ -340,20 +329,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   for (int it = 0, h = h_first, qb = 0; it < n_iter; ++it) {
     const int stage = it % kStages;
     const int m0 = (qb_begin + qb) * BM;
-    const int qh = p.reverse ? rsqa_qh : h;
+    [[maybe_unused]] const int qh = p.reverse ? rsqa_qh : h;
     // Barrier 1: block it landed and is visible to the async proxy; every warpgroup finished
     // step it - 1 (its wgmmas, its reads of lse / D), so stage (it - 1) % kStages and the dS^T
     // tile are free.
     cp_async_wait<kStages - 2>();
     fence_proxy_async_shared();
     __syncthreads();
-    // kDqBulk: the copies of the block kStages - 1 ahead go out after the S^T / dP^T issue (they
-    // fill stage (it - 1) % kStages, which no wgmma of this step reads), so the tensor cores
-    // start sooner after the barrier.
-    if constexpr (!kDqBulk) {
-      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
-      cp_async_commit();
-    }
 
     const uint32_t q_stage = sQ + stage * Tile::kQBytes;
     const uint32_t do_stage = sdO + stage * Tile::kQBytes;
@@ -379,13 +361,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       }
       wgmma_commit_group();
     }
-    if constexpr (kDqBulk) {
-      // The previous block's dQ tile (stored and fenced before barrier 1) to the TMA unit, then
-      // the copies, while S^T runs.
-      issue_dq_bulk();
-      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
-      cp_async_commit();
-    }
+    // The previous block's dQ tile (kDq; stored and fenced before barrier 1) to the TMA unit,
+    // then the copies of the block kStages - 1 ahead, while S^T runs: after the S^T / dP^T issue,
+    // so the tensor cores start sooner after the barrier (they fill stage (it - 1) % kStages,
+    // which no wgmma of this step reads).
+    if constexpr (kDq) issue_dq_bulk();
+    if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+    cp_async_commit();
 
     // P^T = exp2(scale_log2 S^T - lse log2 e): query column 8 j + 2 t + (e & 1) of the block.
     const float* l_tile = stat + stage * BM;
@@ -418,31 +400,27 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
         }
     }
     const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
-    static_assert(kDvEarly >= 0 && kDvEarly <= kMSteps, "k-steps of dV issued early");
-    if constexpr (kDvEarly > 0) {
-      // P^T's first kDvEarly k-steps as A fragments, then their dV += P^T dO (B MN-major, see
-      // below) behind dP^T.
+    static_assert(kDvEarly > 0 && kDvEarly <= kMSteps, "k-steps of dV issued early");
+    // P^T's first kDvEarly k-steps as A fragments, then their dV += P^T dO (B MN-major, see
+    // below) behind dP^T. S^T (P^T in fp32) stays live until dS^T is computed (the numerics
+    // are unchanged).
 #pragma unroll
-      for (int kk = 0; kk < kDvEarly; ++kk)
+    for (int kk = 0; kk < kDvEarly; ++kk)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
-      wgmma_fence();  // P^T was packed by ordinary instructions
+      for (int i = 0; i < 4; ++i) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+    wgmma_fence();  // P^T was packed by ordinary instructions
 #pragma unroll
-      for (int kk = 0; kk < kDvEarly; ++kk)
-        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
-      wgmma_commit_group();
-      wgmma_wait_group<1>();  // dP^T done; dV may run
-    } else {
-      wgmma_wait_group<0>();  // dP^T done
-    }
+    for (int kk = 0; kk < kDvEarly; ++kk)
+      GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+    wgmma_commit_group();
+    wgmma_wait_group<1>();  // dP^T done; dV may run
     fence_registers(dpt);
-    // dS^T = P^T (dP^T - D), stored (16-bit) to the dS^T tile for dQ: row = key, 64 queries in
-    // one swizzled 128-byte row; the 32-bit store of (column 8 j + 2 t, + 1) sits in 16-byte
-    // chunk j ^ (row % 8) (conflict-free: the 32 lanes hit 32 different banks).
+    // dS^T = P^T (dP^T - D), stored (kDq; 16-bit) to the dS^T tile for dQ: row = key, 64
+    // queries in one swizzled 128-byte row; the 32-bit store of (column 8 j + 2 t, + 1) sits in
+    // 16-byte chunk j ^ (row % 8) (conflict-free: the 32 lanes hit 32 different banks).
     // P^T and dS^T as A fragments: k-step kk = accumulator column tiles 2 kk and 2 kk + 1; the
     // dS^T fragment registers are also what goes to the dS^T tile (a_i = row g + 8 (i % 2), tile
     // 2 kk + i / 2). One k-step at a time, so S^T and dP^T die as the fragments are born.
-    unsigned char* const ds_tile = smem + (sdS - sK);
 #pragma unroll
     for (int kk = 0; kk < kMSteps; ++kk) {
 #pragma unroll
@@ -457,12 +435,16 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       for (int i = 0; i < 4; ++i) {
         if (kk >= kDvEarly) pa[kk][i] = M::pack(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
         da[kk][i] = M::pack(dpt[8 * kk + 2 * i], dpt[8 * kk + 2 * i + 1]);
-        const int row = key_local0 + 8 * (i % 2);
-        *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
-            da[kk][i];
+        if constexpr (kDq) {
+          unsigned char* const ds_tile = smem + (sdS - sK);
+          const int row = key_local0 + 8 * (i % 2);
+          *reinterpret_cast<uint32_t*>(ds_tile + sw128_offset<BN>(row, 2 * kk + i / 2) + 4 * t) =
+              da[kk][i];
+        }
       }
     }
-    fence_proxy_async_shared();  // this thread's dS^T stores, for the dQ wgmmas (async proxy)
+    // this thread's dS^T stores, for the dQ wgmmas (async proxy)
+    if constexpr (kDq) fence_proxy_async_shared();
     // dV += P^T dO and dK += dS^T Q: B MN-major (atom columns of 64 dims BM * 128 bytes apart,
     // 8-row groups 1024 bytes apart; k-step kk starts at query row 16 kk).
     {
@@ -477,42 +459,28 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
         GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * 128));
       wgmma_commit_group();
     }
-    // Barrier 2: both warpgroups' dS^T are in shared memory (and fenced); with kDqSplitKeys
-    // only this warpgroup's (named barrier 1 + wg over its 128 threads).
-    if constexpr (kDqSplitKeys) {
-      named_barrier_sync(1 + wg, 128);
-    } else {
-      // kDqBulk: the dQ tile's reads issued this step are done before anyone passes barrier 2
-      // and rewrites it (no bulk groups: returns at once).
-      if constexpr (kDqBulk) cp_async_bulk_wait_read();
+    if constexpr (kDq) {
+      // Barrier 2: both warpgroups' dS^T are in shared memory (and fenced), and the dQ tile's
+      // reads issued this step are done before anyone passes it and rewrites the tile (no bulk
+      // groups: returns at once).
+      cp_async_bulk_wait_read();
       __syncthreads();
-    }
-    if constexpr (kFreeFragsBeforeDq) {
-      // dV and dK complete before dQ is issued: the P^T / dS^T fragments die before the dQ
-      // accumulators are born (register peak; see WgmmaBwdTile).
-      wgmma_wait_group<0>();
-      fence_registers(dk);
-      fence_registers(dv);
-      fence_registers(pa);
-      fence_registers(da);
-    }
-    // dQ(block rows, columns dq_col0 ..) = dS K over the CTA's keys; k-step kk = keys 16 kk.
-    wgmma_fence();  // its accumulators last held dP^T / dS^T, written by ordinary instructions
+      // dQ(block rows, columns dq_col0 ..) = dS K over the CTA's keys; k-step kk = keys 16 kk.
+      wgmma_fence();  // its accumulators last held dP^T / dS^T, written by ordinary instructions
 #pragma unroll
-    for (int kk = 0; kk < kNSteps; ++kk) {
-      GemmQ::run(dq, wgmma_desc_advance(ds_desc, kk * 16 * 128),
-                 wgmma_desc_advance(kt_desc, kk * 16 * 128), kk > 0 ? 1 : 0);
+      for (int kk = 0; kk < kNSteps; ++kk) {
+        GemmQ::run(dq, wgmma_desc_advance(ds_desc, kk * 16 * 128),
+                   wgmma_desc_advance(kt_desc, kk * 16 * 128), kk > 0 ? 1 : 0);
+      }
+      wgmma_commit_group();
     }
-    wgmma_commit_group();
-    wgmma_wait_group<0>();
-    fence_registers(dq);
-    if constexpr (!kFreeFragsBeforeDq) {
-      fence_registers(dk);
-      fence_registers(dv);
-      fence_registers(pa);
-      fence_registers(da);
-    }
-    if constexpr (kDqBulk) {
+    wgmma_wait_group<0>();  // every wgmma of the step: its stage is refilled after barrier 1
+    if constexpr (kDq) fence_registers(dq);
+    fence_registers(dk);
+    fence_registers(dv);
+    fence_registers(pa);
+    fence_registers(da);
+    if constexpr (kDq) {
       // Scaled dQ to the tile: accumulator row 16 warp + g (+ 8) = query row of the block,
       // columns dq_col0 + 8 j + 2 t (+ 1); fenced for the bulk reads after barrier 1.
       unsigned char* const dq_tile = smem + (sDq - sK);
@@ -526,29 +494,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
             make_float2(dq[4 * j + 2] * scale, dq[4 * j + 3] * scale);
       }
       fence_proxy_async_shared();
-      dq_pend_row = dq_base + qh * lse_head + m0;
+      dq_pend_row = rows.dq(qh, m0);
       dq_pend_rows = min(BM, nq - m0);
-    } else {
-      // dQ atomics: accumulator row 16 warp + g (+ 8) = query, columns 8 j + 2 t (+ 1). Lanes t
-      // and t ^ 1 swap halves: even t keeps row g, columns 8 j + 2 t .. + 3; odd t row g + 8,
-      // columns 8 j + 2 (t - 1) .. + 3; one 16-byte reduction each.
-      const bool odd = (t & 1) != 0;
-      const int qrow = m0 + warp_in_group * 16 + g4 + (odd ? 8 : 0);
-      float* dst = g.dq_accum + (dq_base + qh * lse_head + qrow) * D + dq_col0 + 4 * (t / 2);
-#pragma unroll
-      for (int j = 0; j < kDqT; ++j) {
-        const float send0 = odd ? dq[4 * j] : dq[4 * j + 2];
-        const float send1 = odd ? dq[4 * j + 1] : dq[4 * j + 3];
-        const float recv0 = __shfl_xor_sync(0xffffffffu, send0, 1);
-        const float recv1 = __shfl_xor_sync(0xffffffffu, send1, 1);
-        const float4 v = odd ? make_float4(recv0, recv1, dq[4 * j + 2], dq[4 * j + 3])
-                             : make_float4(dq[4 * j], dq[4 * j + 1], recv0, recv1);
-        if (qrow < nq) {
-          // No return value: a fire-and-forget vector reduction.
-          atomicAdd(reinterpret_cast<float4*>(dst + j * 8),
-                    make_float4(v.x * scale, v.y * scale, v.z * scale, v.w * scale));
-        }
-      }
     }
     if (++qb == nqb) {
       qb = 0;
@@ -556,7 +503,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     }
   }
   cp_async_wait<0>();
-  if constexpr (kDqBulk) {
+  if constexpr (kDq) {
     // The last block's dQ tile: every warp stored and fenced it; its adds complete before exit.
     if (n_iter > 0) {
       __syncthreads();
