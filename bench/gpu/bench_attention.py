@@ -57,6 +57,37 @@ class BackwardArgs(ctypes.Structure):
 SQA_BF16, SQA_DEVICE_CUDA = 1, 1
 
 
+class DenseProblem:
+    """One dense, batch-1, bf16 problem on the GPU for the A/B scripts: fresh random q, k, v and
+    dout, empty out / lse / dq / dk / dv, the C API's forward and backward argument structs
+    pointing at them, and the forward and forward+backward FLOP counts (sqa's own counters)."""
+
+    def __init__(self, lib: ctypes.CDLL, hq: int, hkv: int, d: int, n: int, causal: bool):
+        ha = max(hq, hkv)  # output heads (H_kv for rSQA)
+        bf16 = dict(device="cuda", dtype=torch.bfloat16)
+        self.q = torch.randn(1, n, hq, d, **bf16)
+        self.k = torch.randn(1, n, hkv, d, **bf16)
+        self.v = torch.randn(1, n, hkv, d, **bf16)
+        self.dout = torch.randn(1, n, ha, d, **bf16)
+        self.out = torch.empty(1, n, ha, d, **bf16)
+        self.lse = torch.empty(1, ha, n, device="cuda", dtype=torch.float32)
+        self.dq, self.dk, self.dv = (torch.empty_like(x) for x in (self.q, self.k, self.v))
+        self.spec = Spec(hq, hkv, d, 0.0, -1, 0 if causal else -1)
+        self.args = Args()
+        self.args.spec, self.args.dtype, self.args.device = self.spec, SQA_BF16, SQA_DEVICE_CUDA
+        self.args.stream = torch.cuda.current_stream().cuda_stream
+        self.args.batch, self.args.seqlen_q, self.args.seqlen_k = 1, n, n
+        self.args.q, self.args.k, self.args.v, self.args.out, self.args.lse = (
+            x.data_ptr() for x in (self.q, self.k, self.v, self.out, self.lse))
+        self.bargs = BackwardArgs()
+        self.bargs.forward = self.args
+        self.bargs.dout, self.bargs.dq, self.bargs.dk, self.bargs.dv = (
+            x.data_ptr() for x in (self.dout, self.dq, self.dk, self.dv))
+        self.flops = lib.sqa_attention_forward_flops(ctypes.byref(self.spec), 1, n, n)
+        self.fwdbwd_flops = self.flops + lib.sqa_attention_backward_flops(
+            ctypes.byref(self.spec), 1, n, n)
+
+
 def load_lib(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     lib.sqa_attention_forward.restype = ctypes.c_int

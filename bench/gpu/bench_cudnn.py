@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import (SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec,  # noqa: E402
-                             ceilings, load_lib)
+from bench_attention import Args, DenseProblem, ceilings, load_lib  # noqa: E402
 
 PATHS = {"own": "own", "cudnn_backend": "cudnn", "default": None}  # SQA_CUDA_BACKEND values
 PEERS = {"fa2": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -88,25 +87,9 @@ def round_robin(fns: dict, warm: int, rep: int, row: dict, suffix: str) -> dict:
 
 def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
     d, hq, hkv, n, causal = cfg["d"], cfg["hq"], cfg["hkv"], cfg["n"], cfg["causal"]
-    dev, dt = "cuda", torch.bfloat16
-    q = torch.randn(1, n, hq, d, device=dev, dtype=dt)
-    k = torch.randn(1, n, hkv, d, device=dev, dtype=dt)
-    v = torch.randn(1, n, hkv, d, device=dev, dtype=dt)
-    out = torch.empty(1, n, hq, d, device=dev, dtype=dt)
-    lse = torch.empty(1, hq, n, device=dev, dtype=torch.float32)
-    dout = torch.randn_like(out)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    spec = Spec(hq, hkv, d, 0.0, -1, 0 if causal else -1)
-    args = Args()
-    args.spec, args.dtype, args.device = spec, SQA_BF16, SQA_DEVICE_CUDA
-    args.stream = torch.cuda.current_stream().cuda_stream
-    args.batch, args.seqlen_q, args.seqlen_k = 1, n, n
-    args.q, args.k, args.v, args.out, args.lse = (x.data_ptr() for x in (q, k, v, out, lse))
-    bargs = BackwardArgs()
-    bargs.forward = args
-    bargs.dout, bargs.dq, bargs.dk, bargs.dv = (x.data_ptr() for x in (dout, dq, dk, dv))
-    flops = lib.sqa_attention_forward_flops(ctypes.byref(spec), 1, n, n)
-    fb_flops = flops + lib.sqa_attention_backward_flops(ctypes.byref(spec), 1, n, n)
+    pb = DenseProblem(lib, hq, hkv, d, n, causal)
+    q, k, v, out, dout, dq, dk, dv = pb.q, pb.k, pb.v, pb.out, pb.dout, pb.dq, pb.dk, pb.dv
+    args, bargs, flops, fb_flops = pb.args, pb.bargs, pb.flops, pb.fwdbwd_flops
     row = dict(cfg, flops=flops, fwdbwd_flops=fb_flops)
     warm, rep = (1, 3) if quick else (2, 9)
 
@@ -194,7 +177,7 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
             row[f"{path}{suffix}_pct_peak"] = 100 * row[f"{path}{suffix}_tflops"] / peak
             if best:
                 row[f"{path}{suffix}_vs_best_peer"] = best / ms
-    del q, k, v, out, lse, dout, dq, dk, dv, ref, ref_grads, qt, kt, vt, qg, kg, vg
+    del pb, q, k, v, out, dout, dq, dk, dv, ref, ref_grads, qt, kt, vt, qg, kg, vg
     torch.cuda.empty_cache()
     return row
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec  # noqa: E402
+from bench_attention import DenseProblem  # noqa: E402
 from fwd_variants import time_in_rounds, variants_main  # noqa: E402
 
 # name: (H_q, H_kv, d, N, causal)
@@ -49,25 +49,9 @@ CONFIGS = {
 
 def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     hq, hkv, d, n, causal = CONFIGS[name]
-    q = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, n, hkv, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, n, hkv, d, device="cuda", dtype=torch.bfloat16)
-    dout = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
-    lse = torch.empty(1, hq, n, device="cuda", dtype=torch.float32)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    spec = Spec(hq, hkv, d, 0.0, -1, 0 if causal else -1)
-    args = Args()
-    args.spec, args.dtype, args.device = spec, SQA_BF16, SQA_DEVICE_CUDA
-    args.stream = torch.cuda.current_stream().cuda_stream
-    args.batch, args.seqlen_q, args.seqlen_k = 1, n, n
-    args.q, args.k, args.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    args.out, args.lse = out.data_ptr(), lse.data_ptr()
-    bargs = BackwardArgs()
-    bargs.forward = args
-    bargs.dout, bargs.dq, bargs.dk, bargs.dv = (x.data_ptr() for x in (dout, dq, dk, dv))
-    flops = lib.sqa_attention_forward_flops(ctypes.byref(spec), 1, n, n)
-    flops += lib.sqa_attention_backward_flops(ctypes.byref(spec), 1, n, n)
+    pb = DenseProblem(lib, hq, hkv, d, n, causal)
+    q, k, v, dout, dq, dk, dv = pb.q, pb.k, pb.v, pb.dout, pb.dq, pb.dk, pb.dv
+    args, bargs, flops = pb.args, pb.bargs, pb.fwdbwd_flops
 
     def ours(variant: str):
         os.environ["SQA_CUDA_BWD"] = variant

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import SQA_BF16, SQA_DEVICE_CUDA, Args, Spec, load_lib  # noqa: E402
+from bench_attention import DenseProblem, load_lib  # noqa: E402
 
 # name: (H_q, H_kv, d, N, causal)
 CONFIGS = {
@@ -57,20 +57,8 @@ def event_time(fn) -> float:
 
 def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     hq, hkv, d, n, causal = CONFIGS[name]
-    ha = max(hq, hkv)
-    q = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, n, hkv, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, n, hkv, d, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(1, n, ha, d, device="cuda", dtype=torch.bfloat16)
-    lse = torch.empty(1, ha, n, device="cuda", dtype=torch.float32)
-    spec = Spec(hq, hkv, d, 0.0, -1, 0 if causal else -1)
-    args = Args()
-    args.spec, args.dtype, args.device = spec, SQA_BF16, SQA_DEVICE_CUDA
-    args.stream = torch.cuda.current_stream().cuda_stream
-    args.batch, args.seqlen_q, args.seqlen_k = 1, n, n
-    args.q, args.k, args.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    args.out, args.lse = out.data_ptr(), lse.data_ptr()
-    flops = lib.sqa_attention_forward_flops(ctypes.byref(spec), 1, n, n)
+    pb = DenseProblem(lib, hq, hkv, d, n, causal)
+    q, k, v, out, args, flops = pb.q, pb.k, pb.v, pb.out, pb.args, pb.flops
 
     def ours(variant: str):
         os.environ["SQA_CUDA_FWD"] = variant

@@ -22,29 +22,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import (SQA_BF16, SQA_DEVICE_CUDA, Args, BackwardArgs, Spec,  # noqa: E402
-                             load_lib)
+from bench_attention import DenseProblem, load_lib  # noqa: E402
 from fwd_variants import event_time  # noqa: E402
 
 
 def run(lib, d: int, h: int, n: int, causal: bool, rounds: int) -> dict:
-    q, k, v, dout = (torch.randn(1, n, h, d, device="cuda", dtype=torch.bfloat16)
-                     for _ in range(4))
-    out = torch.empty_like(q)
-    lse = torch.empty(1, h, n, device="cuda", dtype=torch.float32)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    spec = Spec(h, h, d, 0.0, -1, 0 if causal else -1)
-    args = Args()
-    args.spec, args.dtype, args.device = spec, SQA_BF16, SQA_DEVICE_CUDA
-    args.stream = torch.cuda.current_stream().cuda_stream
-    args.batch, args.seqlen_q, args.seqlen_k = 1, n, n
-    args.q, args.k, args.v = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    args.out, args.lse = out.data_ptr(), lse.data_ptr()
-    bargs = BackwardArgs()
-    bargs.forward = args
-    bargs.dout, bargs.dq, bargs.dk, bargs.dv = (x.data_ptr() for x in (dout, dq, dk, dv))
-    flops = lib.sqa_attention_forward_flops(ctypes.byref(spec), 1, n, n)
-    fb_flops = flops + lib.sqa_attention_backward_flops(ctypes.byref(spec), 1, n, n)
+    pb = DenseProblem(lib, h, h, d, n, causal)
+    out, dq, dk, dv = pb.out, pb.dq, pb.dk, pb.dv
+    args, bargs, flops, fb_flops = pb.args, pb.bargs, pb.flops, pb.fwdbwd_flops
 
     def call(backend: str, backward: bool):
         os.environ["SQA_CUDA_BACKEND"] = backend

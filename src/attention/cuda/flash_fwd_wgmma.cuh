@@ -314,6 +314,16 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     rescale_o(corr);
     pack_p(pa);
   };
+  // Key block 0 (nb_last) once Q and K(0) landed: S(0), its softmax, P(0) packed (O is still
+  // zero, so its rescale is a no-op). The same in both schedules.
+  auto first_block = [&](float(&corr)[2]) {
+    wgmma_fence();
+    issue_s(0);
+    wgmma_wait_group<0>();
+    fence_registers(s);
+    softmax(nb_last, corr);
+    rescale_o_pack_p(corr);
+  };
 
   if constexpr (kSched == kWgmmaSchedDefault) {
     if (num_blocks > 0) {
@@ -326,12 +336,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       cp_async_commit();
       copies_landed_barrier(std::integral_constant<int, 1>{});  // Q and K(0)
       float corr[2];
-      wgmma_fence();
-      issue_s(0);
-      wgmma_wait_group<0>();
-      fence_registers(s);
-      softmax(nb_last, corr);
-      rescale_o_pack_p(corr);  // O is still zero
+      first_block(corr);
       for (int i = 1; i < num_blocks; ++i) {
         const int nb = nb_last - i;
         const int stage = i & 1;
@@ -428,12 +433,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       fence_proxy_async_shared();
       __syncthreads();  // Q and K(0) landed for everyone
       float corr[2];
-      wgmma_fence();
-      issue_s(0);
-      wgmma_wait_group<0>();
-      fence_registers(s);
-      softmax(nb_last, corr);
-      rescale_o_pack_p(corr);  // O is still zero
+      first_block(corr);
       if (warpgroup == 1) {
         // Its K(1) and V(0) landed (warpgroup 0 needs them at its step 1); warpgroup 0's first
         // turn.
