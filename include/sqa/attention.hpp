@@ -68,8 +68,9 @@ struct AttentionBackwardParams {
   void* dv = nullptr;
   TensorStrides dout_strides, dq_strides, dk_strides, dv_strides;
   // CUDA: true runs the fixed-order scheme (separate dQ kernel, bit-identical from run to run);
-  // false (default) runs FA2's scheme, dQ summed with fp32 atomics (faster; dQ may differ from
-  // run to run in the last bits). dK and dV are deterministic either way.
+  // false (default) runs FlashAttention's scheme, dQ summed in fp32 by atomics (head_dim 16 and
+  // 32) or by the TMA unit's bulk reduce-adds (64 and 128), in any order (faster; dQ may differ
+  // from run to run in the last bits). dK and dV are deterministic either way.
   bool deterministic = false;
 
   void set_contiguous_strides();
