@@ -112,6 +112,56 @@ __device__ __forceinline__ BwdQdOBases<T> bwd_q_do_bases(const BwdKernelParams& 
           static_cast<const T*>(g.dout) + b * g.do_batch + s.q_row0 * g.do_row + h * g.do_head};
 }
 
+// A dK/dV CTA's place in the grid, the same for the mma.sync and the wgmma kernel: x = (key
+// block, KV head, split), splits fastest and heads before key blocks, so the causal mask's
+// longest key blocks (the first) of every head start in the first wave; z = batch entry. The
+// CTA owns keys [n0, n0 + BN) of sequence b (none when n0 >= s.nk).
+struct DkDvCta {
+  int b, kv_head, split, n0;
+  SeqSpan s;
+};
+template <int BN>
+__device__ __forceinline__ DkDvCta dkdv_cta(const BwdKernelParams& g) {
+  const int splits = g.dkdv_splits;
+  const int per_block = g.fwd.num_kv_heads * splits;
+  const int n_block = static_cast<int>(blockIdx.x) / per_block;
+  DkDvCta c;
+  c.kv_head = static_cast<int>(blockIdx.x) % per_block / splits;
+  c.split = static_cast<int>(blockIdx.x) % splits;
+  c.b = blockIdx.z;
+  c.s = seq_span(g.fwd, c.b);
+  c.n0 = n_block * BN;
+  return c;
+}
+
+// The query work of that CTA: its attention heads h_first .. h_first + h_count - 1 (the split's
+// share of the KV head's group; rSQA: one head, whose query head is rsqa_qh, divided once here),
+// and its query blocks qb_begin .. qb_begin + nqb - 1 of BM rows, those that see at least one
+// of its keys; n_iter = h_count * nqb steps.
+struct DkDvQueries {
+  int h_first, h_count, rsqa_qh, qb_begin, nqb, n_iter;
+};
+template <int BN, int BM>
+__device__ __forceinline__ DkDvQueries dkdv_queries(const BwdKernelParams& g, const DkDvCta& c) {
+  const FwdKernelParams& p = g.fwd;
+  const int splits = g.dkdv_splits;
+  const int diag = c.s.nk - c.s.nq, left = p.window_left, right = p.window_right;
+  const int group_lo = c.split * p.group_size / splits;
+  const int group_hi = (c.split + 1) * p.group_size / splits;
+  DkDvQueries r;
+  r.h_first = p.reverse ? c.kv_head : c.kv_head * p.group_size + group_lo;
+  r.h_count = p.reverse ? 1 : group_hi - group_lo;
+  r.rsqa_qh = p.reverse ? c.kv_head % p.num_query_heads : 0;
+  const int last_key = min(c.n0 + BN, c.s.nk) - 1;
+  int q_lo = 0, q_hi = c.s.nq;
+  if (right >= 0) q_lo = max(0, c.n0 - diag - right);
+  if (left >= 0) q_hi = min(c.s.nq, last_key - diag + left + 1);
+  r.qb_begin = q_lo / BM;
+  r.nqb = q_hi > q_lo ? (q_hi + BM - 1) / BM - r.qb_begin : 0;
+  r.n_iter = r.h_count * r.nqb;
+  return r;
+}
+
 template <typename T, int D, int BM, int kNWarps, bool kKVInRegs, bool kAtomicDq>
 struct BwdDkDvTile {
   static constexpr int kThreads = kNWarps * 32;
@@ -159,35 +209,14 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g4 = lane / 4, t = lane % 4;
-  // x = (key block, KV head), heads fastest: the causal mask's longest key blocks (the first)
-  // of every head start in the first wave.
-  // With head splits, x = (key block, KV head, split), splits fastest.
-  const int splits = g.dkdv_splits;
-  const int per_block = p.num_kv_heads * splits;
-  const int n_block = static_cast<int>(blockIdx.x) / per_block;
-  const int kv_head = static_cast<int>(blockIdx.x) % per_block / splits;
-  const int split = static_cast<int>(blockIdx.x) % splits;
-  const int b = blockIdx.z;
-  const SeqSpan s = seq_span(p, b);
-  const int n0 = n_block * BN;
+  const DkDvCta cta = dkdv_cta<BN>(g);
+  const int b = cta.b, kv_head = cta.kv_head, split = cta.split, n0 = cta.n0;
+  const SeqSpan s = cta.s;
   if (n0 >= s.nk) return;
   const int diag = s.nk - s.nq, left = p.window_left, right = p.window_right;
-
-  // This CTA's query heads: the split's share of the KV head's group (rSQA: one head, splits 1).
-  const int group_lo = split * p.group_size / splits;
-  const int group_hi = (split + 1) * p.group_size / splits;
-  const int h_first = p.reverse ? kv_head : kv_head * p.group_size + group_lo;
-  const int h_count = p.reverse ? 1 : group_hi - group_lo;
-  // rSQA: the CTA's one attention head reads query head kv_head % H_q (division once, here).
-  const int rsqa_qh = p.reverse ? kv_head % p.num_query_heads : 0;
-  // Query rows that see at least one of keys [n0, last_key].
-  const int last_key = min(n0 + BN, s.nk) - 1;
-  int q_lo = 0, q_hi = s.nq;
-  if (right >= 0) q_lo = max(0, n0 - diag - right);
-  if (left >= 0) q_hi = min(s.nq, last_key - diag + left + 1);
-  const int qb_begin = q_lo / BM;
-  const int nqb = q_hi > q_lo ? (q_hi + BM - 1) / BM - qb_begin : 0;
-  const int n_iter = h_count * nqb;
+  const DkDvQueries work = dkdv_queries<BN, BM>(g, cta);
+  const int h_first = work.h_first, rsqa_qh = work.rsqa_qh;
+  const int qb_begin = work.qb_begin, nqb = work.nqb, n_iter = work.n_iter;
 
   const T* k_base =
       static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
@@ -406,7 +435,7 @@ __global__ void __launch_bounds__(kNWarps * 32, kMinBlocks)
   cp_async_wait<0>();
 
   const float scale = g.scale;
-  if (splits > 1) {
+  if (g.dkdv_splits > 1) {
     // Partial rows [dK | dV] in fp32; dK already scaled (a sum of scaled parts is the scaled sum).
     const int64_t kv_rows = static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k;
 #pragma unroll

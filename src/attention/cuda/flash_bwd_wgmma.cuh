@@ -217,33 +217,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   const int g4 = lane / 4;
   const int t = lane % 4;
 
-  // x = (key block, KV head, split), splits fastest (flash_bwd_dkdv_kernel's grid).
-  const int splits = g.dkdv_splits;
-  const int per_block = p.num_kv_heads * splits;
-  const int n_block = static_cast<int>(blockIdx.x) / per_block;
-  const int kv_head = static_cast<int>(blockIdx.x) % per_block / splits;
-  const int split = static_cast<int>(blockIdx.x) % splits;
-  const int b = blockIdx.z;
-  const SeqSpan s = seq_span(p, b);
-  const int n0 = n_block * BN;
+  // flash_bwd_dkdv_kernel's grid and query work (dkdv_cta, dkdv_queries).
+  const DkDvCta cta = dkdv_cta<BN>(g);
+  const int b = cta.b, kv_head = cta.kv_head, split = cta.split, n0 = cta.n0;
+  const SeqSpan s = cta.s;
   if (n0 >= s.nk) return;
   const int nq = s.nq, nk = s.nk;
   const int diag = nk - nq, left = p.window_left, right = p.window_right;
 
-  // This CTA's attention heads: the split's share of the KV head's group (rSQA: one head).
-  const int group_lo = split * p.group_size / splits;
-  const int group_hi = (split + 1) * p.group_size / splits;
-  const int h_first = p.reverse ? kv_head : kv_head * p.group_size + group_lo;
-  const int h_count = p.reverse ? 1 : group_hi - group_lo;
-  const int rsqa_qh = p.reverse ? kv_head % p.num_query_heads : 0;
-  // Query rows that see at least one of keys [n0, last_key].
-  const int last_key = min(n0 + BN, nk) - 1;
-  int q_lo = 0, q_hi = nq;
-  if (right >= 0) q_lo = max(0, n0 - diag - right);
-  if (left >= 0) q_hi = min(nq, last_key - diag + left + 1);
-  const int qb_begin = q_lo / BM;
-  const int nqb = q_hi > q_lo ? (q_hi + BM - 1) / BM - qb_begin : 0;
-  const int n_iter = h_count * nqb;
+  const DkDvQueries work = dkdv_queries<BN, BM>(g, cta);
+  const int h_first = work.h_first, rsqa_qh = work.rsqa_qh;
+  const int qb_begin = work.qb_begin, nqb = work.nqb, n_iter = work.n_iter;
 
   const T* k_base =
       static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
@@ -513,7 +497,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   }
 
   // Epilogue: this thread's dK / dV rows (keys key[r]), columns 8 j + 2 t (+ 1).
-  if (splits > 1) {
+  if (g.dkdv_splits > 1) {
     // Partial rows [dK | dV] in fp32; dK already scaled.
     const int64_t kv_rows = static_cast<int64_t>(p.batch) * p.num_kv_heads * p.seqlen_k;
 #pragma unroll
