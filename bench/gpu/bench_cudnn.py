@@ -25,7 +25,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attention import Args, DenseProblem, ceilings, load_lib  # noqa: E402
 
-PATHS = {"own": "own", "cudnn_backend": "cudnn", "default": None}  # SQA_CUDA_BACKEND values
+# SQA_CUDA_BACKEND values (None: unset); "cudnn_composite" is the cuDNN backend held to the
+# composite forward graph (SQA_CUDNN_FWD_GRAPH=composite), to show what the unified one changes.
+PATHS = {"own": "own", "cudnn_backend": "cudnn", "cudnn_composite": ("cudnn", "composite"),
+         "default": None}
 PEERS = {"fa2": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
@@ -41,17 +44,23 @@ def configs(quick: bool) -> list:
 
 
 def with_backend(value):
-    """Context: SQA_CUDA_BACKEND=value for the calls inside (None: unset, the default path)."""
+    """Context: SQA_CUDA_BACKEND=value for the calls inside (None: unset, the default path); a
+    (backend, graph) pair also sets SQA_CUDNN_FWD_GRAPH=graph."""
+    backend, graph = value if isinstance(value, tuple) else (value, None)
+    names = ("SQA_CUDA_BACKEND", "SQA_CUDNN_FWD_GRAPH")
+
     class _Env:
         def __enter__(self):
-            self.old = os.environ.pop("SQA_CUDA_BACKEND", None)
-            if value is not None:
-                os.environ["SQA_CUDA_BACKEND"] = value
+            self.old = {n: os.environ.pop(n, None) for n in names}
+            for n, v in zip(names, (backend, graph)):
+                if v is not None:
+                    os.environ[n] = v
 
         def __exit__(self, *exc):
-            os.environ.pop("SQA_CUDA_BACKEND", None)
-            if self.old is not None:
-                os.environ["SQA_CUDA_BACKEND"] = self.old
+            for n in names:
+                os.environ.pop(n, None)
+                if self.old[n] is not None:
+                    os.environ[n] = self.old[n]
     return _Env()
 
 
@@ -97,6 +106,14 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
         if lib.sqa_attention_forward(ctypes.byref(args)) != 0:
             raise RuntimeError(lib.sqa_last_error().decode())
 
+    # Inference: the same call without an lse buffer (what sqa.torch does under no_grad).
+    inf_args = type(args).from_buffer_copy(args)
+    inf_args.lse = None
+
+    def fwd_inf():
+        if lib.sqa_attention_forward(ctypes.byref(inf_args)) != 0:
+            raise RuntimeError(lib.sqa_last_error().decode())
+
     def fb():
         fwd()
         if lib.sqa_attention_backward(ctypes.byref(bargs)) != 0:
@@ -113,6 +130,13 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
                 return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
         return fn
 
+    def peer_train_fwd(backend):
+        # The training forward: inputs that need gradients, so SDPA keeps its logsumexp.
+        def fn():
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal, enable_gqa=gqa)
+        return fn
+
     def peer_fb(backend):
         def fn():
             with sdpa_kernel([backend]):
@@ -127,11 +151,16 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
         return call
 
     # Every implementation timed in turns (round robin), so clock drift hits all alike.
-    fwd_fns = {p: peer_fwd(b) for p, b in PEERS.items()}
+    # Forms: "_inf" inference (no lse on either side), "" the training forward (lse kept on
+    # both sides), "_fb" forward + backward.
+    inf_fns = {p: peer_fwd(b) for p, b in PEERS.items()}
+    inf_fns.update({p: ours(v, fwd_inf) for p, v in PATHS.items()})
+    fwd_fns = {p: peer_train_fwd(b) for p, b in PEERS.items()}
     fwd_fns.update({p: ours(v, fwd) for p, v in PATHS.items()})
     fb_fns = {p: peer_fb(b) for p, b in PEERS.items()}
     fb_fns.update({p: ours(v, fb) for p, v in PATHS.items()})
-    for suffix, fns, r in (("", fwd_fns, rep), ("_fb", fb_fns, max(3, rep - 2))):
+    for suffix, fns, r in (("_inf", inf_fns, rep), ("", fwd_fns, rep),
+                           ("_fb", fb_fns, max(3, rep - 2))):
         for name, seconds in round_robin(fns, warm, r, row, suffix).items():
             row[f"{name}{suffix}_ms"] = seconds * 1e3
 
@@ -151,11 +180,12 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
                                               or b"?").decode()
                 row[f"{path}_backend_bwd"] = (lib.sqa_cuda_attention_backend(ctypes.byref(args), 1)
                                               or b"?").decode()
-                out.fill_(float("nan"))
-                fwd()
-                torch.cuda.synchronize()
-                if ref is not None:
-                    row[f"{path}_err"] = float((out.float() - ref).norm() / ref.norm())
+                for form, fn in (("_inf", fwd_inf), ("", fwd)):
+                    out.fill_(float("nan"))
+                    fn()
+                    torch.cuda.synchronize()
+                    if ref is not None:
+                        row[f"{path}{form}_err"] = float((out.float() - ref).norm() / ref.norm())
                 for x in (dq, dk, dv):
                     x.fill_(float("nan"))
                 fb()
@@ -165,7 +195,7 @@ def run_config(lib, cfg: dict, peak: float, quick: bool) -> dict:
                                                   for m, r in zip((dq, dk, dv), ref_grads))
             except Exception as ex:
                 row[f"{path}_error"] = str(ex)[:300]
-    for suffix, fl in (("", flops), ("_fb", fb_flops)):
+    for suffix, fl in (("_inf", flops), ("", flops), ("_fb", fb_flops)):
         peers = [row[f"{p}{suffix}_ms"] for p in PEERS if f"{p}{suffix}_ms" in row]
         best = min(peers) if peers else None
         row[f"best_peer{suffix}_ms"] = best
@@ -193,21 +223,24 @@ def markdown(meta: dict, rows: list) -> str:
              f"also what libsqa.so loads in this process); bf16, batch 1; in-run bf16 matmul "
              f"peak {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s. Ratios: best peer "
              "time / our time (>= 0.95 is the acceptance for the default path).", ""]
-    for suffix, title in (("", "Forward"), ("_fb", "Forward + backward")):
+    for suffix, title in (("_inf", "Forward, inference (no lse asked for; SDPA under no_grad)"),
+                          ("", "Forward, training (lse kept; SDPA with inputs that need grad)"),
+                          ("_fb", "Forward + backward")):
         lines += [f"## {title}", "",
-                  "| d | mask | layout | H_q/H_kv | own TF/s | cuDNN-backend TF/s | default TF/s "
-                  "(backend) | % peak | FA2 TF/s | SDPA-cuDNN TF/s | own / best | default / best "
-                  "| err (own/cudnn/default) | >= 0.95? |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| d | mask | layout | H_q/H_kv | own TF/s | cuDNN-backend TF/s | (composite "
+                  "graph) | default TF/s (backend) | % peak | FA2 TF/s | SDPA-cuDNN TF/s | own / "
+                  "best | default / best | err (own/cudnn/composite/default) | >= 0.95? |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ratio = r.get(f"default{suffix}_vs_best_peer")
-            err_key = "_err" if suffix == "" else "_grad_err"
+            err_key = {"_fb": "_grad_err", "_inf": "_inf_err"}.get(suffix, "_err")
             errs = "/".join(fmt(r.get(f"{p}{err_key}"), ".0e") for p in PATHS)
-            backend = r.get("default_backend_fwd" if suffix == "" else "default_backend_bwd", "?")
+            backend = r.get("default_backend_bwd" if suffix == "_fb" else "default_backend_fwd", "?")
             lines.append(
                 f"| {r['d']} | {'causal' if r['causal'] else 'none'} | {r['name']} | "
                 f"{r['hq']}/{r['hkv']} | {fmt(r.get(f'own{suffix}_tflops'), '.0f')} | "
                 f"{fmt(r.get(f'cudnn_backend{suffix}_tflops'), '.0f')} | "
+                f"{fmt(r.get(f'cudnn_composite{suffix}_tflops'), '.0f')} | "
                 f"{fmt(r.get(f'default{suffix}_tflops'), '.0f')} ({backend}) | "
                 f"{fmt(r.get(f'default{suffix}_pct_peak'), '.0f')} | "
                 f"{fmt(r.get(f'fa2{suffix}_tflops'), '.0f')} | "

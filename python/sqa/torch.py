@@ -138,7 +138,7 @@ class _Call:
             return None
         return torch.cuda.current_stream(self.device).cuda_stream
 
-    def args(self, out: torch.Tensor, lse: torch.Tensor, out_strides) -> _lib.Args:
+    def args(self, out: torch.Tensor, lse: Optional[torch.Tensor], out_strides) -> _lib.Args:
         a = _lib.Args()
         a.spec = self.spec
         a.dtype = _DTYPES[self.dtype]
@@ -150,16 +150,19 @@ class _Call:
             a.cu_seqlens_k = self.cu_k.data_ptr()
         a.q, a.k, a.v = self.q.data_ptr(), self.k.data_ptr(), self.v.data_ptr()
         a.out = out.data_ptr()
-        a.lse = lse.data_ptr()
+        a.lse = lse.data_ptr() if lse is not None else None
         a.q_strides[:] = self.q_strides
         a.k_strides[:] = self.k_strides
         a.v_strides[:] = self.v_strides
         a.out_strides[:] = out_strides
         return a
 
-    def forward(self):
+    def forward(self, want_lse: bool = True):
+        """out and lse; without want_lse (inference) the library is not asked for the lse, which
+        lets the cuDNN backend run its graph without the stats output, and lse is None."""
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device)
-        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        lse = (torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+               if want_lse else None)
         _, out_strides = _strided(out, self.head_dim)
         args = self.args(out, lse, out_strides)
         with _on_device(self.device):
@@ -202,6 +205,11 @@ class _on_device:
         return False
 
 
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd will want the backward (else the forward skips the lse)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class _FlashAttn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, softmax_scale, causal, window_size, deterministic, cu_seqlens_q,
@@ -232,6 +240,9 @@ def flash_attn_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Differentiable attention: q (B, N_q, H_q, d), k and v (B, N_k, H_kv, d) ->
     out (B, N_q, max(H_q, H_kv), d) [, lse (B, max(H_q, H_kv), N_q) float32]."""
     _check_dropout(dropout_p)
+    if not return_lse and not _needs_grad(q, k, v):
+        return _Call(q, k, v, softmax_scale, causal, window_size, None, None, None,
+                     None).forward(want_lse=False)[0]
     out, lse = _FlashAttn.apply(q, k, v, softmax_scale, causal, window_size,
                                 deterministic, None, None, None, None)
     return (out, lse) if return_lse else out
@@ -249,6 +260,9 @@ def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     _check_dropout(dropout_p)
     if cu_seqlens_q is None or cu_seqlens_k is None:
         raise ValueError("cu_seqlens_q and cu_seqlens_k must both be given")
+    if not return_lse and not _needs_grad(q, k, v):
+        return _Call(q, k, v, softmax_scale, causal, window_size, cu_seqlens_q, cu_seqlens_k,
+                     max_seqlen_q, max_seqlen_k).forward(want_lse=False)[0]
     out, lse = _FlashAttn.apply(q, k, v, softmax_scale, causal, window_size,
                                 deterministic, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                 max_seqlen_k)

@@ -22,11 +22,21 @@ using testing::cuda_host::cuda_forward_via_host;
 #define SKIP_WITHOUT_GPU() \
   if (!cuda::available()) GTEST_SKIP() << "no CUDA device present"
 
-// Sets SQA_CUDA_BACKEND for one scope (the tests also set the params field directly).
-class ScopedBackendEnv {
+// Sets an environment variable for one scope (the tests also set the params field directly).
+class ScopedEnv {
  public:
-  explicit ScopedBackendEnv(const char* value) { setenv("SQA_CUDA_BACKEND", value, 1); }
-  ~ScopedBackendEnv() { unsetenv("SQA_CUDA_BACKEND"); }
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+class ScopedBackendEnv : public ScopedEnv {
+ public:
+  explicit ScopedBackendEnv(const char* value) : ScopedEnv("SQA_CUDA_BACKEND", value) {}
 };
 
 void forward_on(CudaBackend backend, const AttentionParams& host) {
@@ -68,40 +78,76 @@ const std::vector<Window>& windows() {
   return w;
 }
 
+// Both forward graphs (SQA_CUDNN_FWD_GRAPH): the composite one for every mask, the unified SDPA
+// operation (auto's choice without a mask on cuDNN >= 9.13.1) for unmasked attention.
 TEST(CudnnForward, EveryLayoutMaskAndHeadDim) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 31;
   const int64_t n = testing::small_scale() ? 160 : 300;
-  for (Variant v : cudnn_variants()) {
-    for (int d : {64, 128}) {
-      for (const Window& w : windows()) {
-        // N_k >= N_q: masks are bottom-right aligned, no row is left without keys.
-        const testing::HarnessCase c = make_case(v, d, w, n, n + (seed % 3) * 37, seed);
-        ++seed;
-        const testing::CheckResult r = testing::check_forward(
-            c, [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
-        EXPECT_TRUE(r.ok) << r.message;
+  for (const char* graph : {"composite", "auto", "unified"}) {
+    ScopedEnv env("SQA_CUDNN_FWD_GRAPH", graph);
+    const bool unified_only = std::string(graph) == "unified";
+    for (Variant v : cudnn_variants()) {
+      for (int d : {64, 128}) {
+        for (const Window& w : windows()) {
+          if (unified_only && !w.is_none()) continue;
+          // N_k >= N_q: masks are bottom-right aligned, no row is left without keys.
+          const testing::HarnessCase c = make_case(v, d, w, n, n + (seed % 3) * 37, seed);
+          ++seed;
+          const testing::CheckResult r = testing::check_forward(
+              c, [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
+          EXPECT_TRUE(r.ok) << "graph " << graph << ", " << variant_name(v) << ", d " << d
+                            << ", window (" << w.left << ", " << w.right << "): " << r.message;
+        }
       }
     }
   }
 }
 
+// The unified graph's stats are the lse both backwards read: cuDNN's forward, then cuDNN's and
+// our backward from its O and lse.
+TEST(CudnnForward, UnifiedLseFeedsEitherBackward) {
+  SKIP_WITHOUT_GPU();
+  ScopedEnv env("SQA_CUDNN_FWD_GRAPH", "unified");
+  uint64_t seed = 700;
+  for (Variant v : {Variant::mha, Variant::sqa, Variant::mqa}) {
+    for (int d : {64, 128}) {
+      for (CudaBackend bwd : {CudaBackend::cudnn, CudaBackend::own}) {
+        const testing::HarnessCase c = make_case(v, d, Window::none(), 200, 256, seed++);
+        const testing::CheckResult r =
+            testing::check_backward(c, [bwd](const AttentionBackwardParams& g) {
+              // The harness passes the reference O and lse; replace them by cuDNN's.
+              forward_on(CudaBackend::cudnn, g.forward);
+              backward_on(bwd, g);
+            });
+        EXPECT_TRUE(r.ok) << variant_name(v) << ", d " << d << ", backward "
+                          << (bwd == CudaBackend::cudnn ? "cudnn" : "own") << ": " << r.message;
+      }
+    }
+  }
+}
+
+// Strided views, and without an lse buffer (the inference graphs, with the stats kept inside):
+// the output is still right and the harness's lse stays poisoned. Masked (composite graph) and
+// unmasked (unified graph under auto).
 TEST(CudnnForward, StridedViewsAndNullLse) {
   SKIP_WITHOUT_GPU();
-  testing::HarnessCase c = make_case(Variant::sqa, 64, Window::causal(), 200, 256, 41);
-  c.padding = 8;  // heads of a fused buffer: row and head strides stay multiples of 8
-  testing::CheckResult r = testing::check_forward(
-      c, [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
-  EXPECT_TRUE(r.ok) << r.message;
-  // Without an lse buffer the output is still right; the harness's lse stays poisoned.
-  c.padding = 0;
-  r = testing::check_forward(c, [](const AttentionParams& host) {
-    AttentionParams p = host;
-    p.lse = nullptr;
-    forward_on(CudaBackend::cudnn, p);
-  });
-  EXPECT_NE(r.message.find("lse"), std::string::npos) << r.message;
-  EXPECT_EQ(r.message.find("out:"), std::string::npos) << r.message;
+  uint64_t seed = 41;
+  for (const Window& w : {Window::causal(), Window::none()}) {
+    testing::HarnessCase c = make_case(Variant::sqa, 64, w, 200, 256, seed++);
+    c.padding = 8;  // heads of a fused buffer: row and head strides stay multiples of 8
+    testing::CheckResult r = testing::check_forward(
+        c, [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
+    EXPECT_TRUE(r.ok) << r.message;
+    c.padding = 0;
+    r = testing::check_forward(c, [](const AttentionParams& host) {
+      AttentionParams p = host;
+      p.lse = nullptr;
+      forward_on(CudaBackend::cudnn, p);
+    });
+    EXPECT_NE(r.message.find("lse"), std::string::npos) << r.message;
+    EXPECT_EQ(r.message.find("out:"), std::string::npos) << r.message;
+  }
 }
 
 TEST(CudnnBackward, EveryLayoutMaskAndHeadDim) {
@@ -276,6 +322,30 @@ TEST(CudnnRouting, RejectsUnknownEnvValue) {
   const std::string msg = error_of([&] { cuda::attention_forward(p); });
   EXPECT_NE(msg.find("SQA_CUDA_BACKEND (fast)"), std::string::npos) << msg;
   EXPECT_NE(msg.find("own, cudnn or auto"), std::string::npos) << msg;
+}
+
+TEST(CudnnForward, GraphChoiceNamesTheRule) {
+  SKIP_WITHOUT_GPU();
+  const testing::HarnessCase masked = make_case(Variant::sqa, 64, Window::causal(), 64, 64, 3);
+  const auto run = [&] {
+    testing::check_forward(masked,
+                           [](const AttentionParams& p) { forward_on(CudaBackend::cudnn, p); });
+  };
+  {
+    ScopedEnv env("SQA_CUDNN_FWD_GRAPH", "unified");
+    const std::string msg = error_of(run);
+    EXPECT_NE(msg.find("SQA_CUDNN_FWD_GRAPH=unified takes unmasked attention only (window left -1, "
+                       "right 0)"),
+              std::string::npos)
+        << msg;
+  }
+  {
+    ScopedEnv env("SQA_CUDNN_FWD_GRAPH", "fused");
+    const std::string msg = error_of(run);
+    EXPECT_NE(msg.find("SQA_CUDNN_FWD_GRAPH (fused) must be auto, unified or composite"),
+              std::string::npos)
+        << msg;
+  }
 }
 
 }  // namespace

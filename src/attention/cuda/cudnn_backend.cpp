@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -306,6 +307,29 @@ class GraphBuilder {
     ops_.push_back(op);
   }
 
+  // cuDNN's fused SDPA forward operation (descriptor type 41, cuDNN >= 9.13). The attribute
+  // names are the header's when it has them; they are named by value so that this file also
+  // builds against an older cudnn_graph.h (the loaded library's version is checked at run time).
+  void sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                    const Tensor& scale, const Tensor* stats) {
+    constexpr auto kSdpaFwd = static_cast<cudnnBackendDescriptorType_t>(41);
+    constexpr auto kQDesc = static_cast<cudnnBackendAttributeName_t>(2800);
+    constexpr auto kKDesc = static_cast<cudnnBackendAttributeName_t>(2801);
+    constexpr auto kVDesc = static_cast<cudnnBackendAttributeName_t>(2802);
+    constexpr auto kODesc = static_cast<cudnnBackendAttributeName_t>(2803);
+    constexpr auto kStatsDesc = static_cast<cudnnBackendAttributeName_t>(2804);
+    constexpr auto kScaleDesc = static_cast<cudnnBackendAttributeName_t>(2805);
+    auto op = std::make_shared<Descriptor>(kSdpaFwd);
+    op->set(kQDesc, q.desc->get())
+        .set(kKDesc, k.desc->get())
+        .set(kVDesc, v.desc->get())
+        .set(kODesc, o.desc->get())
+        .set(kScaleDesc, scale.desc->get());
+    if (stats != nullptr) op->set(kStatsDesc, stats->desc->get());
+    op->finalize("SDPA forward operation");
+    ops_.push_back(op);
+  }
+
   // Finalizes the graph, asks the heuristics, and keeps the first engine config that builds.
   std::shared_ptr<Plan> build(cudnnHandle_t handle) {
     auto plan = std::make_shared<Plan>();
@@ -451,14 +475,20 @@ Tensor apply_mask(GraphBuilder& g, const Shape& s, const Window& w, Tensor score
   return windowed;
 }
 
-std::shared_ptr<Plan> build_forward(cudnnHandle_t handle, const AttentionParams& p) {
+// The composite forward graph: matmul, scale, mask, softmax as max / sub / exp / sum / div, matmul.
+// cuDNN's heuristics recognise the pattern (the one NVIDIA's frontend emits) and return its fused
+// engine. Without stats (inference) the LSE is a virtual tensor, as in the frontend's graph.
+std::shared_ptr<Plan> build_composite_forward(cudnnHandle_t handle, const AttentionParams& p,
+                                              bool with_stats) {
   const Shape s = shape_of(p);
   GraphBuilder g;
   const Tensor q = bhsd(g, s, p.q_strides, s.hq, s.sq, kQ);
   const Tensor kt = bhsd(g, s, p.k_strides, s.hkv, s.sk, kK, true);
   const Tensor v = bhsd(g, s, p.v_strides, s.hkv, s.sk, kV);
   const Tensor o = bhsd(g, s, p.out_strides, s.hq, s.sq, kO);
-  const Tensor stats = g.tensor(s.row_dims(), s.row_strides(), CUDNN_DATA_FLOAT, kStats, false);
+  const Tensor stats = with_stats ? g.tensor(s.row_dims(), s.row_strides(), CUDNN_DATA_FLOAT,
+                                             kStats, false)
+                                  : g.virtual_like(s.row_dims(), s.row_strides());
 
   Tensor score = g.virtual_like(s.score_dims(), s.score_strides());
   g.matmul(q, kt, score);
@@ -479,6 +509,27 @@ std::shared_ptr<Plan> build_forward(cudnnHandle_t handle, const AttentionParams&
   const Tensor probs = g.virtual_like(s.score_dims(), s.score_strides(), s.io);
   g.pointwise(CUDNN_POINTWISE_DIV, exp, &sum, nullptr, probs);
   g.matmul(probs, v, o);
+  return g.build(handle);
+}
+
+// The unified forward graph: one SDPA_FWD operation (cuDNN >= 9.13.1) with Q, the literal K (not
+// K^T), V, O, the scale by value and, for training, the stats. It has its own engines: NVIDIA's
+// frontend picks it whenever it can (cudnn-frontend 1.18, the one in PyTorch 2.11, does so for
+// unmasked attention), and on the H200 its engine ran the unmasked d = 128 MHA forward at 685
+// TFLOP/s where the composite graph's ran at 602-606 (bench/results/2026-11-29-h200-gpu-run24).
+// Masks need cuDNN 9.21's bounds, so masked calls stay on the composite graph.
+std::shared_ptr<Plan> build_unified_forward(cudnnHandle_t handle, const AttentionParams& p,
+                                            bool with_stats) {
+  const Shape s = shape_of(p);
+  GraphBuilder g;
+  const Tensor q = bhsd(g, s, p.q_strides, s.hq, s.sq, kQ);
+  const Tensor k = bhsd(g, s, p.k_strides, s.hkv, s.sk, kK);
+  const Tensor v = bhsd(g, s, p.v_strides, s.hkv, s.sk, kV);
+  const Tensor o = bhsd(g, s, p.out_strides, s.hq, s.sq, kO);
+  const Tensor scale = g.scalar(p.spec.scale());
+  std::optional<Tensor> stats;
+  if (with_stats) stats = g.tensor(s.row_dims(), s.row_strides(), CUDNN_DATA_FLOAT, kStats, false);
+  g.sdpa_forward(q, k, v, o, scale, stats ? &*stats : nullptr);
   return g.build(handle);
 }
 
@@ -555,6 +606,40 @@ std::shared_ptr<Plan> build_backward(cudnnHandle_t handle, const AttentionBackwa
   return g.build(handle);
 }
 
+// Which forward graph describes a call to cuDNN: SQA_CUDNN_FWD_GRAPH = auto (or unset), unified
+// or composite, read on every call so a benchmark can compare them in one process. auto takes the
+// unified SDPA operation where it can serve the call (no mask, cuDNN >= 9.13.1) and falls back to
+// the composite graph when the unified one finds no engine; the explicit choices do not fall back.
+enum class ForwardGraph { automatic, unified, composite };
+
+constexpr size_t kUnifiedForwardMinVersion = 91301;
+
+ForwardGraph requested_forward_graph(const AttentionParams& p) {
+  const char* env = std::getenv("SQA_CUDNN_FWD_GRAPH");
+  const std::string mode = env != nullptr ? env : "";
+  const bool masked = !p.spec.window.is_none();
+  const size_t version = cudnnGetVersion();
+  if (mode.empty() || mode == "auto") {
+    return !masked && version >= kUnifiedForwardMinVersion ? ForwardGraph::automatic
+                                                            : ForwardGraph::composite;
+  }
+  if (mode == "composite") return ForwardGraph::composite;
+  if (mode == "unified") {
+    if (masked) {
+      throw Error(concat("SQA_CUDNN_FWD_GRAPH=unified takes unmasked attention only (window left ",
+                         p.spec.window.left, ", right ", p.spec.window.right,
+                         "): the mask bounds of cuDNN's SDPA operation need cuDNN 9.21"));
+    }
+    if (version < kUnifiedForwardMinVersion) {
+      throw Error(concat("SQA_CUDNN_FWD_GRAPH=unified needs cuDNN 9.13.1 or newer (this is ",
+                         version, ")"));
+    }
+    return ForwardGraph::unified;
+  }
+  throw Error(
+      concat("SQA_CUDNN_FWD_GRAPH (", mode, ") must be auto, unified or composite, or unset"));
+}
+
 // ---- handles, plan cache, execution -------------------------------------------------------
 
 std::mutex& cudnn_mutex() {
@@ -606,17 +691,33 @@ std::string plan_key(int device, const AttentionParams& p, const AttentionBackwa
 
 // The cached plan for this call (built on first use); null with `error` set when cuDNN has no
 // engine for it. Callers hold cudnn_mutex().
+// A forward plan has stats (the LSE output) when the caller passes an lse buffer; without one
+// (inference) the stats stay inside the graph.
 const CacheEntry& cached_plan(const AttentionParams& p, const AttentionBackwardParams* bp) {
   int device = 0;
   check_cuda_status(cudaGetDevice(&device), "cudaGetDevice");
   static std::map<std::string, CacheEntry> cache;
-  const std::string key = plan_key(device, p, bp);
+  const ForwardGraph graph = bp != nullptr ? ForwardGraph::composite : requested_forward_graph(p);
+  const bool with_stats = bp != nullptr || p.lse != nullptr;
+  const std::string key = concat(plan_key(device, p, bp), static_cast<int>(graph), ";",
+                                 with_stats ? "stats" : "no-stats");
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   CacheEntry entry;
   try {
     cudnnHandle_t handle = handle_for(device);
-    entry.plan = bp ? build_backward(handle, *bp) : build_forward(handle, p);
+    if (bp != nullptr) {
+      entry.plan = build_backward(handle, *bp);
+    } else if (graph == ForwardGraph::composite) {
+      entry.plan = build_composite_forward(handle, p, with_stats);
+    } else {
+      try {
+        entry.plan = build_unified_forward(handle, p, with_stats);
+      } catch (const std::exception&) {
+        if (graph == ForwardGraph::unified) throw;
+        entry.plan = build_composite_forward(handle, p, with_stats);
+      }
+    }
   } catch (const std::exception& e) {
     entry.error = e.what();
   }
@@ -795,31 +896,14 @@ bool cudnn_forward_if_chosen(const AttentionParams& params) {
   const void* pointers[] = {params.q, params.k, params.v, params.out};
   const char* names[] = {"q", "k", "v", "out"};
   for (int i = 0; i < 4; ++i) require_aligned(pointers[i], names[i]);
-  auto stream = static_cast<cudaStream_t>(params.stream);
-  // The graph always writes stats; without an lse buffer they go to a scratch one.
-  float* lse = params.lse;
-  const AttentionSpec& spec = params.spec;
-  if (lse == nullptr) {
-    const size_t bytes =
-        static_cast<size_t>(params.batch * spec.heads.num_query_heads * params.seqlen_q) *
-        sizeof(float);
-    check_cuda_status(cudaMallocAsync(reinterpret_cast<void**>(&lse), bytes, stream),
-                      "cudaMallocAsync(lse scratch)");
-  }
+  // The plan has stats exactly when there is an lse buffer (cached_plan).
+  std::vector<std::pair<int64_t, void*> > tensors = {{kQ, const_cast<void*>(params.q)},
+                                                     {kK, const_cast<void*>(params.k)},
+                                                     {kV, const_cast<void*>(params.v)},
+                                                     {kO, params.out}};
+  if (params.lse != nullptr) tensors.emplace_back(kStats, params.lse);
   std::lock_guard<std::mutex> lock(cudnn_mutex());
-  try {
-    execute(*plan,
-            {{kQ, const_cast<void*>(params.q)},
-             {kK, const_cast<void*>(params.k)},
-             {kV, const_cast<void*>(params.v)},
-             {kO, params.out},
-             {kStats, lse}},
-            stream);
-  } catch (...) {
-    if (params.lse == nullptr) (void)cudaFreeAsync(lse, stream);
-    throw;
-  }
-  if (params.lse == nullptr) check_cuda_status(cudaFreeAsync(lse, stream), "cudaFreeAsync(lse)");
+  execute(*plan, tensors, static_cast<cudaStream_t>(params.stream));
   return true;
 }
 
