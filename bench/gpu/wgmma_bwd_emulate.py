@@ -8,6 +8,15 @@ buffer order, without a GPU. It mirrors the kernel by hand (keep the two in step
 without 16-bit rounding, so every case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
+       python3 bench/gpu/wgmma_bwd_emulate.py [quick] wgmma2
+       python3 bench/gpu/wgmma_bwd_emulate.py mutations
+wgmma2: flash_bwd_dkdv_wgmma2_kernel (flash_bwd_wgmma2.cuh, SQA_CUDA_BWD=wgmma2, kDq only), the
+one-barrier schedule, with the two warpgroups as separate programs (emulate_cta_wgmma2's
+wg_program mirrors the kernel statement for statement) under PTX barrier semantics (bar.sync,
+bar.arrive, __syncthreads as bar.sync 0; deadlocks, over-full or mismatched barriers and
+barriers left half-arrived are errors), every case in both timing modes and six interleavings
+(greedy with either warpgroup first, four seeded random ones). mutations: injects each bug of
+MUTATIONS into that schedule and checks that some case, mode and interleaving fails.
 Both instantiations: kDq = true (the default scheme): dQ split over its columns, through a shared
 fp32 tile and bulk reduce-adds: the tile's padded rows and 8-byte stores (bank-conflict-free,
 checked), one cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and
@@ -601,8 +610,489 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
                         out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
 
 
+# ---- the one-barrier schedule (flash_bwd_wgmma2.cuh, SQA_CUDA_BWD=wgmma2) ---------------------
+# Each warpgroup is a separate program (a generator; its 128 threads move together), run under an
+# interleaving policy with PTX barrier semantics: bar.sync (id, n) counts the warpgroup's 128
+# threads and waits until n threads (its own included) arrived in this generation of the
+# barrier; bar.arrive counts them and goes on; __syncthreads is bar.sync 0, 256. A program
+# yields None at a scheduling point (the policy may switch programs there), or a barrier op.
+# Policies: greedy0 / greedy1 (run warpgroup 0 / 1 whenever it can), random (seeded choice at
+# every scheduling point). A deadlock, an over-full barrier, a thread-count mismatch inside one
+# generation and a barrier left half-arrived at the end are errors.
+
+class Barriers:
+    def __init__(self):
+        self.count, self.expect, self.gen = {}, {}, {}
+
+    def arrive(self, bid, n):
+        assert 0 <= bid < 16 and n % 32 == 0 and n > 0, (bid, n)
+        c = self.count.get(bid, 0)
+        if c:
+            assert self.expect[bid] == n, \
+                f"barrier {bid}: count {n} while a generation of {self.expect[bid]} is open"
+        self.expect[bid] = n
+        c += 128
+        assert c <= n, f"barrier {bid}: {c} arrivals for a count of {n}"
+        if c == n:
+            self.count[bid] = 0
+            self.gen[bid] = self.gen.get(bid, 0) + 1
+        else:
+            self.count[bid] = c
+
+
+def run_programs(progs, policy, rng):
+    bars = Barriers()
+    blocked = [None] * len(progs)  # (barrier id, generation it waits to end)
+    done = [False] * len(progs)
+    while not all(done):
+        runnable = [i for i in range(len(progs)) if not done[i] and (
+            blocked[i] is None or bars.gen.get(blocked[i][0], 0) > blocked[i][1])]
+        assert runnable, f"deadlock: programs blocked on {blocked}"
+        if policy == "greedy0":
+            i = runnable[0]
+        elif policy == "greedy1":
+            i = runnable[-1]
+        else:
+            i = runnable[rng.integers(len(runnable))]
+        blocked[i] = None
+        try:
+            op = next(progs[i])
+        except StopIteration:
+            done[i] = True
+            continue
+        if op is None:
+            continue
+        kind, bid, n = op
+        g0 = bars.gen.get(bid, 0)
+        bars.arrive(bid, n)
+        if kind == "sync" and bars.gen.get(bid, 0) == g0:
+            blocked[i] = (bid, g0)
+        else:
+            assert kind in ("sync", "arrive"), kind
+    open_bars = {b: c for b, c in bars.count.items() if c}
+    assert not open_bars, f"barriers left half-arrived: {open_bars}"
+
+
+# Bugs the mutations mode injects into emulate_cta_wgmma2 (each must be caught):
+MUTATIONS = {
+    "no_ds_sync": "no bar.sync ds(w) before the dS^T stores",
+    "no_ds_handover": "neither the bar.arrive nor the bar.sync of the dS^T hand-over",
+    "arrive_before_dq_wait": "bar.arrive ds(other) before the wait for dQ(it - 1)",
+    "ds_bar_id_mixup": "bar.arrive on the own ds barrier instead of the other's",
+    "dq_bar_id_clash": "dq(w) barriers on ids 2, 3 (clash with ds(1))",
+    "ds_bar_id_zero": "ds barriers on ids 0, 1 (0 is __syncthreads)",
+    "dq_half_offset": "bulk adds read half 0 of the dQ tile for both warpgroups",
+    "dq_half_global": "bulk adds add half w into dQ columns 0 ..",
+    "no_bulk_wait": "no cp.async.bulk.wait_group.read before the barrier (tile reused)",
+    "stage_index": "copies of step it into stage (it + kStages) % kStages (the one being read)",
+    "cp_wait_count": "cp.async wait_group kStages - 1 before the barrier (block it not landed)",
+    "dq_wait_count": "wait_group for dQ(it - 1) one group too lax",
+    "no_step_wait": "no wait_group 0 at the end of a step",
+    "no_tail_barrier": "no __syncthreads before the last block's dQ",
+    "pend_before_bulk": "the pending dQ block updated before the bulk adds of step it",
+}
+
+
+def emulate_cta_wgmma2(P, out, n_block, kv_head, split, splits, b, reads_at_wait, policy,
+                       seed=0, mut=frozenset(), raw_addr=0x410):
+    """One CTA of flash_bwd_dkdv_wgmma2_kernel<T, D> (kDq only): the two warpgroups as separate
+    programs (wg_program below mirrors the kernel's code, statement for statement)."""
+    D = P.D
+    BN, BM, T = 128, 64, 256
+    kStages = 4 if D == 64 else 3              # WgmmaBwd2Tile::kStages
+    dv_early = 4 if D == 64 else 3             # WgmmaBwd2Tile::kDvEarly
+    kDptWithS = D == 64
+    kKV, kQ, kStat = BN * D * 2, BM * D * 2, BM * 4
+    kDs = BN * BM * 2
+    kDqRow = D * 4 + 32                        # WgmmaBwd2Tile::kDqRowBytes
+    kDqHalf = D // 2 * 4                       # WgmmaBwd2Tile::kDqHalfBytes
+    kDqB = BM * kDqRow
+    assert kDqRow % 128 == 32 and kDqHalf % 16 == 0
+    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDqB + 1024
+    assert smem_bytes <= 227 * 1024, smem_bytes
+    sm = Smem(raw_addr + smem_bytes + 64)
+    sK = (raw_addr + 1023) & ~1023
+    sV = sK + kKV
+    sQ = sV + kKV
+    sdO = sQ + kStages * kQ
+    sdS = sdO + kStages * kQ
+    sStat = sdS + kDs
+    sDq = sStat + 2 * kStages * kStat
+    assert sDq + kDqB <= raw_addr + smem_bytes and sDq % 16 == 0
+    kBarDs0 = 0 if "ds_bar_id_zero" in mut else 1
+    kBarDq0 = 2 if "dq_bar_id_clash" in mut else 3
+
+    q_row0, k_row0, total_q, nq, nk = P.span(b)
+    n0 = n_block * BN
+    if n0 >= nk:
+        return
+    diag, left, right = nk - nq, P.left, P.right
+    G = P.G
+    group_lo = split * G // splits
+    group_hi = (split + 1) * G // splits
+    h_first = kv_head if P.reverse else kv_head * G + group_lo
+    h_count = 1 if P.reverse else group_hi - group_lo
+    rsqa_qh = kv_head % P.Hq if P.reverse else 0
+    last_key = min(n0 + BN, nk) - 1
+    q_lo, q_hi = 0, nq
+    if right >= 0:
+        q_lo = max(0, n0 - diag - right)
+    if left >= 0:
+        q_hi = min(nq, last_key - diag + left + 1)
+    qb_begin = q_lo // BM
+    nqb = (q_hi + BM - 1) // BM - qb_begin if q_hi > q_lo else 0
+    n_iter = h_count * nqb
+    lse_head = total_q if P.varlen else P.Nq
+    lse_base = q_row0 if P.varlen else b * P.Ha * P.Nq
+    dq_base = q_row0 if P.varlen else b * P.Hq * P.Nq
+    Kh = P.k[k_row0:k_row0 + nk, kv_head]
+    Vh = P.v[k_row0:k_row0 + nk, kv_head]
+    dq_accum = out["dq_accum"]
+    dq_n, dq_steps = D // 2, BN // 16
+
+    # ---- per-warpgroup machinery: cp.async groups (of its threads), wgmma groups, bulk groups
+    # (per thread), registers
+    cp_groups = [[[]], [[]]]
+    mma_groups = [[], []]
+    bulk_groups = {}
+
+    def land(op):
+        addr, vals, f32 = op
+        if f32:
+            sm.write32f(addr, vals)
+        else:
+            sm.write_chunk(addr, vals)
+
+    def cp_async(wg, addr, vals, f32=False):
+        if reads_at_wait:
+            land((addr, vals, f32))
+        else:
+            cp_groups[wg][-1].append((addr, vals, f32))
+
+    def cp_commit(wg):
+        cp_groups[wg].append([])
+
+    def cp_wait(wg, n):
+        committed = cp_groups[wg][:-1]
+        for grp in committed[:max(0, len(committed) - n)]:
+            for op in grp:
+                land(op)
+            grp.clear()
+
+    def load_tile(wg, dst, arr, rows, row0, valid_rows):
+        """load_tile_sw128<T, D, rows, 256>: this warpgroup's threads' chunks."""
+        kch = D // 8
+        step = T // kch
+        for tid in range(128 * wg, 128 * wg + 128):
+            r, c = tid // kch, tid % kch
+            to = dst + sw128_offset(rows, r, c)
+            for i in range(rows // step):
+                row = row0 + r + i * step
+                vals = arr[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
+                cp_async(wg, to + i * step * 128, vals)
+
+    def load_q_block(wg, stage, h, m0):
+        qh = rsqa_qh if P.reverse else h
+        load_tile(wg, sQ + stage * kQ, P.q[q_row0:q_row0 + nq, qh], BM, m0, nq)
+        load_tile(wg, sdO + stage * kQ, P.do[q_row0:q_row0 + nq, h], BM, m0, nq)
+        for tid in range(128 * wg, 128 * wg + 128):
+            if tid < 2 * BM:  # threads 0 .. 63 lse, 64 .. 127 D
+                i, is_d = tid % BM, tid >= BM
+                valid = m0 + i < nq
+                row = lse_base + h * lse_head + m0 + i
+                src = P.dsum if is_d else P.lse
+                cp_async(wg, sStat + ((kStages if is_d else 0) + stage) * kStat + i * 4,
+                         src[row] if valid else 0.0, f32=True)
+
+    def mma_commit(wg, op, poison=None):
+        if reads_at_wait:
+            if poison is not None:  # an overwritten accumulator is garbage until the wait
+                wgs[wg][poison][:] = np.nan
+            mma_groups[wg].append(op)
+        else:
+            op()
+            mma_groups[wg].append(None)
+
+    def mma_wait(wg, n):
+        while len(mma_groups[wg]) > n:
+            op = mma_groups[wg].pop(0)
+            if op is not None:
+                op()
+
+    wgs = []
+    for wg in range(2):
+        key_local0 = wg * 64 + W_OF * 16 + G_OF
+        c0 = wg * dq_n
+        wgs.append({
+            "key_local0": key_local0,
+            "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
+            "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
+            "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
+            "dq": np.zeros((128, D // 4)),
+            "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
+            "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
+            "ds_desc": desc(sdS, BN * 128, 1024),
+            "dq_col0": c0,
+            "kt_desc": desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024),
+        })
+
+    def gemm_st(wg, q_stage, which):
+        a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
+        b_desc0 = desc(q_stage, 16, 1024)
+
+        def op():
+            acc = np.zeros((64, 64))
+            for kk in range(D // 16):
+                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
+                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
+                acc += (read_kmajor(sm, advance(a_desc0, a_off), 64)
+                        @ read_kmajor(sm, advance(b_desc0, b_off), 64).T)
+            wgs[wg][which][:] = regs_from(acc, 64)
+        return op
+
+    def gemm_kv(wg, do_stage, q_stage, pa, da, dv_steps):
+        dob = desc(do_stage, BM * 128, 1024)
+        qbd = desc(q_stage, BM * 128, 1024)
+        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
+                if x[0] is not None]
+
+        def op():
+            for regs, bdesc, name, steps in todo:
+                acc = np.zeros((64, D))
+                for kk in steps:
+                    acc += (a_from_regs(regs[:, kk])
+                            @ read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D))
+                wgs[wg][name] += regs_from(acc, D)
+        return op
+
+    def gemm_dq(wg):
+        def op():
+            acc = np.zeros((64, dq_n))
+            for kk in range(dq_steps):
+                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)
+                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
+                acc += At.T @ B
+            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
+        return op
+
+    def bulk_apply(grow, gcol, saddr):
+        vals = sm.f[saddr // 4: saddr // 4 + dq_n].copy()
+        assert not np.isnan(vals).any(), "bulk reduce reads unwritten tile words"
+        dq_accum[grow, gcol: gcol + dq_n] += vals
+
+    def bulk_wait_read(wg):  # the issuers of warpgroup wg: wait_group.read 0
+        for tid in range(128 * wg, 128 * wg + 128):
+            for grow, gcol, saddr in bulk_groups.pop(tid, []):
+                bulk_apply(grow, gcol, saddr)
+
+    def store_dq_half(wg):
+        dq, c0 = wgs[wg]["dq"], wgs[wg]["dq_col0"]
+        for w in range(4):
+            for j in range(dq_n // 8):
+                for half_row in (0, 8):
+                    lane = np.arange(32)
+                    g, t = lane // 4, lane % 4
+                    r = w * 16 + g + half_row
+                    col = c0 + 8 * j + 2 * t
+                    addr = sDq + r * kDqRow + col * 4
+                    assert np.all(addr % 8 == 0)
+                    assert np.all(col * 4 >= c0 * 4) and np.all(col * 4 < c0 * 4 + kDqHalf)
+                    e0 = 2 if half_row else 0
+                    sm.f[addr // 4] = dq[w * 32 + lane, 4 * j + e0] * P.scale
+                    sm.f[addr // 4 + 1] = dq[w * 32 + lane, 4 * j + e0 + 1] * P.scale
+                    for hw in range(2):  # 8-byte stores: two half-warp wavefronts
+                        words = np.concatenate([addr[16 * hw:16 * hw + 16] // 4,
+                                                addr[16 * hw:16 * hw + 16] // 4 + 1])
+                        assert len(set(words % 32)) == 32, "dQ tile store bank conflict"
+
+    def wg_program(wg):
+        """flash_bwd_dkdv_wgmma2_kernel for the 128 threads of warpgroup wg."""
+        S = wgs[wg]
+        bar_ds_mine, bar_ds_other = kBarDs0 + wg, kBarDs0 + 1 - wg
+        bar_dq_mine = kBarDq0 + wg
+        if "ds_bar_id_mixup" in mut:
+            bar_ds_other = bar_ds_mine
+        load = {"h": h_first, "qb": 0}  # load_h, load_qb (per thread in the kernel)
+        pend = {"row": 0, "rows": 0}    # dq_pend_row, dq_pend_rows
+
+        def load_next(stage):
+            load_q_block(wg, stage, load["h"], (qb_begin + load["qb"]) * BM)
+            load["qb"] += 1
+            if load["qb"] == nqb:
+                load["qb"] = 0
+                load["h"] += 1
+
+        def issue_dq():
+            mma_commit(wg, gemm_dq(wg), poison="dq")
+
+        def issue_dpt(do_stage):
+            mma_commit(wg, gemm_st(wg, do_stage, "dpt"), poison="dpt")
+
+        def dq_to_tile_and_bulk():
+            store_dq_half(wg)
+            yield None
+            yield ("sync", bar_dq_mine, 128)  # half wg stored and fenced
+            c0 = S["dq_col0"]
+            for tid in range(128 * wg, 128 * wg + 128):
+                lane, warp_in_group = tid % 32, (tid % 128) // 32
+                row = warp_in_group * 16 + lane  # dq_issue_row: rows its warp stored
+                if lane < 16 and row < pend["rows"]:
+                    grow = pend["row"] + row
+                    gcol = 0 if "dq_half_global" in mut else c0
+                    saddr = sDq + row * kDqRow + (0 if "dq_half_offset" in mut else c0 * 4)
+                    assert saddr % 16 == 0 and (grow * D + gcol) * 4 % 16 == 0
+                    if reads_at_wait:
+                        bulk_groups.setdefault(tid, []).append((grow, gcol, saddr))
+                    else:
+                        bulk_apply(grow, gcol, saddr)
+
+        load_tile(wg, sK, Kh, BN, n0, nk)
+        load_tile(wg, sV, Vh, BN, n0, nk)
+        for tid in range(128 * wg, 128 * wg + 128):  # the dS^T tile zeroed (16 bytes a store)
+            for i in range(kDs // (16 * T)):
+                sm.write_chunk(sdS + (i * T + tid) * 16, np.zeros(8))
+        for j in range(kStages - 1):
+            if j < n_iter:
+                load_next(j)
+            cp_commit(wg)
+        yield None
+        i32 = np.arange(32)[None, :]
+        col = 8 * (i32 // 4) + 2 * T_OF[:, None] + (i32 % 2)  # query column of st[i]
+        qb, h = 0, h_first
+        for it in range(n_iter):
+            stage = it % kStages
+            m0 = (qb_begin + qb) * BM
+            qh = rsqa_qh if P.reverse else h
+            # B(it)
+            if "no_bulk_wait" not in mut:
+                bulk_wait_read(wg)
+            cp_wait(wg, kStages - 1 if "cp_wait_count" in mut else kStages - 2)
+            yield ("sync", 0, 256)
+
+            q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
+            issue_dq()
+            mma_commit(wg, gemm_st(wg, q_stage, "st"), poison="st")
+            if kDptWithS:
+                issue_dpt(do_stage)
+            yield None
+            if it + kStages - 1 < n_iter:
+                load_next((it + kStages) % kStages if "stage_index" in mut else
+                          (it + kStages - 1) % kStages)
+            cp_commit(wg)
+            yield None
+
+            # dQ(it - 1) done (step 0: dQ of the zeroed tile, pend["rows"] = 0)
+            if "arrive_before_dq_wait" in mut:
+                yield ("arrive", bar_ds_other, 256)
+            mma_wait(wg, (2 if kDptWithS else 1) + (1 if "dq_wait_count" in mut else 0))
+            yield None
+            if "arrive_before_dq_wait" not in mut and "no_ds_handover" not in mut:
+                yield ("arrive", bar_ds_other, 256)
+            if "pend_before_bulk" in mut:
+                pend["row"] = dq_base + qh * lse_head + m0
+                pend["rows"] = min(BM, nq - m0)
+            yield from dq_to_tile_and_bulk()
+            pend["row"] = dq_base + qh * lse_head + m0  # rows.dq(qh, m0)
+            pend["rows"] = min(BM, nq - m0)
+            if not kDptWithS:
+                issue_dpt(do_stage)
+            yield None
+
+            l_tile = sStat + stage * kStat
+            d_tile = sStat + (kStages + stage) * kStat
+            q_last = min(m0 + BM, nq) - 1
+            wg_key0 = n0 + wg * 64
+            full = (wg_key0 + 64 <= nk and m0 + BM <= nq
+                    and (left < 0 or wg_key0 >= q_last + diag - left)
+                    and (right < 0 or wg_key0 + 63 <= m0 + diag + right))
+            mma_wait(wg, 1)  # S^T done
+            st = S["st"]
+            assert not np.isnan(st).any(), \
+                "S^T NaN: read before its wgmma completed, or it read unwritten shared memory"
+            lval = sm.f[(l_tile + 4 * col) // 4]
+            with np.errstate(over="ignore", invalid="ignore"):
+                st[:] = np.exp2(st * (P.scale * LOG2E) - lval * LOG2E)
+            if not full:
+                qrow = m0 + col
+                keyv = S["key"][np.arange(128)[:, None], (i32 // 2) % 2]
+                ok = (qrow < nq) & key_visible(keyv, qrow, nk, diag, left, right)
+                st[:] = np.where(ok, st, 0.0)
+            else:
+                assert np.all(m0 + col < nq)
+            assert not np.isnan(st).any()
+            pa = np.full((128, 4, 4, 2), np.nan)
+            pa[:, :dv_early] = pack(st)[:, :dv_early]
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pa, None, range(dv_early)))
+            mma_wait(wg, 1)  # dP^T done
+            dpt = S["dpt"]
+            assert not np.isnan(dpt).any(), \
+                "dP^T NaN: read before its wgmma completed, or it read unwritten shared memory"
+            yield None
+            if "no_ds_sync" not in mut and "no_ds_handover" not in mut:
+                yield ("sync", bar_ds_mine, 256)
+            dval = sm.f[(d_tile + 4 * col) // 4]
+            dpt[:] = st * (dpt - dval)
+            assert not np.isnan(dpt).any()
+            pa = np.array(pa)
+            pa[:, dv_early:] = pack(st)[:, dv_early:]
+            da = pack(dpt)
+            for kk in range(4):  # dS^T to rows 64 wg .. of the tile
+                for i in range(4):
+                    row = S["key_local0"] + 8 * (i % 2)
+                    off = row * 128 + (((2 * kk + i // 2) % 8) ^ (row % 8)) * 16 + 4 * T_OF
+                    assert np.all(off == [sw128_offset(BN, r, 2 * kk + i // 2) + 4 * tt
+                                          for r, tt in zip(row, T_OF)])
+                    sm.v[(sdS + off) // 2] = da[:, kk, i, 0]
+                    sm.v[(sdS + off) // 2 + 1] = da[:, kk, i, 1]
+            yield None
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pa, da, range(dv_early, BM // 16)))
+            if "no_step_wait" not in mut:
+                mma_wait(wg, 0)
+            yield None
+            qb += 1
+            if qb == nqb:
+                qb = 0
+                h += 1
+        cp_wait(wg, 0)
+        if n_iter > 0:
+            # B(end), then the last block's dQ
+            if "no_bulk_wait" not in mut:
+                bulk_wait_read(wg)
+            if "no_tail_barrier" not in mut:
+                yield ("sync", 0, 256)
+            issue_dq()
+            mma_wait(wg, 0)
+            yield from dq_to_tile_and_bulk()
+            bulk_wait_read(wg)  # wait_group 0
+        mma_wait(wg, 0)  # (nothing pending in the kernel's order; a mutation may leave some)
+
+    rng = np.random.default_rng(seed)
+    run_programs([wg_program(0), wg_program(1)], policy, rng)
+    assert not bulk_groups
+    assert all(not gq for gq in mma_groups)
+
+    for wg in range(2):
+        S = wgs[wg]
+        for tt in range(128):
+            for r in range(2):
+                key = S["key"][tt, r]
+                if key >= nk:
+                    continue
+                for j in range(D // 8):
+                    c = j * 8 + 2 * T_OF[tt]
+                    dkv = S["dk"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2] * P.scale
+                    dvv = S["dv"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2]
+                    if splits > 1:
+                        out["partial"][split, b, kv_head, key, c: c + 2] = dkv
+                        out["partial"][split, b, kv_head, key, D + c: D + c + 2] = dvv
+                    else:
+                        out["dk"][k_row0 + key, kv_head, c: c + 2] = dkv
+                        out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
+
+
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, with_dq=True):
+             reads_at_wait, gain=1.0, with_dq=True, sched="wgmma", policy="greedy0", iseed=0,
+             mut=frozenset(), quiet=False):
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -614,8 +1104,12 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
     for b in range(P.B):
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
-            emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait, with_dq)
+            if sched == "wgmma2":
+                emulate_cta_wgmma2(P, out, x // per_block, x % per_block // splits, x % splits,
+                                   splits, b, reads_at_wait, policy, iseed + 1000 * x, mut)
+            else:
+                emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits,
+                            b, reads_at_wait, with_dq)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -642,16 +1136,21 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         assert not np.isnan(got).any(), f"{name}: unwritten elements"
         errs.append(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
+    if sched == "wgmma2":
+        layout = f"wgmma2 {policy}{iseed if policy == 'random' else ''} " + layout
+    assert max(errs) < 1e-12, errs
+    if quiet:
+        return
     print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
           f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
           f"{'' if with_dq else ' kDq=false'}: "
           f"rel err dQ {errs[0]:.1e}{'' if with_dq else ' (not computed)'} dK {errs[1]:.1e} "
           f"dV {errs[2]:.1e}", flush=True)
-    assert max(errs) < 1e-12, errs
 
 
 if __name__ == "__main__":
-    quick = "quick" in sys.argv[1:]
+    args = sys.argv[1:]
+    quick = "quick" in args
     # (D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits)
     cases = [
         (64, 2, 2, False, [150], [200], -1, -1, False, 1),    # MHA, N_q != N_k
@@ -669,6 +1168,46 @@ if __name__ == "__main__":
     ]
     if quick:
         cases = cases[:3]
+    policies = [("greedy0", 0), ("greedy1", 0)] + [("random", s) for s in range(4)]
+    if "mutations" in args:
+        # Each injected bug must fail (wrong result, NaN read, deadlock or a barrier error) in
+        # at least one case, async order and interleaving.
+        mcases = [cases[0], cases[1], cases[7], cases[10]]  # d64, d128 causal, splits, varlen
+        missed = []
+        for name, what in MUTATIONS.items():
+            caught = None
+            for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(mcases):
+                for mode in (True, False):
+                    for policy, iseed in policies[:3]:
+                        try:
+                            run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
+                                     reads_at_wait=mode, sched="wgmma2", policy=policy,
+                                     iseed=iseed, mut=frozenset([name]), quiet=True)
+                        except AssertionError as e:
+                            msg = str(e).splitlines()[0] if str(e) else "assertion"
+                            caught = f"D={D} reads_at_wait={mode} {policy}: {msg[:70]}"
+                            break
+                    if caught:
+                        break
+                if caught:
+                    break
+            print(f"mutation {name} ({what}): {'caught, ' + caught if caught else 'MISSED'}",
+                  flush=True)
+            if not caught:
+                missed.append(name)
+        assert not missed, f"mutations not caught: {missed}"
+        print(f"ALL {len(MUTATIONS)} MUTATIONS CAUGHT")
+        sys.exit(0)
+    if "wgmma2" in args:
+        # flash_bwd_dkdv_wgmma2_kernel (kDq only), both async orders, every interleaving policy
+        for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
+            for mode in (True, False):
+                for policy, iseed in policies:
+                    run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i, reads_at_wait=mode,
+                             gain=2.0 if i % 2 else 1.0, sched="wgmma2", policy=policy,
+                             iseed=iseed)
+        print("ALL OK")
+        sys.exit(0)
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
             # kDq = true (the default scheme) and false (deterministic: dK / dV only)
