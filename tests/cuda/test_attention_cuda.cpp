@@ -557,25 +557,12 @@ TEST(CudaBackward, WgmmaMatchesReference) {
   check_wgmma_backward("wgmma", {64, 128});
 }
 
-// SQA_CUDA_BWD=wgmma2: flash_bwd_wgmma2.cuh, the one-barrier schedule (dQ of the previous block
-// issued with S^T, per-warpgroup dQ halves, the dS^T tile handed over by named barriers); the
-// deterministic cases run flash_bwd_wgmma.cuh's kernel without dQ, as for wgmma.
-TEST(CudaBackward, Wgmma2MatchesReference) {
-  SKIP_WITHOUT_GPU();
-  check_wgmma_backward("wgmma2", {64, 128});
-}
-
-// The default kernels, then wgmma2 (its named barriers and dQ halves under racecheck).
 TEST(CudaBackward, SanitizerSmoke) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_backward_limits();
   limits.max_seqlen = 160;
   limits.max_work = 2e5;
-  for (const char* variant : {"", "wgmma2"}) {
-    setenv("SQA_CUDA_BWD", variant, 1);
-    for (const auto& c : testing::generate_cases(limits, 8, 8008)) expect_backward_ok(c);
-  }
-  unsetenv("SQA_CUDA_BWD");
+  for (const auto& c : testing::generate_cases(limits, 8, 8008)) expect_backward_ok(c);
 }
 
 // ---- validation: the message names the value and the rule --------------------------------
@@ -648,22 +635,15 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
   setenv("SQA_CUDA_BWD", "fast", 1);
   expect_error([] { cuda::detail::bwd_variant(); },
-               {"SQA_CUDA_BWD (fast)", "base, occ, occ2, wgmma or wgmma2"});
-  // The removed variant names are errors now (wgmma2 is a new schedule under an old name).
-  for (const char* gone : {"wgmmak", "wgmmab"}) {
+               {"SQA_CUDA_BWD (fast)", "base, occ, occ2 or wgmma"});
+  // The removed variant names are errors now.
+  for (const char* gone : {"wgmmak", "wgmma2", "wgmmab"}) {
     setenv("SQA_CUDA_BWD", gone, 1);
     expect_error([] { cuda::detail::bwd_variant(); },
-                 {std::string("SQA_CUDA_BWD (") + gone + ")", "base, occ, occ2, wgmma or wgmma2"});
+                 {std::string("SQA_CUDA_BWD (") + gone + ")", "base, occ, occ2 or wgmma"});
   }
   setenv("SQA_CUDA_BWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
-  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
-  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
-  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
-  // wgmma2 (flash_bwd_wgmma2.cuh) has the wgmma CTA shape: the head-split heuristic treats it
-  // alike.
-  setenv("SQA_CUDA_BWD", "wgmma2", 1);
-  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma2);
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));

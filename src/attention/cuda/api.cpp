@@ -52,16 +52,14 @@ BwdVariant bwd_variant() {
   if (m == "occ") return BwdVariant::occ;
   if (m == "occ2") return BwdVariant::occ2;
   if (m == "wgmma") return BwdVariant::wgmma;
-  if (m == "wgmma2") return BwdVariant::wgmma2;
-  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m,
-                                  ") must be base, occ, occ2, wgmma or wgmma2, or unset"));
+  throw Error(
+      sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base, occ, occ2 or wgmma, or unset"));
 }
 
 bool bwd_dkdv_wgmma(int head_dim) {
   const BwdVariant variant = bwd_variant();
   return (head_dim == 64 || head_dim == 128) &&
-         (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
-          variant == BwdVariant::wgmma2);
+         (variant == BwdVariant::automatic || variant == BwdVariant::wgmma);
 }
 
 namespace {
@@ -82,10 +80,10 @@ int multiprocessor_count() {
 
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
 // one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
-// kernel, one 128-key CTA per SM for the wgmma ones (the default at D = 64 and 128, both
-// schemes, flash_bwd_wgmma.cuh; wgmma2, flash_bwd_wgmma2.cuh). SQA_CUDA_BWD_SPLITS caps them (1
-// turns them off), so tests and A/B runs can take either path. The splits are summed in a fixed
-// order, so the deterministic scheme uses them too.
+// kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128, both
+// schemes; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
+// and A/B runs can take either path. The splits are summed in a fixed order, so the
+// deterministic scheme uses them too.
 int dkdv_splits(const FwdKernelParams& p, int head_dim) {
   if (p.reverse || p.group_size <= 1) return 1;
   int64_t cap = p.group_size;
@@ -99,7 +97,7 @@ int dkdv_splits(const FwdKernelParams& p, int head_dim) {
     cap = std::min<int64_t>(cap, v);
   }
   const bool wgmma = bwd_dkdv_wgmma(head_dim);
-  const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwd(2)Tile::BN, BwdDkDvTile::BN
+  const int64_t key_block = wgmma ? 128 : 64;  // WgmmaBwdTile::BN, BwdDkDvTile::BN
   const int64_t per_sm = wgmma ? 1 : 3;
   const int64_t ctas = (p.seqlen_k + key_block - 1) / key_block * p.num_kv_heads * p.batch;
   const int64_t target = 8LL * per_sm * multiprocessor_count();

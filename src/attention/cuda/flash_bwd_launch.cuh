@@ -7,7 +7,6 @@
 
 #include "flash_bwd_kernel.cuh"
 #include "flash_bwd_wgmma.cuh"
-#include "flash_bwd_wgmma2.cuh"
 #include "flash_fwd.hpp"
 
 namespace sqa::cuda::detail {
@@ -38,11 +37,9 @@ void launch_dkdv(Kernel* kernel, int bn, int threads, int smem, const BwdKernelP
 // dK/dV kernel: the Hopper warpgroup-MMA one (flash_bwd_wgmma.cuh) at D = 64 and 128 unless
 // SQA_CUDA_BWD names an mma.sync variant (bwd_dkdv_wgmma; H200: fwd+bwd 0.82-0.85x cuDNN at
 // D = 64, 0.78-0.83x at D = 128, the mma.sync kernel 0.42-0.60x; see flash_bwd_wgmma.cuh), with
-// dQ (kDq) or, deterministic, without (SQA_CUDA_BWD=wgmma2: with atomic dQ the one-barrier
-// schedule of flash_bwd_wgmma2.cuh, not yet run on a GPU; deterministic as wgmma); elsewhere
-// flash_bwd_dkdv_kernel (mma.sync), whose tile keeps K and V fragments in registers up to D = 32
-// and takes 32 query rows per step at D = 128 (register file); the dQ kernel takes 32 keys per
-// step at D = 128 for the same reason.
+// dQ (kDq) or, deterministic, without; elsewhere flash_bwd_dkdv_kernel (mma.sync), whose tile
+// keeps K and V fragments in registers up to D = 32 and takes 32 query rows per step at D = 128
+// (register file); the dQ kernel takes 32 keys per step at D = 128 for the same reason.
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;
@@ -62,12 +59,7 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   bool wgmma = false;
   if constexpr (D == 64 || D == 128) {
     wgmma = bwd_dkdv_wgmma(D);
-    if (wgmma && atomic_dq && bwd_variant() == BwdVariant::wgmma2) {
-      // The one-barrier schedule (flash_bwd_wgmma2.cuh), atomic dQ only.
-      using Wg2 = WgmmaBwd2Tile<T, D>;
-      launch_dkdv(&flash_bwd_dkdv_wgmma2_kernel<T, D>, Wg2::BN, Wg2::kThreads, Wg2::kSmemBytes, g,
-                  stream);
-    } else if (wgmma) {
+    if (wgmma) {
       auto* dkdv = atomic_dq ? &flash_bwd_dkdv_wgmma_kernel<T, D, true>
                              : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
       using Wg = WgmmaBwdTile<T, D>;
