@@ -15,6 +15,7 @@ import ctypes
 import datetime
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -64,9 +65,27 @@ def with_backend(value):
     return _Env()
 
 
+def _filler():
+    """The same ~20 ms of bf16 matmuls before every timed call, so each call starts from the same
+    GPU state (clocks, power) whatever ran before it."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        for _ in range(14):
+            torch.mm(a, a)
+    return run
+
+
 def round_robin(fns: dict, warm: int, rep: int, row: dict, suffix: str) -> dict:
     """Median seconds per callable, timed in turns with CUDA events after warm-up; a callable
-    that raises is reported in row[name + suffix + '_error'] and left out."""
+    that raises is reported in row[name + suffix + '_error'] and left out.
+
+    Order bias: with a fixed cyclic order (rotated each round) one path always ran right after
+    the same other one, and the GPU's clock and power state after it carried over: in
+    2026-11-29-h200-cudnn-unified SDPA-cuDNN, always timed right after FA2, ran 5-10% faster than
+    sqa's cuDNN path with the very same kernels, which cudnn_kernel_probe.py then timed at the
+    same speed (2026-11-29-h200-bwd-wgmma2sched). So every timed call now follows the same
+    filler, and the order is a fresh permutation each round."""
     live = {}
     for name, fn in fns.items():
         try:
@@ -78,12 +97,13 @@ def round_robin(fns: dict, warm: int, rep: int, row: dict, suffix: str) -> dict:
             row[f"{name}{suffix}_error"] = str(ex).split("\n")[0][:300]
     times = {name: [] for name in live}
     names = list(live)
-    for r in range(rep):
-        # Rotate the order each round so no implementation always runs right after the same
-        # one: in run 2 of 2026-11-29-h200-cudnn a fixed order put the default path (the same
-        # cuDNN code as the cuDNN-backend column) 4-7% behind it in the fwd+bwd d128 rows.
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    filler = _filler()
+    order = random.Random(len(names) * 1000 + rep)
+    for _ in range(rep):
+        order.shuffle(names)
+        for name in names:
             fn = live[name]
+            filler()
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
