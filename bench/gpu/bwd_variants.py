@@ -11,6 +11,7 @@ compared with the FA2 peer's gradients (relative Frobenius error) before anythin
 fast wrong variant shows as such.
 
 Usage: python3 bench/gpu/bwd_variants.py --lib DIR/lib/libsqa.so [--variants base,occ,occ2]
+       (a variant NAME=VALUE sets that variable instead, e.g. SQA_CUDA_RASTER=2)
        [--configs d16-32k-mha-causal,...] [--rounds 5] [--json FILE]
 """
 
@@ -26,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attention import DenseProblem  # noqa: E402
-from fwd_variants import time_in_rounds, variants_main  # noqa: E402
+from fwd_variants import env_set, time_in_rounds, variants_main  # noqa: E402
 
 # name: (H_q, H_kv, d, N, causal)
 CONFIGS = {
@@ -44,6 +45,11 @@ CONFIGS = {
     "d128-32k-mha-causal": (16, 16, 128, 32_768, True),
     "d128-32k-gqa-causal": (16, 4, 128, 32_768, True),
     "d128-8k-mha": (16, 16, 128, 8_192, False),
+    # issue 3's group C rows at 32k (H = 16 at d64, 32 at d128)
+    "d64-32k-mha": (16, 16, 64, 32_768, False),
+    "d128-32k-mha": (32, 32, 128, 32_768, False),
+    "d128-32k-sqa-causal": (16, 8, 128, 32_768, True),
+    "d128-32k-xsqa": (8, 8, 128, 32_768, False),
 }
 
 
@@ -54,14 +60,11 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     args, bargs, flops = pb.args, pb.bargs, pb.fwdbwd_flops
 
     def ours(variant: str):
-        os.environ["SQA_CUDA_BWD"] = variant
-        try:
+        with env_set(variant, "SQA_CUDA_BWD"):
             if lib.sqa_attention_forward(ctypes.byref(args)) != 0:
                 raise RuntimeError(lib.sqa_last_error().decode())
             if lib.sqa_attention_backward(ctypes.byref(bargs)) != 0:
                 raise RuntimeError(lib.sqa_last_error().decode())
-        finally:
-            del os.environ["SQA_CUDA_BWD"]
 
     qt, kt, vt = (x.transpose(1, 2).detach().clone().requires_grad_(True) for x in (q, k, v))
     go = dout.transpose(1, 2)

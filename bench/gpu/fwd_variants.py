@@ -46,6 +46,28 @@ CONFIGS = {
 DEFAULT_CONFIGS = [name for name in CONFIGS if name.startswith(("d16", "d32"))]
 
 
+def variant_env(variant: str, default_name: str) -> tuple:
+    """A variant is a value of default_name (SQA_CUDA_FWD / SQA_CUDA_BWD), or NAME=VALUE for
+    another variable (e.g. SQA_CUDA_RASTER=2)."""
+    if "=" in variant:
+        name, value = variant.split("=", 1)
+        return name, value
+    return default_name, variant
+
+
+class env_set:
+    """Context: the variable of variant_env set for the calls inside, removed after."""
+
+    def __init__(self, variant: str, default_name: str):
+        self.name, self.value = variant_env(variant, default_name)
+
+    def __enter__(self):
+        os.environ[self.name] = self.value
+
+    def __exit__(self, *exc):
+        del os.environ[self.name]
+
+
 def event_time(fn) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -61,12 +83,9 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     q, k, v, out, args, flops = pb.q, pb.k, pb.v, pb.out, pb.args, pb.flops
 
     def ours(variant: str):
-        os.environ["SQA_CUDA_FWD"] = variant
-        try:
+        with env_set(variant, "SQA_CUDA_FWD"):
             if lib.sqa_attention_forward(ctypes.byref(args)) != 0:
                 raise RuntimeError(lib.sqa_last_error().decode())
-        finally:
-            del os.environ["SQA_CUDA_FWD"]
 
     # SDPA wants equal head counts: repeat K/V over the groups (GQA family only here).
     qt = q.transpose(1, 2)

@@ -78,6 +78,21 @@ int multiprocessor_count() {
   return counts[device];
 }
 
+// Grid raster (flash_params.hpp raster_heads / raster_units): SQA_CUDA_RASTER = N takes N heads
+// (backward: N (KV head, split) units) at a time in the wgmma forward and the dK/dV kernels; unset
+// or 0 interleaves all of them (the default). For A/B timing of the L2 locality.
+int raster_setting() {
+  const char* env = std::getenv("SQA_CUDA_RASTER");
+  if (env == nullptr || *env == '\0') return 0;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  if (*end != '\0' || v < 0 || v > (1 << 20)) {
+    throw Error(sqa::detail::concat("SQA_CUDA_RASTER (", env,
+                                    ") must be a non-negative integer (heads at a time), or unset"));
+  }
+  return static_cast<int>(v);
+}
+
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
 // one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
 // kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128, both
@@ -198,6 +213,7 @@ FwdKernelParams kernel_params(const AttentionParams& params) {
   p.scale_log2 = spec.scale() * 1.4426950408889634f;
   p.pack = 1;
   p.num_head_groups = p.num_attention_heads;
+  p.raster_heads = raster_setting();
   return p;
 }
 
@@ -366,6 +382,7 @@ void attention_backward(const AttentionBackwardParams& params) {
   g.deterministic = params.deterministic ? 1 : 0;
   g.dq_rows = g.deterministic ? 0 : rows / g.fwd.num_attention_heads * g.fwd.num_query_heads;
   g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd, spec.head_dim);
+  g.raster_units = g.fwd.raster_heads;
   const size_t dkdv_floats = g.dkdv_splits > 1
                                  ? static_cast<size_t>(g.dkdv_splits) * f.batch *
                                        g.fwd.num_kv_heads * f.seqlen_k * 2 * spec.head_dim

@@ -113,9 +113,10 @@ __device__ __forceinline__ BwdQdOBases<T> bwd_q_do_bases(const BwdKernelParams& 
 }
 
 // A dK/dV CTA's place in the grid, the same for the mma.sync and the wgmma kernel: x = (key
-// block, KV head, split), splits fastest and heads before key blocks, so the causal mask's
-// longest key blocks (the first) of every head start in the first wave; z = batch entry. The
-// CTA owns keys [n0, n0 + BN) of sequence b (none when n0 >= s.nk).
+// block, KV head, split), splits fastest and heads before key blocks (within the raster chunk
+// of BwdKernelParams::raster_units; all units by default), so the causal mask's longest key
+// blocks (the first) of every head start in the first wave; z = batch entry. The CTA owns keys
+// [n0, n0 + BN) of sequence b (none when n0 >= s.nk).
 struct DkDvCta {
   int b, kv_head, split, n0;
   SeqSpan s;
@@ -123,11 +124,14 @@ struct DkDvCta {
 template <int BN>
 __device__ __forceinline__ DkDvCta dkdv_cta(const BwdKernelParams& g) {
   const int splits = g.dkdv_splits;
-  const int per_block = g.fwd.num_kv_heads * splits;
-  const int n_block = static_cast<int>(blockIdx.x) / per_block;
+  const int units = g.fwd.num_kv_heads * splits;  // (KV head, split), split fastest
+  const RasterPlace at = raster_place(static_cast<int>(blockIdx.x),
+                                      static_cast<int>(gridDim.x) / units, units,
+                                      raster_chunk(g.raster_units, units));
+  const int n_block = at.block;
   DkDvCta c;
-  c.kv_head = static_cast<int>(blockIdx.x) % per_block / splits;
-  c.split = static_cast<int>(blockIdx.x) % splits;
+  c.kv_head = at.unit / splits;
+  c.split = at.unit % splits;
   c.b = blockIdx.z;
   c.s = seq_span(g.fwd, c.b);
   c.n0 = n_block * BN;

@@ -180,10 +180,28 @@ __device__ __forceinline__ bool key_block_unmasked(int n0, int block_n, int qrow
          (right < 0 || n0 + block_n - 1 <= qrow_lo + diag + right);
 }
 
+// A 1-D grid over (block, unit) with units (heads) in chunks of `chunk`: each chunk's blocks
+// before the next chunk's, units fastest inside a chunk. chunk = units is the plain units-fastest
+// order. Returns (block, unit). `chunk` must divide `units` (raster_chunk ensures it).
+struct RasterPlace {
+  int block, unit;
+};
+__device__ __forceinline__ RasterPlace raster_place(int x, int blocks, int units, int chunk) {
+  const int per_chunk = chunk * blocks;
+  const int r = x % per_chunk;
+  return {r / chunk, x / per_chunk * chunk + r % chunk};
+}
+// The chunk a raster setting gives: the setting when it is in 1..units and divides units, else
+// all units.
+__host__ __device__ __forceinline__ int raster_chunk(int setting, int units) {
+  return setting > 0 && setting < units && units % setting == 0 ? setting : units;
+}
+
 // The forward grid (flash_fwd_launch.cuh): x = (row block, head group), z = (sequence, split).
-// Causal tiles further down do more work: launch them first, for every head before the next
-// row block (heads vary fastest), so the longest tiles of all heads start in the first wave
-// and the tail of the grid is short also with few heads.
+// Causal tiles further down do more work: launch them first, for every head of the raster chunk
+// (FwdKernelParams::raster_heads; all heads by default) before the next row block (heads vary
+// fastest), so the longest tiles start in the first wave and the tail of the grid is short also
+// with few heads.
 struct FwdTileCoords {
   int m_block = 0, head_group = 0, b = 0, split = 0;
 };
@@ -191,8 +209,11 @@ struct FwdTileCoords {
 __device__ __forceinline__ FwdTileCoords fwd_tile_coords(const FwdKernelParams& p) {
   FwdTileCoords c;
   const int num_m_blocks = static_cast<int>(gridDim.x) / p.num_head_groups;
-  c.m_block = num_m_blocks - 1 - static_cast<int>(blockIdx.x) / p.num_head_groups;
-  c.head_group = static_cast<int>(blockIdx.x) % p.num_head_groups;
+  const RasterPlace at = raster_place(static_cast<int>(blockIdx.x), num_m_blocks,
+                                      p.num_head_groups,
+                                      raster_chunk(p.raster_heads, p.num_head_groups));
+  c.m_block = num_m_blocks - 1 - at.block;
+  c.head_group = at.unit;
   c.b = static_cast<int>(blockIdx.z) / p.num_splits;
   c.split = static_cast<int>(blockIdx.z) % p.num_splits;
   return c;

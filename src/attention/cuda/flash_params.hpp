@@ -31,6 +31,11 @@ struct FwdKernelParams {
   // of attention head head_group * pack + m % pack, all of which share one KV head. 1 = off.
   int pack = 1;
   int num_head_groups = 0;  // num_attention_heads / pack (grid.y)
+  // Grid raster of the wgmma prefill kernel (fwd_tile_coords): the head groups are taken in
+  // chunks of raster_heads, each chunk's tiles before the next chunk's, heads fastest inside a
+  // chunk. raster_heads = num_head_groups (or 0) interleaves all heads. Fewer heads at a time
+  // keep the concurrent CTAs on fewer heads' K/V, which the L2 then serves.
+  int raster_heads = 0;
   int window_left = -1;
   int window_right = -1;
   float scale_log2 = 0.0f;  // softmax scale * log2(e): the kernels work in base 2
@@ -69,6 +74,9 @@ struct BwdKernelParams {
   // splits in a fixed order (deterministic) into dK and dV. 1: dK/dV written directly.
   int dkdv_splits = 1;
   float* dkdv_accum = nullptr;
+  // Grid raster of the dK/dV kernels (dkdv_cta), as FwdKernelParams::raster_heads over the
+  // (KV head, split) units: raster_units of them at a time, key blocks in turn; 0 = all units.
+  int raster_units = 0;
 };
 
 }  // namespace sqa::cuda::detail
