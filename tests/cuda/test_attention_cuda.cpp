@@ -669,21 +669,26 @@ TEST(CudaValidation, BackwardRejectsHeadDim256) {
 // SQA_CUDA_RASTER reorders the CTAs of the wgmma forward and of the dK/dV kernels (heads, or
 // (KV head, split) units, taken N at a time); the results must not change: forward and the
 // deterministic backward against the reference and bit-exact across repeats, the atomic-dQ
-// backward against the reference. 3 does not divide 8 heads and falls back to all of them; a
-// value that is not a count is an error naming it.
+// backward against the reference. Unset: the default (the backward takes 4 of MHA's 16 units
+// at a time); 3 divides none of the unit counts and falls back to all of them; a value that is
+// not a count is an error naming it.
 TEST(CudaBackward, RasterChunksMatchReference) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 4242;
-  for (const char* raster : {"1", "2", "3"}) {
-    setenv("SQA_CUDA_RASTER", raster, 1);
+  for (const char* raster : {"", "1", "2", "3"}) {
+    if (*raster == '\0') {
+      unsetenv("SQA_CUDA_RASTER");
+    } else {
+      setenv("SQA_CUDA_RASTER", raster, 1);
+    }
     for (Variant v : {Variant::mha, Variant::gqa, Variant::xsmqa}) {
       for (int d : {64, 128}) {
         for (const Window& w : {Window::none(), Window::causal()}) {
           testing::HarnessCase c;
-          c.spec = make_spec(v, 8, d, w);
+          c.spec = make_spec(v, 16, d, w);
           c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
           c.batch = 2;
-          c.seqlen_q = testing::small_scale() ? 200 : 390;
+          c.seqlen_q = testing::small_scale() ? 150 : 300;
           c.seqlen_k = c.seqlen_q + (seed % 3) * 41;
           c.seed = seed++;
           const std::string label = std::string("SQA_CUDA_RASTER=") + raster + ", " +

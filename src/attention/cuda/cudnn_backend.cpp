@@ -486,9 +486,9 @@ std::shared_ptr<Plan> build_composite_forward(cudnnHandle_t handle, const Attent
   const Tensor kt = bhsd(g, s, p.k_strides, s.hkv, s.sk, kK, true);
   const Tensor v = bhsd(g, s, p.v_strides, s.hkv, s.sk, kV);
   const Tensor o = bhsd(g, s, p.out_strides, s.hq, s.sq, kO);
-  const Tensor stats = with_stats ? g.tensor(s.row_dims(), s.row_strides(), CUDNN_DATA_FLOAT,
-                                             kStats, false)
-                                  : g.virtual_like(s.row_dims(), s.row_strides());
+  const Tensor stats =
+      with_stats ? g.tensor(s.row_dims(), s.row_strides(), CUDNN_DATA_FLOAT, kStats, false)
+                 : g.virtual_like(s.row_dims(), s.row_strides());
 
   Tensor score = g.virtual_like(s.score_dims(), s.score_strides());
   g.matmul(q, kt, score);
@@ -621,7 +621,7 @@ ForwardGraph requested_forward_graph(const AttentionParams& p) {
   const size_t version = cudnnGetVersion();
   if (mode.empty() || mode == "auto") {
     return !masked && version >= kUnifiedForwardMinVersion ? ForwardGraph::automatic
-                                                            : ForwardGraph::composite;
+                                                           : ForwardGraph::composite;
   }
   if (mode == "composite") return ForwardGraph::composite;
   if (mode == "unified") {

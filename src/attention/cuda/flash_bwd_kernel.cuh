@@ -125,9 +125,9 @@ template <int BN>
 __device__ __forceinline__ DkDvCta dkdv_cta(const BwdKernelParams& g) {
   const int splits = g.dkdv_splits;
   const int units = g.fwd.num_kv_heads * splits;  // (KV head, split), split fastest
-  const RasterPlace at = raster_place(static_cast<int>(blockIdx.x),
-                                      static_cast<int>(gridDim.x) / units, units,
-                                      raster_chunk(g.raster_units, units));
+  const RasterPlace at =
+      raster_place(static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x) / units, units,
+                   raster_chunk(g.raster_units, units));
   const int n_block = at.block;
   DkDvCta c;
   c.kv_head = at.unit / splits;

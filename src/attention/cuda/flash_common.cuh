@@ -209,8 +209,7 @@ struct FwdTileCoords {
 __device__ __forceinline__ FwdTileCoords fwd_tile_coords(const FwdKernelParams& p) {
   FwdTileCoords c;
   const int num_m_blocks = static_cast<int>(gridDim.x) / p.num_head_groups;
-  const RasterPlace at = raster_place(static_cast<int>(blockIdx.x), num_m_blocks,
-                                      p.num_head_groups,
+  const RasterPlace at = raster_place(static_cast<int>(blockIdx.x), num_m_blocks, p.num_head_groups,
                                       raster_chunk(p.raster_heads, p.num_head_groups));
   c.m_block = num_m_blocks - 1 - at.block;
   c.head_group = at.unit;
