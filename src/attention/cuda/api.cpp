@@ -101,9 +101,12 @@ std::optional<int> raster_override() {
 // 85%, 550 GB/s of DRAM traffic; cuDNN's kernel 96%, 159 GB/s). H200, fwd+bwd at N = 32k
 // (bench/results/2026-11-29-h200-raster): 32 units +9% (d128 MHA, 423 -> 460 TF/s, with the
 // forward at its old order the backward alone ~13% faster), 16 units +2% (d64 MHA), 8 units
-// -1 to -2% (d128 xSQA 8/8, SQA 16/8 causal): those keep all units interleaved.
-int backward_raster(int units) {
-  return units > 8 && units % 4 == 0 ? 4 : 0;
+// -1 to -2% (d128 xSQA 8/8, SQA 16/8 causal): those keep all units interleaved. Run 29 then
+// measured the d128 non-causal MHA row at +2% in the harness and causal MHA and d64 MHA within
+// 1% either way. Only the wgmma dK/dV kernel (D = 64, 128) was measured, so the mma.sync one
+// (D = 16, 32) keeps the old order.
+int backward_raster(int units, int head_dim) {
+  return bwd_dkdv_wgmma(head_dim) && units > 8 && units % 4 == 0 ? 4 : 0;
 }
 
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
@@ -396,7 +399,8 @@ void attention_backward(const AttentionBackwardParams& params) {
   g.dq_rows = g.deterministic ? 0 : rows / g.fwd.num_attention_heads * g.fwd.num_query_heads;
   g.dkdv_splits = varlen ? 1 : dkdv_splits(g.fwd, spec.head_dim);
   const std::optional<int> raster = raster_override();
-  g.raster_units = raster ? *raster : backward_raster(g.fwd.num_kv_heads * g.dkdv_splits);
+  g.raster_units =
+      raster ? *raster : backward_raster(g.fwd.num_kv_heads * g.dkdv_splits, spec.head_dim);
   const size_t dkdv_floats = g.dkdv_splits > 1
                                  ? static_cast<size_t>(g.dkdv_splits) * f.batch *
                                        g.fwd.num_kv_heads * f.seqlen_k * 2 * spec.head_dim
