@@ -365,6 +365,20 @@ TEST(CudaBackward, DkDvHeadSplitsMatchReference) {
 // The deterministic scheme on a dense case: runs the backward twice, each time on outputs
 // poisoned as the harness poisons them (so a run that skipped an element cannot inherit the
 // other run's value); `repeats` says whether dQ, dK and dV came out bit-identical.
+// A two-sequence dense case with N_k = N_q + (seed % 3) * nk_step keys and the dtype alternating
+// with the seed (the shape several backward tests sweep).
+testing::HarnessCase two_sequence_case(Variant v, int heads, int d, const Window& w, uint64_t seed,
+                                       int64_t nq, int64_t nk_step) {
+  testing::HarnessCase c;
+  c.spec = make_spec(v, heads, d, w);
+  c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+  c.batch = 2;
+  c.seqlen_q = nq;
+  c.seqlen_k = nq + static_cast<int64_t>(seed % 3) * nk_step;
+  c.seed = seed;
+  return c;
+}
+
 testing::CheckResult check_deterministic_backward(const testing::HarnessCase& c, bool& repeats) {
   return testing::check_backward(c, [&](const AttentionBackwardParams& host) {
     AttentionBackwardParams g = host;
@@ -404,13 +418,8 @@ TEST(CudaBackward, DeterministicSchemeMatchesReferenceAndRepeatsExactly) {
   for (Variant v : {Variant::mha, Variant::gqa, Variant::xsmqa, Variant::rsqa}) {
     for (int d : {16, 64, 128}) {
       for (const Window& w : {Window::none(), Window::causal()}) {
-        testing::HarnessCase c;
-        c.spec = make_spec(v, 4, d, w);
-        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
-        c.batch = 2;
-        c.seqlen_q = testing::small_scale() ? 130 : 260;
-        c.seqlen_k = c.seqlen_q + (seed % 3) * 29;
-        c.seed = seed++;
+        const testing::HarnessCase c =
+            two_sequence_case(v, 4, d, w, seed++, testing::small_scale() ? 130 : 260, 29);
         bool repeats = false;
         const testing::CheckResult r = check_deterministic_backward(c, repeats);
         EXPECT_TRUE(r.ok) << r.message;
@@ -684,13 +693,8 @@ TEST(CudaBackward, RasterChunksMatchReference) {
     for (Variant v : {Variant::mha, Variant::gqa, Variant::xsmqa}) {
       for (int d : {64, 128}) {
         for (const Window& w : {Window::none(), Window::causal()}) {
-          testing::HarnessCase c;
-          c.spec = make_spec(v, 16, d, w);
-          c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
-          c.batch = 2;
-          c.seqlen_q = testing::small_scale() ? 150 : 300;
-          c.seqlen_k = c.seqlen_q + (seed % 3) * 41;
-          c.seed = seed++;
+          const testing::HarnessCase c =
+              two_sequence_case(v, 16, d, w, seed++, testing::small_scale() ? 150 : 300, 41);
           const std::string label = std::string("SQA_CUDA_RASTER=") + raster + ", " +
                                     std::string(variant_name(v)) + ", d " + std::to_string(d);
           testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
