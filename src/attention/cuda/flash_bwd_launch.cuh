@@ -41,6 +41,8 @@ void launch_dkdv(Kernel* kernel, int bn, int threads, int smem, const BwdKernelP
 // dQ (kDq) or, deterministic, without; elsewhere flash_bwd_dkdv_kernel (mma.sync), whose tile
 // keeps K and V fragments in registers up to D = 32 and takes 32 query rows per step at D = 128
 // (register file); the dQ kernel takes 32 keys per step at D = 128 for the same reason.
+// SQA_CUDA_BWD=wgmmatma (opt-in) runs the wgmma kernel's TMA-producer form on dense batches with
+// atomic dQ (tensor maps built here per call), and the wgmma kernel otherwise.
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;

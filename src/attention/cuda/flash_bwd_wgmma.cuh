@@ -87,8 +87,10 @@
 //   kept (bulk dQ + early dV, was wgmma2): 341-363 (0.82-0.85x) / 464-472 (0.78-0.83x).
 //   Not measured, not kept: waiting for dV / dK before issuing dQ (250 registers at D = 128, but
 //   the tensor cores idle between the groups).
-// Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
-// warpgroups out of step (the dQ barrier pulls them together), a persistent grid.
+// Opt-in, not yet run on a GPU (SQA_CUDA_BWD=wgmmatma, flash_bwd_dkdv_wgmma_tma_kernel): a
+// producer warpgroup with TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body).
+// Not done (FA3 has these): the two warpgroups out of step (the dQ barrier pulls them
+// together), a persistent grid.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (a type only: the library does not link libcuda)
