@@ -8,6 +8,14 @@ buffer order, without a GPU. It mirrors the kernel by hand (keep the two in step
 without 16-bit rounding, so every case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
+       python3 bench/gpu/wgmma_bwd_emulate.py [quick] tma   (SQA_CUDA_BWD=wgmmatma, dense cases)
+       python3 bench/gpu/wgmma_bwd_emulate.py tma-mutations (each mutation must be caught)
+wgmmatma (flash_bwd_dkdv_wgmma_tma_kernel; emulate_cta_tma): the producer warp and the two
+consumer warpgroups as separate programs under five interleavings (two random, producer-greedy,
+consumer-greedy, async-late), with mbarriers (phase bit, arrival count, transaction bytes; a wait
+that can never complete is reported as a deadlock), TMA boxes writing the 128-byte swizzle with
+zero fill past the map's extent, the producer's lse / D cp.asyncs with their noinc arrivals, and
+named barrier 1 / 2 over the consumers.
 Both instantiations: kDq = true (the default scheme): dQ split over its columns, through a shared
 fp32 tile and bulk reduce-adds: the tile's padded rows and 8-byte stores (bank-conflict-free,
 checked), one cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and
