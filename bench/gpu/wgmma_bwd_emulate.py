@@ -8,6 +8,14 @@ buffer order, without a GPU. It mirrors the kernel by hand (keep the two in step
 without 16-bit rounding, so every case must match to ~1e-12.
 
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
+       python3 bench/gpu/wgmma_bwd_emulate.py [quick] tma   (SQA_CUDA_BWD=wgmmatma, dense cases)
+       python3 bench/gpu/wgmma_bwd_emulate.py tma-mutations (each mutation must be caught)
+wgmmatma (flash_bwd_dkdv_wgmma_tma_kernel; emulate_cta_tma): the producer warp and the two
+consumer warpgroups as separate programs under five interleavings (two random, producer-greedy,
+consumer-greedy, async-late), with mbarriers (phase bit, arrival count, transaction bytes; a wait
+that can never complete is reported as a deadlock), TMA boxes writing the 128-byte swizzle with
+zero fill past the map's extent, the producer's lse / D cp.asyncs with their noinc arrivals, and
+named barrier 1 / 2 over the consumers.
 Both instantiations: kDq = true (the default scheme): dQ split over its columns, through a shared
 fp32 tile and bulk reduce-adds: the tile's padded rows and 8-byte stores (bank-conflict-free,
 checked), one cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and
@@ -601,8 +609,468 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
                         out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
 
 
+# ---- SQA_CUDA_BWD=wgmmatma: flash_bwd_dkdv_wgmma_tma_kernel (dkdv_wgmma_body, kTma) ------------
+class Deadlock(Exception):
+    pass
+
+
+class MBarrier:
+    """mbarrier (PTX): a phase completes when `count` arrivals were made and the transaction count
+    is zero; then the phase bit flips and the pending count resets. try_wait.parity(p) succeeds iff
+    the phase with parity p completed, i.e. the current phase's parity differs from p (so a wait
+    on the parity of the phase in progress blocks until it completes)."""
+
+    def __init__(self, count):
+        self.count, self.pending, self.tx, self.phase = count, count, 0, 0
+
+    def _check(self):
+        assert self.pending >= 0, "mbarrier: more arrivals than the count in one phase"
+        if self.pending == 0 and self.tx == 0:
+            self.phase ^= 1
+            self.pending = self.count
+
+    def arrive(self):
+        self.pending -= 1
+        self._check()
+
+    def arrive_expect_tx(self, nbytes):
+        self.tx += nbytes
+        self.pending -= 1
+        self._check()
+
+    def complete_tx(self, nbytes):
+        self.tx -= nbytes
+        self._check()
+
+    def done(self, parity):
+        return self.phase != parity
+
+
+class NamedBarrier:
+    """bar.sync id, 256 over the two consumer warpgroups (each a unit here)."""
+
+    def __init__(self, parties):
+        self.parties, self.arrived, self.gen = parties, 0, 0
+
+    def sync(self):
+        gen = self.gen
+        self.arrived += 1
+        if self.arrived == self.parties:
+            self.arrived, self.gen = 0, self.gen + 1
+        else:
+            yield lambda: self.gen != gen
+
+
+def tma_box_write(sm, dst, tensor, dims, coords, swizzle=128):
+    """cp.async.bulk.tensor.4d with a CU_TENSOR_MAP_SWIZZLE_128B map over (D, heads, rows, batch),
+    box (64, 1, 64, 1): 64 lines of 128 bytes, 16-byte chunk j of line r at chunk j ^ (r % 8)
+    (the TMA swizzle pattern, relative to a 1024-byte-aligned destination); elements at
+    coordinates past the extent `dims` are zeros. tensor[batch, row, head, col]. Returns the
+    bytes counted by complete_tx (the whole box)."""
+    assert dst % 1024 == 0, "128-byte swizzle: destination 1024-byte aligned"
+    c0, h, r0, bb = coords
+    Dd, H, N, B = dims
+    for r in range(64):
+        row = r0 + r
+        for j in range(8):
+            col = c0 + 8 * j
+            inside = 0 <= h < H and 0 <= bb < B and 0 <= row < N and 0 <= col and col + 8 <= Dd
+            vals = tensor[bb, row, h, col:col + 8] if inside else np.zeros(8)
+            if swizzle == 128:
+                jj = j ^ (r % 8)
+            elif swizzle == 64:  # mutation: the 64-byte pattern
+                jj = j ^ ((r % 8) >> 1)
+            else:
+                jj = j
+            sm.write_chunk(dst + r * 128 + jj * 16, vals)
+    return 64 * 64 * 2
+
+
+def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, rng, policy,
+                    mut=frozenset(), raw_addr=0x410):
+    """One CTA of flash_bwd_dkdv_wgmma_tma_kernel<T, D> (kDq, dense): the producer warp and the two
+    consumer warpgroups as separate programs (generators that yield at every point where another
+    one may run), run under an interleaving `policy`: 'random' (any runnable program or pending
+    async operation next), 'producer' / 'consumers' (greedy: that side first), 'late' (async
+    operations land only when no program can run). Async operations (TMA boxes with complete_tx,
+    each producer lane's lse / D cp.asyncs with their noinc arrival, the consumers' K / V
+    cp.asyncs, wgmma groups and bulk reduce-adds per the timing mode) land when the scheduler
+    picks them. No runnable program and nothing in flight with a program unfinished = deadlock.
+    mut: mutations of the kernel (each must be caught)."""
+    assert not P.varlen
+    D = P.D
+    BN, BM, kStages, T = 128, 64, 3, 256
+    dv_early = 4 if D == 64 else 2  # WgmmaBwdTile<T, D, true, true>::kDvEarly
+    kKV, kQ, kStat = BN * D * 2, BM * D * 2, BM * 4
+    kDs = BN * BM * 2
+    kDqRow = D * 4 + 32
+    kDq = BM * kDqRow
+    kBar = 2 * kStages * 8
+    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + kBar + 1024
+    assert smem_bytes <= 227 * 1024
+    sm = Smem(raw_addr + smem_bytes + 64)
+    sK = (raw_addr + 1023) & ~1023
+    sV = sK + kKV
+    sQ = sV + kKV
+    sdO = sQ + kStages * kQ
+    sdS = sdO + kStages * kQ
+    sStat = sdS + kDs
+    sDq = sStat + 2 * kStages * kStat
+    sFull = sDq + kDq
+    sEmpty = sFull + kStages * 8
+    assert sFull % 8 == 0 and sEmpty + kStages * 8 <= raw_addr + smem_bytes
+
+    q_row0, k_row0, total_q, nq, nk = P.span(b)
+    n0 = n_block * BN
+    if n0 >= nk:
+        return
+    diag, left, right = nk - nq, P.left, P.right
+    G = P.G
+    group_lo = split * G // splits
+    group_hi = (split + 1) * G // splits
+    h_first = kv_head if P.reverse else kv_head * G + group_lo
+    h_count = 1 if P.reverse else group_hi - group_lo
+    rsqa_qh = kv_head % P.Hq if P.reverse else 0
+    last_key = min(n0 + BN, nk) - 1
+    q_lo, q_hi = 0, nq
+    if right >= 0:
+        q_lo = max(0, n0 - diag - right)
+    if left >= 0:
+        q_hi = min(nq, last_key - diag + left + 1)
+    qb_begin = q_lo // BM
+    nqb = (q_hi + BM - 1) // BM - qb_begin if q_hi > q_lo else 0
+    n_iter = h_count * nqb
+    lse_head, lse_base, dq_base = P.Nq, b * P.Ha * P.Nq, b * P.Hq * P.Nq
+
+    # the global tensors as the tensor maps see them: [batch, row, head, col]
+    q4 = P.q.reshape(P.B, P.Nq, P.Hq, D)
+    do4 = P.do.reshape(P.B, P.Nq, P.Ha, D)
+    full = [MBarrier(33) for _ in range(kStages)]
+    empty = [MBarrier(8) for _ in range(kStages)]
+    inflight = []  # async operations not landed yet (callables)
+
+    # ---- consumers' own asynchronous work (per warpgroup) ----
+    cp_groups = [[[]], [[]]]  # per warpgroup: cp.async groups (K / V only)
+
+    def cp_async(wg, addr, vals):
+        if reads_at_wait:
+            sm.write_chunk(addr, vals)
+        else:
+            cp_groups[wg][-1].append((addr, vals))
+
+    def cp_wait_all(wg):
+        for grp in cp_groups[wg]:
+            for addr, vals in grp:
+                sm.write_chunk(addr, vals)
+            grp.clear()
+
+    def load_tile(wg, dst, arr, rows, row0, valid_rows):
+        """load_tile_sw128<T, D, rows, 256>: this warpgroup's threads' share."""
+        kch = D // 8
+        step = T // kch
+        for tid in range(128 * wg, 128 * wg + 128):
+            r, c = tid // kch, tid % kch
+            to = dst + sw128_offset(rows, r, c)
+            for i in range(rows // step):
+                row = row0 + r + i * step
+                vals = arr[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
+                cp_async(wg, to + i * step * 128, vals)
+
+    wgs = []
+    for wg in range(2):
+        key_local0 = wg * 64 + W_OF * 16 + G_OF
+        c0 = wg * (D // 2)
+        wgs.append({
+            "key_local0": key_local0,
+            "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
+            "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
+            "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
+            "dq": np.zeros((128, D // 4)),
+            "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
+            "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
+            "dq_col0": c0,
+            "ds_desc": desc(sdS, BN * 128, 1024),
+            "kt_desc": desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024),
+            "pend": {"row": 0, "rows": 0},
+        })
+    dq_n, dq_steps = D // 2, BN // 16
+    mma_groups = [[], []]
+
+    def mma_commit(wg, op):
+        if reads_at_wait:
+            mma_groups[wg].append(op)
+        else:
+            op()
+            mma_groups[wg].append(None)
+
+    def mma_wait(wg, n):
+        while len(mma_groups[wg]) > n:
+            op = mma_groups[wg].pop(0)
+            if op is not None:
+                op()
+
+    def gemm_st(wg, q_stage, which):
+        a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
+        b_desc0 = desc(q_stage, 16, 1024)
+
+        def op():
+            acc = np.zeros((64, 64))
+            for kk in range(D // 16):
+                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
+                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
+                A = read_kmajor(sm, advance(a_desc0, a_off), 64)
+                B = read_kmajor(sm, advance(b_desc0, b_off), 64)
+                acc += A @ B.T
+            wgs[wg][which][:] = regs_from(acc, 64)
+        return op
+
+    def gemm_kv(wg, do_stage, q_stage, pa, da, dv_steps):
+        dob = desc(do_stage, BM * 128, 1024)
+        qbd = desc(q_stage, BM * 128, 1024)
+        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
+                if x[0] is not None]
+
+        def op():
+            for regs, bdesc, name, steps in todo:
+                acc = np.zeros((64, D))
+                for kk in steps:
+                    A = a_from_regs(regs[:, kk])
+                    B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
+                    acc += A @ B
+                wgs[wg][name] += regs_from(acc, D)
+        return op
+
+    def gemm_dq(wg):
+        def op():
+            acc = np.zeros((64, dq_n))
+            for kk in range(dq_steps):
+                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)
+                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
+                acc += At.T @ B
+            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
+        return op
+
+    bulk_groups = {}  # tid -> [(global row, smem address)]
+    dq_accum = out["dq_accum"]
+
+    def bulk_apply(grow, saddr):
+        vals = sm.f[saddr // 4: saddr // 4 + D].copy()
+        assert not np.isnan(vals).any(), "bulk reduce reads unwritten tile words"
+        dq_accum[grow] += vals
+
+    def issue_dq_bulk(wg):
+        pend = wgs[wg]["pend"]
+        for tid in range(128 * wg, 128 * wg + 128):
+            lane, warp = tid % 32, tid // 32
+            row = warp * 8 + lane  # dq_issue_row
+            if lane < 8 and row < pend["rows"]:
+                grow, saddr = pend["row"] + row, sDq + row * kDqRow
+                if reads_at_wait:
+                    bulk_groups.setdefault(tid, []).append((grow, saddr))
+                else:
+                    bulk_apply(grow, saddr)
+
+    def bulk_wait_read(wg):
+        for tid in [t for t in bulk_groups if t // 128 == wg]:
+            for grow, saddr in bulk_groups.pop(tid):
+                bulk_apply(grow, saddr)
+
+    def store_dq_tile(wg):
+        dq, c0 = wgs[wg]["dq"], wgs[wg]["dq_col0"]
+        for tt in range(128):
+            w, lane = tt // 32, tt % 32
+            g, t = lane // 4, lane % 4
+            for j in range(dq_n // 8):
+                for half_row in (0, 8):
+                    r = w * 16 + g + half_row
+                    addr = sDq + r * kDqRow + (c0 + 8 * j + 2 * t) * 4
+                    e0 = 2 if half_row else 0
+                    sm.write32f(addr, dq[tt, 4 * j + e0] * P.scale)
+                    sm.write32f(addr + 4, dq[tt, 4 * j + e0 + 1] * P.scale)
+
+    bar1, bar2 = NamedBarrier(2), NamedBarrier(2)
+
+    # ---- the producer warp (threads 256 .. 287) ----
+    def producer():
+        h, qb = h_first, 0
+        for it in range(n_iter):
+            stage = it % kStages
+            fb = full[stage]
+            if it >= kStages:
+                par = ((it // kStages) & 1) ^ (0 if "empty_parity" in mut else 1)
+                yield lambda e=empty[stage], par=par: e.done(par)
+            m0 = (qb_begin + qb) * BM
+            qh = rsqa_qh if P.reverse else h
+            nbytes = 2 * kQ + (16 if "expect_tx_long" in mut else 0)
+            if "expect_tx_short" in mut:
+                nbytes = kQ
+            fb.arrive_expect_tx(nbytes)
+            for c in range(D // 64):
+                col = 0 if "box_col" in mut else c * 64
+                row = m0 + (1 if "box_row" in mut else 0)
+                head_q = h if "box_head" in mut else qh
+                sw = 64 if "swizzle64" in mut else 128
+                for dst, ten, hh in ((sQ + stage * kQ + c * BM * 128, q4, head_q),
+                                     (sdO + stage * kQ + c * BM * 128, do4, h)):
+                    def box(dst=dst, ten=ten, hh=hh, col=col, row=row, sw=sw, fb=fb):
+                        # the map's extent (D, heads, seqlen_q, batch), innermost first
+                        dims = (ten.shape[3], ten.shape[2], ten.shape[1], ten.shape[0])
+                        fb.complete_tx(tma_box_write(sm, dst, ten, dims, (col, hh, row, b), sw))
+                    inflight.append(box)
+                yield None
+            for lane in range(32):
+                copies = []
+                for i in range(2 * BM // 32):
+                    c = lane + 32 * i
+                    r, is_d = c % BM, c >= BM
+                    valid = m0 + r < nq
+                    src = P.dsum if is_d else P.lse
+                    val = src[lse_base + h * lse_head + m0 + r] if valid else 0.0
+                    copies.append((sStat + ((kStages if is_d else 0) + stage) * kStat + r * 4,
+                                   val))
+
+                def lane_op(copies=copies, fb=fb):
+                    for addr, val in copies:
+                        sm.write32f(addr, val)
+                    fb.arrive()  # cp.async.mbarrier.arrive.noinc
+                inflight.append(lane_op)
+                if lane % 8 == 7:
+                    yield None
+            qb += 1
+            if qb == nqb:
+                qb, h = 0, h + 1
+        # cp.async.wait_all: the lanes' copies landed before the warp exits
+        yield lambda: not any(getattr(op, "__name__", "") == "lane_op" for op in inflight)
+
+    # ---- a consumer warpgroup (threads 128 wg .. 128 wg + 127) ----
+    def consumer(wg):
+        S = wgs[wg]
+        load_tile(wg, sK, P.k[k_row0:k_row0 + nk, kv_head], BN, n0, nk)
+        load_tile(wg, sV, P.v[k_row0:k_row0 + nk, kv_head], BN, n0, nk)
+        cp_wait_all(wg)  # cp_async_wait<0> + fence (barrier 1 of step 0 publishes them)
+        yield None
+        qb, h = 0, h_first
+        for it in range(n_iter):
+            stage = it % kStages
+            m0 = (qb_begin + qb) * BM
+            qh = rsqa_qh if P.reverse else h
+            if "no_full_wait" not in mut:
+                par = ((it // kStages) & 1) ^ (1 if "full_parity" in mut else 0)
+                yield lambda fb=full[stage], par=par: fb.done(par)
+            yield from bar1.sync()
+            q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
+            mma_commit(wg, gemm_st(wg, q_stage, "st"))
+            mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
+            issue_dq_bulk(wg)
+            yield None
+            q_last = min(m0 + BM, nq) - 1
+            wg_key0 = n0 + wg * 64
+            fullb = (wg_key0 + 64 <= nk and m0 + BM <= nq
+                     and (left < 0 or wg_key0 >= q_last + diag - left)
+                     and (right < 0 or wg_key0 + 63 <= m0 + diag + right))
+            mma_wait(wg, 1)
+            st = S["st"]
+            i = np.arange(32)[None, :]
+            col = 8 * (i // 4) + 2 * T_OF[:, None] + (i % 2)
+            lval = sm.f[(sStat + stage * kStat + 4 * col) // 4]
+            with np.errstate(over="ignore", invalid="ignore"):
+                st[:] = np.exp2(st * (P.scale * LOG2E) - lval * LOG2E)
+            if not fullb:
+                qrow = m0 + col
+                keyv = S["key"][np.arange(128)[:, None], (i // 2) % 2]
+                ok = (qrow < nq) & key_visible(keyv, qrow, nk, diag, left, right)
+                st[:] = np.where(ok, st, 0.0)
+            assert not np.isnan(st).any(), "P^T from unlanded Q / K / lse"
+            pa = np.full((128, 4, 4, 2), np.nan)
+            pa[:, :dv_early] = pack(st)[:, :dv_early]
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, pa, None, range(dv_early)))
+            yield None
+            mma_wait(wg, 1)
+            dpt = S["dpt"]
+            dval = sm.f[(sStat + (kStages + stage) * kStat + 4 * col) // 4]
+            dpt[:] = st * (dpt - dval)
+            assert not np.isnan(dpt).any(), "dS^T from unlanded dO / V / D"
+            late = np.array(pa)
+            late[:, dv_early:] = pack(st)[:, dv_early:]
+            da = pack(dpt)
+            for kk in range(4):
+                for ii in range(4):
+                    row = S["key_local0"] + 8 * (ii % 2)
+                    for tt in range(128):
+                        off = sw128_offset(BN, row[tt], 2 * kk + ii // 2) + 4 * T_OF[tt]
+                        sm.write16(sdS + off, da[tt, kk, ii, 0])
+                        sm.write16(sdS + off + 2, da[tt, kk, ii, 1])
+            mma_commit(wg, gemm_kv(wg, do_stage, q_stage, late, da, range(dv_early, BM // 16)))
+            if "early_empty" in mut:  # release before the wgmmas reading the stage completed
+                for _ in range(4):
+                    empty[stage].arrive()
+            yield None
+            bulk_wait_read(wg)
+            yield from bar2.sync()
+            mma_commit(wg, gemm_dq(wg))
+            mma_wait(wg, 0)
+            if "early_empty" not in mut and "no_empty_arrive" not in mut:
+                for _ in range(4):  # lane 0 of each of the warpgroup's 4 warps
+                    empty[stage].arrive()
+                    yield None
+            store_dq_tile(wg)
+            S["pend"]["row"] = dq_base + qh * lse_head + m0
+            S["pend"]["rows"] = min(BM, nq - m0)
+            qb += 1
+            if qb == nqb:
+                qb, h = 0, h + 1
+        if n_iter > 0:
+            yield from bar1.sync()  # consumer_barrier before the last tile's adds
+            issue_dq_bulk(wg)
+            bulk_wait_read(wg)
+        assert not mma_groups[wg]
+
+    progs = {"producer": producer(), "c0": consumer(0), "c1": consumer(1)}
+    waits = {name: None for name in progs}
+    while progs:
+        ready = [n for n in progs if waits[n] is None or waits[n]()]
+        if not ready and not inflight:
+            raise Deadlock(f"deadlock: {sorted(progs)} blocked, nothing in flight")
+        favoured = {"producer": [n for n in ready if n == "producer"],
+                    "consumers": [n for n in ready if n != "producer"]}.get(policy, [])
+        if policy == "late":  # async operations land only when no program can run
+            options = ready or ["async"]
+        elif favoured and not (inflight and rng.random() < 0.3):  # greedy for one side
+            options = favoured
+        else:
+            options = ready + (["async"] if inflight else [])
+        pick = options[rng.integers(len(options))]
+        if pick == "async":
+            inflight.pop(rng.integers(len(inflight)))()
+            continue
+        try:
+            waits[pick] = next(progs[pick])
+        except StopIteration:
+            del progs[pick]
+    assert not inflight and not bulk_groups
+
+    for wg in range(2):
+        S = wgs[wg]
+        for tt in range(128):
+            for r in range(2):
+                key = S["key"][tt, r]
+                if key >= nk:
+                    continue
+                for j in range(D // 8):
+                    c = j * 8 + 2 * T_OF[tt]
+                    dkv = S["dk"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2] * P.scale
+                    dvv = S["dv"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2]
+                    if splits > 1:
+                        out["partial"][split, b, kv_head, key, c: c + 2] = dkv
+                        out["partial"][split, b, kv_head, key, D + c: D + c + 2] = dvv
+                    else:
+                        out["dk"][k_row0 + key, kv_head, c: c + 2] = dkv
+                        out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
+
+
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, with_dq=True):
+             reads_at_wait, gain=1.0, with_dq=True, tma=None):
+    """tma: None (the wgmma kernel) or (policy, schedule seed, mutations) for wgmmatma."""
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -614,8 +1082,14 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
     for b in range(P.B):
         for x in range(n_blocks * Hkv * splits):
             per_block = Hkv * splits
-            emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits, b,
-                        reads_at_wait, with_dq)
+            if tma is not None:
+                policy, sched_seed, mut = tma
+                emulate_cta_tma(P, out, x // per_block, x % per_block // splits, x % splits,
+                                splits, b, reads_at_wait,
+                                np.random.default_rng([sched_seed, b, x]), policy, mut)
+            else:
+                emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits,
+                            b, reads_at_wait, with_dq)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -642,7 +1116,8 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
         assert not np.isnan(got).any(), f"{name}: unwritten elements"
         errs.append(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
     layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
-    print(f"D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
+    variant = "" if tma is None else f"wgmmatma policy={tma[0]}/{tma[1]} "
+    print(f"{variant}D={D} {layout} lens_q={lens_q} lens_k={lens_k} window=({left},{right}) "
           f"varlen={varlen} splits={splits} reads_at_wait={reads_at_wait}"
           f"{'' if with_dq else ' kDq=false'}: "
           f"rel err dQ {errs[0]:.1e}{'' if with_dq else ' (not computed)'} dK {errs[1]:.1e} "
@@ -669,6 +1144,53 @@ if __name__ == "__main__":
     ]
     if quick:
         cases = cases[:3]
+    if "tma" in sys.argv[1:] or "tma-mutations" in sys.argv[1:]:
+        # wgmmatma (dense cases): the producer and consumer programs under 5 interleavings
+        # (two random schedules, producer-greedy, consumer-greedy, async-late), both timing modes
+        policies = [("random", 1), ("random", 2), ("producer", 3), ("consumers", 4), ("late", 5)]
+        if "tma" in sys.argv[1:]:
+            for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
+                if vl:
+                    continue
+                for mode in (True, False):
+                    for pol, ss in policies:
+                        run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
+                                 reads_at_wait=mode, gain=2.0 if i % 2 else 1.0,
+                                 tma=(pol, ss, frozenset()))
+            print("ALL OK (wgmmatma)")
+        if "tma-mutations" in sys.argv[1:]:
+            # each mutation must fail (wrong or NaN result, a failed assertion, or a deadlock)
+            # under at least one interleaving / timing mode; cases: MQA causal (12 steps through
+            # 3 stages), rSQA D = 128 (Q head != dO head, two column halves)
+            mcases = [(64, 4, 1, False, [130], [130], -1, 0, False, 1, 2),
+                      (128, 2, 4, True, [140], [170], -1, -1, False, 1, 4)]
+            mutations = ["full_parity", "no_full_wait", "empty_parity", "no_empty_arrive",
+                         "early_empty", "expect_tx_short", "expect_tx_long", "swizzle64",
+                         "box_row", "box_col", "box_head"]
+            for m in mutations:
+                caught = None
+                for D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, i in mcases:
+                    if caught or (m in ("box_col", "box_head") and D == 64):
+                        continue
+                    for mode in (True, False):
+                        for pol, ss in policies:
+                            try:
+                                import contextlib
+                                import io
+                                with contextlib.redirect_stdout(io.StringIO()):
+                                    run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
+                                             reads_at_wait=mode, tma=(pol, ss, frozenset([m])))
+                            except (AssertionError, Deadlock) as e:
+                                caught = (f"D={D} reads_at_wait={mode} policy={pol}: "
+                                          f"{type(e).__name__} {str(e)[:70]}")
+                                break
+                        if caught:
+                            break
+                print(f"mutation {m}: {'CAUGHT ' + caught if caught else 'NOT CAUGHT'}",
+                      flush=True)
+                assert caught, m
+            print("ALL MUTATIONS CAUGHT (wgmmatma)")
+        sys.exit(0)
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):
             # kDq = true (the default scheme) and false (deterministic: dK / dV only)

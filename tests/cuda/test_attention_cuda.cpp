@@ -566,6 +566,18 @@ TEST(CudaBackward, WgmmaMatchesReference) {
   check_wgmma_backward("wgmma", {64, 128});
 }
 
+// SQA_CUDA_BWD=wgmmatma (opt-in): the same kernel with a TMA producer warpgroup (Q and dO by
+// tensor-map boxes, lse and D by the producer's cp.async, full / empty mbarriers per stage) on
+// dense batches in the atomic-dQ scheme: the sweep and the layout, cross-length and head-split
+// cases above (padded rows and batch 2 exercise the map's strides; rows past the sequence come
+// from the TMA unit's zero fill). Varlen batches and the deterministic scheme, also covered, run
+// the wgmma kernel.
+TEST(CudaBackward, WgmmaTmaMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_backward("wgmmatma", {64, 128});
+}
+
+// SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma).
 TEST(CudaBackward, SanitizerSmoke) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_backward_limits();
@@ -644,15 +656,20 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::occ);
   setenv("SQA_CUDA_BWD", "fast", 1);
   expect_error([] { cuda::detail::bwd_variant(); },
-               {"SQA_CUDA_BWD (fast)", "base, occ, occ2 or wgmma"});
+               {"SQA_CUDA_BWD (fast)", "base, occ, occ2, wgmma or wgmmatma"});
   // The removed variant names are errors now.
   for (const char* gone : {"wgmmak", "wgmma2", "wgmmab"}) {
     setenv("SQA_CUDA_BWD", gone, 1);
-    expect_error([] { cuda::detail::bwd_variant(); },
-                 {std::string("SQA_CUDA_BWD (") + gone + ")", "base, occ, occ2 or wgmma"});
+    expect_error([] { cuda::detail::bwd_variant(); }, {std::string("SQA_CUDA_BWD (") + gone + ")",
+                                                       "base, occ, occ2, wgmma or wgmmatma"});
   }
   setenv("SQA_CUDA_BWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
+  setenv("SQA_CUDA_BWD", "wgmmatma", 1);  // the same grid and tile (head splits, raster)
+  EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmatma);
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));

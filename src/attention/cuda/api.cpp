@@ -53,14 +53,16 @@ BwdVariant bwd_variant() {
   if (m == "occ") return BwdVariant::occ;
   if (m == "occ2") return BwdVariant::occ2;
   if (m == "wgmma") return BwdVariant::wgmma;
-  throw Error(
-      sqa::detail::concat("SQA_CUDA_BWD (", m, ") must be base, occ, occ2 or wgmma, or unset"));
+  if (m == "wgmmatma") return BwdVariant::wgmmatma;
+  throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m,
+                                  ") must be base, occ, occ2, wgmma or wgmmatma, or unset"));
 }
 
 bool bwd_dkdv_wgmma(int head_dim) {
   const BwdVariant variant = bwd_variant();
   return (head_dim == 64 || head_dim == 128) &&
-         (variant == BwdVariant::automatic || variant == BwdVariant::wgmma);
+         (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
+          variant == BwdVariant::wgmmatma);
 }
 
 namespace {

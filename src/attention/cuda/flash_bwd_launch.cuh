@@ -8,6 +8,7 @@
 #include "flash_bwd_kernel.cuh"
 #include "flash_bwd_wgmma.cuh"
 #include "flash_fwd.hpp"
+#include "tma_host.hpp"
 
 namespace sqa::cuda::detail {
 
@@ -40,6 +41,8 @@ void launch_dkdv(Kernel* kernel, int bn, int threads, int smem, const BwdKernelP
 // dQ (kDq) or, deterministic, without; elsewhere flash_bwd_dkdv_kernel (mma.sync), whose tile
 // keeps K and V fragments in registers up to D = 32 and takes 32 query rows per step at D = 128
 // (register file); the dQ kernel takes 32 keys per step at D = 128 for the same reason.
+// SQA_CUDA_BWD=wgmmatma (opt-in) runs the wgmma kernel's TMA-producer form on dense batches with
+// atomic dQ (tensor maps built here per call), and the wgmma kernel otherwise.
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;
@@ -59,7 +62,23 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   bool wgmma = false;
   if constexpr (D == 64 || D == 128) {
     wgmma = bwd_dkdv_wgmma(D);
-    if (wgmma) {
+    // wgmmatma (opt-in): the TMA producer form, atomic dQ and dense batches only (the tensor maps
+    // cover (batch, seqlen) boxes; varlen and the deterministic scheme take the wgmma kernel).
+    if (wgmma && atomic_dq && p.cu_seqlens_q == nullptr && bwd_variant() == BwdVariant::wgmmatma) {
+      using Wt = WgmmaBwdTile<T, D, true, true>;
+      constexpr bool kFp16 = std::is_same_v<T, __half>;
+      CUtensorMap tm_q, tm_do;
+      encode_qdo_tensor_map(&tm_q, p.q, kFp16, D, p.num_query_heads, p.seqlen_q, p.batch, p.q_head,
+                            p.q_row, p.q_batch, Wt::BM);
+      encode_qdo_tensor_map(&tm_do, g.dout, kFp16, D, p.num_attention_heads, p.seqlen_q, p.batch,
+                            g.do_head, g.do_row, g.do_batch, Wt::BM);
+      auto* kernel = &flash_bwd_dkdv_wgmma_tma_kernel<T, D>;
+      set_smem_limit(kernel, Wt::kSmemBytes);
+      const int64_t n_blocks = (p.seqlen_k + Wt::BN - 1) / Wt::BN;
+      const dim3 grid(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1, p.batch);
+      kernel<<<grid, Wt::kCtaThreads, Wt::kSmemBytes, stream>>>(g, tm_q, tm_do);
+      check_cuda(cudaGetLastError(), "dK/dV kernel launch (wgmmatma)");
+    } else if (wgmma) {
       auto* dkdv = atomic_dq ? &flash_bwd_dkdv_wgmma_kernel<T, D, true>
                              : &flash_bwd_dkdv_wgmma_kernel<T, D, false>;
       using Wg = WgmmaBwdTile<T, D>;

@@ -87,10 +87,13 @@
 //   kept (bulk dQ + early dV, was wgmma2): 341-363 (0.82-0.85x) / 464-472 (0.78-0.83x).
 //   Not measured, not kept: waiting for dV / dK before issuing dQ (250 registers at D = 128, but
 //   the tensor cores idle between the groups).
-// Not done (FA3 has these): a producer warp with TMA and mbarriers, setmaxnreg, the two
-// warpgroups out of step (the dQ barrier pulls them together), a persistent grid.
+// Opt-in, not yet run on a GPU (SQA_CUDA_BWD=wgmmatma, flash_bwd_dkdv_wgmma_tma_kernel): a
+// producer warpgroup with TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body).
+// Not done (FA3 has these): the two warpgroups out of step (the dQ barrier pulls them
+// together), a persistent grid.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (a type only: the library does not link libcuda)
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -103,10 +106,12 @@
 
 namespace sqa::cuda::detail {
 
-template <typename T, int D, bool kDq = true>
+template <typename T, int D, bool kDq = true, bool kTma = false>
 struct WgmmaBwdTile {
-  static constexpr int kWarpGroups = 2;
+  static constexpr int kWarpGroups = 2;  // consumers: the MMA warpgroups
   static constexpr int kThreads = 128 * kWarpGroups;
+  // kTma: a third, producer warpgroup (threads kThreads ..) loads Q, dO, lse and D.
+  static constexpr int kCtaThreads = kThreads + (kTma ? 128 : 0);
   static constexpr int BN = 64 * kWarpGroups;  // keys per CTA: 64 per warpgroup (the wgmma M)
   static constexpr int BM = 64;                // query rows per step
   static constexpr int kStages = 3;            // Q / dO / lse / D buffers
@@ -122,13 +127,18 @@ struct WgmmaBwdTile {
   static constexpr int kDqBytes = kDq ? BM * kDqRowBytes : 0;
   // dV's k-steps (of BM / 16 = 4) issued before the wait for dP^T: 4 at D = 64; 3 at D = 128,
   // where 4 spill (the P^T values stay live until dS^T is computed: 4 registers per k-step).
-  static constexpr int kDvEarly = D == 64 ? 4 : 3;
-  static constexpr int kSmemBytes =
-      2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes + 2 * kStages * kStatBytes + kDqBytes + 1024;
+  // kTma: the consumers get 240 registers (setmaxnreg; 24 stay with the producer), where 3
+  // k-steps at D = 128 spill 4 bytes (ptxas), so 2.
+  static constexpr int kDvEarly = D == 64 ? 4 : kTma ? 2 : 3;
+  // kTma: a 'full' and an 'empty' mbarrier per stage, after the dQ tile.
+  static constexpr int kBarBytes = kTma ? 2 * kStages * 8 : 0;
+  static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes +
+                                    2 * kStages * kStatBytes + kDqBytes + kBarBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
   static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (dK, dV)");
   static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
   static_assert(kDqRowBytes % 128 == 32 && kDqRowBytes % 16 == 0, "conflict-free, 16-byte rows");
+  static_assert(!kTma || kDq, "the TMA producer form exists for the atomic-dQ scheme only");
 };
 
 // Bulk asynchronous reduce-add (sm_90, the async proxy; the TMA unit): nbytes of fp32 from shared
@@ -172,12 +182,25 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
 // forward's 32-byte k-steps of K-major operands).
 // kDq = false: no dS^T tile, dQ wgmma, dQ tile, bulk adds or barrier 2; each step ends with the
 // wait for its dV / dK group (the next step's copies refill the stage it read, after barrier 1).
-template <typename T, int D, bool kDq = true>
-__global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
-#else
-  using Tile = WgmmaBwdTile<T, D, kDq>;
+// kTma (SQA_CUDA_BWD=wgmmatma; kDq only, dense batches): warp specialisation as in FA3. A third
+// warpgroup (threads 256 .. 383, after the two MMA warpgroups, so theirs keep the indices above)
+// is the producer: after setmaxnreg.dec its first warp loads each block's Q and dO with TMA
+// (tensor maps tm_q / tm_do with the 128-byte swizzle, so the boxes land in exactly the
+// [D / 64][BM][64] swizzled layout the descriptors read; rows past the sequence arrive as zeros)
+// and lse / D with 4-byte cp.async, into the same kStages buffers. Per stage a 'full' mbarrier
+// (33 arrivals: lane 0's arrive.expect_tx of the Q + dO bytes, and each lane's
+// cp.async.mbarrier.arrive.noinc when its lse / D copies landed) and an 'empty' one (8 arrivals:
+// lane 0 of each consumer warp after the step's wgmma.wait_group 0, i.e. once the warp's wgmmas and
+// its lse / D reads of the stage are done). Step it uses stage it % kStages and phase
+// (it / kStages) & 1 of both; the producer refills a stage after waiting for the empty phase of
+// the step that read it. The consumers (setmaxnreg.inc) load K / V with cp.async as before and
+// run the same step; the CTA barriers become named barrier 1 over their 256 threads (the
+// producer never joins): barrier 1 still orders the dS^T / dQ tiles between steps, barrier 2
+// the dS^T stores before dQ. Loads no longer sit between the consumers' instructions.
+template <typename T, int D, bool kDq, bool kTma>
+__device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const void* tm_q,
+                                                const void* tm_do) {
+  using Tile = WgmmaBwdTile<T, D, kDq, kTma>;
   constexpr int BN = Tile::BN;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
@@ -207,6 +230,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   const uint32_t sStat = sdS + Tile::kDsBytes;         // lse [kStages][BM], D [kStages][BM]
   // kDq: the dQ tile, [BM][D + 8] fp32.
   [[maybe_unused]] const uint32_t sDq = sStat + 2 * kStages * Tile::kStatBytes;
+  // kTma: full[kStages], then empty[kStages] (8 bytes each).
+  [[maybe_unused]] const uint32_t sFull = sDq + Tile::kDqBytes;
+  [[maybe_unused]] const uint32_t sEmpty = sFull + kStages * 8;
   unsigned char* const smem = smem_raw + (sK - raw_addr);  // generic pointer to sK
   const float* const stat = reinterpret_cast<const float*>(smem + (sStat - sK));
 
@@ -221,13 +247,66 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
   const DkDvCta cta = dkdv_cta<BN>(g);
   const int b = cta.b, kv_head = cta.kv_head, split = cta.split, n0 = cta.n0;
   const SeqSpan s = cta.s;
-  if (n0 >= s.nk) return;
+  if (n0 >= s.nk) return;  // the whole CTA
   const int nq = s.nq, nk = s.nk;
   const int diag = nk - nq, left = p.window_left, right = p.window_right;
 
   const DkDvQueries work = dkdv_queries<BN, BM>(g, cta);
   const int h_first = work.h_first, rsqa_qh = work.rsqa_qh;
   const int qb_begin = work.qb_begin, nqb = work.nqb, n_iter = work.n_iter;
+
+  if constexpr (kTma) {
+    if (tid == 0) {
+#pragma unroll
+      for (int i = 0; i < kStages; ++i) {
+        mbar_init(sFull + i * 8, 33);  // lane 0's expect_tx + 32 lanes' cp.async arrivals
+        mbar_init(sEmpty + i * 8, 8);  // lane 0 of each consumer warp
+      }
+      mbar_fence_init();
+    }
+    __syncthreads();  // the only CTA-wide barrier: the mbarriers are initialised
+    if (tid >= kThreads) {
+      setmaxnreg_dec<24>();
+      if (tid - kThreads >= 32) return;  // one producer warp; the other three are done
+      const BwdRowBases rows = bwd_row_bases(p, s, b);
+      for (int it = 0, h = h_first, qb = 0; it < n_iter; ++it) {
+        const int stage = it % kStages;
+        const uint32_t full = sFull + stage * 8;
+        // The step that last read this stage (it - kStages) released it.
+        if (it >= kStages) mbar_wait(sEmpty + stage * 8, ((it / kStages) & 1) ^ 1);
+        const int m0 = (qb_begin + qb) * BM;
+        const int qh = p.reverse ? rsqa_qh : h;
+        if (lane == 0) {
+          mbar_arrive_expect_tx(full, 2 * Tile::kQBytes);
+          // Boxes of 64 columns x 1 head x BM rows x 1 batch entry: (column, head, row, batch).
+#pragma unroll
+          for (int c = 0; c < D / 64; ++c) {
+            tma_load_4d(sQ + stage * Tile::kQBytes + c * BM * 128, tm_q, full, c * 64, qh, m0, b);
+            tma_load_4d(sdO + stage * Tile::kQBytes + c * BM * 128, tm_do, full, c * 64, h, m0, b);
+          }
+        }
+        // lse (copies 0 .. 63) and D (64 .. 127), lane + 32 i; zeros past the sequence.
+#pragma unroll
+        for (int i = 0; i < 2 * BM / 32; ++i) {
+          const int c = lane + 32 * i;
+          const int r = c % BM;
+          const bool is_d = c >= BM;
+          const bool valid = m0 + r < nq;
+          const float* src = is_d ? g.dsum : p.lse;
+          cp_async_4(sStat + ((is_d ? kStages : 0) + stage) * Tile::kStatBytes + r * 4,
+                     valid ? src + rows.lse(h, m0) + r : src, valid);
+        }
+        cp_async_mbar_arrive_noinc(full);
+        if (++qb == nqb) {
+          qb = 0;
+          ++h;
+        }
+      }
+      cp_async_wait_all();  // this thread's copies landed before it exits
+      return;
+    }
+    setmaxnreg_inc<240>();
+  }
 
   const T* k_base =
       static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
@@ -238,6 +317,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
 
   // Row bases as in flash_bwd_dkdv_kernel (bwd_row_bases).
   const BwdRowBases rows = bwd_row_bases(p, s, b);
+  // Consumers' (CTA barrier) among the MMA warpgroups: every thread, or (kTma) named barrier 1
+  // over the 256 consumer threads.
+  auto consumer_barrier = []() {
+    if constexpr (kTma) {
+      named_barrier_sync(1, kThreads);
+    } else {
+      __syncthreads();
+    }
+  };
   auto load_q_block = [&](int stage, int h, int m0) {
     const BwdQdOBases<T> base = bwd_q_do_bases<T>(g, s, b, p.reverse ? rsqa_qh : h, h);
     load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, base.q, p.q_row, m0, nq, tid);
@@ -261,11 +349,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       ++load_h;
     }
   };
-  // Group j (j < kStages - 1) holds block j; K and V ride in group 0.
+  if constexpr (kTma) {
+    // K and V visible to the wgmmas after barrier 1 of the first step.
+    cp_async_wait<0>();
+    fence_proxy_async_shared();
+  } else {
+    // Group j (j < kStages - 1) holds block j; K and V ride in group 0.
 #pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) {
-    if (j < n_iter) load_next(j);
-    cp_async_commit();
+    for (int j = 0; j < kStages - 1; ++j) {
+      if (j < n_iter) load_next(j);
+      cp_async_commit();
+    }
   }
 
   // This thread's keys (accumulator rows of S^T, dP^T, dK, dV): local rows kr[0], kr[1].
@@ -317,9 +411,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     // Barrier 1: block it landed and is visible to the async proxy; every warpgroup finished
     // step it - 1 (its wgmmas, its reads of lse / D), so stage (it - 1) % kStages and the dS^T
     // tile are free.
-    cp_async_wait<kStages - 2>();
-    fence_proxy_async_shared();
-    __syncthreads();
+    // kTma: the producer's 'full' phase of this stage stands for "landed" (TMA and cp.async
+    // writes are visible to this thread and its wgmmas once the phase completed).
+    if constexpr (kTma) {
+      mbar_wait(sFull + stage * 8, (it / kStages) & 1);
+    } else {
+      cp_async_wait<kStages - 2>();
+      fence_proxy_async_shared();
+    }
+    consumer_barrier();
 
     const uint32_t q_stage = sQ + stage * Tile::kQBytes;
     const uint32_t do_stage = sdO + stage * Tile::kQBytes;
@@ -350,8 +450,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     // so the tensor cores start sooner after the barrier (they fill stage (it - 1) % kStages,
     // which no wgmma of this step reads).
     if constexpr (kDq) issue_dq_bulk();
-    if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
-    cp_async_commit();
+    if constexpr (!kTma) {
+      if (it + kStages - 1 < n_iter) load_next((it + kStages - 1) % kStages);
+      cp_async_commit();
+    }
 
     // P^T = exp2(scale_log2 S^T - lse log2 e): query column 8 j + 2 t + (e & 1) of the block.
     const float* l_tile = stat + stage * BM;
@@ -448,7 +550,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       // reads issued this step are done before anyone passes it and rewrites the tile (no bulk
       // groups: returns at once).
       cp_async_bulk_wait_read();
-      __syncthreads();
+      consumer_barrier();
       // dQ(block rows, columns dq_col0 ..) = dS K over the CTA's keys; k-step kk = keys 16 kk.
       wgmma_fence();  // its accumulators last held dP^T / dS^T, written by ordinary instructions
 #pragma unroll
@@ -464,6 +566,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
     fence_registers(dv);
     fence_registers(pa);
     fence_registers(da);
+    if constexpr (kTma) {
+      // This warp's wgmmas and lse / D reads of the stage are done: release it to the producer.
+      __syncwarp();
+      if (lane == 0) mbar_arrive(sEmpty + stage * 8);
+    }
     if constexpr (kDq) {
       // Scaled dQ to the tile: accumulator row 16 warp + g (+ 8) = query row of the block,
       // columns dq_col0 + 8 j + 2 t (+ 1); fenced for the bulk reads after barrier 1.
@@ -486,11 +593,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
       ++h;
     }
   }
-  cp_async_wait<0>();
+  if constexpr (!kTma) cp_async_wait<0>();
   if constexpr (kDq) {
     // The last block's dQ tile: every warp stored and fenced it; its adds complete before exit.
     if (n_iter > 0) {
-      __syncthreads();
+      consumer_barrier();
       issue_dq_bulk();
       cp_async_bulk_wait_all();
     }
@@ -531,6 +638,29 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
           M::pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
     }
   }
+}
+
+template <typename T, int D, bool kDq = true>
+__global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdKernelParams g) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
+#else
+  dkdv_wgmma_body<T, D, kDq, false>(g, nullptr, nullptr);
+#endif
+}
+
+// SQA_CUDA_BWD=wgmmatma: the same step with a TMA producer warpgroup (see dkdv_wgmma_body).
+// tm_q / tm_do: Q and dO as 4-D tensor maps (head_dim, heads, seqlen_q, batch) with 64 x 1 x 64 x
+// 1 boxes and the 128-byte swizzle (encode_qdo_tensor_map, tma_host.cpp).
+template <typename T, int D>
+__global__ void __launch_bounds__(384, 1)
+    flash_bwd_dkdv_wgmma_tma_kernel(const BwdKernelParams g,
+                                    const __grid_constant__ CUtensorMap tm_q,
+                                    const __grid_constant__ CUtensorMap tm_do) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#else
+  dkdv_wgmma_body<T, D, true, true>(g, &tm_q, &tm_do);
 #endif
 }
 

@@ -40,15 +40,18 @@ void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp };
 FwdVariant fwd_variant();
 
-// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2 or wgmma;
-// unset: the default, wgmma at D = 64 and 128, occ elsewhere). wgmma: the Hopper warpgroup-MMA
-// dK/dV kernel (flash_bwd_wgmma.cuh), in both schemes (atomic dQ: it adds dQ too; deterministic:
-// dK / dV only, then the dQ kernel). base / occ / occ2: register caps of the mma.sync kernel.
-// At other head dims wgmma gives the default. See flash_bwd_launch.cuh.
-enum class BwdVariant { automatic, base, occ, occ2, wgmma };
+// Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma or
+// wgmmatma; unset: the default, wgmma at D = 64 and 128, occ elsewhere). wgmma: the Hopper
+// warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh), in both schemes (atomic dQ: it adds dQ too;
+// deterministic: dK / dV only, then the dQ kernel). wgmmatma: the same kernel with a TMA producer
+// warpgroup (opt-in; atomic dQ and dense batches; otherwise it behaves as wgmma). base / occ /
+// occ2: register caps of the mma.sync kernel. At other head dims wgmma and wgmmatma give the
+// default. See flash_bwd_launch.cuh.
+enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmatma };
 BwdVariant bwd_variant();
 // Whether the backward at this head dim runs the wgmma dK/dV kernel (D = 64 or 128 and
-// SQA_CUDA_BWD unset or wgmma); the launcher and the head-split heuristic (api.cpp) agree on it.
+// SQA_CUDA_BWD unset, wgmma or wgmmatma: same grid and tile); the launcher and the head-split
+// heuristic (api.cpp) agree on it.
 bool bwd_dkdv_wgmma(int head_dim);
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).

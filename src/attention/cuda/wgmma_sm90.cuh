@@ -108,6 +108,71 @@ __device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threa
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// mbarriers (sm_90, shared::cta, 8 bytes each) for the producer / consumer pipeline of the TMA
+// kernels. A phase completes when `count` arrivals were made and the transaction count is back at
+// zero: arrive.expect_tx adds the bytes a TMA load will write, and the load's complete_tx takes
+// them off as they land. try_wait.parity(p) returns once the phase with parity p completed (a
+// waiter on a phase that has not started yet spins: the caller tracks the parity per stage).
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the inits visible to the async proxy (the TMA unit's complete_tx) before first use.
+__device__ __forceinline__ void mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred P1;\n"
+      "LAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\n"
+      "bra LAB_WAIT;\n"
+      "DONE:\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// The mbarrier receives one arrival (not counted in advance: .noinc) when every cp.async this
+// thread issued before has landed.
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for every cp.async this thread issued (committed or not).
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+// TMA tile load of a 4-D tensor map box (coordinates innermost first, in elements) into shared
+// memory at dst (1024-byte aligned for the 128-byte swizzle), completing `bytes` on mbarrier bar.
+// Coordinates past the map's extent read as zeros. tmap: the generic address of a CUtensorMap
+// (a __grid_constant__ kernel parameter).
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tmap, uint32_t bar, int c0,
+                                            int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+// Warp-specialised register split (FlashAttention-3): the producer warpgroup gives registers
+// back, the consumer warpgroups take them (per thread, multiples of 8; every warp of the
+// warpgroup runs the same instruction).
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
 // Register fences: the compiler sees every register as read and rewritten here, so it neither
 // moves a use of an accumulator above the wgmma.wait_group that completes it, nor reuses the
 // register of an A operand (packed P) for something else while a wgmma may still read it.
