@@ -350,8 +350,12 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
     }
   };
   if constexpr (kTma) {
-    // K and V visible to the wgmmas after barrier 1 of the first step.
-    cp_async_wait<0>();
+    // K and V visible to the wgmmas after barrier 1 of the first step. wait_all: the K / V
+    // copies were never committed to a group, and cp.async.wait_group 0 waits only for committed
+    // groups (it compiled to a lone DEPBAR, no LDGDEPBAR: the first steps read K and V before
+    // they landed when the copies were slow; H200 2026-11-29: wrong dQ / dK / dV, NaN at D = 128,
+    // at 8k-32k tokens; bench/gpu/wgmma_bwd_emulate.py tma-mutations: kv_wait_group).
+    cp_async_wait_all();
     fence_proxy_async_shared();
   } else {
     // Group j (j < kStages - 1) holds block j; K and V ride in group 0.
