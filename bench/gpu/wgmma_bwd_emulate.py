@@ -14,8 +14,12 @@ wgmmatma (flash_bwd_dkdv_wgmma_tma_kernel; emulate_cta_tma): the producer warp a
 consumer warpgroups as separate programs under five interleavings (two random, producer-greedy,
 consumer-greedy, async-late), with mbarriers (phase bit, arrival count, transaction bytes; a wait
 that can never complete is reported as a deadlock), TMA boxes writing the 128-byte swizzle with
-zero fill past the map's extent, the producer's lse / D cp.asyncs with their noinc arrivals, and
-named barrier 1 / 2 over the consumers.
+zero fill past the map's extent, the producer's lse / D cp.asyncs with their noinc arrivals, the
+consumers' K / V cp.asyncs as the PTX ISA defines them (each copy lands at any time after its
+issue; cp.async.wait_group N covers only committed groups, so a wait_group 0 with nothing
+committed waits for nothing: mutation kv_wait_group, the kernel of the first H200 run, whose
+first steps read K / V before they landed at 8k-32k tokens), and named barrier 1 / 2 over the
+consumers.
 Both instantiations: kDq = true (the default scheme): dQ split over its columns, through a shared
 fp32 tile and bulk reduce-adds: the tile's padded rows and 8-byte stores (bank-conflict-free,
 checked), one cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and
@@ -750,19 +754,36 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
     inflight = []  # async operations not landed yet (callables)
 
     # ---- consumers' own asynchronous work (per warpgroup) ----
-    cp_groups = [[[]], [[]]]  # per warpgroup: cp.async groups (K / V only)
+    # cp.async as the PTX ISA defines it: a copy may land at any time after its issue (each one
+    # is an async operation the scheduler may pick); cp.async.commit_group closes the thread's
+    # current group; cp.async.wait_group N lands every committed group but the N most recent and
+    # does NOT cover copies not yet committed (cp.async.wait_all = commit_group + wait_group 0).
+    cp_state = [{"committed": [], "open": []} for _ in range(2)]
 
     def cp_async(wg, addr, vals):
-        if reads_at_wait:
-            sm.write_chunk(addr, vals)
-        else:
-            cp_groups[wg][-1].append((addr, vals))
+        done = []
 
-    def cp_wait_all(wg):
-        for grp in cp_groups[wg]:
-            for addr, vals in grp:
+        def kv_copy():
+            if not done:
+                done.append(True)
                 sm.write_chunk(addr, vals)
-            grp.clear()
+        cp_state[wg]["open"].append(kv_copy)
+        inflight.append(kv_copy)
+
+    def cp_commit(wg):
+        st = cp_state[wg]
+        st["committed"].append(st["open"])
+        st["open"] = []
+
+    def cp_wait_group(wg, n):
+        st = cp_state[wg]
+        keep = len(st["committed"]) - n
+        for grp in st["committed"][:max(keep, 0)]:
+            for op in grp:
+                if op in inflight:
+                    inflight.remove(op)
+                op()
+        st["committed"] = st["committed"][max(keep, 0):]
 
     def load_tile(wg, dst, arr, rows, row0, valid_rows):
         """load_tile_sw128<T, D, rows, 256>: this warpgroup's threads' share."""
@@ -947,7 +968,13 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
         S = wgs[wg]
         load_tile(wg, sK, P.k[k_row0:k_row0 + nk, kv_head], BN, n0, nk)
         load_tile(wg, sV, P.v[k_row0:k_row0 + nk, kv_head], BN, n0, nk)
-        cp_wait_all(wg)  # cp_async_wait<0> + fence (barrier 1 of step 0 publishes them)
+        if "kv_wait_group" in mut:
+            # the kernel before the fix: cp_async_wait<0> (wait_group 0) with the K / V copies
+            # never committed, so it waited for nothing
+            cp_wait_group(wg, 0)
+        else:
+            cp_commit(wg)  # cp_async_wait_all: commit_group + wait_group 0 (+ the fence;
+            cp_wait_group(wg, 0)  # barrier 1 of step 0 publishes K / V to both warpgroups)
         yield None
         qb, h = 0, h_first
         for it in range(n_iter):
@@ -1166,7 +1193,7 @@ if __name__ == "__main__":
                       (128, 2, 4, True, [140], [170], -1, -1, False, 1, 4)]
             mutations = ["full_parity", "no_full_wait", "empty_parity", "no_empty_arrive",
                          "early_empty", "expect_tx_short", "expect_tx_long", "swizzle64",
-                         "box_row", "box_col", "box_head"]
+                         "box_row", "box_col", "box_head", "kv_wait_group"]
             for m in mutations:
                 caught = None
                 for D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, i in mcases:

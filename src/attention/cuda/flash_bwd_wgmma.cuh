@@ -87,8 +87,11 @@
 //   kept (bulk dQ + early dV, was wgmma2): 341-363 (0.82-0.85x) / 464-472 (0.78-0.83x).
 //   Not measured, not kept: waiting for dV / dK before issuing dQ (250 registers at D = 128, but
 //   the tensor cores idle between the groups).
-// Opt-in, not yet run on a GPU (SQA_CUDA_BWD=wgmmatma, flash_bwd_dkdv_wgmma_tma_kernel): a
-// producer warpgroup with TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body).
+// Opt-in (SQA_CUDA_BWD=wgmmatma, flash_bwd_dkdv_wgmma_tma_kernel): a producer warpgroup with
+// TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body). First H200 run
+// (2026-11-29): small-scale tests passed, 8k-32k tokens gave wrong gradients (NaN at D = 128):
+// the consumers' K / V cp.asyncs were waited by cp.async.wait_group 0 without a commit_group,
+// which waits for nothing; fixed (wait_all), not yet re-run on a GPU.
 // Not done (FA3 has these): the two warpgroups out of step (the dQ barrier pulls them
 // together), a persistent grid.
 #pragma once
@@ -350,8 +353,12 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
     }
   };
   if constexpr (kTma) {
-    // K and V visible to the wgmmas after barrier 1 of the first step.
-    cp_async_wait<0>();
+    // K and V visible to the wgmmas after barrier 1 of the first step. wait_all: the K / V
+    // copies were never committed to a group, and cp.async.wait_group 0 waits only for committed
+    // groups (it compiled to a lone DEPBAR, no LDGDEPBAR: the first steps read K and V before
+    // they landed when the copies were slow; H200 2026-11-29: wrong dQ / dK / dV, NaN at D = 128,
+    // at 8k-32k tokens; bench/gpu/wgmma_bwd_emulate.py tma-mutations: kv_wait_group).
+    cp_async_wait_all();
     fence_proxy_async_shared();
   } else {
     // Group j (j < kStages - 1) holds block j; K and V ride in group 0.
