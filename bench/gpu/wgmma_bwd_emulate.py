@@ -245,6 +245,82 @@ class Problem:
                     self.dsum[self.lse_row(b, h, r)] = Dq[r]
 
 
+class WgmmaOps:
+    """The warpgroup-MMA model shared by emulate_cta and emulate_cta_tma: each warpgroup's
+    committed groups run at their wait (reads_at_wait: operands read late, the async order's
+    worst case) or at once, and the kernel's products S^T / dP^T = K Q^T / V dO^T, dV += P^T dO
+    and dK += dS^T Q (A from registers), and dQ = dS K into the warpgroup's half. BN = 128 keys,
+    BM = 64 query rows per step; wgs[wg] holds the descriptors and accumulators."""
+
+    BN, BM = 128, 64
+
+    def __init__(self, sm, wgs, D, reads_at_wait):
+        self.sm, self.wgs, self.D, self.reads_at_wait = sm, wgs, D, reads_at_wait
+        self.dq_n = D // 2             # dQ columns per warpgroup
+        self.dq_steps = self.BN // 16  # k-steps of dQ
+        self.groups = [[], []]
+
+    def commit(self, wg, op):
+        if self.reads_at_wait:
+            self.groups[wg].append(op)
+        else:
+            op()
+            self.groups[wg].append(None)
+
+    def wait(self, wg, n):
+        while len(self.groups[wg]) > n:
+            op = self.groups[wg].pop(0)
+            if op is not None:
+                op()
+
+    def st(self, wg, q_stage, which):
+        sm, wgs, D, BN, BM = self.sm, self.wgs, self.D, self.BN, self.BM
+        a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
+        b_desc0 = desc(q_stage, 16, 1024)
+
+        def op():
+            acc = np.zeros((64, 64))
+            for kk in range(D // 16):
+                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
+                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
+                A = read_kmajor(sm, advance(a_desc0, a_off), 64)
+                B = read_kmajor(sm, advance(b_desc0, b_off), 64)
+                acc += A @ B.T
+            wgs[wg][which][:] = regs_from(acc, 64)
+        return op
+
+    def kv(self, wg, do_stage, q_stage, pa, da, dv_steps=range(64 // 16)):
+        """dV += P^T dO over dv_steps (pa not None) and dK += dS^T Q (da not None), in one
+        group."""
+        sm, wgs, D, BM = self.sm, self.wgs, self.D, self.BM
+        dob = desc(do_stage, BM * 128, 1024)
+        qbd = desc(q_stage, BM * 128, 1024)
+        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
+                if x[0] is not None]
+
+        def op():
+            for regs, bdesc, name, steps in todo:
+                acc = np.zeros((64, D))
+                for kk in steps:
+                    A = a_from_regs(regs[:, kk])
+                    B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
+                    acc += A @ B
+                wgs[wg][name] += regs_from(acc, D)
+        return op
+
+    def dq(self, wg):
+        sm, wgs, dq_n = self.sm, self.wgs, self.dq_n
+
+        def op():
+            acc = np.zeros((64, dq_n))
+            for kk in range(self.dq_steps):
+                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)  # [k, m]
+                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
+                acc += At.T @ B
+            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
+        return op
+
+
 def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_dq=True,
                 raw_addr=0x410):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D, kDq = with_dq> (both warpgroups, in step as
@@ -380,70 +456,14 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
             "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
             "dq_col0": wg * (D // 2),
         })
-    dq_n = D // 2       # dQ columns per warpgroup
-    dq_steps = BN // 16  # k-steps of dQ
     for wg in range(2):
         c0 = wgs[wg]["dq_col0"]
         wgs[wg]["ds_desc"] = desc(sdS, BN * 128, 1024)
         wgs[wg]["kt_desc"] = desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024)
 
-    mma_groups = [[], []]
-
-    def mma_commit(wg, op):
-        if reads_at_wait:
-            mma_groups[wg].append(op)
-        else:
-            op()
-            mma_groups[wg].append(None)
-
-    def mma_wait(wg, n):
-        while len(mma_groups[wg]) > n:
-            op = mma_groups[wg].pop(0)
-            if op is not None:
-                op()
-
-    def gemm_st(wg, q_stage, which):
-        a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
-        b_desc0 = desc(q_stage, 16, 1024)
-
-        def op():
-            acc = np.zeros((64, 64))
-            for kk in range(D // 16):
-                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
-                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
-                A = read_kmajor(sm, advance(a_desc0, a_off), 64)
-                B = read_kmajor(sm, advance(b_desc0, b_off), 64)
-                acc += A @ B.T
-            wgs[wg][which][:] = regs_from(acc, 64)
-        return op
-
-    def gemm_kv(wg, do_stage, q_stage, pa, da, dv_steps=range(BM // 16)):
-        """dV += P^T dO over dv_steps (pa not None) and dK += dS^T Q (da not None), in one
-        group."""
-        dob = desc(do_stage, BM * 128, 1024)
-        qbd = desc(q_stage, BM * 128, 1024)
-        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
-                if x[0] is not None]
-
-        def op():
-            for regs, bdesc, name, steps in todo:
-                acc = np.zeros((64, D))
-                for kk in steps:
-                    A = a_from_regs(regs[:, kk])
-                    B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
-                    acc += A @ B
-                wgs[wg][name] += regs_from(acc, D)
-        return op
-
-    def gemm_dq(wg):
-        def op():
-            acc = np.zeros((64, dq_n))
-            for kk in range(dq_steps):
-                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)  # [k, m]
-                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
-                acc += At.T @ B
-            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
-        return op
+    ops = WgmmaOps(sm, wgs, D, reads_at_wait)
+    mma_groups, dq_n = ops.groups, ops.dq_n
+    mma_commit, mma_wait, gemm_st, gemm_kv, gemm_dq = ops.commit, ops.wait, ops.st, ops.kv, ops.dq
 
     # kDq: the pending tile (dq_accum row of its row 0, rows in the sequence) and the bulk
     # groups of each issuing thread (lanes 0 .. 7 of warp w issue row 8 w + lane)
@@ -814,62 +834,9 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
             "kt_desc": desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024),
             "pend": {"row": 0, "rows": 0},
         })
-    dq_n, dq_steps = D // 2, BN // 16
-    mma_groups = [[], []]
-
-    def mma_commit(wg, op):
-        if reads_at_wait:
-            mma_groups[wg].append(op)
-        else:
-            op()
-            mma_groups[wg].append(None)
-
-    def mma_wait(wg, n):
-        while len(mma_groups[wg]) > n:
-            op = mma_groups[wg].pop(0)
-            if op is not None:
-                op()
-
-    def gemm_st(wg, q_stage, which):
-        a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
-        b_desc0 = desc(q_stage, 16, 1024)
-
-        def op():
-            acc = np.zeros((64, 64))
-            for kk in range(D // 16):
-                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
-                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
-                A = read_kmajor(sm, advance(a_desc0, a_off), 64)
-                B = read_kmajor(sm, advance(b_desc0, b_off), 64)
-                acc += A @ B.T
-            wgs[wg][which][:] = regs_from(acc, 64)
-        return op
-
-    def gemm_kv(wg, do_stage, q_stage, pa, da, dv_steps):
-        dob = desc(do_stage, BM * 128, 1024)
-        qbd = desc(q_stage, BM * 128, 1024)
-        todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
-                if x[0] is not None]
-
-        def op():
-            for regs, bdesc, name, steps in todo:
-                acc = np.zeros((64, D))
-                for kk in steps:
-                    A = a_from_regs(regs[:, kk])
-                    B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
-                    acc += A @ B
-                wgs[wg][name] += regs_from(acc, D)
-        return op
-
-    def gemm_dq(wg):
-        def op():
-            acc = np.zeros((64, dq_n))
-            for kk in range(dq_steps):
-                At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)
-                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
-                acc += At.T @ B
-            wgs[wg]["dq"][:] = regs_from(acc, dq_n)
-        return op
+    ops = WgmmaOps(sm, wgs, D, reads_at_wait)
+    mma_groups, dq_n = ops.groups, ops.dq_n
+    mma_commit, mma_wait, gemm_st, gemm_kv, gemm_dq = ops.commit, ops.wait, ops.st, ops.kv, ops.dq
 
     bulk_groups = {}  # tid -> [(global row, smem address)]
     dq_accum = out["dq_accum"]
