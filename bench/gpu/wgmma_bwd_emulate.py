@@ -245,6 +245,27 @@ class Problem:
                     self.dsum[self.lse_row(b, h, r)] = Dq[r]
 
 
+def dkdv_queries(P, n0, nq, nk, kv_head, split, splits, BN=128, BM=64):
+    """flash_bwd_kernel.cuh's dkdv_queries: the CTA's heads (h_first, h_count; rSQA's query head)
+    and its query blocks (qb_begin, nqb), n_iter = h_count * nqb steps."""
+    diag, left, right = nk - nq, P.left, P.right
+    G = P.G
+    group_lo = split * G // splits
+    group_hi = (split + 1) * G // splits
+    h_first = kv_head if P.reverse else kv_head * G + group_lo
+    h_count = 1 if P.reverse else group_hi - group_lo
+    rsqa_qh = kv_head % P.Hq if P.reverse else 0
+    last_key = min(n0 + BN, nk) - 1
+    q_lo, q_hi = 0, nq
+    if right >= 0:
+        q_lo = max(0, n0 - diag - right)
+    if left >= 0:
+        q_hi = min(nq, last_key - diag + left + 1)
+    qb_begin = q_lo // BM
+    nqb = (q_hi + BM - 1) // BM - qb_begin if q_hi > q_lo else 0
+    return h_first, h_count, rsqa_qh, qb_begin, nqb, h_count * nqb
+
+
 class WgmmaOps:
     """The warpgroup-MMA model shared by emulate_cta and emulate_cta_tma: each warpgroup's
     committed groups run at their wait (reads_at_wait: operands read late, the async order's
@@ -352,21 +373,8 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
     if n0 >= nk:
         return
     diag, left, right = nk - nq, P.left, P.right
-    G = P.G
-    group_lo = split * G // splits
-    group_hi = (split + 1) * G // splits
-    h_first = kv_head if P.reverse else kv_head * G + group_lo
-    h_count = 1 if P.reverse else group_hi - group_lo
-    rsqa_qh = kv_head % P.Hq if P.reverse else 0
-    last_key = min(n0 + BN, nk) - 1
-    q_lo, q_hi = 0, nq
-    if right >= 0:
-        q_lo = max(0, n0 - diag - right)
-    if left >= 0:
-        q_hi = min(nq, last_key - diag + left + 1)
-    qb_begin = q_lo // BM
-    nqb = (q_hi + BM - 1) // BM - qb_begin if q_hi > q_lo else 0
-    n_iter = h_count * nqb
+    h_first, h_count, rsqa_qh, qb_begin, nqb, n_iter = dkdv_queries(P, n0, nq, nk, kv_head,
+                                                                    split, splits)
 
     groups = [[]]  # cp.async groups of this CTA (the current, uncommitted one last)
 
@@ -749,21 +757,8 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
     if n0 >= nk:
         return
     diag, left, right = nk - nq, P.left, P.right
-    G = P.G
-    group_lo = split * G // splits
-    group_hi = (split + 1) * G // splits
-    h_first = kv_head if P.reverse else kv_head * G + group_lo
-    h_count = 1 if P.reverse else group_hi - group_lo
-    rsqa_qh = kv_head % P.Hq if P.reverse else 0
-    last_key = min(n0 + BN, nk) - 1
-    q_lo, q_hi = 0, nq
-    if right >= 0:
-        q_lo = max(0, n0 - diag - right)
-    if left >= 0:
-        q_hi = min(nq, last_key - diag + left + 1)
-    qb_begin = q_lo // BM
-    nqb = (q_hi + BM - 1) // BM - qb_begin if q_hi > q_lo else 0
-    n_iter = h_count * nqb
+    h_first, h_count, rsqa_qh, qb_begin, nqb, n_iter = dkdv_queries(P, n0, nq, nk, kv_head,
+                                                                    split, splits)
     lse_head, lse_base, dq_base = P.Nq, b * P.Ha * P.Nq, b * P.Hq * P.Nq
 
     # the global tensors as the tensor maps see them: [batch, row, head, col]
