@@ -266,6 +266,29 @@ def dkdv_queries(P, n0, nq, nk, kv_head, split, splits, BN=128, BM=64):
     return h_first, h_count, rsqa_qh, qb_begin, nqb, h_count * nqb
 
 
+def store_dkdv(P, out, wgs, nk, k_row0, kv_head, split, splits, b):
+    """The kernels' epilogue: each warpgroup's dK (times the scale) and dV accumulators to the
+    output rows of its keys, or to the split's fp32 partial rows when the group is split."""
+    D = P.D
+    for wg in range(2):
+        S = wgs[wg]
+        for tt in range(128):
+            for r in range(2):
+                key = S["key"][tt, r]
+                if key >= nk:
+                    continue
+                for j in range(D // 8):
+                    c = j * 8 + 2 * T_OF[tt]
+                    dkv = S["dk"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2] * P.scale
+                    dvv = S["dv"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2]
+                    if splits > 1:
+                        out["partial"][split, b, kv_head, key, c: c + 2] = dkv
+                        out["partial"][split, b, kv_head, key, D + c: D + c + 2] = dvv
+                    else:
+                        out["dk"][k_row0 + key, kv_head, c: c + 2] = dkv
+                        out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
+
+
 class WgmmaOps:
     """The warpgroup-MMA model shared by emulate_cta and emulate_cta_tma: each warpgroup's
     committed groups run at their wait (reads_at_wait: operands read late, the async order's
@@ -622,23 +645,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
     assert not bulk_groups
     assert all(not gq for gq in mma_groups)
 
-    for wg in range(2):
-        S = wgs[wg]
-        for tt in range(128):
-            for r in range(2):
-                key = S["key"][tt, r]
-                if key >= nk:
-                    continue
-                for j in range(D // 8):
-                    c = j * 8 + 2 * T_OF[tt]
-                    dkv = S["dk"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2] * P.scale
-                    dvv = S["dv"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2]
-                    if splits > 1:
-                        out["partial"][split, b, kv_head, key, c: c + 2] = dkv
-                        out["partial"][split, b, kv_head, key, D + c: D + c + 2] = dvv
-                    else:
-                        out["dk"][k_row0 + key, kv_head, c: c + 2] = dkv
-                        out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
+    store_dkdv(P, out, wgs, nk, k_row0, kv_head, split, splits, b)
 
 
 # ---- SQA_CUDA_BWD=wgmmatma: flash_bwd_dkdv_wgmma_tma_kernel (dkdv_wgmma_body, kTma) ------------
@@ -1038,23 +1045,7 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
             del progs[pick]
     assert not inflight and not bulk_groups
 
-    for wg in range(2):
-        S = wgs[wg]
-        for tt in range(128):
-            for r in range(2):
-                key = S["key"][tt, r]
-                if key >= nk:
-                    continue
-                for j in range(D // 8):
-                    c = j * 8 + 2 * T_OF[tt]
-                    dkv = S["dk"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2] * P.scale
-                    dvv = S["dv"][tt, 4 * j + 2 * r: 4 * j + 2 * r + 2]
-                    if splits > 1:
-                        out["partial"][split, b, kv_head, key, c: c + 2] = dkv
-                        out["partial"][split, b, kv_head, key, D + c: D + c + 2] = dvv
-                    else:
-                        out["dk"][k_row0 + key, kv_head, c: c + 2] = dkv
-                        out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
+    store_dkdv(P, out, wgs, nk, k_row0, kv_head, split, splits, b)
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
