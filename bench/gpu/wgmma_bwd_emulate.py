@@ -289,6 +289,34 @@ def store_dkdv(P, out, wgs, nk, k_row0, kv_head, split, splits, b):
                         out["dv"][k_row0 + key, kv_head, c: c + 2] = dvv
 
 
+def smem_layout(D, raw_addr, kStages, with_dq, tma, BN=128, BM=64):
+    """WgmmaBwdTile's shared memory from the (1024-byte aligned) base: K, V, kStages Q and dO
+    stages, the dS^T tile and the padded fp32 dQ tile (with_dq), lse and D stages, and (tma) the
+    full / empty mbarriers. Byte sizes and addresses by name; "bytes" is the dynamic size."""
+    kKV, kQ, kStat = BN * D * 2, BM * D * 2, BM * 4
+    kDs = BN * BM * 2 if with_dq else 0
+    kDqRow = D * 4 + 32  # WgmmaBwdTile::kDqRowBytes
+    kDq = BM * kDqRow if with_dq else 0
+    assert kDqRow % 128 == 32 and kDqRow % 16 == 0
+    kBar = 2 * kStages * 8 if tma else 0
+    L = {"kQ": kQ, "kStat": kStat, "kDqRow": kDqRow,
+         "bytes": 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + kBar + 1024}
+    assert L["bytes"] <= 227 * 1024
+    L["sK"] = (raw_addr + 1023) & ~1023
+    L["sV"] = L["sK"] + kKV
+    L["sQ"] = L["sV"] + kKV
+    L["sdO"] = L["sQ"] + kStages * kQ
+    L["sdS"] = L["sdO"] + kStages * kQ
+    L["sStat"] = L["sdS"] + kDs
+    L["sDq"] = L["sStat"] + 2 * kStages * kStat
+    assert L["sDq"] % 16 == 0
+    L["sFull"] = L["sDq"] + kDq
+    L["sEmpty"] = L["sFull"] + kStages * 8
+    end = L["sEmpty"] + kStages * 8 if tma else L["sDq"] + kDq
+    assert L["sFull"] % 8 == 0 and end <= raw_addr + L["bytes"]
+    return L
+
+
 class WgmmaOps:
     """The warpgroup-MMA model shared by emulate_cta and emulate_cta_tma: each warpgroup's
     committed groups run at their wait (reads_at_wait: operands read late, the async order's
@@ -373,23 +401,11 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
     D = P.D
     BN, BM, kStages, T = 128, 64, 3, 256
     dv_early = 4 if D == 64 else 3  # WgmmaBwdTile::kDvEarly
-    kKV, kQ, kStat = BN * D * 2, BM * D * 2, BM * 4
-    kDs = BN * BM * 2 if with_dq else 0
-    kDqRow = D * 4 + 32  # WgmmaBwdTile::kDqRowBytes
-    kDq = BM * kDqRow if with_dq else 0
-    assert kDqRow % 128 == 32 and kDqRow % 16 == 0
-    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + 1024
-    assert smem_bytes <= 227 * 1024
-    sm = Smem(raw_addr + smem_bytes + 64)
-    sK = (raw_addr + 1023) & ~1023
-    sV = sK + kKV
-    sQ = sV + kKV
-    sdO = sQ + kStages * kQ
-    sdS = sdO + kStages * kQ
-    sStat = sdS + kDs
-    sDq = sStat + 2 * kStages * kStat
-    assert sDq + kDq <= raw_addr + smem_bytes
-    assert sDq % 16 == 0
+    L = smem_layout(D, raw_addr, kStages, with_dq, tma=False)
+    sm = Smem(raw_addr + L["bytes"] + 64)
+    kQ, kStat, kDqRow = L["kQ"], L["kStat"], L["kDqRow"]
+    sK, sV, sQ, sdO, sdS, sStat, sDq = (L[k] for k in ("sK", "sV", "sQ", "sdO", "sdS", "sStat",
+                                                      "sDq"))
 
     q_row0, k_row0, total_q, nq, nk = P.span(b)
     n0 = n_block * BN
@@ -740,24 +756,11 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
     D = P.D
     BN, BM, kStages, T = 128, 64, 3, 256
     dv_early = 4 if D == 64 else 2  # WgmmaBwdTile<T, D, true, true>::kDvEarly
-    kKV, kQ, kStat = BN * D * 2, BM * D * 2, BM * 4
-    kDs = BN * BM * 2
-    kDqRow = D * 4 + 32
-    kDq = BM * kDqRow
-    kBar = 2 * kStages * 8
-    smem_bytes = 2 * kKV + 2 * kStages * kQ + kDs + 2 * kStages * kStat + kDq + kBar + 1024
-    assert smem_bytes <= 227 * 1024
-    sm = Smem(raw_addr + smem_bytes + 64)
-    sK = (raw_addr + 1023) & ~1023
-    sV = sK + kKV
-    sQ = sV + kKV
-    sdO = sQ + kStages * kQ
-    sdS = sdO + kStages * kQ
-    sStat = sdS + kDs
-    sDq = sStat + 2 * kStages * kStat
-    sFull = sDq + kDq
-    sEmpty = sFull + kStages * 8
-    assert sFull % 8 == 0 and sEmpty + kStages * 8 <= raw_addr + smem_bytes
+    L = smem_layout(D, raw_addr, kStages, True, tma=True)
+    sm = Smem(raw_addr + L["bytes"] + 64)
+    kQ, kStat, kDqRow = L["kQ"], L["kStat"], L["kDqRow"]
+    sK, sV, sQ, sdO, sdS, sStat, sDq, sFull, sEmpty = (
+        L[k] for k in ("sK", "sV", "sQ", "sdO", "sdS", "sStat", "sDq", "sFull", "sEmpty"))
 
     q_row0, k_row0, total_q, nq, nk = P.span(b)
     n0 = n_block * BN
