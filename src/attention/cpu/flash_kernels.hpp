@@ -568,6 +568,21 @@ void forward_item(const ForwardContext& ctx, const ForwardItem& it, float* scrat
 
 // ---- decode -----------------------------------------------------------------------------------
 
+// The decode's per-key dot product of a K row (load(c): lanes c .. c + W - 1) with a
+// pre-scaled query row over dp lanes (a multiple of W), in two accumulator chains: with one,
+// each FMA waits on the one before it and the dot is latency-bound.
+template <typename Load>
+inline float decode_dot(Load load, const float* q, int dp) {
+  vf a0 = vf{}, a1 = vf{};
+  int c = 0;
+  for (; c + 2 * W <= dp; c += 2 * W) {
+    a0 += load(c) * vload(q + c);
+    a1 += load(c + W) * vload(q + c + W);
+  }
+  if (c < dp) a0 += load(c) * vload(q + c);
+  return vsum(a0 + a1);
+}
+
 void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch) {
   const AttentionParams& p = *ctx.params;
   const int d = p.spec.head_dim;
@@ -652,9 +667,8 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
             const uint16_t* kk = kb + kvh[h] * p.k_strides.head;
             for (int i = 0; i < rows; ++i) {
               const float* qq = q + (h * rows + i) * dp;
-              vf acc = vf{};
-              for (int c = 0; c < dp; c += W) acc += vload_bf16(kk + c) * vload(qq + c);
-              sc[(h * rows + i) * kBlockK + j] = vsum(acc);
+              sc[(h * rows + i) * kBlockK + j] =
+                  decode_dot([kk](int c) { return vload_bf16(kk + c); }, qq, dp);
             }
           }
           continue;
@@ -669,9 +683,8 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
         const float* kk = kr + kvh[h] * kh_stride;
         for (int i = 0; i < rows; ++i) {
           const float* qq = q + (h * rows + i) * dp;
-          vf acc = vf{};
-          for (int c = 0; c < dp; c += W) acc += vload(kk + c) * vload(qq + c);
-          sc[(h * rows + i) * kBlockK + j] = vsum(acc);
+          sc[(h * rows + i) * kBlockK + j] =
+              decode_dot([kk](int c) { return vload(kk + c); }, qq, dp);
         }
       }
     }
