@@ -317,6 +317,25 @@ def smem_layout(D, raw_addr, kStages, with_dq, tma, BN=128, BM=64):
     return L
 
 
+def warpgroup_state(wg, n0, D, sK, sV, sdS, BN=128):
+    """A consumer warpgroup's registers (keys, dK / dV / S^T / dP^T / dQ accumulators) and its
+    wgmma descriptors: K / V rows of its 64 keys, the dS^T tile and its dQ column half of K."""
+    key_local0 = wg * 64 + W_OF * 16 + G_OF
+    c0 = wg * (D // 2)
+    return {
+        "key_local0": key_local0,
+        "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
+        "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
+        "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
+        "dq": np.zeros((128, D // 4)),
+        "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
+        "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
+        "dq_col0": c0,
+        "ds_desc": desc(sdS, BN * 128, 1024),
+        "kt_desc": desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024),
+    }
+
+
 class WgmmaOps:
     """The warpgroup-MMA model shared by emulate_cta and emulate_cta_tma: each warpgroup's
     committed groups run at their wait (reads_at_wait: operands read late, the async order's
@@ -490,23 +509,7 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
         commit()
 
     # per-warpgroup register state
-    wgs = []
-    for wg in range(2):
-        key_local0 = wg * 64 + W_OF * 16 + G_OF
-        wgs.append({
-            "key_local0": key_local0,
-            "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
-            "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
-            "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
-            "dq": np.zeros((128, D // 4)),
-            "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
-            "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
-            "dq_col0": wg * (D // 2),
-        })
-    for wg in range(2):
-        c0 = wgs[wg]["dq_col0"]
-        wgs[wg]["ds_desc"] = desc(sdS, BN * 128, 1024)
-        wgs[wg]["kt_desc"] = desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024)
+    wgs = [warpgroup_state(wg, n0, D, sK, sV, sdS) for wg in range(2)]
 
     ops = WgmmaOps(sm, wgs, D, reads_at_wait)
     mma_groups, dq_n = ops.groups, ops.dq_n
@@ -822,23 +825,9 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
                 vals = arr[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
                 cp_async(wg, to + i * step * 128, vals)
 
-    wgs = []
-    for wg in range(2):
-        key_local0 = wg * 64 + W_OF * 16 + G_OF
-        c0 = wg * (D // 2)
-        wgs.append({
-            "key_local0": key_local0,
-            "key": np.stack([n0 + key_local0, n0 + key_local0 + 8], 1),
-            "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
-            "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
-            "dq": np.zeros((128, D // 4)),
-            "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
-            "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
-            "dq_col0": c0,
-            "ds_desc": desc(sdS, BN * 128, 1024),
-            "kt_desc": desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024),
-            "pend": {"row": 0, "rows": 0},
-        })
+    wgs = [warpgroup_state(wg, n0, D, sK, sV, sdS) for wg in range(2)]
+    for S in wgs:
+        S["pend"] = {"row": 0, "rows": 0}
     ops = WgmmaOps(sm, wgs, D, reads_at_wait)
     mma_groups, dq_n = ops.groups, ops.dq_n
     mma_commit, mma_wait, gemm_st, gemm_kv, gemm_dq = ops.commit, ops.wait, ops.st, ops.kv, ops.dq
