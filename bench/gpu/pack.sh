@@ -10,6 +10,8 @@ mkdir -p "$dest/bin" "$dest/lib"
 cp "$build/tests/test_attention_cuda" "$dest/bin/"
 # The cuDNN backend's tests (libcudnn itself is not carried: the GPU machine's PyTorch has it).
 if [ -f "$build/tests/test_cudnn_backend" ]; then cp "$build/tests/test_cudnn_backend" "$dest/bin/"; fi
+# The transformer's CUDA tests (training steps through these kernels).
+if [ -f "$build/tests/test_model_cuda" ]; then cp "$build/tests/test_model_cuda" "$dest/bin/"; fi
 cp -L "$build/src/capi/libsqa.so" "$dest/lib/libsqa.so"
 for so in $(ldd "$build/src/capi/libsqa.so" "$build/tests/test_attention_cuda" |
             awk '/=>/ {print $3}' | grep -E 'openblas|gfortran|quadmath|gomp|cudart' | sort -u); do

@@ -567,19 +567,16 @@ TEST(CudaBackward, WgmmaMatchesReference) {
   check_wgmma_backward("wgmma", {64, 128});
 }
 
-// SQA_CUDA_BWD=wgmmatma (opt-in): the same kernel with a TMA producer warpgroup (Q and dO by
-// tensor-map boxes, lse and D by the producer's cp.async, full / empty mbarriers per stage) on
-// dense batches in the atomic-dQ scheme: the sweep and the layout, cross-length and head-split
-// cases above (padded rows and batch 2 exercise the map's strides; rows past the sequence come
-// from the TMA unit's zero fill). Varlen batches and the deterministic scheme, also covered, run
-// the wgmma kernel.
-// Experimental (api.cpp): wrong at N >= 8192 on its first H200 run, which this small-scale sweep
-// did not catch; it runs here on the explicit request the variant needs.
+// SQA_CUDA_BWD=wgmmatma (the default on dense atomic-dQ batches): the same kernel with a TMA
+// producer warpgroup (Q and dO by tensor-map boxes, lse and D by the producer's cp.async, full /
+// empty mbarriers per stage) on dense batches in the atomic-dQ scheme: the sweep and the layout,
+// cross-length and head-split cases above (padded rows and batch 2 exercise the map's strides; rows
+// past the sequence come from the TMA unit's zero fill). Varlen batches and the deterministic
+// scheme, also covered, run the wgmma kernel. Its first H200 run was wrong at N >= 8192, which this
+// small-scale sweep did not catch: the next test is the one that does.
 TEST(CudaBackward, WgmmaTmaMatchesReference) {
   SKIP_WITHOUT_GPU();
-  setenv("SQA_CUDA_UNVERIFIED", "1", 1);
   check_wgmma_backward("wgmmatma", {64, 128});
-  unsetenv("SQA_CUDA_UNVERIFIED");
 }
 
 // wgmmatma against wgmma at the sizes where the first H200 run (2026-11-29) found wrong
@@ -695,9 +692,7 @@ TEST(CudaBackward, WgmmaTmaMatchesWgmmaAtScale) {
                                    {16, 16, 128, 8192, true},
                                    {16, 8, 128, 4096, true}};
   uint64_t seed = 4242;
-  setenv("SQA_CUDA_UNVERIFIED", "1", 1);  // wgmmatma is experimental (api.cpp)
   for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++);
-  unsetenv("SQA_CUDA_UNVERIFIED");
 }
 
 // SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma).
@@ -791,16 +786,11 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
-  // wgmmatma is experimental: an error without SQA_CUDA_UNVERIFIED=1 that says why.
-  setenv("SQA_CUDA_BWD", "wgmmatma", 1);
-  expect_error([] { cuda::detail::bwd_variant(); },
-               {"SQA_CUDA_BWD=wgmmatma is experimental", "SQA_CUDA_UNVERIFIED=1"});
-  setenv("SQA_CUDA_UNVERIFIED", "1", 1);  // the same grid and tile (head splits, raster)
+  setenv("SQA_CUDA_BWD", "wgmmatma", 1);  // the same grid and tile (head splits, raster)
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmatma);
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
-  unsetenv("SQA_CUDA_UNVERIFIED");
   setenv("SQA_CUDA_BWD", "occ", 1);
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(64));
   unsetenv("SQA_CUDA_BWD");

@@ -53,20 +53,7 @@ BwdVariant bwd_variant() {
   if (m == "occ") return BwdVariant::occ;
   if (m == "occ2") return BwdVariant::occ2;
   if (m == "wgmma") return BwdVariant::wgmma;
-  if (m == "wgmmatma") {
-    // The TMA producer form is experimental: on its first H200 run it matched the reference at
-    // small sizes but gave wrong gradients at N >= 8192 (bench/results/2026-11-29-h200-bwd-tma;
-    // K / V read before they landed). The fix has not run on a GPU yet: until a GPU run shows it
-    // right (CudaBackward.WgmmaTmaMatchesWgmmaAtScale) it runs only on explicit request.
-    const char* unverified = std::getenv("SQA_CUDA_UNVERIFIED");
-    if (unverified == nullptr || std::string(unverified) != "1") {
-      throw Error(
-          "SQA_CUDA_BWD=wgmmatma is experimental: its first H200 run gave wrong gradients at "
-          "N >= 8192 (bench/results/2026-11-29-h200-bwd-tma) and its fix has not run on a GPU "
-          "yet; set SQA_CUDA_UNVERIFIED=1 to run it for tests and A/B timing");
-    }
-    return BwdVariant::wgmmatma;
-  }
+  if (m == "wgmmatma") return BwdVariant::wgmmatma;
   throw Error(sqa::detail::concat("SQA_CUDA_BWD (", m,
                                   ") must be base, occ, occ2, wgmma or wgmmatma, or unset"));
 }

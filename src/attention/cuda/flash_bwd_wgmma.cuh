@@ -87,11 +87,13 @@
 //   kept (bulk dQ + early dV, was wgmma2): 341-363 (0.82-0.85x) / 464-472 (0.78-0.83x).
 //   Not measured, not kept: waiting for dV / dK before issuing dQ (250 registers at D = 128, but
 //   the tensor cores idle between the groups).
-// Opt-in (SQA_CUDA_BWD=wgmmatma, flash_bwd_dkdv_wgmma_tma_kernel): a producer warpgroup with
-// TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body). First H200 run
+// The default on dense atomic-dQ batches (flash_bwd_dkdv_wgmma_tma_kernel): a producer warpgroup
+// with TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body). First H200 run
 // (2026-11-29): small-scale tests passed, 8k-32k tokens gave wrong gradients (NaN at D = 128):
 // the consumers' K / V cp.asyncs were waited by cp.async.wait_group 0 without a commit_group,
-// which waits for nothing; fixed (wait_all), not yet re-run on a GPU.
+// which waits for nothing; fixed (wait_all). Second run (bench/results/2026-11-30-h200-wgmmatma):
+// the same errors vs FA2 as the cp.async-only form, 3-7% faster fwd+bwd (d64 MHA 32k 353 -> 375
+// TFLOP/s, d128 MHA 32k 440 -> 458, d128 SQA causal 485 -> 503).
 // Not done (FA3 has these): the two warpgroups out of step (the dQ barrier pulls them
 // together), a persistent grid.
 #pragma once
@@ -185,7 +187,7 @@ __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool
 // forward's 32-byte k-steps of K-major operands).
 // kDq = false: no dS^T tile, dQ wgmma, dQ tile, bulk adds or barrier 2; each step ends with the
 // wait for its dV / dK group (the next step's copies refill the stage it read, after barrier 1).
-// kTma (SQA_CUDA_BWD=wgmmatma; kDq only, dense batches): warp specialisation as in FA3. A third
+// kTma (the default on dense batches; kDq only): warp specialisation as in FA3. A third
 // warpgroup (threads 256 .. 383, after the two MMA warpgroups, so theirs keep the indices above)
 // is the producer: after setmaxnreg.dec its first warp loads each block's Q and dO with TMA
 // (tensor maps tm_q / tm_do with the 128-byte swizzle, so the boxes land in exactly the
@@ -656,9 +658,9 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
 #endif
 }
 
-// SQA_CUDA_BWD=wgmmatma: the same step with a TMA producer warpgroup (see dkdv_wgmma_body).
-// tm_q / tm_do: Q and dO as 4-D tensor maps (head_dim, heads, seqlen_q, batch) with 64 x 1 x 64 x
-// 1 boxes and the 128-byte swizzle (encode_qdo_tensor_map, tma_host.cpp).
+// The default on dense atomic-dQ batches: the same step with a TMA producer warpgroup (see
+// dkdv_wgmma_body). tm_q / tm_do: Q and dO as 4-D tensor maps (head_dim, heads, seqlen_q, batch)
+// with 64 x 1 x 64 x 1 boxes and the 128-byte swizzle (encode_qdo_tensor_map, tma_host.cpp).
 template <typename T, int D>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_dkdv_wgmma_tma_kernel(const BwdKernelParams g,

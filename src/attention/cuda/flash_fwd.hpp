@@ -41,12 +41,12 @@ enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq
 FwdVariant fwd_variant();
 
 // Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma or
-// wgmmatma; unset: the default, wgmma at D = 64 and 128, occ elsewhere). wgmma: the Hopper
-// warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh), in both schemes (atomic dQ: it adds dQ too;
-// deterministic: dK / dV only, then the dQ kernel). wgmmatma: the same kernel with a TMA producer
-// warpgroup (opt-in; atomic dQ and dense batches; otherwise it behaves as wgmma). base / occ /
-// occ2: register caps of the mma.sync kernel. At other head dims wgmma and wgmmatma give the
-// default. See flash_bwd_launch.cuh.
+// wgmmatma; unset: the default, the Hopper warpgroup-MMA dK/dV kernel (flash_bwd_wgmma.cuh) at
+// D = 64 and 128, occ elsewhere). The default and wgmmatma run it in its TMA-producer form on
+// dense batches in the atomic-dQ scheme and in its cp.async-only form otherwise (varlen, the
+// deterministic scheme: dK / dV only, then the dQ kernel); wgmma runs the cp.async-only form
+// everywhere (A/B). base / occ / occ2: register caps of the mma.sync kernel. At other head dims
+// wgmma and wgmmatma give the default. See flash_bwd_launch.cuh.
 enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmatma };
 BwdVariant bwd_variant();
 // Whether the backward at this head dim runs the wgmma dK/dV kernel (D = 64 or 128 and
