@@ -91,7 +91,7 @@
 // with TMA loads of Q / dO, mbarriers and setmaxnreg (see dkdv_wgmma_body). First H200 run
 // (2026-11-29): small-scale tests passed, 8k-32k tokens gave wrong gradients (NaN at D = 128):
 // the consumers' K / V cp.asyncs were waited by cp.async.wait_group 0 without a commit_group,
-// which waits for nothing; fixed (wait_all). Second run (bench/results/2026-11-30-h200-wgmmatma):
+// which waits for nothing; fixed (wait_all). Second run (bench/results/2026-11-29-h200-wgmmatma):
 // the same errors vs FA2 as the cp.async-only form, 3-7% faster fwd+bwd (d64 MHA 32k 353 -> 375
 // TFLOP/s, d128 MHA 32k 440 -> 458, d128 SQA causal 485 -> 503).
 // Not done (FA3 has these): the two warpgroups out of step (the dQ barrier pulls them
