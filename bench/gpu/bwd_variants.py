@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A/B of the backward kernel variants (SQA_CUDA_BWD, flash_bwd_launch.cuh): small head dims
 (base, occ, occ2) and D = 64 / 128 (occ against wgmma, the default there; --configs
-d64-...,d128-...):
+d64-...,d128-...); at D = 32 also occ (the default) against wgmma (--variants occ,wgmma):
 forward + backward against PyTorch SDPA's (cuDNN and FA2 backends) on the same tensors in the
 same process.
 
@@ -38,6 +38,9 @@ CONFIGS = {
     "d32-32k-mha-causal": (16, 16, 32, 32_768, True),
     "d32-32k-mqa-causal": (16, 1, 32, 32_768, True),
     "d32-32k-xsqa-causal": (4, 4, 32, 32_768, True),
+    # occ (the default) against SQA_CUDA_BWD=wgmma (flash_bwd_wgmma.cuh at D = 32) too
+    "d32-32k-gqa-causal": (16, 4, 32, 32_768, True),
+    "d32-32k-sqa-causal": (8, 4, 32, 32_768, True),
     # SQA_CUDA_BWD=wgmma (flash_bwd_wgmma.cuh, the default) against occ at D = 64 and 128
     "d64-32k-mha-causal": (16, 16, 64, 32_768, True),
     "d64-32k-mqa-causal": (16, 1, 64, 32_768, True),

@@ -567,6 +567,14 @@ TEST(CudaBackward, WgmmaMatchesReference) {
   check_wgmma_backward("wgmma", {64, 128});
 }
 
+// The wgmma dK/dV kernel at D = 32 (SQA_CUDA_BWD=wgmma only; the default there is the mma.sync
+// kernel): 64-byte swizzled K / V / Q / dO tiles, m64n32 dV / dK, m64n16 dQ per warpgroup, in
+// both schemes, over the same sweep, layouts, lengths and head splits.
+TEST(CudaBackward, WgmmaMatchesReferenceD32) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_backward("wgmma", {32});
+}
+
 // SQA_CUDA_BWD=wgmmatma (the default on dense atomic-dQ batches): the same kernel with a TMA
 // producer warpgroup (Q and dO by tensor-map boxes, lse and D by the producer's cp.async, full /
 // empty mbarriers per stage) on dense batches in the atomic-dQ scheme: the sweep and the layout,
@@ -781,22 +789,27 @@ TEST(CudaValidation, BackwardVariantFromTheEnvironment) {
     expect_error([] { cuda::detail::bwd_variant(); }, {std::string("SQA_CUDA_BWD (") + gone + ")",
                                                        "base, occ, occ2, wgmma or wgmmatma"});
   }
+  // wgmma / wgmmatma name the wgmma kernel at D = 32 too (cp.async-only form there), not at 16.
   setenv("SQA_CUDA_BWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmma);
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
-  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(32));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(16));
   setenv("SQA_CUDA_BWD", "wgmmatma", 1);  // the same grid and tile (head splits, raster)
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::wgmmatma);
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
-  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
+  EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(32));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(16));
   setenv("SQA_CUDA_BWD", "occ", 1);
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(64));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));
   unsetenv("SQA_CUDA_BWD");
   EXPECT_EQ(cuda::detail::bwd_variant(), cuda::detail::BwdVariant::automatic);
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(64));  // the default at D = 64 and 128
   EXPECT_TRUE(cuda::detail::bwd_dkdv_wgmma(128));
+  EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(32));  // D = 32: the mma.sync kernel (occ)
   EXPECT_FALSE(cuda::detail::bwd_dkdv_wgmma(16));
 }
 

@@ -60,9 +60,10 @@ BwdVariant bwd_variant() {
 
 bool bwd_dkdv_wgmma(int head_dim) {
   const BwdVariant variant = bwd_variant();
-  return (head_dim == 64 || head_dim == 128) &&
-         (variant == BwdVariant::automatic || variant == BwdVariant::wgmma ||
-          variant == BwdVariant::wgmmatma);
+  const bool named = variant == BwdVariant::wgmma || variant == BwdVariant::wgmmatma;
+  // D = 32: only when named (not yet measured against the mma.sync default there).
+  if (head_dim == 32) return named;
+  return (head_dim == 64 || head_dim == 128) && (variant == BwdVariant::automatic || named);
 }
 
 namespace {
@@ -106,7 +107,8 @@ std::optional<int> raster_override() {
 // -1 to -2% (d128 xSQA 8/8, SQA 16/8 causal): those keep all units interleaved. Run 29 then
 // measured the d128 non-causal MHA row at +2% in the harness and causal MHA and d64 MHA within
 // 1% either way. Only the wgmma dK/dV kernel (D = 64, 128) was measured, so the mma.sync one
-// (D = 16, 32) keeps the old order.
+// (D = 16, 32) keeps the old order; the wgmma kernel at D = 32 (SQA_CUDA_BWD=wgmma) follows the
+// D = 64 rule.
 int backward_raster(int units, int head_dim) {
   return bwd_dkdv_wgmma(head_dim) && units > 8 && units % 4 == 0 ? 4 : 0;
 }
@@ -114,9 +116,9 @@ int backward_raster(int units, int head_dim) {
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
 // one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
 // kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128, both
-// schemes; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1 turns them off), so tests
-// and A/B runs can take either path. The splits are summed in a fixed order, so the
-// deterministic scheme uses them too.
+// schemes, and SQA_CUDA_BWD=wgmma at D = 32; flash_bwd_wgmma.cuh). SQA_CUDA_BWD_SPLITS caps them (1
+// turns them off), so tests and A/B runs can take either path. The splits are summed in a fixed
+// order, so the deterministic scheme uses them too.
 int dkdv_splits(const FwdKernelParams& p, int head_dim) {
   if (p.reverse || p.group_size <= 1) return 1;
   int64_t cap = p.group_size;

@@ -1,13 +1,14 @@
 // Hopper (sm_90a) backward dK/dV kernel with warpgroup MMA (wgmma.mma_async), FlashAttention-3
 // style, for head_dim 64 and 128: the default backward there (SQA_CUDA_BWD unset or wgmma), in
-// both schemes. It replaces flash_bwd_dkdv_kernel (flash_bwd_kernel.cuh, mma.sync) and keeps its
-// semantics exactly: the same grid (key block, KV head, head split), the same loop over the query
-// heads of the KV head's group (rSQA: one attention head reading query head kv_head % H_q) and
-// the query blocks that see the CTA's keys, the same masks (causal / sliding window, bottom-right
-// aligned, N_q != N_k, varlen), the same numerics (P = exp2(scale_log2 S - lse log2 e) in fp32,
-// dS = P (dP - D) in fp32, rounded to 16 bits for dK and dQ, dK scaled once at the end, dQ
-// scaled before it is added into dq_accum), and the same outputs (dK / dV, or fp32 partial rows
-// per head split). The dsum, dQ-convert, split-reduce and (deterministic) dQ kernels are shared.
+// both schemes; and for head_dim 32 on request (SQA_CUDA_BWD=wgmma; see "D = 32" below). It
+// replaces flash_bwd_dkdv_kernel (flash_bwd_kernel.cuh, mma.sync) and keeps its semantics exactly:
+// the same grid (key block, KV head, head split), the same loop over the query heads of the KV
+// head's group (rSQA: one attention head reading query head kv_head % H_q) and the query blocks
+// that see the CTA's keys, the same masks (causal / sliding window, bottom-right aligned, N_q !=
+// N_k, varlen), the same numerics (P = exp2(scale_log2 S - lse log2 e) in fp32, dS = P (dP - D) in
+// fp32, rounded to 16 bits for dK and dQ, dK scaled once at the end, dQ scaled before it is added
+// into dq_accum), and the same outputs (dK / dV, or fp32 partial rows per head split). The dsum,
+// dQ-convert, split-reduce and (deterministic) dQ kernels are shared.
 //   kDq = true (the default scheme): the CTA also adds dQ += scale dS K for its keys into the
 // fp32 workspace dq_accum (bulk reduce-adds; their order varies from run to run).
 //   kDq = false (deterministic): dK and dV only; flash_bwd_dq_kernel computes dQ after it. Every
@@ -96,6 +97,18 @@
 // TFLOP/s, d128 MHA 32k 440 -> 458, d128 SQA causal 485 -> 503).
 // Not done (FA3 has these): the two warpgroups out of step (the dQ barrier pulls them
 // together), a persistent grid.
+// D = 32 (only with SQA_CUDA_BWD=wgmma or wgmmatma; the default there stays the mma.sync kernel,
+// occ, 3 CTAs per SM, at ~1.0x cuDNN fwd+bwd, where the target is 1.5x): the same CTA, step and
+// schedule, cp.async-only form in both schemes (the TMA form's boxes are 64 columns wide).
+// K, V, Q and dO are [rows][32] tiles with the 64-byte swizzle (layout type 2, 8-row groups 512
+// bytes apart; WgmmaBwdTile::desc, sw64_offset, load_bwd_tile), as the removed d32 wgmma forward
+// stored them (fab843f; its tests passed on the H200): S^T / dP^T take two K-major k-steps (+32
+// bytes), dV / dK are m64n32k16 (A from registers, B MN-major with the N = 32 columns of one
+// swizzle row, k-steps of 16 rows = 1024 bytes), dQ is m64n16k16 per warpgroup (B = K MN-major,
+// warpgroup 1 32 bytes into the rows). The dS^T tile keeps the 128-byte swizzle (64 queries per
+// row). ptxas (CUDA 13): 188 registers (kDq), 170 (kDq = false), no spills; shared memory 68.5 /
+// 42.5 KB. So one CTA (8 warps) per SM, register-bound: two would need <= 128 registers. Checked
+// by bench/gpu/wgmma_bwd_emulate.py (D = 32 cases, d32 mutations); not yet run on a GPU.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (a type only: the library does not link libcuda)
@@ -120,9 +133,32 @@ struct WgmmaBwdTile {
   static constexpr int BN = 64 * kWarpGroups;  // keys per CTA: 64 per warpgroup (the wgmma M)
   static constexpr int BM = 64;                // query rows per step
   static constexpr int kStages = 3;            // Q / dO / lse / D buffers
-  static constexpr int kKVBytes = BN * D * 2;  // K or V: [D / 64][BN][64], swizzled
-  static constexpr int kQBytes = BM * D * 2;   // one Q or dO stage: [D / 64][BM][64]
-  static constexpr int kStatBytes = BM * 4;    // one stage of lse or D (fp32)
+  static constexpr int kKVBytes = BN * D * 2;  // K or V: [D / 64][BN][64] (D = 32: [BN][32])
+  static constexpr int kQBytes = BM * D * 2;   // one Q or dO stage: [D / 64][BM][64] ([BM][32])
+  // Layout of the K, V, Q and dO tiles (the operands the descriptors below read). D >= 64:
+  // [D / 64][rows][64] with the 128-byte swizzle (layout type 1; 8-row groups 1024 bytes apart,
+  // the next atom column rows * 128 bytes on). D = 32: [rows][32] with the 64-byte swizzle
+  // (layout type 2; rows of 64 bytes, 8-row groups 512 bytes apart; sw64_offset), so no byte
+  // of the tiles is padding (a 128-byte swizzle would leave half of every row empty) and the
+  // K-major k-steps are +32 bytes inside a row as at D >= 64. The dS^T tile keeps the 128-byte
+  // swizzle at every D (64 queries = one 128-byte row).
+  static constexpr int kSwBytes = D == 32 ? 64 : 128;  // one swizzle row
+  static constexpr int kSwElems = kSwBytes / 2;        // its 16-bit elements (atom column width)
+  static __device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t leading_bytes) {
+    if constexpr (D == 32) {
+      return wgmma_desc(addr, leading_bytes, 8 * kSwBytes, 2u);
+    } else {
+      return wgmma_desc_sw128(addr, leading_bytes, 1024);
+    }
+  }
+  // Start of K-major k-step kk (16 elements) in a tile of kRows rows: 32 bytes per k-step inside
+  // a swizzle row, the next atom column (D = 128) every kSwBytes / 32 k-steps.
+  template <int kRows>
+  __host__ __device__ static constexpr uint32_t kstep_offset(int kk) {
+    return static_cast<uint32_t>((kk / (kSwBytes / 32)) * kRows * kSwBytes +
+                                 (kk % (kSwBytes / 32)) * 32);
+  }
+  static constexpr int kStatBytes = BM * 4;  // one stage of lse or D (fp32)
   // kDq: dS^T, [BN][BM = 64], swizzled; then the block's scaled dQ (fp32) [BM][D], rows padded
   // by 32 bytes (a row stride of 32 mod 128 bytes makes the accumulators' 8-byte stores
   // conflict-free: a half warp's 4 rows x 4 lanes x 8 bytes cover the 32 banks once); one bulk
@@ -130,20 +166,25 @@ struct WgmmaBwdTile {
   static constexpr int kDsBytes = kDq ? BN * BM * 2 : 0;
   static constexpr int kDqRowBytes = D * 4 + 32;
   static constexpr int kDqBytes = kDq ? BM * kDqRowBytes : 0;
-  // dV's k-steps (of BM / 16 = 4) issued before the wait for dP^T: 4 at D = 64; 3 at D = 128,
+  // dV's k-steps (of BM / 16 = 4) issued before the wait for dP^T: 4 at D = 32, 64; 3 at D = 128,
   // where 4 spill (the P^T values stay live until dS^T is computed: 4 registers per k-step).
   // kTma: the consumers get 240 registers (setmaxnreg; 24 stay with the producer), where 3
   // k-steps at D = 128 spill 4 bytes (ptxas), so 2.
-  static constexpr int kDvEarly = D == 64 ? 4 : kTma ? 2 : 3;
+  static constexpr int kDvEarly = D <= 64 ? 4 : kTma ? 2 : 3;
   // kTma: a 'full' and an 'empty' mbarrier per stage, after the dQ tile.
   static constexpr int kBarBytes = kTma ? 2 * kStages * 8 : 0;
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + kDsBytes +
                                     2 * kStages * kStatBytes + kDqBytes + kBarBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
-  static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (dK, dV)");
+  static_assert(D == 32 || D == 64 || D == 128,
+                "wgmma wrappers exist for N = 32, 64 and 128 (dK, dV) and N = D / 2 (dQ)");
   static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
   static_assert(kDqRowBytes % 128 == 32 && kDqRowBytes % 16 == 0, "conflict-free, 16-byte rows");
+  static_assert((2 * kKVBytes + 2 * kStages * kQBytes) % 1024 == 0,
+                "the dS^T tile starts 1024-byte aligned (128-byte swizzle)");
   static_assert(!kTma || kDq, "the TMA producer form exists for the atomic-dQ scheme only");
+  // Its tensor maps write 64-column boxes with the 128-byte swizzle (encode_qdo_tensor_map).
+  static_assert(!kTma || D >= 64, "the TMA producer form exists for D = 64 and 128 only");
 };
 
 // Bulk asynchronous reduce-add (sm_90, the async proxy; the TMA unit): nbytes of fp32 from shared
@@ -172,6 +213,31 @@ __device__ __forceinline__ void cp_async_bulk_wait_all() {
 __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem),
                "r"(valid ? 4 : 0));
+}
+
+// cp.async of rows row0 .. row0 + kRows - 1 of a [rows][D] matrix (row r at base + r *
+// row_stride) into a tile in WgmmaBwdTile's layout; rows at or past valid_rows become zeros.
+// D >= 64: load_tile_sw128. D = 32: thread tid copies chunk tid % 4 of rows tid / 4 + i kThreads /
+// 4 (a multiple of the 8-row swizzle period, so every i's destination is the first one plus i
+// kThreads / 4 rows).
+template <typename T, int D, int kRows, int kThreads>
+__device__ __forceinline__ void load_bwd_tile(uint32_t dst, const T* base, int64_t row_stride,
+                                              int row0, int valid_rows, int tid) {
+  if constexpr (D == 32) {
+    constexpr int kRowStep = kThreads / 4;
+    static_assert(kRowStep % 8 == 0 && kRows % kRowStep == 0, "whole swizzle atoms per step");
+    const int r = tid / 4, c = tid % 4;
+    const T* src = base + static_cast<int64_t>(row0 + r) * row_stride + c * 8;
+    const uint32_t to = dst + sw64_offset(r, c);
+#pragma unroll
+    for (int i = 0; i < kRows / kRowStep; ++i) {
+      const bool valid = row0 + r + i * kRowStep < valid_rows;
+      cp_async_16(to + static_cast<uint32_t>(i * kRowStep * 64), valid ? src : base, valid);
+      src += kRowStep * row_stride;
+    }
+  } else {
+    load_tile_sw128<T, D, kRows, kThreads>(dst, base, row_stride, row0, valid_rows, tid);
+  }
 }
 
 // kDq: the dQ of the CTA's keys, without atomics on the warps' path. Each warpgroup stores its
@@ -317,8 +383,8 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
       static_cast<const T*>(p.k) + b * p.k_batch + s.k_row0 * p.k_row + kv_head * p.k_head;
   const T* v_base =
       static_cast<const T*>(p.v) + b * p.v_batch + s.k_row0 * p.v_row + kv_head * p.v_head;
-  load_tile_sw128<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, nk, tid);
-  load_tile_sw128<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, nk, tid);
+  load_bwd_tile<T, D, BN, kThreads>(sK, k_base, p.k_row, n0, nk, tid);
+  load_bwd_tile<T, D, BN, kThreads>(sV, v_base, p.v_row, n0, nk, tid);
 
   // Row bases as in flash_bwd_dkdv_kernel (bwd_row_bases).
   const BwdRowBases rows = bwd_row_bases(p, s, b);
@@ -333,9 +399,9 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
   };
   auto load_q_block = [&](int stage, int h, int m0) {
     const BwdQdOBases<T> base = bwd_q_do_bases<T>(g, s, b, p.reverse ? rsqa_qh : h, h);
-    load_tile_sw128<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, base.q, p.q_row, m0, nq, tid);
-    load_tile_sw128<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, base.dout, g.do_row, m0, nq,
-                                        tid);
+    load_bwd_tile<T, D, BM, kThreads>(sQ + stage * Tile::kQBytes, base.q, p.q_row, m0, nq, tid);
+    load_bwd_tile<T, D, BM, kThreads>(sdO + stage * Tile::kQBytes, base.dout, g.do_row, m0, nq,
+                                      tid);
     if (tid < 2 * BM) {  // threads 0 .. 63 copy lse, 64 .. 127 D; zeros past the sequence
       const int i = tid % BM;
       const bool is_d = tid >= BM;
@@ -386,18 +452,20 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
   const float scale_log2 = p.scale_log2;
   const float scale = g.scale;
 
-  // Descriptors. K-major (S^T, dP^T): leading offset unused, 1024 bytes per 8-row group. This
-  // warpgroup's 64 keys start 64 rows into K and V.
-  const uint64_t k_desc = wgmma_desc_sw128(sK + wg * 64 * 128, 16, 1024);
-  const uint64_t v_desc = wgmma_desc_sw128(sV + wg * 64 * 128, 16, 1024);
-  // dQ: A = dS^T tile read MN-major (64 queries in one atom column; 8-key groups 1024 bytes
-  // apart), B = K read MN-major from dQ column wg * D / 2 on: atom column (wg * D / 2) / 64,
-  // plus (wg * D / 2) % 64 elements inside the 128-byte rows (D = 64: 64 bytes for warpgroup 1;
-  // the start stays below bit 7 of the atom, so the base offset stays 0).
+  // Descriptors (Tile::desc: the tile layout's swizzle and 8-row group stride). K-major (S^T,
+  // dP^T): leading offset unused. This warpgroup's 64 keys start 64 rows into K and V.
+  constexpr int kSw = Tile::kSwBytes, kSwElems = Tile::kSwElems;
+  const uint64_t k_desc = Tile::desc(sK + wg * 64 * kSw, 16);
+  const uint64_t v_desc = Tile::desc(sV + wg * 64 * kSw, 16);
+  // dQ: A = dS^T tile read MN-major (64 queries in one 128-byte atom column; 8-key groups 1024
+  // bytes apart), B = K read MN-major from dQ column wg * D / 2 on: atom column (wg * D / 2) /
+  // kSwElems, plus (wg * D / 2) % kSwElems elements inside the swizzle rows (D = 64: 64 bytes
+  // into the 128-byte rows for warpgroup 1; D = 32: 32 bytes into the 64-byte rows; the start
+  // stays below bit 7 of the atom, so the base offset stays 0).
   [[maybe_unused]] const uint64_t ds_desc = wgmma_desc_sw128(sdS, BN * 128, 1024);
   [[maybe_unused]] const uint32_t dq_col0 = static_cast<uint32_t>(wg * kDqN);
   [[maybe_unused]] const uint64_t kt_desc =
-      wgmma_desc_sw128(sK + (dq_col0 / 64) * BN * 128 + (dq_col0 % 64) * 2, BN * 128, 1024);
+      Tile::desc(sK + (dq_col0 / kSwElems) * BN * kSw + (dq_col0 % kSwElems) * 2, BN * kSw);
 
   // kDq: the dQ tile waiting for its bulk adds (dq_accum row of its row 0, its rows inside the
   // sequence; 0: none) and this thread's row to hand over (lanes 0 .. 7 of each warp).
@@ -434,21 +502,21 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
     const uint32_t do_stage = sdO + stage * Tile::kQBytes;
     // S^T = K Q^T and dP^T = V dO^T (A: this warpgroup's keys; B: the block's query rows).
     {
-      const uint64_t q_desc = wgmma_desc_sw128(q_stage, 16, 1024);
-      const uint64_t do_desc = wgmma_desc_sw128(do_stage, 16, 1024);
+      const uint64_t q_desc = Tile::desc(q_stage, 16);
+      const uint64_t do_desc = Tile::desc(do_stage, 16);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKSteps; ++kk) {
-        const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
-        const uint32_t b_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+        const uint32_t a_off = Tile::template kstep_offset<BN>(kk);
+        const uint32_t b_off = Tile::template kstep_offset<BM>(kk);
         GemmS::ss(st, wgmma_desc_advance(k_desc, a_off), wgmma_desc_advance(q_desc, b_off),
                   kk > 0 ? 1 : 0);
       }
       wgmma_commit_group();
 #pragma unroll
       for (int kk = 0; kk < kKSteps; ++kk) {
-        const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
-        const uint32_t b_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+        const uint32_t a_off = Tile::template kstep_offset<BN>(kk);
+        const uint32_t b_off = Tile::template kstep_offset<BM>(kk);
         GemmS::ss(dpt, wgmma_desc_advance(v_desc, a_off), wgmma_desc_advance(do_desc, b_off),
                   kk > 0 ? 1 : 0);
       }
@@ -494,7 +562,7 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
           st[4 * j + e] = ok ? st[4 * j + e] : 0.0f;
         }
     }
-    const uint64_t dob_desc = wgmma_desc_sw128(do_stage, BM * 128, 1024);
+    const uint64_t dob_desc = Tile::desc(do_stage, BM * kSw);
     static_assert(kDvEarly > 0 && kDvEarly <= kMSteps, "k-steps of dV issued early");
     // P^T's first kDvEarly k-steps as A fragments, then their dV += P^T dO (B MN-major, see
     // below) behind dP^T. S^T (P^T in fp32) stays live until dS^T is computed (the numerics
@@ -506,7 +574,7 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
     wgmma_fence();  // P^T was packed by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < kDvEarly; ++kk)
-      GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+      GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * kSw));
     wgmma_commit_group();
     wgmma_wait_group<1>();  // dP^T done; dV may run
     fence_registers(dpt);
@@ -540,18 +608,19 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
     }
     // this thread's dS^T stores, for the dQ wgmmas (async proxy)
     if constexpr (kDq) fence_proxy_async_shared();
-    // dV += P^T dO and dK += dS^T Q: B MN-major (atom columns of 64 dims BM * 128 bytes apart,
-    // 8-row groups 1024 bytes apart; k-step kk starts at query row 16 kk).
+    // dV += P^T dO and dK += dS^T Q: B MN-major (atom columns of kSwElems dims BM * kSw bytes
+    // apart, used at D = 128 only; 8-row groups 8 kSw bytes apart; k-step kk starts at query row
+    // 16 kk).
     {
-      const uint64_t qb_desc = wgmma_desc_sw128(q_stage, BM * 128, 1024);
+      const uint64_t qb_desc = Tile::desc(q_stage, BM * kSw);
       wgmma_fence();  // P^T and dS^T were packed by ordinary instructions
       // (the k-steps of dV not issued early; the same shape, so no fence between the groups)
 #pragma unroll
       for (int kk = kDvEarly; kk < kMSteps; ++kk)
-        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * 128));
+        GemmKV::rs_mn(dv, pa[kk], wgmma_desc_advance(dob_desc, kk * 16 * kSw));
 #pragma unroll
       for (int kk = 0; kk < kMSteps; ++kk)
-        GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * 128));
+        GemmKV::rs_mn(dk, da[kk], wgmma_desc_advance(qb_desc, kk * 16 * kSw));
       wgmma_commit_group();
     }
     if constexpr (kDq) {
@@ -565,7 +634,7 @@ __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const 
 #pragma unroll
       for (int kk = 0; kk < kNSteps; ++kk) {
         GemmQ::run(dq, wgmma_desc_advance(ds_desc, kk * 16 * 128),
-                   wgmma_desc_advance(kt_desc, kk * 16 * 128), kk > 0 ? 1 : 0);
+                   wgmma_desc_advance(kt_desc, kk * 16 * kSw), kk > 0 ? 1 : 0);
       }
       wgmma_commit_group();
     }

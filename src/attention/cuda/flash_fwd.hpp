@@ -45,13 +45,14 @@ FwdVariant fwd_variant();
 // D = 64 and 128, occ elsewhere). The default and wgmmatma run it in its TMA-producer form on
 // dense batches in the atomic-dQ scheme and in its cp.async-only form otherwise (varlen, the
 // deterministic scheme: dK / dV only, then the dQ kernel); wgmma runs the cp.async-only form
-// everywhere (A/B). base / occ / occ2: register caps of the mma.sync kernel. At other head dims
-// wgmma and wgmmatma give the default. See flash_bwd_launch.cuh.
+// everywhere (A/B). base / occ / occ2: register caps of the mma.sync kernel. At D = 32 wgmma and
+// wgmmatma run the wgmma kernel in its cp.async-only form (64-byte swizzled tiles; unset: occ).
+// At D = 16 they give the default. See flash_bwd_launch.cuh.
 enum class BwdVariant { automatic, base, occ, occ2, wgmma, wgmmatma };
 BwdVariant bwd_variant();
 // Whether the backward at this head dim runs the wgmma dK/dV kernel (D = 64 or 128 and
-// SQA_CUDA_BWD unset, wgmma or wgmmatma: same grid and tile); the launcher and the head-split
-// heuristic (api.cpp) agree on it.
+// SQA_CUDA_BWD unset, wgmma or wgmmatma; D = 32 and SQA_CUDA_BWD wgmma or wgmmatma: same grid
+// and tile); the launcher and the head-split heuristic (api.cpp) agree on it.
 bool bwd_dkdv_wgmma(int head_dim);
 
 // Throws std::runtime_error("<what>: <CUDA error string>") unless status is cudaSuccess (0).

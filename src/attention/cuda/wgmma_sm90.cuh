@@ -17,6 +17,8 @@
 // (128 bytes) per "atom column", atoms of 8 rows x 128 bytes (1024 bytes, 1024-byte aligned)
 // in which the 16-byte chunk c of row r is stored at chunk c ^ (r % 8). Wider rows (D = 128) are
 // stored as D / 64 atom columns one after the other: [D / 64][R][64] (sw128_offset below).
+// The D = 32 backward (flash_bwd_wgmma.cuh) stores its 64-byte rows with the 64-byte swizzle
+// instead (sw64_offset, wgmma_desc with layout type 2).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -34,6 +36,14 @@ __device__ __forceinline__ uint32_t sw128_offset(int row, int chunk) {
   static_assert(kRows % 8 == 0, "swizzle atoms are 8 rows");
   return static_cast<uint32_t>((chunk / 8) * kRows * 128 + row * 128 +
                                (((chunk % 8) ^ (row % 8)) * 16));
+}
+
+// Byte offset of 16-byte chunk `chunk` (0 .. 3) of row `row` in a [rows][32] tile of 16-bit
+// elements with the 64-byte swizzle (flash_bwd_wgmma.cuh at D = 32; wgmma layout type 2): rows of
+// 64 bytes, atoms of 8 rows (512 bytes, 512-byte aligned), chunk c of row r stored at chunk
+// c ^ ((r / 2) % 4), i.e. address bits 4-5 XOR bits 7-8 (bits 7-8 of r * 64 are (r / 2) % 4).
+__device__ __forceinline__ uint32_t sw64_offset(int row, int chunk) {
+  return static_cast<uint32_t>(row * 64 + ((chunk ^ ((row >> 1) & 3)) * 16));
 }
 
 // Matrix descriptor (PTX ISA, "matrix descriptor format" of wgmma): start address, leading and
@@ -282,19 +292,54 @@ struct Wgmma;
     }                                                                                           \
   };
 
+// Wgmma<T, 32>: rs_mn only (flash_bwd_wgmma.cuh's dV / dK at D = 32, m64n32k16, 16
+// accumulators per thread).
+#define SQA_WGMMA_M64N32(T, TYPE)                                                        \
+  template <>                                                                            \
+  struct Wgmma<T, 32> {                                                                  \
+    static __device__ __forceinline__ void rs_mn(float (&d)[16], const uint32_t (&a)[4], \
+                                                 uint64_t desc_b) {                      \
+      asm volatile(                                                                      \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                   \
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                    \
+          " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "    \
+          "{%16, %17, %18, %19}, %20, p, 1, 1, 1;\n}\n"                                  \
+          : SQA_WGMMA_ACC16(d)                                                           \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));            \
+    }                                                                                    \
+  };
+
+SQA_WGMMA_M64N32(__nv_bfloat16, "bf16")
+SQA_WGMMA_M64N32(__half, "f16")
 SQA_WGMMA_M64N64(__nv_bfloat16, "bf16")
 SQA_WGMMA_M64N64(__half, "f16")
 SQA_WGMMA_M64N128(__nv_bfloat16, "bf16")
 SQA_WGMMA_M64N128(__half, "f16")
+#undef SQA_WGMMA_M64N32
 #undef SQA_WGMMA_M64N64
 #undef SQA_WGMMA_M64N128
 
 // ---- Both operands from shared memory, both MN-major (flash_bwd_wgmma.cuh's dQ = dS K) ---------
 // D (m64nN, fp32) (+)= A (m64k16, shared, MN-major: stored k-row by k-row, M contiguous) * B
 // (k16nN, shared, MN-major). The transpose immediates are 1 and 1; `accumulate` = 0 overwrites D.
-// N = 32 (D = 64: each warpgroup takes half of dQ's columns) and 64 (D = 128).
+// N = 16 (D = 32), 32 (D = 64: each warpgroup takes half of dQ's columns) and 64 (D = 128).
 template <typename T, int N>
 struct WgmmaSSTrans;
+
+#define SQA_WGMMA_SS_TT_M64N16(T, TYPE)                                                         \
+  template <>                                                                                   \
+  struct WgmmaSSTrans<T, 16> {                                                                  \
+    static __device__ __forceinline__ void run(float (&d)[8], uint64_t desc_a, uint64_t desc_b, \
+                                               int accumulate) {                                \
+      asm volatile(                                                                             \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"                                          \
+          "wgmma.mma_async.sync.aligned.m64n16k16.f32." TYPE "." TYPE                           \
+          " {%0, %1, %2, %3, %4, %5, %6, %7}, "                                                 \
+          "%8, %9, p, 1, 1, 1, 1;\n}\n"                                                         \
+          : SQA_WGMMA_ACC8(d)                                                                   \
+          : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                         \
+    }                                                                                           \
+  };
 
 #define SQA_WGMMA_SS_TT_M64N32(T, TYPE)                                                          \
   template <>                                                                                    \
@@ -327,10 +372,13 @@ struct WgmmaSSTrans;
     }                                                                                            \
   };
 
+SQA_WGMMA_SS_TT_M64N16(__nv_bfloat16, "bf16")
+SQA_WGMMA_SS_TT_M64N16(__half, "f16")
 SQA_WGMMA_SS_TT_M64N32(__nv_bfloat16, "bf16")
 SQA_WGMMA_SS_TT_M64N32(__half, "f16")
 SQA_WGMMA_SS_TT_M64N64(__nv_bfloat16, "bf16")
 SQA_WGMMA_SS_TT_M64N64(__half, "f16")
+#undef SQA_WGMMA_SS_TT_M64N16
 #undef SQA_WGMMA_SS_TT_M64N32
 #undef SQA_WGMMA_SS_TT_M64N64
 #undef SQA_WGMMA_ACC4
