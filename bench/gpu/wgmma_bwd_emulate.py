@@ -10,6 +10,12 @@ without 16-bit rounding, so every case must match to ~1e-12.
 Usage: python3 bench/gpu/wgmma_bwd_emulate.py [quick]   (one line per case, then ALL OK)
        python3 bench/gpu/wgmma_bwd_emulate.py [quick] tma   (SQA_CUDA_BWD=wgmmatma, dense cases)
        python3 bench/gpu/wgmma_bwd_emulate.py tma-mutations (each mutation must be caught)
+       python3 bench/gpu/wgmma_bwd_emulate.py d32-mutations (the D = 32 layout; each caught)
+D = 32 (SQA_CUDA_BWD=wgmma there; cp.async-only form): K, V, Q, dO in [rows][32] tiles with the
+64-byte swizzle (layout type 2, SBO 512; TileGeometry), S^T / dP^T over two K-major k-steps, dV /
+dK m64n32, dQ m64n16 per warpgroup (warpgroup 1's B 32 bytes into the rows); the dS^T tile keeps
+the 128-byte swizzle. The hardware model below takes the swizzle width from the descriptor's
+layout type.
 wgmmatma (flash_bwd_dkdv_wgmma_tma_kernel; emulate_cta_tma): the producer warp and the two
 consumer warpgroups as separate programs under five interleavings (two random, producer-greedy,
 consumer-greedy, async-late), with mbarriers (phase bit, arrival count, transaction bytes; a wait
@@ -31,8 +37,8 @@ not emulated, and must stay untouched). In both, the copies of the block kStages
 out after the S^T / dP^T issue, and dV's first 4 k-steps at D = 64, 3 at D = 128 (kDvEarly) are
 issued before the wait for dP^T in their own wgmma group, the rest of dV and dK after.
 
-Layouts checked (hardware model as bench/gpu/wgmma_emulate.py, 128-byte swizzle,
-byte address a -> a ^ (((a >> 7) & 7) << 4)):
+Layouts checked (hardware model as bench/gpu/wgmma_emulate.py; a W-byte swizzle maps byte address
+a -> a ^ (((a >> 7) & (W / 16 - 1)) << 4), rows of W bytes in an atom; W = 128 below, 64 at D = 32):
   K-major A (K, V for S^T = K Q^T, dP^T = V dO^T) and K-major B (Q, dO): element (r, k) at
       start + (r % 8) * 128 + (r // 8) * SBO + 2 k, k-steps +32 bytes inside an atom, +R * 128
       bytes to the next atom column (D = 128);
@@ -59,13 +65,19 @@ INF = float("inf")
 LOG2E = 1.4426950408889634
 
 
-def swz(a):
-    return a ^ (((a >> 7) & 7) << 4)
+# wgmma layout types (descriptor bits 62-63) -> swizzle width W in bytes: the hardware XORs the
+# 16-byte chunk index (address bits 4 .. 3 + log2(W / 16)) with address bits 7 .. 6 + log2(W / 16)
+# of the absolute address; atoms are 8 rows of W bytes.
+SWIZZLE_BYTES = {1: 128, 2: 64, 3: 32}
 
 
-def desc(addr, lbo, sbo):
+def swz(a, W=128):
+    return a ^ (((a >> 7) & (W // 16 - 1)) << 4)
+
+
+def desc(addr, lbo, sbo, layout=1):
     return (((addr >> 4) & 0x3FFF) | (((lbo >> 4) & 0x3FFF) << 16)
-            | (((sbo >> 4) & 0x3FFF) << 32) | (1 << 62))
+            | (((sbo >> 4) & 0x3FFF) << 32) | (layout << 62))
 
 
 def advance(d, nbytes):
@@ -74,17 +86,65 @@ def advance(d, nbytes):
 
 
 def decode(d):
-    assert (d >> 62) == 1, "128-byte swizzle"
+    """(start, leading, stride, swizzle width W) of a descriptor with a swizzling layout type."""
+    assert (d >> 62) in SWIZZLE_BYTES, "a swizzled layout (128, 64 or 32 bytes)"
+    W = SWIZZLE_BYTES[d >> 62]
     assert ((d >> 49) & 7) == 0, "base offset 0"
     start = (d & 0x3FFF) << 4
-    # base offset 0 is right only if the start is 1024-aligned or offset by < 128 bytes inside
-    # a row of an aligned atom (bits 7-9 of the start are those of the atom's first row)
-    assert ((start >> 7) & 7) == 0, f"start {start:#x}: base offset would be nonzero"
-    return start, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4
+    # base offset 0 is right only if the start is 8 W-aligned or offset by < W bytes inside
+    # a row of an aligned atom (the XOR source bits of the start are those of the atom's first row)
+    assert ((start >> 7) & (W // 16 - 1)) == 0, f"start {start:#x}: base offset would be nonzero"
+    return start, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4, W
 
 
 def sw128_offset(rows, row, chunk):
     return (chunk // 8) * rows * 128 + row * 128 + (((chunk % 8) ^ (row % 8)) * 16)
+
+
+class TileGeometry:
+    """WgmmaBwdTile's layout of the K, V, Q and dO tiles and the kernel's descriptors on them
+    (kSwBytes, desc, kstep_offset, sw64_offset / sw128_offset, the dQ B start). D >= 64:
+    [D / 64][rows][64] with the 128-byte swizzle (layout type 1, 8-row groups 1024 bytes apart);
+    D = 32: [rows][32] with the 64-byte swizzle (layout type 2, 8-row groups 512 bytes apart).
+    mut: the kernel's side written wrong (each must be caught); the hardware model (decode,
+    read_kmajor, read_mnmajor) stays right."""
+
+    def __init__(self, D, mut=frozenset()):
+        self.D, self.mut = D, mut
+        self.sw = 64 if D == 32 else 128   # kSwBytes
+        self.elems = self.sw // 2          # kSwElems
+        self.layout = 2 if D == 32 else 1
+        self.sbo = 8 * self.sw
+        if "layout_type" in mut:           # the 128-byte swizzle's type at D = 32
+            self.layout = 1
+        if "sbo" in mut:                   # D = 64's 8-row group stride
+            self.sbo = 1024
+
+    def desc(self, addr, lbo):
+        return desc(addr, lbo, self.sbo, self.layout)
+
+    def kstep_offset(self, rows, kk):
+        """K-major k-step kk (16 elements): +32 bytes inside a row, the next atom column every
+        kSwBytes / 32 k-steps."""
+        per = self.sw // 32
+        inner = 64 if "kstep_kmajor" in self.mut else 32
+        return (kk // per) * rows * self.sw + (kk % per) * inner
+
+    def mn_kstep(self, kk):
+        """MN-major k-step kk: 16 rows of kSwBytes."""
+        return kk * 16 * (128 if "kstep_mn" in self.mut else self.sw)
+
+    def offset(self, rows, row, chunk):
+        """sw64_offset (D = 32) / sw128_offset: chunk `chunk` of row `row` in a tile."""
+        if self.D == 32:
+            sel = (row & 3) if "swizzle_bit" in self.mut else ((row >> 1) & 3)
+            return row * 64 + ((chunk ^ sel) * 16)
+        return sw128_offset(rows, row, chunk)
+
+    def kt_start(self, sK, c0, BN):
+        """The dQ B operand (K read MN-major) from dQ column c0 on."""
+        inner = (c0 % self.elems) * (4 if "dq_col" in self.mut else 2)
+        return sK + (c0 // self.elems) * BN * self.sw + inner
 
 
 class Smem:
@@ -106,21 +166,22 @@ class Smem:
 
 
 def read_kmajor(sm, d, rows):
-    """Operand of `rows` rows (M or N) x 16 k, K-major."""
-    start, _, sbo = decode(d)
+    """Operand of `rows` rows (M or N) x 16 k, K-major (rows of W bytes in an atom)."""
+    start, _, sbo, W = decode(d)
     r = np.arange(rows)[:, None]
     k = np.arange(16)[None, :]
-    a = start + (r % 8) * 128 + (r // 8) * sbo + 2 * k
-    return sm.v[swz(a) // 2]
+    a = start + (r % 8) * W + (r // 8) * sbo + 2 * k
+    return sm.v[swz(a, W) // 2]
 
 
 def read_mnmajor(sm, d, n):
-    """Operand 16 k x n, MN-major (B of m64nNk16 with the transpose bit; A transposed: m = n)."""
-    start, lbo, sbo = decode(d)
+    """Operand 16 k x n, MN-major (B of m64nNk16 with the transpose bit; A transposed: m = n):
+    W / 2 columns per atom column, the next one LBO on."""
+    start, lbo, sbo, W = decode(d)
     k = np.arange(16)[:, None]
     c = np.arange(n)[None, :]
-    a = start + (k % 8) * 128 + (k // 8) * sbo + 2 * (c % 64) + (c // 64) * lbo
-    return sm.v[swz(a) // 2]
+    a = start + (k % 8) * W + (k // 8) * sbo + 2 * (c % (W // 2)) + (c // (W // 2)) * lbo
+    return sm.v[swz(a, W) // 2]
 
 
 def key_visible(key, qrow, nk, diag, left, right):
@@ -307,6 +368,7 @@ def smem_layout(D, raw_addr, kStages, with_dq, tma, BN=128, BM=64):
     L["sQ"] = L["sV"] + kKV
     L["sdO"] = L["sQ"] + kStages * kQ
     L["sdS"] = L["sdO"] + kStages * kQ
+    assert L["sdS"] % 1024 == 0, "the dS^T tile (128-byte swizzle) 1024-byte aligned"
     L["sStat"] = L["sdS"] + kDs
     L["sDq"] = L["sStat"] + 2 * kStages * kStat
     assert L["sDq"] % 16 == 0
@@ -317,9 +379,10 @@ def smem_layout(D, raw_addr, kStages, with_dq, tma, BN=128, BM=64):
     return L
 
 
-def warpgroup_state(wg, n0, D, sK, sV, sdS, BN=128):
+def warpgroup_state(wg, n0, geo, sK, sV, sdS, BN=128):
     """A consumer warpgroup's registers (keys, dK / dV / S^T / dP^T / dQ accumulators) and its
     wgmma descriptors: K / V rows of its 64 keys, the dS^T tile and its dQ column half of K."""
+    D = geo.D
     key_local0 = wg * 64 + W_OF * 16 + G_OF
     c0 = wg * (D // 2)
     return {
@@ -328,11 +391,11 @@ def warpgroup_state(wg, n0, D, sK, sV, sdS, BN=128):
         "dk": np.zeros((128, D // 2)), "dv": np.zeros((128, D // 2)),
         "st": np.zeros((128, 32)), "dpt": np.zeros((128, 32)),
         "dq": np.zeros((128, D // 4)),
-        "k_desc": desc(sK + wg * 64 * 128, 16, 1024),
-        "v_desc": desc(sV + wg * 64 * 128, 16, 1024),
+        "k_desc": geo.desc(sK + wg * 64 * geo.sw, 16),
+        "v_desc": geo.desc(sV + wg * 64 * geo.sw, 16),
         "dq_col0": c0,
-        "ds_desc": desc(sdS, BN * 128, 1024),
-        "kt_desc": desc(sK + (c0 // 64) * BN * 128 + (c0 % 64) * 2, BN * 128, 1024),
+        "ds_desc": desc(sdS, BN * 128, 1024),  # the dS^T tile: 128-byte swizzle at every D
+        "kt_desc": geo.desc(geo.kt_start(sK, c0, BN), BN * geo.sw),
     }
 
 
@@ -345,8 +408,9 @@ class WgmmaOps:
 
     BN, BM = 128, 64
 
-    def __init__(self, sm, wgs, D, reads_at_wait):
-        self.sm, self.wgs, self.D, self.reads_at_wait = sm, wgs, D, reads_at_wait
+    def __init__(self, sm, wgs, geo, reads_at_wait):
+        self.sm, self.wgs, self.geo, self.reads_at_wait = sm, wgs, geo, reads_at_wait
+        D = self.D = geo.D
         self.dq_n = D // 2             # dQ columns per warpgroup
         self.dq_steps = self.BN // 16  # k-steps of dQ
         self.groups = [[], []]
@@ -365,15 +429,15 @@ class WgmmaOps:
                 op()
 
     def st(self, wg, q_stage, which):
-        sm, wgs, D, BN, BM = self.sm, self.wgs, self.D, self.BN, self.BM
+        sm, wgs, D, BN, BM, geo = self.sm, self.wgs, self.D, self.BN, self.BM, self.geo
         a_desc0 = wgs[wg]["k_desc" if which == "st" else "v_desc"]
-        b_desc0 = desc(q_stage, 16, 1024)
+        b_desc0 = geo.desc(q_stage, 16)
 
         def op():
             acc = np.zeros((64, 64))
             for kk in range(D // 16):
-                a_off = (kk // 4) * BN * 128 + (kk % 4) * 32
-                b_off = (kk // 4) * BM * 128 + (kk % 4) * 32
+                a_off = geo.kstep_offset(BN, kk)
+                b_off = geo.kstep_offset(BM, kk)
                 A = read_kmajor(sm, advance(a_desc0, a_off), 64)
                 B = read_kmajor(sm, advance(b_desc0, b_off), 64)
                 acc += A @ B.T
@@ -383,9 +447,9 @@ class WgmmaOps:
     def kv(self, wg, do_stage, q_stage, pa, da, dv_steps=range(64 // 16)):
         """dV += P^T dO over dv_steps (pa not None) and dK += dS^T Q (da not None), in one
         group."""
-        sm, wgs, D, BM = self.sm, self.wgs, self.D, self.BM
-        dob = desc(do_stage, BM * 128, 1024)
-        qbd = desc(q_stage, BM * 128, 1024)
+        sm, wgs, D, BM, geo = self.sm, self.wgs, self.D, self.BM, self.geo
+        dob = geo.desc(do_stage, BM * geo.sw)
+        qbd = geo.desc(q_stage, BM * geo.sw)
         todo = [x for x in ((pa, dob, "dv", dv_steps), (da, qbd, "dk", range(BM // 16)))
                 if x[0] is not None]
 
@@ -394,32 +458,33 @@ class WgmmaOps:
                 acc = np.zeros((64, D))
                 for kk in steps:
                     A = a_from_regs(regs[:, kk])
-                    B = read_mnmajor(sm, advance(bdesc, kk * 16 * 128), D)
+                    B = read_mnmajor(sm, advance(bdesc, geo.mn_kstep(kk)), D)
                     acc += A @ B
                 wgs[wg][name] += regs_from(acc, D)
         return op
 
     def dq(self, wg):
-        sm, wgs, dq_n = self.sm, self.wgs, self.dq_n
+        sm, wgs, dq_n, geo = self.sm, self.wgs, self.dq_n, self.geo
 
         def op():
             acc = np.zeros((64, dq_n))
             for kk in range(self.dq_steps):
                 At = read_mnmajor(sm, advance(wgs[wg]["ds_desc"], kk * 16 * 128), 64)  # [k, m]
-                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], kk * 16 * 128), dq_n)
+                B = read_mnmajor(sm, advance(wgs[wg]["kt_desc"], geo.mn_kstep(kk)), dq_n)
                 acc += At.T @ B
             wgs[wg]["dq"][:] = regs_from(acc, dq_n)
         return op
 
 
 def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_dq=True,
-                raw_addr=0x410):
+                raw_addr=0x410, mut=frozenset()):
     """One CTA of flash_bwd_dkdv_wgmma_kernel<T, D, kDq = with_dq> (both warpgroups, in step as
     the barriers keep them). out: dict with dq_accum (flat, dq layout rows x D), dk, dv (like
-    P.dk) or partial [splits, B, Hkv, Nk, 2D]."""
+    P.dk) or partial [splits, B, Hkv, Nk, 2D]. mut: TileGeometry mutations (D = 32)."""
     D = P.D
+    geo = TileGeometry(D, mut)
     BN, BM, kStages, T = 128, 64, 3, 256
-    dv_early = 4 if D == 64 else 3  # WgmmaBwdTile::kDvEarly
+    dv_early = 4 if D <= 64 else 3  # WgmmaBwdTile::kDvEarly
     L = smem_layout(D, raw_addr, kStages, with_dq, tma=False)
     sm = Smem(raw_addr + L["bytes"] + 64)
     kQ, kStat, kDqRow = L["kQ"], L["kStat"], L["kDqRow"]
@@ -461,18 +526,19 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
             grp.clear()
 
     def load_tile(dst, arr, rows, row0, valid_rows):
-        """load_tile_sw128<T, D, rows, 256>: arr is the [seq rows, D] view of the head."""
+        """load_bwd_tile<T, D, rows, 256> (load_tile_sw128 at D >= 64): arr is the [seq rows, D]
+        view of the head."""
         kch = D // 8
         step = T // kch
         assert step % 8 == 0 and rows % step == 0
         for tid in range(T):
             r, c = tid // kch, tid % kch
-            to = dst + sw128_offset(rows, r, c)
+            to = dst + geo.offset(rows, r, c)
             for i in range(rows // step):
                 row = row0 + r + i * step
-                assert to + i * step * 128 == dst + sw128_offset(rows, r + i * step, c)
+                assert to + i * step * geo.sw == dst + geo.offset(rows, r + i * step, c)
                 vals = arr[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
-                cp_async(to + i * step * 128, vals)
+                cp_async(to + i * step * geo.sw, vals)
 
     Kh = P.k[k_row0:k_row0 + nk, kv_head]
     Vh = P.v[k_row0:k_row0 + nk, kv_head]
@@ -509,9 +575,9 @@ def emulate_cta(P, out, n_block, kv_head, split, splits, b, reads_at_wait, with_
         commit()
 
     # per-warpgroup register state
-    wgs = [warpgroup_state(wg, n0, D, sK, sV, sdS) for wg in range(2)]
+    wgs = [warpgroup_state(wg, n0, geo, sK, sV, sdS) for wg in range(2)]
 
-    ops = WgmmaOps(sm, wgs, D, reads_at_wait)
+    ops = WgmmaOps(sm, wgs, geo, reads_at_wait)
     mma_groups, dq_n = ops.groups, ops.dq_n
     mma_commit, mma_wait, gemm_st, gemm_kv, gemm_dq = ops.commit, ops.wait, ops.st, ops.kv, ops.dq
 
@@ -757,6 +823,8 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
     mut: mutations of the kernel (each must be caught)."""
     assert not P.varlen
     D = P.D
+    assert D >= 64, "the TMA producer form exists for D = 64 and 128 only"
+    geo = TileGeometry(D)
     BN, BM, kStages, T = 128, 64, 3, 256
     dv_early = 4 if D == 64 else 2  # WgmmaBwdTile<T, D, true, true>::kDvEarly
     L = smem_layout(D, raw_addr, kStages, True, tma=True)
@@ -825,10 +893,10 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
                 vals = arr[row, c * 8: c * 8 + 8] if row < valid_rows else np.zeros(8)
                 cp_async(wg, to + i * step * 128, vals)
 
-    wgs = [warpgroup_state(wg, n0, D, sK, sV, sdS) for wg in range(2)]
+    wgs = [warpgroup_state(wg, n0, geo, sK, sV, sdS) for wg in range(2)]
     for S in wgs:
         S["pend"] = {"row": 0, "rows": 0}
-    ops = WgmmaOps(sm, wgs, D, reads_at_wait)
+    ops = WgmmaOps(sm, wgs, geo, reads_at_wait)
     mma_groups, dq_n = ops.groups, ops.dq_n
     mma_commit, mma_wait, gemm_st, gemm_kv, gemm_dq = ops.commit, ops.wait, ops.st, ops.kv, ops.dq
 
@@ -1041,8 +1109,9 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
 
 
 def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, seed,
-             reads_at_wait, gain=1.0, with_dq=True, tma=None):
-    """tma: None (the wgmma kernel) or (policy, schedule seed, mutations) for wgmmatma."""
+             reads_at_wait, gain=1.0, with_dq=True, tma=None, mut=frozenset()):
+    """tma: None (the wgmma kernel, with TileGeometry mutations mut) or (policy, schedule seed,
+    mutations) for wgmmatma."""
     rng = np.random.default_rng(seed)
     P = Problem(rng, D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, gain)
     assert splits == 1 or (not varlen and not reverse)
@@ -1061,7 +1130,7 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
                                 np.random.default_rng([sched_seed, b, x]), policy, mut)
             else:
                 emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits,
-                            b, reads_at_wait, with_dq)
+                            b, reads_at_wait, with_dq, mut=mut)
     if splits > 1:  # flash_bwd_dkdv_reduce_kernel (dense)
         tot = out["partial"].sum(0)  # [B, Hkv, Nk, 2D]
         for b in range(P.B):
@@ -1113,16 +1182,24 @@ if __name__ == "__main__":
         (64, 4, 2, False, [70, 0, 150], [100, 60, 150], -1, 0, True, 1),   # varlen, empty q
         (128, 2, 4, True, [65, 130], [200, 1], -1, -1, True, 1),           # varlen rSQA
         (64, 2, 2, False, [100, 100], [300, 300], 50, 50, False, 1),        # batch 2, window
+        # D = 32 (SQA_CUDA_BWD=wgmma only): 64-byte swizzled K / V / Q / dO, m64n32 dV / dK,
+        # m64n16 dQ per warpgroup
+        (32, 2, 2, False, [150], [200], -1, -1, False, 1),    # MHA, N_q != N_k
+        (32, 4, 2, False, [200], [130], -1, 0, False, 1),     # GQA causal, N_q > N_k
+        (32, 2, 4, True, [140], [170], 20, 0, False, 1),      # rSQA, sliding causal
+        (32, 4, 1, False, [100], [300], 37, 5, False, 1),     # MQA, window
+        (32, 6, 2, False, [70], [260], -1, 3, False, 2),      # G = 3, 2 splits (uneven)
+        (32, 4, 2, False, [70, 0, 150], [100, 60, 150], -1, 0, True, 1),   # varlen, empty q
     ]
     if quick:
-        cases = cases[:3]
+        cases = cases[:3] + [c for c in cases if c[0] == 32][:2]
     if "tma" in sys.argv[1:] or "tma-mutations" in sys.argv[1:]:
         # wgmmatma (dense cases): the producer and consumer programs under 5 interleavings
         # (two random schedules, producer-greedy, consumer-greedy, async-late), both timing modes
         policies = [("random", 1), ("random", 2), ("producer", 3), ("consumers", 4), ("late", 5)]
         if "tma" in sys.argv[1:]:
             for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
-                if vl:
+                if vl or D == 32:  # the TMA form: dense batches, D = 64 and 128
                     continue
                 for mode in (True, False):
                     for pol, ss in policies:
@@ -1162,6 +1239,36 @@ if __name__ == "__main__":
                       flush=True)
                 assert caught, m
             print("ALL MUTATIONS CAUGHT (wgmmatma)")
+        sys.exit(0)
+    if "d32-mutations" in sys.argv[1:]:
+        # the D = 32 layout written wrong on the kernel's side (TileGeometry); each must fail
+        # (a wrong result or a failed assertion) in some case, timing mode and scheme: the
+        # loader's swizzle on bits 6-7 instead of 7-8, SBO 1024 (D = 64's), layout type 1
+        # (128-byte swizzle), K-major k-steps of 64 bytes, MN-major k-steps of 16 x 128 bytes,
+        # warpgroup 1's dQ columns 64 bytes (not 32) into the rows
+        mcases = [(32, 2, 2, False, [150], [200], -1, -1, False, 1, 0),
+                  (32, 4, 2, False, [200], [130], -1, 0, False, 1, 1)]
+        mutations = ["swizzle_bit", "sbo", "layout_type", "kstep_kmajor", "kstep_mn", "dq_col"]
+        for m in mutations:
+            caught = None
+            for D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, i in mcases:
+                for mode in (True, False):
+                    for with_dq in (True, False):
+                        if caught:
+                            break
+                        try:
+                            import contextlib
+                            import io
+                            with contextlib.redirect_stdout(io.StringIO()):
+                                run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
+                                         reads_at_wait=mode, with_dq=with_dq,
+                                         mut=frozenset([m]))
+                        except AssertionError as e:
+                            caught = (f"D={D} reads_at_wait={mode} kDq={with_dq}: "
+                                      f"{str(e)[:70]}")
+            print(f"mutation {m}: {'CAUGHT ' + caught if caught else 'NOT CAUGHT'}", flush=True)
+            assert caught, m
+        print("ALL MUTATIONS CAUGHT (D = 32)")
         sys.exit(0)
     for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
         for mode in (True, False):

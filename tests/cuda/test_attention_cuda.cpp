@@ -703,13 +703,25 @@ TEST(CudaBackward, WgmmaTmaMatchesWgmmaAtScale) {
   for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++);
 }
 
-// SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma).
+// SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma). Besides the
+// random cases, one GQA causal case per head dim, so every kernel the variable names (the wgmma
+// one at D = 32 too) runs under the sanitizers whatever the draw.
 TEST(CudaBackward, SanitizerSmoke) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_backward_limits();
   limits.max_seqlen = 160;
   limits.max_work = 2e5;
   for (const auto& c : testing::generate_cases(limits, 8, 8008)) expect_backward_ok(c);
+  uint64_t seed = 8100;
+  for (int d : limits.head_dims) {
+    testing::HarnessCase c;
+    c.spec = make_spec(Variant::gqa, 8, d, Window::causal());
+    c.dtype = DType::bf16;
+    c.seqlen_q = 130;
+    c.seqlen_k = 150;
+    c.seed = seed++;
+    expect_backward_ok(c);
+  }
 }
 
 // ---- validation: the message names the value and the rule --------------------------------
