@@ -34,11 +34,13 @@ S^T / dP^T issue) or after the loop, and the per-thread bulk groups' wait_group.
 barrier 2; and kDq = false (deterministic): dK / dV only (no dS^T tile, dQ tile, bulk adds or
 barrier 2; the step ends with the wait for its dV / dK group; dQ is left to flash_bwd_dq_kernel,
 not emulated, and must stay untouched). In both, the copies of the block kStages - 1 ahead go
-out after the S^T / dP^T issue, and dV's first 4 k-steps at D = 64, 3 at D = 128 (kDvEarly) are
-issued before the wait for dP^T in their own wgmma group, the rest of dV and dK after.
+out after the S^T / dP^T issue, and dV's first 4 k-steps at D = 32 and 64, 3 at D = 128
+(kDvEarly) are issued before the wait for dP^T in their own wgmma group, the rest of dV and dK
+after.
 
-Layouts checked (hardware model as bench/gpu/wgmma_emulate.py; a W-byte swizzle maps byte address
-a -> a ^ (((a >> 7) & (W / 16 - 1)) << 4), rows of W bytes in an atom; W = 128 below, 64 at D = 32):
+Layouts checked (hardware model as bench/gpu/wgmma_emulate.py; a W-byte swizzle maps byte
+address a -> a ^ (((a >> 7) & (W / 16 - 1)) << 4), rows of W bytes in an atom; W = 128 below, 64
+for K / V / Q / dO at D = 32):
   K-major A (K, V for S^T = K Q^T, dP^T = V dO^T) and K-major B (Q, dO): element (r, k) at
       start + (r % 8) * 128 + (r // 8) * SBO + 2 k, k-steps +32 bytes inside an atom, +R * 128
       bytes to the next atom column (D = 128);
