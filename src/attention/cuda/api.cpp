@@ -40,9 +40,10 @@ FwdVariant fwd_variant() {
   if (m == "sum2occq") return FwdVariant::sum2occq;
   if (m == "wgmma") return FwdVariant::wgmma;
   if (m == "wgmmapp") return FwdVariant::wgmmapp;
+  if (m == "wgmmatma") return FwdVariant::wgmmatma;
   throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
                                   ") must be base, ilp, occ, pipe, sum2, sum2occ, sum2occq, "
-                                  "wgmma or wgmmapp, or unset"));
+                                  "wgmma, wgmmapp or wgmmatma, or unset"));
 }
 
 BwdVariant bwd_variant() {

@@ -35,9 +35,21 @@ void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 
 // Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ, pipe, sum2,
-// sum2occ, sum2occq, wgmma or wgmmapp; unset: the default per head dim). See
+// sum2occ, sum2occq, wgmma, wgmmapp or wgmmatma; unset: the default per head dim). See
 // flash_fwd_launch.cuh.
-enum class FwdVariant { automatic, base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp };
+enum class FwdVariant {
+  automatic,
+  base,
+  ilp,
+  occ,
+  pipe,
+  sum2,
+  sum2occ,
+  sum2occq,
+  wgmma,
+  wgmmapp,
+  wgmmatma
+};
 FwdVariant fwd_variant();
 
 // Backward dK/dV kernel variant, from the environment SQA_CUDA_BWD (base, occ, occ2, wgmma or

@@ -4,10 +4,12 @@
 #include <cuda_runtime.h>
 
 #include <stdexcept>
+#include <type_traits>
 
 #include "flash_fwd.hpp"
 #include "flash_fwd_kernel.cuh"
 #include "flash_fwd_wgmma.cuh"
+#include "tma_host.hpp"
 
 namespace sqa::cuda::detail {
 
@@ -52,6 +54,35 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "flash_fwd_wgmma_kernel launch");
 }
 
+// SQA_CUDA_FWD=wgmmatma: the ping-pong kernel with a TMA producer warpgroup (flash_fwd_wgmma.cuh,
+// kWgmmaSchedTma), dense batches only (the tensor maps span (head_dim, heads, seqlen, batch));
+// the maps are encoded per call on the host (a few microseconds) and passed by value.
+template <typename T, int D>
+void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
+  using Tile = WgmmaFwdTile<T, D, 128, 2, kWgmmaSchedTma>;
+  if (p.pack != 1 || p.num_splits != 1 || p.cu_seqlens_q != nullptr) {
+    throw std::runtime_error(
+        "flash_fwd_wgmma_tma_kernel takes dense prefill only (pack 1, num_splits 1, no "
+        "cu_seqlens)");
+  }
+  constexpr bool kFp16 = std::is_same_v<T, __half>;
+  CUtensorMap tm_q, tm_k, tm_v;
+  encode_qdo_tensor_map(&tm_q, p.q, kFp16, D, p.num_query_heads, p.seqlen_q, p.batch, p.q_head,
+                        p.q_row, p.q_batch, Tile::BM);
+  encode_qdo_tensor_map(&tm_k, p.k, kFp16, D, p.num_kv_heads, p.seqlen_k, p.batch, p.k_head,
+                        p.k_row, p.k_batch, 128);
+  encode_qdo_tensor_map(&tm_v, p.v, kFp16, D, p.num_kv_heads, p.seqlen_k, p.batch, p.v_head,
+                        p.v_row, p.v_batch, 128);
+  auto* kernel = &flash_fwd_wgmma_tma_kernel<T, D>;
+  constexpr int smem = Tile::kSmemBytes;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+             "cudaFuncSetAttribute(flash_fwd_wgmma_tma_kernel, max dynamic shared memory)");
+  const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + Tile::BM - 1) / Tile::BM;
+  const dim3 grid(static_cast<unsigned>(m_blocks * p.num_head_groups), 1, p.batch);
+  kernel<<<grid, Tile::kCtaThreads, smem, stream>>>(p, tm_q, tm_k, tm_v);
+  check_cuda(cudaGetLastError(), "flash_fwd_wgmma_tma_kernel launch");
+}
+
 // Prefill variants (SQA_CUDA_FWD selects one, for A/B timing in one process):
 //   base: 2 m-tiles per warp, plain softmax, no register cap;
 //   ilp:  as base with the tuned softmax (tree max, tensor-core row sums);
@@ -72,6 +103,9 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
 //         tensor cores do the other's products; three K and V buffers instead of a CTA barrier
 //         per key block. At other head dims it falls back to the default.
 //   wgmma: the same kernel with both warpgroups in step (one __syncthreads per key block).
+//   wgmmatma: wgmmapp with FlashAttention-3's warp specialisation: a producer warpgroup loads
+//         Q, K and V by TMA, full / empty mbarriers per stage, setmaxnreg (not yet run on a GPU;
+//         opt-in). Dense batches; varlen takes wgmmapp.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Tried on the H200 and removed (run 19, bench/results/2026-11-29-h200-wgmma-next/): wgmma
 // kernels for D = 16 and 32 (3 warpgroups with 64- / 32-byte swizzles, row sums by a ones-tile
@@ -113,10 +147,20 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
       launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedDefault>(p, stream);
       return;
     }
+    if (v == FwdVariant::wgmmatma) {
+      if (p.cu_seqlens_q == nullptr) {
+        launch_flash_fwd_wgmma_tma<T, D>(p, stream);
+      } else {
+        launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedPingPong>(p, stream);
+      }
+      return;
+    }
   }
   if constexpr (D <= 64) {
-    // wgmma / wgmmapp reach here only at D = 16 and 32, where they have no kernel: the default.
-    if (v == FwdVariant::automatic || v == FwdVariant::wgmma || v == FwdVariant::wgmmapp) {
+    // wgmma / wgmmapp / wgmmatma reach here only at D = 16 and 32, where they have no kernel: the
+    // default.
+    if (v == FwdVariant::automatic || v == FwdVariant::wgmma || v == FwdVariant::wgmmapp ||
+        v == FwdVariant::wgmmatma) {
       v = D == 16 ? FwdVariant::sum2occq : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
     }
     if constexpr (D <= 32) {

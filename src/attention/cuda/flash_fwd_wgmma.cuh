@@ -59,6 +59,7 @@
 // there, against 0.71-0.83x for the in-step schedule.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (a type only: the library does not link libcuda)
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -75,24 +76,33 @@ namespace sqa::cuda::detail {
 //     key block, two K and two V buffers, both warpgroups in step.
 //   kWgmmaSchedPingPong (wgmmapp, the default): FlashAttention-3's inter-warpgroup ping-pong;
 //     three K and three V buffers, no CTA-wide barrier in the key loop (see the kernel's key loop).
-enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1 };
+//   kWgmmaSchedTma (wgmmatma, opt-in; dense batches): the ping-pong with FlashAttention-3's warp
+//     specialisation: a third, producer warpgroup loads Q, K and V by TMA into the same three
+//     stages, full / empty mbarriers per stage (flash_fwd_wgmma_tma_kernel).
+enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1, kWgmmaSchedTma = 2 };
 
 template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
 struct WgmmaFwdTile {
-  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int kThreads = 128 * kWarpGroups;  // the MMA (consumer) warpgroups
+  static constexpr bool kTma = kSched == kWgmmaSchedTma;
+  // kTma: the producer warpgroup (threads kThreads ..) after the consumers.
+  static constexpr int kCtaThreads = kThreads + (kTma ? 128 : 0);
   static constexpr int BM = 64 * kWarpGroups;  // query rows of the CTA
   static constexpr int kQBytes = BM * D * 2;
   static constexpr int kKVBytes = BN * D * 2;  // one K or one V buffer
-  static constexpr int kKStages = kSched == kWgmmaSchedPingPong ? 3 : 2;
+  static constexpr int kKStages = kSched == kWgmmaSchedDefault ? 2 : 3;
   static constexpr int kVStages = kKStages;
-  // Q, the K and V buffers, and 1024 bytes to align the start to a swizzle atom (the alignment of
-  // dynamic shared memory is not guaranteed to be that large).
-  static constexpr int kSmemBytes = kQBytes + (kKStages + kVStages) * kKVBytes + 1024;
+  // kTma: mbarriers after the V buffers: Q's full, then full K / full V / empty K / empty V per
+  // stage (8 bytes each).
+  static constexpr int kBarBytes = kTma ? (1 + 2 * (kKStages + kVStages)) * 8 : 0;
+  // Q, the K and V buffers, (kTma) the mbarriers, and 1024 bytes to align the start to a swizzle
+  // atom (the alignment of dynamic shared memory is not guaranteed to be that large).
+  static constexpr int kSmemBytes = kQBytes + (kKStages + kVStages) * kKVBytes + kBarBytes + 1024;
   static_assert(sizeof(T) == 2, "16-bit inputs");
   static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (O += P V)");
   static_assert(BN == 64 || BN == 128, "wgmma wrappers exist for N = 64 and 128 (S = Q K^T)");
   static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
-  static_assert(kSched != kWgmmaSchedPingPong || kWarpGroups == 2, "ping-pong of two warpgroups");
+  static_assert(kSched == kWgmmaSchedDefault || kWarpGroups == 2, "ping-pong of two warpgroups");
 };
 
 // Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
@@ -133,12 +143,13 @@ __device__ __forceinline__ float tree_reduce(float (&v)[N], Op op) {
   }
 }
 
-template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
-__global__ void __launch_bounds__(128 * kWarpGroups, 1)
-    flash_fwd_wgmma_kernel(const FwdKernelParams p) {
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
-#else
+// The kernels' body: flash_fwd_wgmma_kernel (tm_* null) and flash_fwd_wgmma_tma_kernel (kTma:
+// tm_q, tm_k, tm_v are the generic addresses of its __grid_constant__ tensor maps).
+template <typename T, int D, int BN, int kWarpGroups, int kSched>
+__device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
+                                               [[maybe_unused]] const void* tm_q,
+                                               [[maybe_unused]] const void* tm_k,
+                                               [[maybe_unused]] const void* tm_v) {
   using Tile = WgmmaFwdTile<T, D, BN, kWarpGroups, kSched>;
   constexpr int BM = Tile::BM;
   constexpr int kThreads = Tile::kThreads;
@@ -182,6 +193,66 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
 
   const int q_head = p.reverse ? h % p.num_query_heads : h;
   const int kv_head = p.reverse ? h : h / p.group_size;
+
+  // kTma: the mbarriers (after the V buffers) and the producer warpgroup (see the key loop).
+  [[maybe_unused]] const uint32_t sBar = sV + Tile::kVStages * Tile::kKVBytes;
+  [[maybe_unused]] const uint32_t bar_q_full = sBar;
+  [[maybe_unused]] auto k_full = [sBar](int stage) { return sBar + 8u + 8u * stage; };
+  [[maybe_unused]] auto v_full = [sBar](int stage) { return sBar + 32u + 8u * stage; };
+  [[maybe_unused]] auto k_empty = [sBar](int stage) { return sBar + 56u + 8u * stage; };
+  [[maybe_unused]] auto v_empty = [sBar](int stage) { return sBar + 80u + 8u * stage; };
+  if constexpr (Tile::kTma) {
+    static_assert(Tile::kKStages == 3 && Tile::kVStages == 3 && Tile::kBarBytes == 104,
+                  "the mbarrier offsets above");
+    if (tid == 0) {
+      mbar_init(bar_q_full, 1);  // the producer's arrive.expect_tx; the bytes by complete_tx
+#pragma unroll
+      for (int i = 0; i < 3; ++i) {
+        mbar_init(k_full(i), 1);
+        mbar_init(v_full(i), 1);
+        mbar_init(k_empty(i), 8);  // lane 0 of each consumer warp
+        mbar_init(v_empty(i), 8);
+      }
+      mbar_fence_init();
+    }
+    __syncthreads();  // the only CTA-wide barrier: the mbarriers are initialised
+    if (tid >= kThreads) {
+      // Producer: one thread issues every TMA load of the CTA, in the consumers' order of use;
+      // the rest of the warpgroup only gives its registers back.
+      setmaxnreg_dec<24>();
+      if (tid == kThreads && num_blocks > 0) {
+        // Boxes of 64 columns x 1 head x 128 rows x 1 batch entry, coordinates (column, head,
+        // row, batch); rows past the sequence arrive as zeros (load_tile_sw128's rule).
+        mbar_arrive_expect_tx(bar_q_full, Tile::kQBytes);
+#pragma unroll
+        for (int c = 0; c < D / 64; ++c) {
+          tma_load_4d(sQ + c * BM * 128, tm_q, bar_q_full, c * 64, q_head, m0, b);
+        }
+        for (int j = 0; j < num_blocks; ++j) {
+          const int stage = j % 3;
+          const uint32_t parity = (j / 3) & 1;
+          const int row = (nb_last - j) * BN;
+          // Block j - 3 read this stage; its release completed empty phase j / 3 - 1.
+          if (j >= 3) mbar_wait(k_empty(stage), parity ^ 1);
+          mbar_arrive_expect_tx(k_full(stage), Tile::kKVBytes);
+#pragma unroll
+          for (int c = 0; c < D / 64; ++c) {
+            tma_load_4d(sK + stage * Tile::kKVBytes + c * BN * 128, tm_k, k_full(stage), c * 64,
+                        kv_head, row, b);
+          }
+          if (j >= 3) mbar_wait(v_empty(stage), parity ^ 1);
+          mbar_arrive_expect_tx(v_full(stage), Tile::kKVBytes);
+#pragma unroll
+          for (int c = 0; c < D / 64; ++c) {
+            tma_load_4d(sV + stage * Tile::kKVBytes + c * BN * 128, tm_v, v_full(stage), c * 64,
+                        kv_head, row, b);
+          }
+        }
+      }
+      return;
+    }
+    setmaxnreg_inc<240>();
+  }
   const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + span.q_row0 * p.q_row +
                     static_cast<int64_t>(q_head) * p.q_head;
   const T* k_base = static_cast<const T*>(p.k) + b * p.k_batch + span.k_row0 * p.k_row +
@@ -366,7 +437,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       fence_registers(o);
       fence_registers(pa);
     }
-  } else {
+  } else if constexpr (kSched == kWgmmaSchedPingPong) {
     // Ping-pong (FlashAttention-3): the two warpgroups take turns issuing their wgmmas. Each step
     // of warpgroup w is: wait for its own copies, then bar.sync on its named barrier kBarWg0 + w
     // (256 threads: its 128 sync, the other warpgroup's 128 arrive), issue S(i) and
@@ -469,6 +540,64 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       fence_registers(o);
       fence_registers(pa);
     }
+  } else {
+    // kTma: the ping-pong above with the producer warpgroup's TMA loads. Block j sits in K and V
+    // stage j % 3 (as above) and is the (j / 3)-th use of that stage, so its full and empty
+    // phases have parity (j / 3) & 1. Full: a consumer waits for K(i)'s and V(i - 1)'s full
+    // phase before its bar.sync of step i (the completed phase makes the TMA writes visible to
+    // this thread and its wgmmas: no proxy fence, no copies of its own). Empty: each consumer
+    // warp releases K(i) once S(i) completed (wgmma.wait_group 1) and V(i - 1) once
+    // P(i - 1) V(i - 1) completed (wait_group 0), lane 0 arriving for the warp (8 arrivals per
+    // phase); the producer refills a stage only after that phase. The named barriers now only
+    // order the wgmma issues (the turns), and the consumers issue no loads at all. Deadlock-free:
+    // the producer's loads of block j wait only for the releases of block j - 3 (at steps
+    // j - 3 and j - 2), which need no load past block j - 2.
+    if (num_blocks > 0) {
+      constexpr uint32_t kBarWg0 = 1;
+      const uint32_t bar_mine = kBarWg0 + warpgroup;
+      const uint32_t bar_other = kBarWg0 + 1 - warpgroup;
+      auto stage3 = [](int j) { return j % 3; };
+      auto parity3 = [](int j) { return static_cast<uint32_t>((j / 3) & 1); };
+      auto release = [lane](uint32_t empty) {
+        __syncwarp();  // every lane of the warp is past the wgmma wait
+        if (lane == 0) mbar_arrive(empty);
+      };
+      mbar_wait(bar_q_full, 0);
+      mbar_wait(k_full(0), 0);
+      float corr[2];
+      first_block(corr);
+      release(k_empty(0));
+      // Warpgroup 0's first turn (as above, without copies to wait for).
+      if (warpgroup == 1) named_barrier_arrive(kBarWg0, 256);
+      for (int i = 1; i < num_blocks; ++i) {
+        const int nb = nb_last - i;
+        mbar_wait(k_full(stage3(i)), parity3(i));
+        mbar_wait(v_full(stage3(i - 1)), parity3(i - 1));
+        named_barrier_sync(bar_mine, 256);
+        wgmma_fence();  // O was rescaled and P packed by ordinary instructions
+        issue_s(stage3(i));
+        issue_pv(stage3(i - 1));
+        named_barrier_arrive(bar_other, 256);  // the other warpgroup's turn
+        wgmma_wait_group<1>();                 // S(i) done; P(i - 1) V(i - 1) may still run
+        fence_registers(s);
+        release(k_empty(stage3(i)));
+        softmax(nb, corr);
+        wgmma_wait_group<0>();
+        fence_registers(o);
+        fence_registers(pa);
+        release(v_empty(stage3(i - 1)));
+        rescale_o_pack_p(corr);
+      }
+      // The last P V, in turn. V(last) is not released: no load follows it.
+      mbar_wait(v_full(stage3(num_blocks - 1)), parity3(num_blocks - 1));
+      named_barrier_sync(bar_mine, 256);
+      wgmma_fence();
+      issue_pv(stage3(num_blocks - 1));
+      if (warpgroup == 0) named_barrier_arrive(bar_other, 256);
+      wgmma_wait_group<0>();
+      fence_registers(o);
+      fence_registers(pa);
+    }
   }
 
   // Epilogue: normalise, write lse, and write O through shared memory (16-byte global stores).
@@ -494,7 +623,11 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
           any ? (row_max[r] * scale_log2 + __log2f(sum)) * 0.69314718055994531f : -INFINITY;
     }
   }
-  __syncthreads();
+  if constexpr (Tile::kTma) {
+    named_barrier_sync(3, kThreads);  // the consumers only: the producer warpgroup has exited
+  } else {
+    __syncthreads();
+  }
   T* o_base = static_cast<T*>(p.out) + b * p.o_batch + span.q_row0 * p.o_row +
               static_cast<int64_t>(h) * p.o_head;
   static_assert(BM * kDT % kThreads == 0, "whole output chunks per thread");
@@ -507,6 +640,34 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     *reinterpret_cast<uint4*>(o_base + static_cast<int64_t>(m) * p.o_row + c * 8) =
         *reinterpret_cast<const uint4*>(smem_q + sw128_offset<BM>(i, c));
   }
+}
+
+template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
+__global__ void __launch_bounds__(128 * kWarpGroups, 1)
+    flash_fwd_wgmma_kernel(const FwdKernelParams p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a (CMakeLists.txt builds only that)
+#else
+  static_assert(kSched != kWgmmaSchedTma, "the TMA form is flash_fwd_wgmma_tma_kernel");
+  fwd_wgmma_body<T, D, BN, kWarpGroups, kSched>(p, nullptr, nullptr, nullptr);
+#endif
+}
+
+// SQA_CUDA_FWD=wgmmatma (dense batches): the ping-pong with a TMA producer warpgroup (384
+// threads; setmaxnreg: 24 registers for the producer, 240 for the consumers). tm_q, tm_k, tm_v:
+// 4-D tensor maps (head_dim, heads, seqlen, batch) with 64 x 1 x 128 x 1 boxes and the 128-byte
+// swizzle (encode_qdo_tensor_map, tma_host.cpp), so a box lands as one atom column of the
+// [D / 64][rows][64] swizzled tiles the descriptors read.
+template <typename T, int D>
+__global__ void __launch_bounds__(384, 1)
+    flash_fwd_wgmma_tma_kernel(const FwdKernelParams p, const __grid_constant__ CUtensorMap tm_q,
+                               const __grid_constant__ CUtensorMap tm_k,
+                               const __grid_constant__ CUtensorMap tm_v) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#else
+  static_assert(WgmmaFwdTile<T, D, 128, 2, kWgmmaSchedTma>::kCtaThreads == 384);
+  fwd_wgmma_body<T, D, 128, 2, kWgmmaSchedTma>(p, &tm_q, &tm_k, &tm_v);
 #endif
 }
 
