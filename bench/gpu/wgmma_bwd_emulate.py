@@ -773,10 +773,17 @@ class MBarrier:
 
 
 class NamedBarrier:
-    """bar.sync id, 256 over the two consumer warpgroups (each a unit here)."""
+    """bar.sync / bar.arrive id, 256 over the two consumer warpgroups (each a unit here); gen
+    counts the completed generations."""
 
     def __init__(self, parties):
         self.parties, self.arrived, self.gen = parties, 0, 0
+
+    def arrive(self):  # bar.arrive: counts this unit without waiting
+        self.arrived += 1
+        assert self.arrived <= self.parties, "named barrier over-arrived"
+        if self.arrived == self.parties:
+            self.arrived, self.gen = 0, self.gen + 1
 
     def sync(self):
         gen = self.gen
@@ -787,16 +794,18 @@ class NamedBarrier:
             yield lambda: self.gen != gen
 
 
-def tma_box_write(sm, dst, tensor, dims, coords, swizzle=128):
+def tma_box_write(sm, dst, tensor, dims, coords, swizzle=128, rows=64):
     """cp.async.bulk.tensor.4d with a CU_TENSOR_MAP_SWIZZLE_128B map over (D, heads, rows, batch),
-    box (64, 1, 64, 1): 64 lines of 128 bytes, 16-byte chunk j of line r at chunk j ^ (r % 8)
+    box (64, 1, rows, 1): `rows` lines of 128 bytes, 16-byte chunk j of line r at chunk j ^ (r % 8)
     (the TMA swizzle pattern, relative to a 1024-byte-aligned destination); elements at
     coordinates past the extent `dims` are zeros. tensor[batch, row, head, col]. Returns the
-    bytes counted by complete_tx (the whole box)."""
+    bytes counted by complete_tx (the whole box). The backward's boxes have 64 rows, the
+    forward's (wgmma_emulate.py tma) 128."""
     assert dst % 1024 == 0, "128-byte swizzle: destination 1024-byte aligned"
+    assert rows <= 256, "a TMA box dimension is at most 256"
     c0, h, r0, bb = coords
     Dd, H, N, B = dims
-    for r in range(64):
+    for r in range(rows):
         row = r0 + r
         for j in range(8):
             col = c0 + 8 * j
@@ -809,7 +818,40 @@ def tma_box_write(sm, dst, tensor, dims, coords, swizzle=128):
             else:
                 jj = j
             sm.write_chunk(dst + r * 128 + jj * 16, vals)
-    return 64 * 64 * 2
+    return rows * 64 * 2
+
+
+def run_programs(progs, inflight, rng, policy, producers=("producer",)):
+    """Runs programs (generators that yield None where another one may run, or a predicate that
+    must hold before they go on) and pending asynchronous operations (callables in `inflight`,
+    removed when they land) under an interleaving `policy`: 'random' (any runnable program or
+    pending operation next), 'consumers' (greedy for the programs not in `producers`), the name
+    of a program (greedy for it), 'late' (operations land only when no program can run). No
+    runnable program and nothing in flight with a program unfinished = Deadlock."""
+    progs = dict(progs)
+    waits = {name: None for name in progs}
+    while progs:
+        ready = [n for n in progs if waits[n] is None or waits[n]()]
+        if not ready and not inflight:
+            raise Deadlock(f"deadlock: {sorted(progs)} blocked, nothing in flight")
+        if policy == "consumers":
+            favoured = [n for n in ready if n not in producers]
+        else:
+            favoured = [n for n in ready if n == policy]
+        if policy == "late":  # async operations land only when no program can run
+            options = ready or ["async"]
+        elif favoured and not (inflight and rng.random() < 0.3):  # greedy for one side
+            options = favoured
+        else:
+            options = ready + (["async"] if inflight else [])
+        pick = options[rng.integers(len(options))]
+        if pick == "async":
+            inflight.pop(rng.integers(len(inflight)))()
+            continue
+        try:
+            waits[pick] = next(progs[pick])
+        except StopIteration:
+            del progs[pick]
 
 
 def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, rng, policy,
@@ -1083,28 +1125,8 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
             bulk_wait_read(wg)
         assert not mma_groups[wg]
 
-    progs = {"producer": producer(), "c0": consumer(0), "c1": consumer(1)}
-    waits = {name: None for name in progs}
-    while progs:
-        ready = [n for n in progs if waits[n] is None or waits[n]()]
-        if not ready and not inflight:
-            raise Deadlock(f"deadlock: {sorted(progs)} blocked, nothing in flight")
-        favoured = {"producer": [n for n in ready if n == "producer"],
-                    "consumers": [n for n in ready if n != "producer"]}.get(policy, [])
-        if policy == "late":  # async operations land only when no program can run
-            options = ready or ["async"]
-        elif favoured and not (inflight and rng.random() < 0.3):  # greedy for one side
-            options = favoured
-        else:
-            options = ready + (["async"] if inflight else [])
-        pick = options[rng.integers(len(options))]
-        if pick == "async":
-            inflight.pop(rng.integers(len(inflight)))()
-            continue
-        try:
-            waits[pick] = next(progs[pick])
-        except StopIteration:
-            del progs[pick]
+    run_programs({"producer": producer(), "c0": consumer(0), "c1": consumer(1)}, inflight, rng,
+                 policy)
     assert not inflight and not bulk_groups
 
     store_dkdv(P, out, wgs, nk, k_row0, kv_head, split, splits, b)

@@ -331,6 +331,158 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, raw_
     return out, lse
 
 
+class PingPongConsumers:
+    """The two MMA warpgroups' registers and wgmma work of the ping-pong key loop, shared by
+    emulate_pingpong (wgmmapp: cp.async loads) and emulate_tma (wgmmatma: a TMA producer): S, O,
+    the packed P, the running max and sum per thread; the S and P V wgmmas from the swizzled
+    tiles at sQ / sK / sV (descriptors as the kernel builds them); wgmma groups per warpgroup
+    (reads_at_wait: a group's shared-memory and A-register reads run at the wait that completes
+    it, else at its issue); the masked online softmax; the epilogue."""
+
+    def __init__(self, sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV):
+        T = 256
+        self.sm, self.nq, self.nk, self.D, self.BN, self.m0 = sm, nq, nk, D, BN, m0
+        self.left, self.right, self.reads_at_wait = left, right, reads_at_wait
+        self.sQ, self.sK, self.sV = sQ, sK, sV
+        self.BM, self.kKVB = 128, BN * D * 2
+        self.scale_log2 = scale * 1.4426950408889634
+        self.diag = nk - nq
+        self.lo, self.hi = m0, min(nq, m0 + self.BM) - 1
+        self.s = np.zeros((T, BN // 2))
+        self.o = np.zeros((T, D // 2))
+        self.pa = np.zeros((T, BN // 16, 4, 2))
+        self.row_max = np.full((T, 2), -INF)
+        self.row_sum = np.zeros((T, 2))
+        tids = np.arange(T)
+        self.w_of = (tids % 128) // 32
+        self.g_of = (tids % 32) // 4
+        self.q_of = tids % 4
+        local_row0 = (tids // 128) * 64 + self.w_of * 16 + self.g_of
+        self.qrow = np.stack([m0 + local_row0, m0 + local_row0 + 8], 1)
+        self.mma_groups = [[], []]  # committed wgmma groups per warpgroup (lists of ops)
+
+    def gemm_s(self, wg, stage):
+        D, BN, BM, sm = self.D, self.BN, self.BM, self.sm
+        k_desc = desc(self.sK + stage * self.kKVB, 16, 1024)
+        q_desc = desc(self.sQ + wg * 64 * 128, 16, 1024)
+
+        def op():
+            acc = np.zeros((64, BN))
+            for kk in range(D // 16):
+                qo = (kk // 4) * BM * 128 + (kk % 4) * 32
+                ko = (kk // 4) * BN * 128 + (kk % 4) * 32
+                A = read_kmajor(sm, q_desc + (qo >> 4), 64)
+                B = read_kmajor(sm, k_desc + (ko >> 4), BN)
+                acc += A @ B.T
+            for tid in range(wg * 128, wg * 128 + 128):
+                w, g, q = self.w_of[tid], self.g_of[tid], self.q_of[tid]
+                for j in range(BN // 8):
+                    for e4 in range(4):
+                        self.s[tid, 4 * j + e4] = acc[16 * w + g + 8 * (e4 // 2),
+                                                      8 * j + 2 * q + e4 % 2]
+        return op
+
+    def gemm_pv(self, wg, stage):
+        D, BN, sm = self.D, self.BN, self.sm
+        v_desc = desc(self.sV + stage * self.kKVB, BN * 128, 1024)
+
+        def op():
+            snap = self.pa  # the A registers, read when the op runs (issue or wait)
+            acc = np.zeros((64, D))
+            for kk in range(BN // 16):
+                A = np.zeros((64, 16))
+                for tid in range(wg * 128, wg * 128 + 128):
+                    w, g, q = self.w_of[tid], self.g_of[tid], self.q_of[tid]
+                    r0 = 16 * w + g
+                    regs = snap[tid, kk]
+                    A[r0, 2 * q: 2 * q + 2] = regs[0]
+                    A[r0 + 8, 2 * q: 2 * q + 2] = regs[1]
+                    A[r0, 8 + 2 * q: 10 + 2 * q] = regs[2]
+                    A[r0 + 8, 8 + 2 * q: 10 + 2 * q] = regs[3]
+                B = read_mnmajor(sm, v_desc + ((kk * 16 * 128) >> 4), D)
+                acc += A @ B
+            for tid in range(wg * 128, wg * 128 + 128):
+                w, g, q = self.w_of[tid], self.g_of[tid], self.q_of[tid]
+                for j in range(D // 8):
+                    for e4 in range(4):
+                        self.o[tid, 4 * j + e4] += acc[16 * w + g + 8 * (e4 // 2),
+                                                       8 * j + 2 * q + e4 % 2]
+        return op
+
+    def mma_commit(self, wg, op):
+        if self.reads_at_wait:
+            self.mma_groups[wg].append([op])
+        else:
+            op()
+            self.mma_groups[wg].append([])
+
+    def mma_wait(self, wg, n):  # groups complete in commit order
+        while len(self.mma_groups[wg]) > n:
+            for op in self.mma_groups[wg].pop(0):
+                op()
+
+    def softmax(self, wg, nb):
+        s, row_max, row_sum, q_of, qrow = self.s, self.row_max, self.row_sum, self.q_of, self.qrow
+        BN, nk, diag, left, right = self.BN, self.nk, self.diag, self.left, self.right
+        sl = slice(wg * 128, wg * 128 + 128)
+        n0 = nb * BN
+        corr = np.zeros((128, 2))
+        if not unmasked(n0, BN, self.lo, self.hi, nk, diag, left, right):
+            for tid in range(wg * 128, wg * 128 + 128):
+                for j in range(BN // 8):
+                    for e4 in range(4):
+                        col = n0 + j * 8 + 2 * q_of[tid] + (e4 & 1)
+                        if not key_visible(col, qrow[tid, e4 // 2], nk, diag, left, right):
+                            s[tid, 4 * j + e4] = -INF
+        for r in range(2):
+            cols = [4 * j + 2 * r + e for j in range(BN // 8) for e in range(2)]
+            mx = np.maximum(row_max[sl, r], np.max(s[sl][:, cols], axis=1))
+            mx = mx.reshape(-1, 4).max(1).repeat(4)
+            offset = np.where(mx == -INF, 0.0, mx) * self.scale_log2
+            with np.errstate(invalid="ignore"):
+                corr[:, r] = np.exp2(row_max[sl, r] * self.scale_log2 - offset)
+            row_max[sl, r] = mx
+            for idx in cols:
+                s[sl, idx] = np.exp2(s[sl, idx] * self.scale_log2 - offset)
+            part = sum(s[sl, 4 * j + 2 * r] + s[sl, 4 * j + 2 * r + 1] for j in range(BN // 8))
+            row_sum[sl, r] = row_sum[sl, r] * corr[:, r] + part
+        return corr
+
+    def rescale_pack(self, wg, corr):
+        sl = slice(wg * 128, wg * 128 + 128)
+        for j in range(self.D // 8):
+            for e4 in range(4):
+                self.o[sl, 4 * j + e4] *= corr[:, e4 // 2]
+        for kk in range(self.BN // 16):
+            for i in range(4):
+                self.pa[sl, kk, i, 0] = self.s[sl, 8 * kk + 2 * i]
+                self.pa[sl, kk, i, 1] = self.s[sl, 8 * kk + 2 * i + 1]
+
+    def epilogue(self):
+        """O normalised and lse (natural log) per query row of the sequence; rows outside the
+        tile stay NaN."""
+        nq, D, q_of = self.nq, self.D, self.q_of
+        out = np.full((nq, D), np.nan)
+        lse = np.full(nq, np.nan)
+        tot = self.row_sum.copy()
+        for r in range(2):
+            tot[:, r] = tot[:, r].reshape(-1, 4).sum(1).repeat(4)
+        for tid in range(256):
+            for r in range(2):
+                ssum = tot[tid, r]
+                anyv = ssum > 0
+                inv = 1.0 / ssum if anyv else 0.0
+                row = self.qrow[tid, r]
+                if row < nq:
+                    for j in range(D // 8):
+                        out[row, 8 * j + 2 * q_of[tid]] = self.o[tid, 4 * j + 2 * r] * inv
+                        out[row, 8 * j + 2 * q_of[tid] + 1] = self.o[tid, 4 * j + 2 * r + 1] * inv
+                    if q_of[tid] == 0:
+                        lse[row] = ((self.row_max[tid, r] * self.scale_log2 + math.log2(ssum))
+                                    * math.log(2) if anyv else -INF)
+        return out, lse
+
+
 def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait, policy,
                      raw_addr=0x410):
     """SQA_CUDA_FWD=wgmmapp (kSched = kWgmmaSchedPingPong). The two warpgroups run as separate
@@ -357,7 +509,6 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
     sQ = (raw_addr + 1023) & ~1023
     sK = sQ + kQB
     sV = sK + kKStages * kKVB
-    scale_log2 = scale * 1.4426950408889634
     m0 = m_block * BM
     if m0 >= nq:
         return None
@@ -366,22 +517,12 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
     b, e = visible_key_blocks(lo, hi, nk, diag, left, right, BN)
     nblocks = e - b
     nb_last = e - 1
-
-    s = np.zeros((T, BN // 2))
-    o = np.zeros((T, D // 2))
-    pa = np.zeros((T, BN // 16, 4, 2))
-    row_max = np.full((T, 2), -INF)
-    row_sum = np.zeros((T, 2))
-    tids = np.arange(T)
-    w_of = (tids % 128) // 32
-    g_of = (tids % 32) // 4
-    q_of = tids % 4
-    local_row0 = (tids // 128) * 64 + w_of * 16 + g_of
-    qrow = np.stack([m0 + local_row0, m0 + local_row0 + 8], 1)
+    C = PingPongConsumers(sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV)
+    gemm_s, gemm_pv, mma_commit, mma_wait = C.gemm_s, C.gemm_pv, C.mma_commit, C.mma_wait
+    softmax, rescale_pack, mma_groups = C.softmax, C.rescale_pack, C.mma_groups
 
     # per-warpgroup asynchronous state
     cp_groups = [[[]] for _ in range(WG)]  # committed groups + the open one (last)
-    mma_groups = [[] for _ in range(WG)]   # committed wgmma groups (lists of ops), oldest first
 
     def load_tile(wg, dst, src, rows, row0, valid_rows):
         kchunks = D // 8
@@ -407,104 +548,6 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
             for a, v in grp:
                 sm.write_chunk(a, v)
             grp.clear()
-
-    def gemm_s(wg, stage):
-        k_desc = desc(sK + stage * kKVB, 16, 1024)
-        q_desc = desc(sQ + wg * 64 * 128, 16, 1024)
-
-        def op():
-            acc = np.zeros((64, BN))
-            for kk in range(D // 16):
-                qo = (kk // 4) * BM * 128 + (kk % 4) * 32
-                ko = (kk // 4) * BN * 128 + (kk % 4) * 32
-                A = read_kmajor(sm, q_desc + (qo >> 4), 64)
-                B = read_kmajor(sm, k_desc + (ko >> 4), BN)
-                acc += A @ B.T
-            for tid in range(wg * 128, wg * 128 + 128):
-                w, g, q = w_of[tid], g_of[tid], q_of[tid]
-                for j in range(BN // 8):
-                    for e4 in range(4):
-                        s[tid, 4 * j + e4] = acc[16 * w + g + 8 * (e4 // 2), 8 * j + 2 * q + e4 % 2]
-        return op
-
-    def gemm_pv(wg, stage):
-        v_desc = desc(sV + stage * kKVB, BN * 128, 1024)
-
-        def op():
-            snap = pa  # the A registers, read when the op runs (issue or wait)
-            acc = np.zeros((64, D))
-            for kk in range(BN // 16):
-                A = np.zeros((64, 16))
-                for tid in range(wg * 128, wg * 128 + 128):
-                    w, g, q = w_of[tid], g_of[tid], q_of[tid]
-                    r0 = 16 * w + g
-                    regs = snap[tid, kk]
-                    A[r0, 2 * q: 2 * q + 2] = regs[0]
-                    A[r0 + 8, 2 * q: 2 * q + 2] = regs[1]
-                    A[r0, 8 + 2 * q: 10 + 2 * q] = regs[2]
-                    A[r0 + 8, 8 + 2 * q: 10 + 2 * q] = regs[3]
-                B = read_mnmajor(sm, v_desc + ((kk * 16 * 128) >> 4), D)
-                acc += A @ B
-            for tid in range(wg * 128, wg * 128 + 128):
-                w, g, q = w_of[tid], g_of[tid], q_of[tid]
-                for j in range(D // 8):
-                    for e4 in range(4):
-                        o[tid, 4 * j + e4] += acc[16 * w + g + 8 * (e4 // 2), 8 * j + 2 * q + e4 % 2]
-        return op
-
-    def mma_commit(wg, op):
-        if reads_at_wait:
-            mma_groups[wg].append([op])
-        else:
-            op()
-            mma_groups[wg].append([])
-
-    def mma_wait(wg, n):  # groups complete in commit order
-        while len(mma_groups[wg]) > n:
-            for op in mma_groups[wg].pop(0):
-                op()
-
-    def softmax(wg, nb):
-        sl = slice(wg * 128, wg * 128 + 128)
-        n0 = nb * BN
-        corr = np.zeros((128, 2))
-        if not unmasked(n0, BN, lo, hi, nk, diag, left, right):
-            for tid in range(wg * 128, wg * 128 + 128):
-                for j in range(BN // 8):
-                    for e4 in range(4):
-                        col = n0 + j * 8 + 2 * q_of[tid] + (e4 & 1)
-                        if not key_visible(col, qrow[tid, e4 // 2], nk, diag, left, right):
-                            s[tid, 4 * j + e4] = -INF
-        for r in range(2):
-            cols = [4 * j + 2 * r + e for j in range(BN // 8) for e in range(2)]
-            mx = np.maximum(row_max[sl, r], np.max(s[sl][:, cols], axis=1))
-            mx = mx.reshape(-1, 4).max(1).repeat(4)
-            offset = np.where(mx == -INF, 0.0, mx) * scale_log2
-            with np.errstate(invalid="ignore"):
-                corr[:, r] = np.exp2(row_max[sl, r] * scale_log2 - offset)
-            row_max[sl, r] = mx
-            for idx in cols:
-                s[sl, idx] = np.exp2(s[sl, idx] * scale_log2 - offset)
-            part = sum(s[sl, 4 * j + 2 * r] + s[sl, 4 * j + 2 * r + 1] for j in range(BN // 8))
-            row_sum[sl, r] = row_sum[sl, r] * corr[:, r] + part
-        return corr
-
-    def rescale(wg, corr):
-        sl = slice(wg * 128, wg * 128 + 128)
-        for j in range(D // 8):
-            for e4 in range(4):
-                o[sl, 4 * j + e4] *= corr[:, e4 // 2]
-
-    def pack(wg):
-        sl = slice(wg * 128, wg * 128 + 128)
-        for kk in range(BN // 16):
-            for i in range(4):
-                pa[sl, kk, i, 0] = s[sl, 8 * kk + 2 * i]
-                pa[sl, kk, i, 1] = s[sl, 8 * kk + 2 * i + 1]
-
-    def rescale_pack(wg, corr):
-        rescale(wg, corr)
-        pack(wg)
 
     def load_k(wg, stage, nb):
         load_tile(wg, sK + stage * kKVB, K, BN, nb * BN, nk)
@@ -613,26 +656,217 @@ def emulate_pingpong(Q, K, V, D, BN, m_block, left, right, scale, reads_at_wait,
         assert completions.get(1, 0) == nblocks and completions.get(2, 0) == nblocks
         assert all(not g for g in mma_groups)
 
-    # epilogue (as emulate's)
-    out = np.full((nq, D), np.nan)
-    lse = np.full(nq, np.nan)
-    tot = row_sum.copy()
-    for r in range(2):
-        tot[:, r] = tot[:, r].reshape(-1, 4).sum(1).repeat(4)
-    for tid in range(T):
-        for r in range(2):
-            ssum = tot[tid, r]
-            anyv = ssum > 0
-            inv = 1.0 / ssum if anyv else 0.0
-            row = qrow[tid, r]
-            if row < nq:
-                for j in range(D // 8):
-                    out[row, 8 * j + 2 * q_of[tid]] = o[tid, 4 * j + 2 * r] * inv
-                    out[row, 8 * j + 2 * q_of[tid] + 1] = o[tid, 4 * j + 2 * r + 1] * inv
-                if q_of[tid] == 0:
-                    lse[row] = ((row_max[tid, r] * scale_log2 + math.log2(ssum)) * math.log(2)
-                                if anyv else -INF)
-    return out, lse
+    return C.epilogue()
+
+
+# ---- SQA_CUDA_FWD=wgmmatma: flash_fwd_wgmma_tma_kernel (fwd_wgmma_body, kWgmmaSchedTma) ---------
+# The mbarrier, named-barrier, TMA-box and scheduler models are the backward emulator's
+# (wgmma_bwd_emulate.py): one home for the hardware model of the TMA pipelines.
+TMA_MUTATIONS = [
+    "full_parity",      # consumers wait for the full phases with the wrong parity
+    "q_no_wait",        # consumers skip Q's full wait
+    "no_v_full_wait",   # consumers skip V's full waits
+    "empty_parity",     # the producer waits for the empty phases with the wrong parity
+    "no_empty_arrive",  # consumers never release V stages
+    "early_empty",      # consumers release K(i) / V(i - 1) before the wgmma that reads them completed
+    "expect_tx_short",  # K's expect_tx one box (half the tile at D = 64) short
+    "expect_tx_long",   # K's expect_tx 16 bytes too many
+    "swizzle64",        # K / V boxes with the 64-byte swizzle pattern
+    "box_row",          # K / V box row coordinate one row off
+    "box_col",          # K / V box column coordinate 0 for both atom columns (D = 128)
+    "box_head",         # K / V boxes from the query head
+    "box_batch",        # K / V boxes from batch entry 0
+    "k_stage_off",      # the producer writes K(j) into stage (j + 1) % 3
+    "v_stage_off",      # consumers read V(i - 1) from stage i % 3
+]
+
+
+def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scale,
+                reads_at_wait, policy, rng, mut=frozenset(), raw_addr=0x410):
+    """One CTA of flash_fwd_wgmma_tma_kernel<T, D> (attention head h of batch entry b, rows
+    m_block * 128 ..): the producer thread and the two consumer warpgroups as separate programs
+    under an interleaving `policy` (wgmma_bwd_emulate.run_programs: 'random', 'producer',
+    'consumers', 'c0' / 'c1' (greedy for one consumer), 'late'). The TMA boxes (complete_tx on
+    their mbarrier) land whenever the scheduler picks them; wgmma groups per the timing mode.
+    q4: [B, N_q, H_q, D], k4 / v4: [B, N_k, H_kv, D], as the tensor maps see them. mut: mutations
+    of the kernel (each must be caught). Returns (O, lse) of the head, rows outside the tile NaN,
+    or None for a tile past the sequence."""
+    from wgmma_bwd_emulate import MBarrier, NamedBarrier, run_programs, tma_box_write
+    B, nq, Hq, D = q4.shape
+    nk = k4.shape[1]
+    BM, kStages = 128, 3
+    kQB, kKVB = BM * D * 2, BN * D * 2
+    kBarBytes = (1 + 4 * kStages) * 8
+    smem_bytes = kQB + 2 * kStages * kKVB + kBarBytes + 1024  # WgmmaFwdTile::kSmemBytes
+    assert smem_bytes <= 227 * 1024, smem_bytes
+    sm = Smem(raw_addr + smem_bytes + 64)
+    sQ = (raw_addr + 1023) & ~1023
+    sK = sQ + kQB
+    sV = sK + kStages * kKVB
+    sBar = sV + kStages * kKVB
+    assert sBar % 8 == 0 and sBar + kBarBytes <= raw_addr + smem_bytes
+    assert all(a % 1024 == 0 for a in (sQ, sK, sV)) and kKVB % 1024 == 0
+    m0 = m_block * BM
+    if m0 >= nq:
+        return None
+    q_head = h % Hq if reverse else h
+    kv_head = h if reverse else h // group
+    diag = nk - nq
+    lo, hi = m0, min(nq, m0 + BM) - 1
+    kb, ke = visible_key_blocks(lo, hi, nk, diag, left, right, BN)
+    nblocks = ke - kb
+    nb_last = ke - 1
+    C = PingPongConsumers(sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV)
+
+    q_full = MBarrier(1)
+    k_full = [MBarrier(1) for _ in range(kStages)]
+    v_full = [MBarrier(1) for _ in range(kStages)]
+    k_empty = [MBarrier(8) for _ in range(kStages)]
+    v_empty = [MBarrier(8) for _ in range(kStages)]
+    bars = {1: NamedBarrier(2), 2: NamedBarrier(2)}  # kBarWg0 + warpgroup
+    inflight = []
+
+    def box(dst, ten, coords, bar, rows, sw=128):
+        dims = (ten.shape[3], ten.shape[2], ten.shape[1], ten.shape[0])  # innermost first
+
+        def op():
+            bar.complete_tx(tma_box_write(sm, dst, ten, dims, coords, sw, rows))
+        inflight.append(op)
+
+    def producer():  # thread kThreads (256) of the CTA
+        if nblocks == 0:
+            return
+        q_full.arrive_expect_tx(kQB)
+        for c in range(D // 64):
+            box(sQ + c * BM * 128, q4, (c * 64, q_head, m0, b), q_full, BM)
+        yield None
+        for j in range(nblocks):
+            stage, parity = j % 3, (j // 3) & 1
+            row = (nb_last - j) * BN
+            for name, full, empty, ten, base in (("k", k_full, k_empty, k4, sK),
+                                                 ("v", v_full, v_empty, v4, sV)):
+                if j >= 3:
+                    par = parity if "empty_parity" in mut else parity ^ 1
+                    yield lambda e=empty[stage], par=par: e.done(par)
+                nbytes = kKVB
+                if name == "k" and "expect_tx_short" in mut:
+                    nbytes -= min(kKVB // 2, 64 * BN * 2)
+                if name == "k" and "expect_tx_long" in mut:
+                    nbytes += 16
+                full[stage].arrive_expect_tx(nbytes)
+                dst_stage = (stage + 1) % 3 if (name == "k" and "k_stage_off" in mut) else stage
+                for c in range(D // 64):
+                    coords = (0 if "box_col" in mut else c * 64,
+                              q_head if "box_head" in mut else kv_head,
+                              row + (1 if "box_row" in mut else 0),
+                              0 if "box_batch" in mut else b)
+                    box(base + dst_stage * kKVB + c * BN * 128, ten, coords, full[stage], BN,
+                        64 if "swizzle64" in mut else 128)
+                yield None
+
+    def consumer(wg):  # threads 128 wg .. 128 wg + 127
+        if nblocks == 0:
+            return
+        bar_mine, bar_other = bars[1 + wg], bars[2 - wg]
+
+        def full_wait(bar, j):
+            par = ((j // 3) & 1) ^ (1 if "full_parity" in mut else 0)
+            return lambda: bar.done(par)
+
+        def release(bar):  # lane 0 of each of the warpgroup's 4 warps
+            for _ in range(4):
+                bar.arrive()
+                yield None
+
+        if "q_no_wait" not in mut:
+            yield full_wait(q_full, 0)
+        yield full_wait(k_full[0], 0)
+        C.mma_commit(wg, C.gemm_s(wg, 0))
+        C.mma_wait(wg, 0)
+        C.rescale_pack(wg, C.softmax(wg, nb_last))
+        yield from release(k_empty[0])
+        if wg == 1:
+            bars[1].arrive()  # warpgroup 0's first turn
+        for i in range(1, nblocks):
+            nb = nb_last - i
+            yield full_wait(k_full[i % 3], i)
+            if "no_v_full_wait" not in mut:
+                yield full_wait(v_full[(i - 1) % 3], i - 1)
+            yield from bar_mine.sync()
+            C.mma_commit(wg, C.gemm_s(wg, i % 3))
+            yield None
+            C.mma_commit(wg, C.gemm_pv(wg, i % 3 if "v_stage_off" in mut else (i - 1) % 3))
+            bar_other.arrive()
+            if "early_empty" in mut:
+                yield from release(k_empty[i % 3])
+                yield from release(v_empty[(i - 1) % 3])
+            yield None
+            C.mma_wait(wg, 1)  # S(i) done
+            if "early_empty" not in mut:
+                yield from release(k_empty[i % 3])
+            corr = C.softmax(wg, nb)
+            yield None
+            C.mma_wait(wg, 0)  # P(i - 1) V(i - 1) done
+            if "early_empty" not in mut and "no_empty_arrive" not in mut:
+                yield from release(v_empty[(i - 1) % 3])
+            C.rescale_pack(wg, corr)
+        if "no_v_full_wait" not in mut:
+            yield full_wait(v_full[(nblocks - 1) % 3], nblocks - 1)
+        yield from bar_mine.sync()
+        C.mma_commit(wg, C.gemm_pv(wg, (nblocks - 1) % 3))
+        if wg == 0:
+            bar_other.arrive()
+        yield None
+        C.mma_wait(wg, 0)
+
+    run_programs({"producer": producer(), "c0": consumer(0), "c1": consumer(1)}, inflight, rng,
+                 policy)
+    assert not inflight and not any(C.mma_groups)
+    assert all(nb.arrived == 0 and nb.gen == nblocks for nb in bars.values()), \
+        "named barriers unbalanced"
+    return C.epilogue()
+
+
+def check_tma(B, Hq, Hkv, reverse, nq, nk, D, left, right, seed, reads_at_wait, policy,
+              sched_seed, mut=frozenset(), gain=1.0, quiet=False):
+    """Every CTA of a dense batch (all attention heads, batch entries and row blocks) through
+    emulate_tma, against the float64 reference of each head (head_pair semantics: GQA family
+    query head h, KV head h / G; rSQA query head h % H_q, KV head h)."""
+    rng = np.random.default_rng(seed)
+    q4 = rng.standard_normal((B, nq, Hq, D)) * gain
+    k4 = rng.standard_normal((B, nk, Hkv, D))
+    v4 = rng.standard_normal((B, nk, Hkv, D))
+    scale = 1 / math.sqrt(D)
+    heads = Hkv if reverse else Hq
+    group = 1 if reverse else Hq // Hkv
+    BM = 128
+    err = 0.0
+    for b in range(B):
+        for h in range(heads):
+            qh, kvh = (h % Hq, h) if reverse else (h, h // group)
+            ref_o, ref_l = reference(q4[b, :, qh], k4[b, :, kvh], v4[b, :, kvh], left, right, scale)
+            out = np.full((nq, D), np.nan)
+            lse = np.full(nq, np.nan)
+            for mb in range((nq + BM - 1) // BM):
+                o_, l_ = emulate_tma(q4, k4, v4, reverse, group, b, h, 128, mb, left, right,
+                                     scale, reads_at_wait, policy,
+                                     np.random.default_rng([sched_seed, b, h, mb]), mut)
+                m0 = mb * BM
+                out[m0: m0 + BM] = o_[m0: m0 + BM]
+                lse[m0: m0 + BM] = l_[m0: m0 + BM]
+            assert not np.isnan(out).any(), "unwritten or NaN output"
+            err = max(err, np.abs(out - ref_o).max())
+            with np.errstate(invalid="ignore"):
+                both_minus_inf = np.isinf(ref_l) & np.isinf(lse) & (lse < 0)
+                lse_ok = np.all(both_minus_inf | (np.abs(lse - ref_l) < 1e-9))
+            assert lse_ok, f"lse wrong (b={b} h={h})"
+    if not quiet:
+        layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
+        print(f"wgmmatma B={B} {layout} nq={nq} nk={nk} D={D} window=({left},{right}) "
+              f"reads_at_wait={reads_at_wait} policy={policy}/{sched_seed}: "
+              f"max|O-ref|={err:.2e}", flush=True)
+    assert err < 1e-9, err
+    return err
 
 
 def reference(Q, K, V, left, right, scale):
@@ -701,7 +935,54 @@ if __name__ == "__main__":
         (140, 900, 128, -1, 7),
     ]
     which = sys.argv[1:] or ["wgmma", "wgmmapp"]
+    # wgmmatma (dense): (B, H_q, H_kv, rSQA, N_q, N_k, D, left, right)
+    tma_cases = [
+        (1, 2, 2, False, 300, 337, 64, -1, -1),   # MHA, N_q != N_k, padded rows
+        (2, 2, 1, False, 140, 900, 128, -1, 7),   # GQA, batch 2, 8 blocks: stages wrap twice
+        (1, 1, 2, True, 130, 1000, 64, -1, -1),   # rSQA (KV head h, query head h % H_q), 8 blocks
+        (2, 2, 2, False, 200, 450, 128, 37, 5),   # sliding window, batch 2
+        (1, 2, 1, False, 129, 1, 128, -1, 0),     # one key: a row block without visible keys
+        (1, 1, 1, False, 300, 100, 64, -1, 0),    # causal, N_q > N_k
+    ]
+    tma_policies = [("random", 1), ("random", 2), ("producer", 3), ("consumers", 4),
+                    ("late", 5), ("c0", 6), ("c1", 7)]
+    if "tma" in which:
+        for i, (B, Hq, Hkv, rev, nq, nk, D, l, r) in enumerate(tma_cases):
+            for mode in (True, False):
+                for pol, ss in tma_policies:
+                    check_tma(B, Hq, Hkv, rev, nq, nk, D, l, r, seed=200 + i, reads_at_wait=mode,
+                              policy=pol, sched_seed=ss, gain=2.0 if i % 2 else 1.0)
+        print("ALL OK (wgmmatma)")
+    if "tma-mutations" in which:
+        # each mutation must fail (wrong or NaN result, a failed assertion, or a deadlock) under
+        # at least one interleaving / timing mode. Cases: rSQA D = 64 with 8 key blocks (KV head
+        # != query head, stages reused twice), GQA D = 128 batch 2 (two atom columns, b = 1).
+        from wgmma_bwd_emulate import Deadlock
+        mcases = [(1, 1, 2, True, 130, 1000, 64, -1, -1),
+                  (2, 2, 1, False, 140, 900, 128, -1, 7)]
+        for m in TMA_MUTATIONS:
+            caught = None
+            for B, Hq, Hkv, rev, nq, nk, D, l, r in mcases:
+                if caught or (m == "box_col" and D == 64) or (m == "box_batch" and B == 1):
+                    continue
+                for mode in (True, False):
+                    for pol, ss in tma_policies:
+                        try:
+                            check_tma(B, Hq, Hkv, rev, nq, nk, D, l, r, seed=300,
+                                      reads_at_wait=mode, policy=pol, sched_seed=ss,
+                                      mut=frozenset([m]), quiet=True)
+                        except (AssertionError, Deadlock) as e:
+                            caught = (f"D={D} reads_at_wait={mode} policy={pol}: "
+                                      f"{type(e).__name__} {str(e)[:60]}")
+                            break
+                    if caught:
+                        break
+            print(f"mutation {m}: {'CAUGHT ' + caught if caught else 'NOT CAUGHT'}", flush=True)
+            assert caught, m
+        print("ALL MUTATIONS CAUGHT (wgmmatma)")
     for i, (nq, nk, D, l, r) in enumerate(cases):
+        if "wgmma" not in which and "wgmmapp" not in which:
+            break
         for mode in (True, False):
             if "wgmma" in which:
                 check(nq, nk, D, 128, 2, l, r, seed=i, reads_at_wait=mode,
@@ -716,4 +997,5 @@ if __name__ == "__main__":
                 for policy in ("wg0", "wg1", f"rand{i}", f"rand{100 + i}", f"rand{200 + i}"):
                     check(nq, nk, D, 128, 2, l, r, seed=50 + i, reads_at_wait=mode, gain=2.0,
                           policy=policy)
-    print("ALL OK")
+    if "wgmma" in which or "wgmmapp" in which:
+        print("ALL OK")

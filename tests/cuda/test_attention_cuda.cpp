@@ -230,6 +230,16 @@ TEST(CudaForward, WgmmaMatchesReference) {
   }
 }
 
+// D = 64 and 128: the ping-pong kernel with a TMA producer warpgroup (wgmmatma, opt-in; dense
+// batches; varlen cases of the sweep run the ping-pong kernel): padded rows, batch 2 (the tensor
+// maps' batch coordinate), N_q != N_k, every head layout incl. rSQA (KV head != query head in
+// the K / V boxes) and mask, bf16 and fp16. Rows past the sequence come from the TMA unit's zero
+// fill. Small scale only; WgmmaTmaMatchesPingPongAtScale below runs the long key loops.
+TEST(CudaForward, WgmmaTmaMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_kernel({64, 128}, 9229, "wgmmatma");
+}
+
 // Small cases for compute-sanitizer (memcheck, racecheck): every head dim, masks, varlen, and
 // the split-KV decode path, each with only a few CTAs so the checkers finish quickly.
 TEST(CudaForward, SanitizerSmoke) {
@@ -258,6 +268,20 @@ TEST(CudaForward, SanitizerSmoke) {
     long_case.seqlen_q = long_case.seqlen_k = 400;
     long_case.seed = 13;
     expect_forward_ok(long_case);
+  }
+  // The TMA producer form of the wgmma forward (wgmmatma; mbarriers, TMA writes, setmaxnreg):
+  // 5 key blocks, so every K / V stage is refilled; batch 2; rSQA at D = 128.
+  setenv("SQA_CUDA_FWD", "wgmmatma", 1);
+  for (int d : {64, 128}) {
+    testing::HarnessCase tc;
+    tc.spec = make_spec(d == 64 ? Variant::gqa : Variant::rsqa, 4, d,
+                        d == 64 ? Window::causal() : Window::none());
+    tc.dtype = DType::bf16;
+    tc.batch = 2;
+    tc.seqlen_q = 200;
+    tc.seqlen_k = 600;
+    tc.seed = 14 + d;
+    expect_forward_ok(tc);
   }
   unsetenv("SQA_CUDA_FWD");
 }
@@ -609,6 +633,19 @@ double relative_frobenius(const std::vector<bf16>& got, const std::vector<bf16>&
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
+// Deterministic pseudo-random N(0, 1)-like bf16 values (sum of uniforms, xorshift state).
+std::vector<bf16> random_bf16(uint64_t& state, int64_t count) {
+  auto next = [&]() {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<double>(state >> 11) * 0x1.0p-53;
+  };
+  std::vector<bf16> t(static_cast<size_t>(count));
+  for (auto& x : t) x = float_to_bf16(static_cast<float>((next() + next() + next() - 1.5) * 2.0));
+  return t;
+}
+
 void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
   using testing::cuda_host::cuda_ok;
   using testing::cuda_host::DeviceBuffer;
@@ -619,21 +656,8 @@ void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
   spec.validate();
   const int ha = spec.heads.num_attention_heads();
   const int64_t n = c.n, d = c.d;
-  // Deterministic pseudo-random N(0, 1)-like inputs (sum of uniforms; no <random> state to keep).
   uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
-  auto next = [&]() {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return static_cast<double>(state >> 11) * 0x1.0p-53;
-  };
-  auto random_tensor = [&](int64_t count) {
-    std::vector<bf16> t(static_cast<size_t>(count));
-    for (auto& x : t) {
-      x = float_to_bf16(static_cast<float>((next() + next() + next() - 1.5) * 2.0));
-    }
-    return t;
-  };
+  auto random_tensor = [&](int64_t count) { return random_bf16(state, count); };
   const std::vector<bf16> hq_ = random_tensor(n * c.hq * d), hk = random_tensor(n * c.hkv * d),
                           hv = random_tensor(n * c.hkv * d), hdo = random_tensor(n * ha * d);
   DeviceBuffer q(hq_.data(), n * c.hq * d * 2), k(hk.data(), n * c.hkv * d * 2),
@@ -701,6 +725,83 @@ TEST(CudaBackward, WgmmaTmaMatchesWgmmaAtScale) {
                                    {16, 8, 128, 4096, true}};
   uint64_t seed = 4242;
   for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++);
+}
+
+// The forward's wgmmatma (TMA producer warpgroup) against wgmmapp (the same kernel with cp.async
+// loads: the same wgmmas and softmax, so the outputs should agree bit for bit) at the sizes where
+// the backward's TMA form first went wrong while its small-scale tests passed (8k tokens: 64 key
+// blocks per CTA, the stages reused ~21 times, several waves of CTAs per SM), dense bf16; batch
+// 2 in one case (the maps' batch coordinate). Outputs and lse NaN-poisoned before each run; O
+// must agree to a relative Frobenius error below 1e-3 and lse to 1e-3 absolute.
+void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uint64_t seed) {
+  using testing::cuda_host::cuda_ok;
+  using testing::cuda_host::DeviceBuffer;
+  AttentionSpec spec;
+  spec.heads = HeadLayout{c.hq, c.hkv};
+  spec.head_dim = c.d;
+  spec.window = c.causal ? Window::causal() : Window::none();
+  spec.validate();
+  const int ha = spec.heads.num_attention_heads();
+  const int64_t n = c.n, d = c.d, b = batch;
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  const std::vector<bf16> hq_ = random_bf16(state, b * n * c.hq * d),
+                          hk = random_bf16(state, b * n * c.hkv * d),
+                          hv = random_bf16(state, b * n * c.hkv * d);
+  DeviceBuffer q(hq_.data(), b * n * c.hq * d * 2), k(hk.data(), b * n * c.hkv * d * 2),
+      v(hv.data(), b * n * c.hkv * d * 2);
+  DeviceBuffer out(nullptr, b * n * ha * d * 2), lse(nullptr, b * ha * n * 4);
+  AttentionParams f;
+  f.spec = spec;
+  f.dtype = DType::bf16;
+  f.device = Device::cuda;
+  f.batch = batch;
+  f.seqlen_q = f.seqlen_k = n;
+  f.q = q.get();
+  f.k = k.get();
+  f.v = v.get();
+  f.out = out.get();
+  f.lse = static_cast<float*>(lse.get());
+  f.set_contiguous_strides();
+  auto forward = [&](const char* variant) {
+    setenv("SQA_CUDA_FWD", variant, 1);
+    // 0xFF bytes: NaN in bf16 and in fp32
+    cuda_ok(cudaMemset(out.get(), 0xFF, static_cast<size_t>(b * n * ha * d * 2)), "poison");
+    cuda_ok(cudaMemset(lse.get(), 0xFF, static_cast<size_t>(b * ha * n * 4)), "poison");
+    cuda::attention_forward(f);
+    cuda_ok(cudaDeviceSynchronize(), variant);
+    std::vector<bf16> o(static_cast<size_t>(b * n * ha * d));
+    std::vector<float> l(static_cast<size_t>(b * ha * n));
+    cuda_ok(cudaMemcpy(o.data(), out.get(), o.size() * 2, cudaMemcpyDeviceToHost), "D2H");
+    cuda_ok(cudaMemcpy(l.data(), lse.get(), l.size() * 4, cudaMemcpyDeviceToHost), "D2H");
+    return std::make_pair(o, l);
+  };
+  const auto ref = forward("wgmmapp");
+  const auto got = forward("wgmmatma");
+  unsetenv("SQA_CUDA_FWD");
+  const std::string label = "H_q " + std::to_string(c.hq) + " H_kv " + std::to_string(c.hkv) +
+                            " d " + std::to_string(c.d) + " N " + std::to_string(c.n) + " batch " +
+                            std::to_string(batch) + (c.causal ? " causal" : "");
+  const double err = relative_frobenius(got.first, ref.first);
+  EXPECT_LT(err, 1e-3) << "O: " << label << ": relative error " << err;
+  double lse_err = 0.0;
+  // A NaN (an unwritten entry) sticks and fails; every row sees a key here, so no -inf.
+  for (size_t i = 0; i < ref.second.size() && !std::isnan(lse_err); ++i) {
+    const double e = std::fabs(static_cast<double>(got.second[i]) - ref.second[i]);
+    if (std::isnan(e) || e > lse_err) lse_err = e;
+  }
+  EXPECT_LT(lse_err, 1e-3) << "lse: " << label << ": max abs error " << lse_err;
+}
+
+TEST(CudaForward, WgmmaTmaMatchesPingPongAtScale) {
+  SKIP_WITHOUT_GPU();
+  const DeviceScaleCase cases[] = {{16, 16, 64, 8192, false},
+                                   {16, 16, 64, 8192, true},
+                                   {16, 16, 128, 8192, false},
+                                   {16, 16, 128, 8192, true},
+                                   {16, 8, 128, 4096, true}};
+  uint64_t seed = 5252;
+  for (const DeviceScaleCase& c : cases) check_fwd_wgmmatma_against_wgmmapp(c, 1, seed++);
+  check_fwd_wgmmatma_against_wgmmapp({8, 8, 128, 4096, false}, 2, seed++);
 }
 
 // SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma). Besides the
@@ -780,11 +881,13 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_FWD", "fastest", 1);
   expect_error([] { cuda::detail::fwd_variant(); },
                {"SQA_CUDA_FWD (fastest)",
-                "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma or wgmmapp"});
+                "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp or wgmmatma"});
   setenv("SQA_CUDA_FWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
   setenv("SQA_CUDA_FWD", "wgmmapp", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmmapp);
+  setenv("SQA_CUDA_FWD", "wgmmatma", 1);
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmmatma);
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }

@@ -48,9 +48,25 @@
 // blocks first), key blocks hidden from every row skipped, blocks cut by the window masked per
 // element, lse in natural log, rows without a visible key give O = 0 and lse = -inf.
 // Prefill only: pack = 1 and num_splits = 1 (decode takes the FA2 kernel; the launcher checks).
-// Not done yet (FA3 has these): TMA loads and warp specialisation (a producer warp, setmaxnreg
-// to move registers to the consumers; the ping-pong instead has every thread copy its share
-// and the named barriers order the buffers), the intra-warpgroup overlap in SASS at D = 128
+// TMA producer form (kWgmmaSchedTma, SQA_CUDA_FWD=wgmmatma, opt-in until an H200 run shows it
+// faster; dense batches): FA3's warp specialisation on top of the ping-pong. A third warpgroup
+// (threads 256 .. 383) gives its registers back (setmaxnreg.dec 24) and one of its threads issues
+// every TMA load of the CTA: Q (one mbarrier), then K(j) and V(j) of each key block into stage
+// j % 3, each on its stage's full mbarrier (arrive.expect_tx of the tile's bytes, complete_tx by
+// the TMA unit), after waiting on the stage's empty mbarrier for the release of block j - 3.
+// The consumers (setmaxnreg.inc 240) issue no copies: they wait on the full phases, and lane 0
+// of each consumer warp arrives on the empty one once the wgmma reading the tile completed
+// (8 arrivals per phase). The named barriers keep only the turn order; the epilogue's CTA
+// barrier becomes named barrier 3 over the 256 consumers (the producer has exited). Why: the
+// cp.async address arithmetic and issue leave the consumers' instruction stream (FA3 reaches
+// ~610-690 TF/s at D = 128 non-causal on the H200 with this layout, the ping-pong 514-559).
+// ptxas (CUDA 13): 168 registers at launch, no spills, no stack at D = 64 and 128; in SASS the
+// consumers stay in R0..R186 (D = 64) / R0..R226 (D = 128) under 240 and the producer in
+// R0..R2 (uniform registers otherwise) under 24. Shared memory as the ping-pong + 104 bytes of
+// mbarriers: 112.1 / 224.1 KB (+ 1 KB alignment). bench/gpu/wgmma_emulate.py tma checks it
+// (producer and consumers as separate programs under 7 interleavings, both timing modes),
+// tma-mutations its failure modes. Not yet run on a GPU.
+// Not done yet (FA3 has these): the intra-warpgroup overlap in SASS at D = 128
 // (two P register buffers would need 32 more registers than the 255 limit leaves), stmatrix /
 // TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and mask
 // (e.g. BN = 176 at D = 128 without a mask), fp8, FA4's lazy rescaling here. The ping-pong

@@ -48,6 +48,8 @@ void encode_qdo_tensor_map(CUtensorMap* map, const void* base, bool fp16, int he
   if (reinterpret_cast<uintptr_t>(base) % 16 != 0) {
     throw std::runtime_error("TMA tensor map: the base address must be 16-byte aligned");
   }
+  // A single head never steps along the head dimension; any valid stride describes it.
+  if (heads == 1 && (head_stride <= 0 || head_stride % 8 != 0)) head_stride = head_dim;
   require_stride("head stride", head_stride);
   require_stride("row stride", row_stride);
   // A batch of one never steps along the batch dimension; any valid stride describes it.
@@ -72,7 +74,8 @@ void encode_qdo_tensor_map(CUtensorMap* map, const void* base, bool fp16, int he
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     throw std::runtime_error(
-        "cuTensorMapEncodeTiled (Q / dO of the wgmmatma backward) failed: "
+        "cuTensorMapEncodeTiled (Q / dO of the wgmmatma backward, Q / K / V of the wgmmatma "
+        "forward) failed: "
         "CUresult " +
         std::to_string(static_cast<int>(r)));
   }

@@ -1,6 +1,7 @@
 // Host side of the TMA loads (Hopper tensor memory accelerator): CUtensorMap descriptors for the
-// backward's wgmmatma dK/dV kernel. The driver's encoder comes through the runtime
-// (cudaGetDriverEntryPointByVersion), so the library does not link libcuda.
+// wgmmatma kernels: Q / dO of the backward's dK/dV kernel, Q / K / V of the forward. The driver's
+// encoder comes through the runtime (cudaGetDriverEntryPointByVersion), so the library does not
+// link libcuda.
 #pragma once
 
 #include <cuda.h>
