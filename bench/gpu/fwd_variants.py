@@ -42,6 +42,8 @@ CONFIGS = {
     "d128-32k-mha-causal": (32, 32, 128, 32_768, True),
     "d128-32k-mha": (32, 32, 128, 32_768, False),
     "d128-32k-xsqa-causal": (8, 8, 128, 32_768, True),
+    "d128-32k-xsqa": (8, 8, 128, 32_768, False),
+    "d128-32k-sqa": (16, 8, 128, 32_768, False),
 }
 DEFAULT_CONFIGS = [name for name in CONFIGS if name.startswith(("d16", "d32"))]
 
