@@ -185,12 +185,17 @@ def run_config(lib, cfg: dict, ceil: dict, quick: bool) -> dict:
         row["ours_pct_peak"] = 100 * row["ours_tflops"] / ceil["bf16_matmul_tflops"]
         if d <= 64 and not cfg.get("decode"):
             # A/B in the same process: every prefill variant (flash_fwd_launch.cuh).
+            # The caller's SQA_CUDA_FWD (if any) comes back after each variant.
+            caller = os.environ.get("SQA_CUDA_FWD")
             for variant in VARIANTS:
                 os.environ["SQA_CUDA_FWD"] = variant
                 try:
                     t = median_time(ours, warm, rep)
                 finally:
-                    del os.environ["SQA_CUDA_FWD"]
+                    if caller is None:
+                        del os.environ["SQA_CUDA_FWD"]
+                    else:
+                        os.environ["SQA_CUDA_FWD"] = caller
                 row[f"ours_{variant}_tflops"] = flops / t / 1e12
     except Exception as ex:  # report, keep going
         row["ours_error"] = str(ex)[:300]
