@@ -54,9 +54,10 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "flash_fwd_wgmma_kernel launch");
 }
 
-// SQA_CUDA_FWD=wgmmatma: the ping-pong kernel with a TMA producer warpgroup (flash_fwd_wgmma.cuh,
-// kWgmmaSchedTma), dense batches only (the tensor maps span (head_dim, heads, seqlen, batch));
-// the maps are encoded per call on the host (a few microseconds) and passed by value.
+// SQA_CUDA_FWD=wgmmatma (the default at D = 64 / 128): the ping-pong kernel with a TMA producer
+// warpgroup (flash_fwd_wgmma.cuh, kWgmmaSchedTma), dense batches only (the tensor maps span
+// (head_dim, heads, seqlen, batch)); the maps are encoded per call on the host (a few microseconds)
+// and passed by value.
 template <typename T, int D>
 void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
   using Tile = WgmmaFwdTile<T, D, 128, 2, kWgmmaSchedTma>;
@@ -104,8 +105,8 @@ void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
 //         per key block. At other head dims it falls back to the default.
 //   wgmma: the same kernel with both warpgroups in step (one __syncthreads per key block).
 //   wgmmatma: wgmmapp with FlashAttention-3's warp specialisation: a producer warpgroup loads
-//         Q, K and V by TMA, full / empty mbarriers per stage, setmaxnreg (not yet run on a GPU;
-//         opt-in). Dense batches; varlen takes wgmmapp.
+//         Q, K and V by TMA, full / empty mbarriers per stage, setmaxnreg (the default at D = 64
+//         and 128 since run 35). Dense batches; varlen takes wgmmapp.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Tried on the H200 and removed (run 19, bench/results/2026-11-29-h200-wgmma-next/): wgmma
 // kernels for D = 16 and 32 (3 warpgroups with 64- / 32-byte swizzles, row sums by a ones-tile
@@ -138,8 +139,11 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
   }
   FwdVariant v = fwd_variant();
   if constexpr (D == 64 || D == 128) {
-    // The default there (run 19: ping-pong +17-31% over the in-step schedule).
-    if (v == FwdVariant::wgmmapp || v == FwdVariant::automatic) {
+    // The default there: the ping-pong (run 19: +17-31% over the in-step schedule) fed by the
+    // TMA producer warpgroup on dense batches (run 35: +8-11% at D = 128 except MHA without a
+    // mask, -3% to +3%; a tie at D = 64), the ping-pong with cp.async on varlen batches.
+    if (v == FwdVariant::automatic) v = FwdVariant::wgmmatma;
+    if (v == FwdVariant::wgmmapp) {
       launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedPingPong>(p, stream);
       return;
     }
