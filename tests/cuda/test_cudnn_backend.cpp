@@ -200,8 +200,8 @@ TEST(CudnnRouting, AutoTakesCudnnWhereItIsFaster) {
   const Window causal = Window::causal();
   const Window none = Window::none();
   for (int d : {64, 128}) {
-    // Forward with many query tiles (8 heads x 256 tiles of 128 rows): cuDNN.
-    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, d, 32768, 32768, causal), false),
+    // Forward with many query tiles and no mask (8 heads x 256 tiles of 128 rows): cuDNN.
+    EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, d, 32768, 32768, none), false),
                  "cudnn");
     // The backward at these head dims: cuDNN at any size.
     EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, d, 4096, 4096, causal), true),
@@ -214,23 +214,24 @@ TEST(CudnnRouting, AutoTakesCudnnWhereItIsFaster) {
     EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, d, 1024, 1024, none), false),
                  "own");
   }
-  // The tile limits per head dim and mask (cudnn_backend.cpp): 512 / 1024 tiles with a mask,
-  // 128 / 256 without, at d = 64 / 128; batch counts.
-  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 4096, 4096, causal), false),
-               "own");  // 16 x 32 = 512
-  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 4160, 4160, causal), false),
-               "cudnn");  // 16 x 33
-  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 128, 8192, 8192, causal), false),
+  // The tile limits per head dim and mask (cudnn_backend.cpp, run 36): 1024 tiles with a mask at
+  // d = 64 and none at d = 128 (ours was never slower there); 128 / 512 without, at d = 64 / 128;
+  // batch counts.
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 8192, 8192, causal), false),
                "own");  // 16 x 64 = 1024
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 8320, 8320, causal), false),
+               "cudnn");  // 16 x 65
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 128, 32768, 32768, causal), false),
+               "own");  // 16 x 256 = 4096, d128 masked: any size
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, 64, 4096, 4096, none), false),
                "own");  // 4 x 32 = 128
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 64, 4096, 4096, none), false),
                "cudnn");  // 8 x 32 = 256
-  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 128, 4096, 4096, none), false),
-               "own");  // 8 x 32 = 256
-  AttentionParams batched = routing_params(Variant::sqa, 128, 4096, 4096, none);
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::sqa, 128, 8192, 8192, none), false),
+               "own");  // 8 x 64 = 512
+  AttentionParams batched = routing_params(Variant::sqa, 128, 8192, 8192, none);
   batched.batch = 2;
-  EXPECT_STREQ(cuda::chosen_backend(batched, false), "cudnn");  // 2 x 8 x 32 = 512
+  EXPECT_STREQ(cuda::chosen_backend(batched, false), "cudnn");  // 2 x 8 x 64 = 1024
   // head_dim 256 has no wgmma forward of ours: cuDNN even for a small grid.
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, 256, 1024, 1024, causal), false),
                "cudnn");

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "sqa/error.hpp"
@@ -28,7 +29,6 @@
 
 #include <array>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -56,24 +56,26 @@ CudaBackend requested_backend(const AttentionParams& params) {
 
 namespace {
 
-// Automatic routing, from H200 measurements. cuDNN's fused attention beats our mma.sync kernels
-// at head_dim 64 and 128 in the backward (ours 0.4-0.85x, bench/results/2026-11-29-h200-route/)
-// and ours win at 16 and 32 (exp-bound, where our kernels pack work) and for decode (split-KV).
-// The forward at 64 and 128 (the wgmma ping-pong kernel) depends on the grid: with few query
-// tiles, i.e. few heads or short sequences, ours is faster (e.g. xSQA 8/8 d128 causal at 4k:
-// 1.49x; 1.1-1.5x at <= 512 tiles with a mask, 1.0-1.4x at <= 128-256 without), with many
-// tiles cuDNN is (0.87-0.95x). Tiles = batch x H_q x ceil(N_q / 128), the CTAs of our kernel.
+// Automatic routing, from H200 measurements. cuDNN's fused attention beats our kernels at
+// head_dim 64 and 128 in the backward (ours 0.75-0.93x on large grids, more on small ones,
+// bench/results/2026-11-29-h200-fwd-tma-default/route.txt) and ours win at 16 and 32 (exp-bound,
+// where our kernels pack work) and for decode (split-KV). The forward at 64 and 128 (the wgmma
+// ping-pong fed by a TMA producer warpgroup) depends on the grid: with few query tiles, i.e. few
+// heads or short sequences, ours is faster (1.1-1.8x), and at d128 with a mask it is never
+// slower (1.00-1.79x over 2k-32k tokens and 4-32 heads); with many tiles and no mask cuDNN is
+// as fast or faster (d64 0.90-0.94x, d128 0.94-1.05x). Tiles = batch x H_q x ceil(N_q / 128),
+// the CTAs of our kernel.
 constexpr int kAutoMinHeadDim = 64;
 constexpr int64_t kAutoMinQueryRows = 128;
 
 // The largest tile count for which the automatic forward takes our kernel at head_dim 64 / 128
-// (the route sweep above: up to these counts ours was within 3% of cuDNN or faster on every
-// row, and faster on most). Masked means causal or a causal sliding window (only those reach
-// cuDNN); windows were not measured separately and go with causal, whose tiles also see only
-// part of the keys.
+// (the route sweep above, run 36: up to these counts ours was at least 0.98x cuDNN on every row
+// and faster on most; d128 masked: every row). Masked means causal or a causal sliding window
+// (only those reach cuDNN); windows were not measured separately and go with causal, whose
+// tiles also see only part of the keys.
 [[maybe_unused]] int64_t own_forward_max_tiles(int head_dim, bool masked) {
-  if (masked) return head_dim >= 128 ? 1024 : 512;
-  return head_dim >= 128 ? 256 : 128;
+  if (masked) return head_dim >= 128 ? std::numeric_limits<int64_t>::max() : 1024;
+  return head_dim >= 128 ? 512 : 128;
 }
 
 [[maybe_unused]] bool auto_prefers_cudnn(const AttentionParams& p, bool backward) {
