@@ -316,6 +316,7 @@ static void check_presets_and_flops(void) {
 
 int main(void) {
   CHECK(strlen(sqa_version()) > 0, "empty version");
+  CHECK(strlen(sqa_build_commit()) > 0, "empty build commit");
   CHECK(strlen(sqa_cpu_simd_path()) > 0, "empty SIMD path");
   /* MHA, GQA, MQA, SQA, rSQA; none, causal, sliding window; N_q != N_k; a fused QKV view. */
   check_dense(4, 4, 8, 2, 5, 7, -1, -1, 0);

@@ -88,6 +88,16 @@ class DenseProblem:
             ctypes.byref(self.spec), 1, n, n)
 
 
+def build_commit(lib) -> str:
+    """The commit libsqa.so was built from (sqa_build_commit); the git HEAD of the working tree
+    where an older library lacks it (on the GPU machine that copy's HEAD can be stale)."""
+    if hasattr(lib, "sqa_build_commit"):
+        lib.sqa_build_commit.restype = ctypes.c_char_p
+        return lib.sqa_build_commit().decode()
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def load_lib(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     lib.sqa_attention_forward.restype = ctypes.c_int
@@ -474,8 +484,7 @@ def main() -> int:
     if not lib.sqa_cuda_available():
         print("sqa reports no CUDA device", file=sys.stderr)
         return 1
-    commit = os.environ.get("SQA_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("SQA_COMMIT") or build_commit(lib)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(), "commit": commit or "unknown",

@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import random
-import subprocess
 import sys
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attention import Args, DenseProblem, ceilings, load_lib  # noqa: E402
+from bench_attention import Args, DenseProblem, build_commit, ceilings, load_lib  # noqa: E402
 
 # SQA_CUDA_BACKEND values (None: unset); "cudnn_composite" is the cuDNN backend held to the
 # composite forward graph (SQA_CUDNN_FWD_GRAPH=composite), to show what the unified one changes.
@@ -284,8 +283,7 @@ def main() -> int:
     lib = load_lib(a.lib)
     lib.sqa_cuda_attention_backend.restype = ctypes.c_char_p
     lib.sqa_cuda_attention_backend.argtypes = [ctypes.POINTER(Args), ctypes.c_int32]
-    commit = os.environ.get("SQA_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("SQA_COMMIT") or build_commit(lib)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(), "commit": commit or "unknown",

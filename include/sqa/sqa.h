@@ -75,6 +75,9 @@ typedef struct {
 } sqa_attention_backward_args;
 
 SQA_API const char* sqa_version(void);
+/* The git commit this library was built from ("-dirty" with local changes), or "unknown": what
+   benchmark records name as the code they measured. */
+SQA_API const char* sqa_build_commit(void);
 SQA_API const char* sqa_last_error(void);
 SQA_API int sqa_cuda_available(void);
 /* The CUDA implementation a call with these args runs on: "cudnn" or "own" ("none" without

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/build_info.hpp"
 #include "sqa/attention.hpp"
 #include "sqa/error.hpp"
 #include "sqa/spec.hpp"
@@ -187,6 +188,10 @@ extern "C" {
 
 const char* sqa_version(void) {
   return SQA_VERSION_STRING;
+}
+
+const char* sqa_build_commit(void) {
+  return sqa::build_info().commit.c_str();
 }
 
 const char* sqa_last_error(void) {
