@@ -646,14 +646,20 @@ std::vector<bf16> random_bf16(uint64_t& state, int64_t count) {
   return t;
 }
 
-void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
-  using testing::cuda_host::cuda_ok;
-  using testing::cuda_host::DeviceBuffer;
+// The spec of an at-scale case: its head layout and head dim, causal or no mask.
+AttentionSpec scale_case_spec(const DeviceScaleCase& c) {
   AttentionSpec spec;
   spec.heads = HeadLayout{c.hq, c.hkv};
   spec.head_dim = c.d;
   spec.window = c.causal ? Window::causal() : Window::none();
   spec.validate();
+  return spec;
+}
+
+void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
+  using testing::cuda_host::cuda_ok;
+  using testing::cuda_host::DeviceBuffer;
+  const AttentionSpec spec = scale_case_spec(c);
   const int ha = spec.heads.num_attention_heads();
   const int64_t n = c.n, d = c.d;
   uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
@@ -736,11 +742,7 @@ TEST(CudaBackward, WgmmaTmaMatchesWgmmaAtScale) {
 void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uint64_t seed) {
   using testing::cuda_host::cuda_ok;
   using testing::cuda_host::DeviceBuffer;
-  AttentionSpec spec;
-  spec.heads = HeadLayout{c.hq, c.hkv};
-  spec.head_dim = c.d;
-  spec.window = c.causal ? Window::causal() : Window::none();
-  spec.validate();
+  const AttentionSpec spec = scale_case_spec(c);
   const int ha = spec.heads.num_attention_heads();
   const int64_t n = c.n, d = c.d, b = batch;
   uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
