@@ -12,7 +12,10 @@ fast wrong variant shows as such.
 
 Usage: python3 bench/gpu/bwd_variants.py --lib DIR/lib/libsqa.so [--variants base,occ,occ2]
        (a variant NAME=VALUE sets that variable instead, e.g. SQA_CUDA_RASTER=2)
-       [--configs d16-32k-mha-causal,...] [--rounds 5] [--json FILE]
+       [--configs d16-32k-mha-causal,...] [--rounds 5] [--json FILE] [--deterministic]
+--deterministic: our backward in the deterministic scheme (AttentionBackwardParams::deterministic:
+dK/dV without dQ, then the dQ kernel; e.g. --variants wgmma,wgmmatma for its TMA producer form);
+the SDPA peers have no such scheme and run as always.
 """
 
 from __future__ import annotations
@@ -57,11 +60,16 @@ CONFIGS = {
 }
 
 
+# --deterministic (taken off the command line before the shared parser sees it)
+DETERMINISTIC = False
+
+
 def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     hq, hkv, d, n, causal = CONFIGS[name]
     pb = DenseProblem(lib, hq, hkv, d, n, causal)
     q, k, v, dout, dq, dk, dv = pb.q, pb.k, pb.v, pb.dout, pb.dq, pb.dk, pb.dv
     args, bargs, flops = pb.args, pb.bargs, pb.fwdbwd_flops
+    bargs.deterministic = 1 if DETERMINISTIC else 0
 
     def ours(variant: str):
         with env_set(variant, "SQA_CUDA_BWD"):
@@ -81,7 +89,8 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
     qt.grad = kt.grad = vt.grad = None
     peer(SDPBackend.FLASH_ATTENTION)
     ref = [x.grad.transpose(1, 2).float() for x in (qt, kt, vt)]
-    row = {"config": name, "hq": hq, "hkv": hkv, "d": d, "n": n, "causal": causal, "flops": flops}
+    row = {"config": name, "hq": hq, "hkv": hkv, "d": d, "n": n, "causal": causal, "flops": flops,
+           "deterministic": DETERMINISTIC}
     runners = {}
     for variant in variants:
         for x in (dq, dk, dv):
@@ -99,7 +108,12 @@ def run(lib, name: str, variants: list[str], rounds: int) -> dict:
 
 
 def main() -> int:
-    return variants_main(__doc__, run, list(CONFIGS), "base,occ,occ2", "forward + backward")
+    global DETERMINISTIC
+    DETERMINISTIC = "--deterministic" in sys.argv[1:]
+    if DETERMINISTIC:
+        sys.argv.remove("--deterministic")
+    what = "forward + deterministic backward" if DETERMINISTIC else "forward + backward"
+    return variants_main(__doc__, run, list(CONFIGS), "base,occ,occ2", what)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,17 @@ dK m64n32, dQ m64n16 per warpgroup (warpgroup 1's B 32 bytes into the rows); the
 the 128-byte swizzle. The hardware model below takes the swizzle width from the descriptor's
 layout type.
 wgmmatma (flash_bwd_dkdv_wgmma_tma_kernel; emulate_cta_tma): the producer warp and the two
-consumer warpgroups as separate programs under five interleavings (two random, producer-greedy,
-consumer-greedy, async-late), with mbarriers (phase bit, arrival count, transaction bytes; a wait
-that can never complete is reported as a deadlock), TMA boxes writing the 128-byte swizzle with
-zero fill past the map's extent, the producer's lse / D cp.asyncs with their noinc arrivals, the
-consumers' K / V cp.asyncs as the PTX ISA defines them (each copy lands at any time after its
-issue; cp.async.wait_group N covers only committed groups, so a wait_group 0 with nothing
-committed waits for nothing: mutation kv_wait_group, the kernel of the first H200 run, whose
-first steps read K / V before they landed at 8k-32k tokens), and named barrier 1 / 2 over the
-consumers.
+consumer warpgroups as separate programs under six interleavings (two random, producer-greedy,
+consumer-greedy, async-late, consumer warpgroup 1 late), with mbarriers (phase bit, arrival
+count, transaction bytes; a wait that can never complete is reported as a deadlock), TMA boxes
+writing the 128-byte swizzle with zero fill past the map's extent, the producer's lse / D
+cp.asyncs with their noinc arrivals, the consumers' K / V cp.asyncs as the PTX ISA defines them
+(each copy lands at any time after its issue; cp.async.wait_group N covers only committed
+groups, so a wait_group 0 with nothing committed waits for nothing: mutation kv_wait_group, the
+kernel of the first H200 run, whose first steps read K / V before they landed at 8k-32k
+tokens), and named barrier 1 / 2 over the consumers. In both schemes (kDq = false: the
+deterministic form, SQA_CUDA_BWD=wgmmatma only; its step releases the stage after the wait for
+its dV / dK group); tma-mutations has four mutations of its own (det_*).
 Both instantiations: kDq = true (the default scheme): dQ split over its columns, through a shared
 fp32 tile and bulk reduce-adds: the tile's padded rows and 8-byte stores (bank-conflict-free,
 checked), one cp.reduce.async.bulk per row by lanes 0 .. 7 of each warp (16-byte alignment and
@@ -826,8 +828,10 @@ def run_programs(progs, inflight, rng, policy, producers=("producer",)):
     must hold before they go on) and pending asynchronous operations (callables in `inflight`,
     removed when they land) under an interleaving `policy`: 'random' (any runnable program or
     pending operation next), 'consumers' (greedy for the programs not in `producers`), the name
-    of a program (greedy for it), 'late' (operations land only when no program can run). No
-    runnable program and nothing in flight with a program unfinished = Deadlock."""
+    of a program (greedy for it), 'late' (operations land only when no program can run), 'c1-late'
+    (program c1 runs only when nothing else can: a consumer warpgroup held back, so the other
+    one runs ahead as far as the barriers let it). No runnable program and nothing in flight with
+    a program unfinished = Deadlock."""
     progs = dict(progs)
     waits = {name: None for name in progs}
     while progs:
@@ -840,6 +844,8 @@ def run_programs(progs, inflight, rng, policy, producers=("producer",)):
             favoured = [n for n in ready if n == policy]
         if policy == "late":  # async operations land only when no program can run
             options = ready or ["async"]
+        elif policy == "c1-late":
+            options = [n for n in ready if n != "c1"] + (["async"] if inflight else []) or ready
         elif favoured and not (inflight and rng.random() < 0.3):  # greedy for one side
             options = favoured
         else:
@@ -855,23 +861,26 @@ def run_programs(progs, inflight, rng, policy, producers=("producer",)):
 
 
 def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, rng, policy,
-                    mut=frozenset(), raw_addr=0x410):
-    """One CTA of flash_bwd_dkdv_wgmma_tma_kernel<T, D> (kDq, dense): the producer warp and the two
-    consumer warpgroups as separate programs (generators that yield at every point where another
-    one may run), run under an interleaving `policy`: 'random' (any runnable program or pending
-    async operation next), 'producer' / 'consumers' (greedy: that side first), 'late' (async
-    operations land only when no program can run). Async operations (TMA boxes with complete_tx,
+                    mut=frozenset(), raw_addr=0x410, with_dq=True):
+    """One CTA of flash_bwd_dkdv_wgmma_tma_kernel<T, D, kDq = with_dq> (dense): the producer warp
+    and the two consumer warpgroups as separate programs (generators that yield at every point
+    where another one may run), run under an interleaving `policy`: 'random' (any runnable
+    program or pending async operation next), 'producer' / 'consumers' (greedy: that side
+    first), 'late' (async operations land only when no program can run), 'c1-late' (consumer
+    warpgroup 1 only when nothing else can run). Async operations (TMA boxes with complete_tx,
     each producer lane's lse / D cp.asyncs with their noinc arrival, the consumers' K / V
     cp.asyncs, wgmma groups and bulk reduce-adds per the timing mode) land when the scheduler
     picks them. No runnable program and nothing in flight with a program unfinished = deadlock.
-    mut: mutations of the kernel (each must be caught)."""
+    mut: mutations of the kernel (each must be caught). with_dq = False (deterministic): the
+    consumers' step has no dS^T tile, dQ tile, bulk adds or barrier 2 and ends with the wait for
+    its dV / dK group, then releases the stage."""
     assert not P.varlen
     D = P.D
     assert D >= 64, "the TMA producer form exists for D = 64 and 128 only"
     geo = TileGeometry(D)
     BN, BM, kStages, T = 128, 64, 3, 256
-    dv_early = 4 if D == 64 else 2  # WgmmaBwdTile<T, D, true, true>::kDvEarly
-    L = smem_layout(D, raw_addr, kStages, True, tma=True)
+    dv_early = 4 if D == 64 else 2  # WgmmaBwdTile<T, D, kDq, true>::kDvEarly (either kDq)
+    L = smem_layout(D, raw_addr, kStages, with_dq, tma=True)
     sm = Smem(raw_addr + L["bytes"] + 64)
     kQ, kStat, kDqRow = L["kQ"], L["kStat"], L["kDqRow"]
     sK, sV, sQ, sdO, sdS, sStat, sDq, sFull, sEmpty = (
@@ -1055,13 +1064,16 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
             m0 = (qb_begin + qb) * BM
             qh = rsqa_qh if P.reverse else h
             if "no_full_wait" not in mut:
-                par = ((it // kStages) & 1) ^ (1 if "full_parity" in mut else 0)
+                flip = "full_parity" in mut or ("det_full_parity" in mut and not with_dq)
+                par = ((it // kStages) & 1) ^ (1 if flip else 0)
                 yield lambda fb=full[stage], par=par: fb.done(par)
-            yield from bar1.sync()
+            if "det_no_bar1" not in mut:
+                yield from bar1.sync()
             q_stage, do_stage = sQ + stage * kQ, sdO + stage * kQ
             mma_commit(wg, gemm_st(wg, q_stage, "st"))
             mma_commit(wg, gemm_st(wg, do_stage, "dpt"))
-            issue_dq_bulk(wg)
+            if with_dq:
+                issue_dq_bulk(wg)
             yield None
             q_last = min(m0 + BM, nq) - 1
             wg_key0 = n0 + wg * 64
@@ -1093,7 +1105,7 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
             late = np.array(pa)
             late[:, dv_early:] = pack(st)[:, dv_early:]
             da = pack(dpt)
-            for kk in range(4):
+            for kk in range(4 if with_dq else 0):  # kDq = false: no dS^T tile
                 for ii in range(4):
                     row = S["key_local0"] + 8 * (ii % 2)
                     for tt in range(128):
@@ -1101,6 +1113,22 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
                         sm.write16(sdS + off, da[tt, kk, ii, 0])
                         sm.write16(sdS + off + 2, da[tt, kk, ii, 1])
             mma_commit(wg, gemm_kv(wg, do_stage, q_stage, late, da, range(dv_early, BM // 16)))
+            if not with_dq:
+                # kDq = false: the step ends with the wait for its dV / dK group (the only wait
+                # that retires the wgmmas reading Q / dO of the stage), then releases the stage
+                if "det_early_empty" in mut:  # released while dV / dK may still read it
+                    for _ in range(4):
+                        empty[stage].arrive()
+                    yield None
+                mma_wait(wg, 0)
+                if "det_early_empty" not in mut and "no_empty_arrive" not in mut:
+                    for _ in range(4):  # lane 0 of each of the warpgroup's 4 warps
+                        empty[stage].arrive()
+                        yield None
+                qb += 1
+                if qb == nqb:
+                    qb, h = 0, h + 1
+                continue
             if "early_empty" in mut:  # release before the wgmmas reading the stage completed
                 for _ in range(4):
                     empty[stage].arrive()
@@ -1119,7 +1147,7 @@ def emulate_cta_tma(P, out, n_block, kv_head, split, splits, b, reads_at_wait, r
             qb += 1
             if qb == nqb:
                 qb, h = 0, h + 1
-        if n_iter > 0:
+        if with_dq and n_iter > 0:
             yield from bar1.sync()  # consumer_barrier before the last tile's adds
             issue_dq_bulk(wg)
             bulk_wait_read(wg)
@@ -1151,7 +1179,8 @@ def run_case(D, Hq, Hkv, reverse, lens_q, lens_k, left, right, varlen, splits, s
                 policy, sched_seed, mut = tma
                 emulate_cta_tma(P, out, x // per_block, x % per_block // splits, x % splits,
                                 splits, b, reads_at_wait,
-                                np.random.default_rng([sched_seed, b, x]), policy, mut)
+                                np.random.default_rng([sched_seed, b, x]), policy, mut,
+                                with_dq=with_dq)
             else:
                 emulate_cta(P, out, x // per_block, x % per_block // splits, x % splits, splits,
                             b, reads_at_wait, with_dq, mut=mut)
@@ -1218,30 +1247,43 @@ if __name__ == "__main__":
     if quick:
         cases = cases[:3] + [c for c in cases if c[0] == 32][:2]
     if "tma" in sys.argv[1:] or "tma-mutations" in sys.argv[1:]:
-        # wgmmatma (dense cases): the producer and consumer programs under 5 interleavings
-        # (two random schedules, producer-greedy, consumer-greedy, async-late), both timing modes
-        policies = [("random", 1), ("random", 2), ("producer", 3), ("consumers", 4), ("late", 5)]
+        # wgmmatma (dense cases): the producer and consumer programs under 6 interleavings
+        # (two random schedules, producer-greedy, consumer-greedy, async-late, consumer
+        # warpgroup 1 late), both timing modes
+        policies = [("random", 1), ("random", 2), ("producer", 3), ("consumers", 4), ("late", 5),
+                    ("c1-late", 6)]
         if "tma" in sys.argv[1:]:
             for i, (D, Hq, Hkv, rev, lq, lk, l, r, vl, sp) in enumerate(cases):
                 if vl or D == 32:  # the TMA form: dense batches, D = 64 and 128
                     continue
                 for mode in (True, False):
-                    for pol, ss in policies:
-                        run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
-                                 reads_at_wait=mode, gain=2.0 if i % 2 else 1.0,
-                                 tma=(pol, ss, frozenset()))
-            print("ALL OK (wgmmatma)")
+                    # kDq = true (atomic dQ) and false (deterministic, SQA_CUDA_BWD=wgmmatma)
+                    for with_dq in (True, False):
+                        for pol, ss in policies:
+                            run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
+                                     reads_at_wait=mode, gain=2.0 if i % 2 else 1.0,
+                                     with_dq=with_dq, tma=(pol, ss, frozenset()))
+            print("ALL OK (wgmmatma, both schemes)")
         if "tma-mutations" in sys.argv[1:]:
             # each mutation must fail (wrong or NaN result, a failed assertion, or a deadlock)
             # under at least one interleaving / timing mode; cases: MQA causal (12 steps through
             # 3 stages), rSQA D = 128 (Q head != dO head, two column halves)
             mcases = [(64, 4, 1, False, [130], [130], -1, 0, False, 1, 2),
                       (128, 2, 4, True, [140], [170], -1, -1, False, 1, 4)]
+            # det_*: the deterministic form (kDq = false), run only in that scheme: the stage
+            # released before the wait for its dV / dK group (the wgmmas reading Q / dO), the
+            # wrong phase parity of the full barrier, barrier 1 left out (K / V copied by the
+            # other warpgroup not yet landed, as the step no longer has barrier 2 either);
+            # det_no_empty_arrive: the deterministic step never releases its stage
             mutations = ["full_parity", "no_full_wait", "empty_parity", "no_empty_arrive",
                          "early_empty", "expect_tx_short", "expect_tx_long", "swizzle64",
-                         "box_row", "box_col", "box_head", "kv_wait_group"]
+                         "box_row", "box_col", "box_head", "kv_wait_group",
+                         "det_early_empty", "det_full_parity", "det_no_bar1",
+                         "det_no_empty_arrive"]
             for m in mutations:
                 caught = None
+                with_dq = not m.startswith("det_")
+                km = m[len("det_"):] if m == "det_no_empty_arrive" else m
                 for D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, i in mcases:
                     if caught or (m in ("box_col", "box_head") and D == 64):
                         continue
@@ -1252,7 +1294,8 @@ if __name__ == "__main__":
                                 import io
                                 with contextlib.redirect_stdout(io.StringIO()):
                                     run_case(D, Hq, Hkv, rev, lq, lk, l, r, vl, sp, seed=i,
-                                             reads_at_wait=mode, tma=(pol, ss, frozenset([m])))
+                                             reads_at_wait=mode, with_dq=with_dq,
+                                             tma=(pol, ss, frozenset([km])))
                             except (AssertionError, Deadlock) as e:
                                 caught = (f"D={D} reads_at_wait={mode} policy={pol}: "
                                           f"{type(e).__name__} {str(e)[:70]}")
