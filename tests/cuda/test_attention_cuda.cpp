@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -601,14 +602,48 @@ TEST(CudaBackward, WgmmaMatchesReferenceD32) {
 
 // SQA_CUDA_BWD=wgmmatma (the default on dense atomic-dQ batches): the same kernel with a TMA
 // producer warpgroup (Q and dO by tensor-map boxes, lse and D by the producer's cp.async, full /
-// empty mbarriers per stage) on dense batches in the atomic-dQ scheme: the sweep and the layout,
-// cross-length and head-split cases above (padded rows and batch 2 exercise the map's strides; rows
-// past the sequence come from the TMA unit's zero fill). Varlen batches and the deterministic
-// scheme, also covered, run the wgmma kernel. Its first H200 run was wrong at N >= 8192, which this
-// small-scale sweep did not catch: the next test is the one that does.
+// empty mbarriers per stage) on dense batches: the sweep and the layout, cross-length and
+// head-split cases above (padded rows and batch 2 exercise the map's strides; rows past the
+// sequence come from the TMA unit's zero fill). The deterministic head-split cases run its kDq =
+// false form (only when SQA_CUDA_BWD=wgmmatma names it; WgmmaTmaDeterministicMatchesReference
+// below has more); varlen batches, also covered, run the wgmma kernel. Its first H200 run was
+// wrong at N >= 8192, which this small-scale sweep did not catch: WgmmaTmaMatchesWgmmaAtScale is
+// the one that does.
 TEST(CudaBackward, WgmmaTmaMatchesReference) {
   SKIP_WITHOUT_GPU();
   check_wgmma_backward("wgmmatma", {64, 128});
+}
+
+// The deterministic scheme with SQA_CUDA_BWD=wgmmatma: the TMA producer form without dQ
+// (flash_bwd_dkdv_wgmma_tma_kernel<T, D, false>), then the dQ kernel, on dense batches. Every
+// layout with no mask, causal and a window, both head dims, batch 2, lengths that are not
+// multiples of the tiles, N_q != N_k, padded rows; against the float64 reference, each run twice
+// and compared bit for bit.
+TEST(CudaBackward, WgmmaTmaDeterministicMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  setenv("SQA_CUDA_BWD", "wgmmatma", 1);
+  uint64_t seed = 7301;
+  for (Variant v : all_variants()) {
+    for (int d : {64, 128}) {
+      for (const Window& w : {Window::none(), Window::causal(), Window{37, 5}}) {
+        testing::HarnessCase c;
+        c.spec = make_spec(v, 8, d, w);
+        c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+        c.batch = 2;
+        c.seqlen_q = testing::small_scale() ? 150 : 300;
+        c.seqlen_k = c.seqlen_q + static_cast<int64_t>(seed % 3) * 29 - (seed % 5 == 1 ? 80 : 0);
+        c.padding = (seed % 2 == 0) ? 8 : 0;
+        c.q_gain = (seed % 4 == 1) ? 4.0 : 1.0;
+        c.seed = seed++;
+        bool repeats = false;
+        const testing::CheckResult r = check_deterministic_backward(c, repeats);
+        EXPECT_TRUE(r.ok) << "SQA_CUDA_BWD=wgmmatma, deterministic: " << r.message;
+        EXPECT_TRUE(repeats)
+            << "SQA_CUDA_BWD=wgmmatma, deterministic: differs between two runs, d = " << d;
+      }
+    }
+  }
+  unsetenv("SQA_CUDA_BWD");
 }
 
 // wgmmatma against wgmma at the sizes where the first H200 run (2026-11-29) found wrong
@@ -616,7 +651,10 @@ TEST(CudaBackward, WgmmaTmaMatchesReference) {
 // reference test passed: long query loops per CTA (128 steps at 8k) and several waves of CTAs
 // per SM. Dense batch 1, bf16; the same inputs through both dK/dV kernels, outputs NaN-poisoned
 // before each backward; dq / dk / dv must agree to a relative Frobenius error below 5e-3 each
-// (the two differ only in dQ's summation order and rounding).
+// (the two differ only in dQ's summation order and rounding). Deterministic scheme: bit for bit,
+// since neither adds dQ (the dQ kernel is the same) and both issue the same dV / dK wgmmas in the
+// same order on the same bytes (kDvEarly at D = 128, 3 against 2, only moves where a k-step is
+// committed, not the order in which the accumulators take the k-steps).
 struct DeviceScaleCase {
   int hq, hkv, d;
   int64_t n;
@@ -656,7 +694,8 @@ AttentionSpec scale_case_spec(const DeviceScaleCase& c) {
   return spec;
 }
 
-void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
+void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed,
+                                  bool deterministic = false) {
   using testing::cuda_host::cuda_ok;
   using testing::cuda_host::DeviceBuffer;
   const AttentionSpec spec = scale_case_spec(c);
@@ -690,6 +729,7 @@ void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
   g.dk = dk.get();
   g.dv = dv.get();
   g.set_contiguous_strides();
+  g.deterministic = deterministic;
   cuda::attention_forward(f);
   cuda_ok(cudaDeviceSynchronize(), "forward");
 
@@ -717,8 +757,14 @@ void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed) {
   for (int i = 0; i < 3; ++i) {
     const double err = relative_frobenius(got[i], ref[i]);
     EXPECT_LT(err, 5e-3) << names[i] << ": H_q " << c.hq << " H_kv " << c.hkv << " d " << c.d
-                         << " N " << c.n << (c.causal ? " causal" : "") << ": relative error "
-                         << err;
+                         << " N " << c.n << (c.causal ? " causal" : "")
+                         << (deterministic ? " deterministic" : "") << ": relative error " << err;
+    if (deterministic) {
+      EXPECT_TRUE(std::memcmp(got[i].data(), ref[i].data(), got[i].size() * sizeof(bf16)) == 0)
+          << names[i] << ": H_q " << c.hq << " H_kv " << c.hkv << " d " << c.d << " N " << c.n
+          << (c.causal ? " causal" : "")
+          << ": deterministic wgmmatma and wgmma differ (relative error " << err << ")";
+    }
   }
 }
 
@@ -731,6 +777,19 @@ TEST(CudaBackward, WgmmaTmaMatchesWgmmaAtScale) {
                                    {16, 8, 128, 4096, true}};
   uint64_t seed = 4242;
   for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++);
+}
+
+// The same at-scale cases in the deterministic scheme: wgmmatma's kDq = false form against the
+// wgmma kernel's, bit for bit (see check_wgmmatma_against_wgmma).
+TEST(CudaBackward, WgmmaTmaDeterministicMatchesWgmmaAtScale) {
+  SKIP_WITHOUT_GPU();
+  const DeviceScaleCase cases[] = {{16, 16, 64, 8192, false},
+                                   {16, 16, 64, 8192, true},
+                                   {16, 16, 128, 8192, false},
+                                   {16, 16, 128, 8192, true},
+                                   {16, 8, 128, 4096, true}};
+  uint64_t seed = 5353;
+  for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++, true);
 }
 
 // The forward's wgmmatma (TMA producer warpgroup) against wgmmapp (the same kernel with cp.async
@@ -807,8 +866,9 @@ TEST(CudaForward, WgmmaTmaMatchesPingPongAtScale) {
 }
 
 // SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma). Besides the
-// random cases, one GQA causal case per head dim, so every kernel the variable names (the wgmma
-// one at D = 32 too) runs under the sanitizers whatever the draw.
+// random cases, one GQA causal case per head dim in both schemes, so every kernel the variable
+// names (the wgmma one at D = 32 too; with wgmmatma the deterministic TMA form) runs under the
+// sanitizers whatever the draw.
 TEST(CudaBackward, SanitizerSmoke) {
   SKIP_WITHOUT_GPU();
   testing::CaseLimits limits = cuda_backward_limits();
@@ -824,6 +884,10 @@ TEST(CudaBackward, SanitizerSmoke) {
     c.seqlen_k = 150;
     c.seed = seed++;
     expect_backward_ok(c);
+    bool repeats = false;
+    const testing::CheckResult r = check_deterministic_backward(c, repeats);
+    EXPECT_TRUE(r.ok) << "deterministic: " << r.message;
+    EXPECT_TRUE(repeats) << "deterministic: differs between two runs, d = " << d;
   }
 }
 

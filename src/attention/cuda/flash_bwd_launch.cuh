@@ -43,10 +43,12 @@ void launch_dkdv(Kernel* kernel, int bn, int threads, int smem, const BwdKernelP
 // (register file); the dQ kernel takes 32 keys per step at D = 128 for the same reason.
 // On dense batches with atomic dQ the wgmma kernel runs in its TMA-producer form (tensor maps
 // built here per call; H200 run 32: 3-7% faster fwd+bwd, same errors vs FA2); SQA_CUDA_BWD=wgmma
-// keeps the cp.async-only form everywhere. Varlen batches and the deterministic scheme take it
-// always. D = 32 (64-byte swizzled tiles; flash_bwd_wgmma.cuh) runs the wgmma kernel only when
-// SQA_CUDA_BWD=wgmma or wgmmatma asks for it (bwd_dkdv_wgmma), always in the cp.async-only form
-// (no TMA form there): not yet measured against the mma.sync default (occ).
+// keeps the cp.async-only form everywhere. Varlen batches take it always, and so does the
+// deterministic scheme unless SQA_CUDA_BWD=wgmmatma asks for its TMA form (kDq = false; not yet
+// run on a GPU, so not the default until an H200 run shows it correct and faster). D = 32 (64-byte
+// swizzled tiles; flash_bwd_wgmma.cuh) runs the wgmma kernel only when SQA_CUDA_BWD=wgmma or
+// wgmmatma asks for it (bwd_dkdv_wgmma), always in the cp.async-only form (no TMA form there): not
+// yet measured against the mma.sync default (occ).
 template <typename T, int D>
 void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   const FwdKernelParams& p = g.fwd;
@@ -66,26 +68,31 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
   bool wgmma = false;
   if constexpr (D == 32 || D == 64 || D == 128) {
     wgmma = bwd_dkdv_wgmma(D);
-    // The TMA producer form: atomic dQ and dense batches only (the tensor maps cover (batch,
-    // seqlen) boxes; varlen and the deterministic scheme take the cp.async-only kernel), D = 64
-    // and 128 only.
+    // The TMA producer form: dense batches only (the tensor maps cover (batch, seqlen) boxes;
+    // varlen takes the cp.async-only kernel), D = 64 and 128 only. Atomic dQ: unless
+    // SQA_CUDA_BWD=wgmma. Deterministic: only when SQA_CUDA_BWD=wgmmatma names it (it has not
+    // run on a GPU yet; unset, the cp.async-only kernel, measured and tested on the H200).
     bool tma = false;
     if constexpr (D != 32) {
-      tma = wgmma && atomic_dq && p.cu_seqlens_q == nullptr && bwd_variant() != BwdVariant::wgmma;
+      const BwdVariant variant = bwd_variant();
+      tma = wgmma && p.cu_seqlens_q == nullptr &&
+            (atomic_dq ? variant != BwdVariant::wgmma : variant == BwdVariant::wgmmatma);
       if (tma) {
-        using Wt = WgmmaBwdTile<T, D, true, true>;
+        using Wt = WgmmaBwdTile<T, D, true, true>;  // the box rows (BM) are the same without dQ
         constexpr bool kFp16 = std::is_same_v<T, __half>;
         CUtensorMap tm_q, tm_do;
         encode_qdo_tensor_map(&tm_q, p.q, kFp16, D, p.num_query_heads, p.seqlen_q, p.batch,
                               p.q_head, p.q_row, p.q_batch, Wt::BM);
         encode_qdo_tensor_map(&tm_do, g.dout, kFp16, D, p.num_attention_heads, p.seqlen_q, p.batch,
                               g.do_head, g.do_row, g.do_batch, Wt::BM);
-        auto* kernel = &flash_bwd_dkdv_wgmma_tma_kernel<T, D>;
-        set_smem_limit(kernel, Wt::kSmemBytes);
+        auto* kernel = atomic_dq ? &flash_bwd_dkdv_wgmma_tma_kernel<T, D, true>
+                                 : &flash_bwd_dkdv_wgmma_tma_kernel<T, D, false>;
+        const int smem = atomic_dq ? Wt::kSmemBytes : WgmmaBwdTile<T, D, false, true>::kSmemBytes;
+        set_smem_limit(kernel, smem);
         const int64_t n_blocks = (p.seqlen_k + Wt::BN - 1) / Wt::BN;
         const dim3 grid(static_cast<unsigned>(n_blocks * p.num_kv_heads * g.dkdv_splits), 1,
                         p.batch);
-        kernel<<<grid, Wt::kCtaThreads, Wt::kSmemBytes, stream>>>(g, tm_q, tm_do);
+        kernel<<<grid, Wt::kCtaThreads, smem, stream>>>(g, tm_q, tm_do);
         check_cuda(cudaGetLastError(), "dK/dV kernel launch (wgmmatma)");
       }
     }

@@ -182,7 +182,6 @@ struct WgmmaBwdTile {
   static_assert(kDqRowBytes % 128 == 32 && kDqRowBytes % 16 == 0, "conflict-free, 16-byte rows");
   static_assert((2 * kKVBytes + 2 * kStages * kQBytes) % 1024 == 0,
                 "the dS^T tile starts 1024-byte aligned (128-byte swizzle)");
-  static_assert(!kTma || kDq, "the TMA producer form exists for the atomic-dQ scheme only");
   // Its tensor maps write 64-column boxes with the 128-byte swizzle (encode_qdo_tensor_map).
   static_assert(!kTma || D >= 64, "the TMA producer form exists for D = 64 and 128 only");
 };
@@ -253,7 +252,8 @@ __device__ __forceinline__ void load_bwd_tile(uint32_t dst, const T* base, int64
 // forward's 32-byte k-steps of K-major operands).
 // kDq = false: no dS^T tile, dQ wgmma, dQ tile, bulk adds or barrier 2; each step ends with the
 // wait for its dV / dK group (the next step's copies refill the stage it read, after barrier 1).
-// kTma (the default on dense batches; kDq only): warp specialisation as in FA3. A third
+// kTma (the default on dense atomic-dQ batches; deterministic only with SQA_CUDA_BWD=wgmmatma):
+// warp specialisation as in FA3. A third
 // warpgroup (threads 256 .. 383, after the two MMA warpgroups, so theirs keep the indices above)
 // is the producer: after setmaxnreg.dec its first warp loads each block's Q and dO with TMA
 // (tensor maps tm_q / tm_do with the 128-byte swizzle, so the boxes land in exactly the
@@ -268,6 +268,15 @@ __device__ __forceinline__ void load_bwd_tile(uint32_t dst, const T* base, int64
 // run the same step; the CTA barriers become named barrier 1 over their 256 threads (the
 // producer never joins): barrier 1 still orders the dS^T / dQ tiles between steps, barrier 2
 // the dS^T stores before dQ. Loads no longer sit between the consumers' instructions.
+// kTma with kDq = false: the same producer; the consumers' step ends with the wait for its dV /
+// dK group, which is then the only wait retiring the wgmmas that read the stage's Q and dO, so
+// the empty arrive follows it (bench/gpu/wgmma_bwd_emulate.py tma-mutations: det_early_empty).
+// Barrier 1 stays: K / V are copied by both warpgroups' threads, so each warpgroup's first step
+// needs the other's copies (det_no_bar1); after the first step it only keeps the warpgroups in
+// step (the empty mbarriers alone would order the stages). Its kDvEarly at D = 128 (2, the
+// cp.async form's 3) moves only the commit point of a dV k-step, not the order in which the
+// accumulators take the k-steps, so dK / dV should equal the cp.async form's bit for bit
+// (CudaBackward.WgmmaTmaDeterministicMatchesWgmmaAtScale checks it).
 template <typename T, int D, bool kDq, bool kTma>
 __device__ __forceinline__ void dkdv_wgmma_body(const BwdKernelParams& g, const void* tm_q,
                                                 const void* tm_do) {
@@ -730,7 +739,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_dkdv_wgmma_kernel(const BwdK
 // The default on dense atomic-dQ batches: the same step with a TMA producer warpgroup (see
 // dkdv_wgmma_body). tm_q / tm_do: Q and dO as 4-D tensor maps (head_dim, heads, seqlen_q, batch)
 // with 64 x 1 x 64 x 1 boxes and the 128-byte swizzle (encode_qdo_tensor_map, tma_host.cpp).
-template <typename T, int D>
+// kDq = false (deterministic; only with SQA_CUDA_BWD=wgmmatma until an H200 run shows it correct
+// and faster, see flash_bwd_launch.cuh): the same producer and stages, the consumers' step
+// without dQ.
+template <typename T, int D, bool kDq = true>
 __global__ void __launch_bounds__(384, 1)
     flash_bwd_dkdv_wgmma_tma_kernel(const BwdKernelParams g,
                                     const __grid_constant__ CUtensorMap tm_q,
@@ -738,7 +750,7 @@ __global__ void __launch_bounds__(384, 1)
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();
 #else
-  dkdv_wgmma_body<T, D, true, true>(g, &tm_q, &tm_do);
+  dkdv_wgmma_body<T, D, kDq, true>(g, &tm_q, &tm_do);
 #endif
 }
 
