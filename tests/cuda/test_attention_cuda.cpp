@@ -684,6 +684,15 @@ std::vector<bf16> random_bf16(uint64_t& state, int64_t count) {
   return t;
 }
 
+// The at-scale cases of the TMA kernels' checks (forward and backward, both backward schemes):
+// 8k tokens (long loops per CTA, several waves per SM) at d64 and d128, causal or not, and one
+// SQA case.
+constexpr DeviceScaleCase kTmaScaleCases[] = {{16, 16, 64, 8192, false},
+                                              {16, 16, 64, 8192, true},
+                                              {16, 16, 128, 8192, false},
+                                              {16, 16, 128, 8192, true},
+                                              {16, 8, 128, 4096, true}};
+
 // The spec of an at-scale case: its head layout and head dim, causal or no mask.
 AttentionSpec scale_case_spec(const DeviceScaleCase& c) {
   AttentionSpec spec;
@@ -770,26 +779,16 @@ void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed,
 
 TEST(CudaBackward, WgmmaTmaMatchesWgmmaAtScale) {
   SKIP_WITHOUT_GPU();
-  const DeviceScaleCase cases[] = {{16, 16, 64, 8192, false},
-                                   {16, 16, 64, 8192, true},
-                                   {16, 16, 128, 8192, false},
-                                   {16, 16, 128, 8192, true},
-                                   {16, 8, 128, 4096, true}};
   uint64_t seed = 4242;
-  for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++);
+  for (const DeviceScaleCase& c : kTmaScaleCases) check_wgmmatma_against_wgmma(c, seed++);
 }
 
 // The same at-scale cases in the deterministic scheme: wgmmatma's kDq = false form against the
 // wgmma kernel's, bit for bit (see check_wgmmatma_against_wgmma).
 TEST(CudaBackward, WgmmaTmaDeterministicMatchesWgmmaAtScale) {
   SKIP_WITHOUT_GPU();
-  const DeviceScaleCase cases[] = {{16, 16, 64, 8192, false},
-                                   {16, 16, 64, 8192, true},
-                                   {16, 16, 128, 8192, false},
-                                   {16, 16, 128, 8192, true},
-                                   {16, 8, 128, 4096, true}};
   uint64_t seed = 5353;
-  for (const DeviceScaleCase& c : cases) check_wgmmatma_against_wgmma(c, seed++, true);
+  for (const DeviceScaleCase& c : kTmaScaleCases) check_wgmmatma_against_wgmma(c, seed++, true);
 }
 
 // The forward's wgmmatma (TMA producer warpgroup) against wgmmapp (the same kernel with cp.async
@@ -855,13 +854,8 @@ void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uin
 
 TEST(CudaForward, WgmmaTmaMatchesPingPongAtScale) {
   SKIP_WITHOUT_GPU();
-  const DeviceScaleCase cases[] = {{16, 16, 64, 8192, false},
-                                   {16, 16, 64, 8192, true},
-                                   {16, 16, 128, 8192, false},
-                                   {16, 16, 128, 8192, true},
-                                   {16, 8, 128, 4096, true}};
   uint64_t seed = 5252;
-  for (const DeviceScaleCase& c : cases) check_fwd_wgmmatma_against_wgmmapp(c, 1, seed++);
+  for (const DeviceScaleCase& c : kTmaScaleCases) check_fwd_wgmmatma_against_wgmmapp(c, 1, seed++);
   check_fwd_wgmmatma_against_wgmmapp({8, 8, 128, 4096, false}, 2, seed++);
 }
 
