@@ -632,8 +632,12 @@ void decode_item(const ForwardContext& ctx, const DecodeItem& it, float* scratch
   const int64_t vspan = (kv_heads - 1) * p.v_strides.head + d;
   const int64_t k_ahead = (2048 + esize * kspan - 1) / (esize * kspan);  // keys in ~2 KB of K
   const bool k_prefetch = heads >= 4 * kv_heads;
-  for (int64_t j0 = it.k_lo; j0 < it.k_hi; j0 += kBlockK) {
-    const int bc = static_cast<int>(min64(kBlockK, it.k_hi - j0));
+  // Key tile: the V rows fetched during a tile's scores must still be in L2 for its P V, while
+  // the K stream passes through the same cache; cap a tile's V at ~128 KB.
+  const int64_t tile_cap = (128 * 1024) / (esize * vspan) / W * W;
+  const int tile = static_cast<int>(tile_cap < W ? W : min64(kBlockK, tile_cap));
+  for (int64_t j0 = it.k_lo; j0 < it.k_hi; j0 += tile) {
+    const int bc = static_cast<int>(min64(tile, it.k_hi - j0));
     const int nbc = round_up(bc, W);
     for (int j = 0; j < bc; ++j) {
       // Fetch this key's V row (all heads) now, in the same sequential order as K, and the K row
