@@ -70,13 +70,15 @@ void run_flash_bwd_typed(const BwdKernelParams& g, cudaStream_t stream) {
     wgmma = bwd_dkdv_wgmma(D);
     // The TMA producer form: dense batches only (the tensor maps cover (batch, seqlen) boxes;
     // varlen takes the cp.async-only kernel), D = 64 and 128 only. Atomic dQ: unless
-    // SQA_CUDA_BWD=wgmma. Deterministic: only when SQA_CUDA_BWD=wgmmatma names it (it has not
-    // run on a GPU yet; unset, the cp.async-only kernel, measured and tested on the H200).
+    // SQA_CUDA_BWD=wgmma. Deterministic: at D = 64 unless SQA_CUDA_BWD=wgmma, at D = 128 only
+    // when SQA_CUDA_BWD=wgmmatma names it (H200, session 11 call 1: fwd + deterministic bwd
+    // +4.5-5.2% at D = 64, -0.8 to -1.4% at D = 128 against the cp.async-only kernel).
     bool tma = false;
     if constexpr (D != 32) {
       const BwdVariant variant = bwd_variant();
+      const bool det_tma = D == 64 ? variant != BwdVariant::wgmma : variant == BwdVariant::wgmmatma;
       tma = wgmma && p.cu_seqlens_q == nullptr &&
-            (atomic_dq ? variant != BwdVariant::wgmma : variant == BwdVariant::wgmmatma);
+            (atomic_dq ? variant != BwdVariant::wgmma : det_tma);
       if (tma) {
         using Wt = WgmmaBwdTile<T, D, true, true>;  // the box rows (BM) are the same without dQ
         constexpr bool kFp16 = std::is_same_v<T, __half>;
