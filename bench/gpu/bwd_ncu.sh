@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Nsight Compute on the backward: our wgmma dK/dV kernel and cuDNN's fused bprop kernel (through
 # PyTorch SDPA) on the same problem, one launch each, with the pipe, issue and stall metrics.
-#   bench/gpu/bwd_ncu.sh LIB OUT [CONFIG=d128-8k-mha]
+#   [BWD_VARIANT=wgmmatma] bench/gpu/bwd_ncu.sh LIB OUT [CONFIG=d128-8k-mha]
 set -uo pipefail
 lib=${1:?libsqa.so}
 out=${2:?out dir}
@@ -22,7 +22,7 @@ for k in 'flash_bwd_dkdv_wgmma' 'flash_bprop'; do
   SQA_CUDA_BACKEND=own timeout 150 ncu --clock-control none --kernel-name "regex:$k" --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
     --section SchedulerStats --section Occupancy --section MemoryWorkloadAnalysis --metrics "$metrics" \
-    python3 bench/gpu/bwd_variants.py --lib "$lib" --variants wgmma --configs "$cfg" --rounds 1 \
+    python3 bench/gpu/bwd_variants.py --lib "$lib" --variants "${BWD_VARIANT:-wgmmatma}" --configs "$cfg" --rounds 1 \
     >"$out/ncu-$k.txt" 2>&1
   grep -E "Duration|SM Frequency|Issue Slots|Executed Ipc|pipe_|stalled|Achieved Occupancy|Registers|Block Size|Grid Size|Shared Memory Config|Throughput|bank_conflicts|No Eligible" \
     "$out/ncu-$k.txt" | head -50
