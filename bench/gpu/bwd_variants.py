@@ -57,6 +57,7 @@ CONFIGS = {
     "d128-32k-sqa-causal": (16, 8, 128, 32_768, True),
     "d128-32k-mha-causal32": (32, 32, 128, 32_768, True),
     "d128-32k-xsqa": (8, 8, 128, 32_768, False),
+    "d64-32k-xsqa": (4, 4, 64, 32_768, False),
 }
 
 

@@ -47,6 +47,8 @@ CONFIGS = {
     # MHA's query heads with xSQA's KV heads, and SQA's query heads with MHA-like KV: which of
     # the two head counts makes d128 MHA slower per FLOP (run 38)?
     "d128-32k-gqa": (32, 8, 128, 32_768, False),
+    "d64-32k-xsqa": (4, 4, 64, 32_768, False),
+    "d64-32k-sqa": (8, 4, 64, 32_768, False),
     "d128-32k-ssqa": (16, 16, 128, 32_768, False),
 }
 DEFAULT_CONFIGS = [name for name in CONFIGS if name.startswith(("d16", "d32"))]
