@@ -114,6 +114,21 @@ int backward_raster(int units, int head_dim) {
   return bwd_dkdv_wgmma(head_dim) && units > 8 && units % 4 == 0 ? 4 : 0;
 }
 
+// The forward raster by default (the wgmma kernels' grid, fwd_tile_coords): 2 heads at a time at
+// D = 128 when the K / V of one sequence's heads pass 256 MiB, else all heads interleaved. With
+// all of d128 MHA 32/32's heads interleaved at N = 32k, the four CTAs of a head on the GPU at
+// once do not share their K / V tiles in L2 (Nsight Compute, 2026-11-30 calls 1-3 in
+// bench/results/2026-11-30-h200-{det-tma,ncu,raster-tma}: 121 GB of DRAM reads and 30% L2 hits
+// for 512 MB of K / V; cuDNN's persistent kernel 0.96 GB); 2 heads at a time read 2.8 GB (96%
+// hits). Timed (rounds interleaved): non-causal forward 571 -> 585 TF/s, fwd+bwd 460 -> 500 (the
+// DRAM-bound forward also slowed the backward after it), causal 630 -> 632. Smaller K / V sets
+// keep the interleaved order: 16/16 (256 MiB) lost 1.4% with 2 at a time, 32/8 (GQA, 128 MiB)
+// 9%, d64 rows did not move.
+int forward_raster(const FwdKernelParams& p, int head_dim) {
+  const int64_t kv_bytes = int64_t{p.num_kv_heads} * p.seqlen_k * head_dim * 2 * 2;
+  return head_dim == 128 && kv_bytes > (int64_t{256} << 20) ? 2 : 0;
+}
+
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
 // one per query head of the group. A wave is three 64-key CTAs per SM for the mma.sync dK/dV
 // kernel, one 128-key CTA per SM for the wgmma one (the default at D = 64 and 128, both
@@ -234,7 +249,7 @@ FwdKernelParams kernel_params(const AttentionParams& params) {
   p.scale_log2 = spec.scale() * 1.4426950408889634f;
   p.pack = 1;
   p.num_head_groups = p.num_attention_heads;
-  p.raster_heads = raster_override().value_or(0);
+  p.raster_heads = raster_override().value_or(forward_raster(p, spec.head_dim));
   return p;
 }
 

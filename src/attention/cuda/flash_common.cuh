@@ -199,7 +199,7 @@ __host__ __device__ __forceinline__ int raster_chunk(int setting, int units) {
 
 // The forward grid (flash_fwd_launch.cuh): x = (row block, head group), z = (sequence, split).
 // Causal tiles further down do more work: launch them first, for every head of the raster chunk
-// (FwdKernelParams::raster_heads; all heads by default) before the next row block (heads vary
+// (FwdKernelParams::raster_heads; api.cpp forward_raster) before the next row block (heads vary
 // fastest), so the longest tiles start in the first wave and the tail of the grid is short also
 // with few heads.
 struct FwdTileCoords {

@@ -34,7 +34,8 @@ struct FwdKernelParams {
   // Grid raster of the wgmma prefill kernel (fwd_tile_coords): the head groups are taken in
   // chunks of raster_heads, each chunk's tiles before the next chunk's, heads fastest inside a
   // chunk. raster_heads = num_head_groups (or 0) interleaves all heads. Fewer heads at a time
-  // keep the concurrent CTAs on fewer heads' K/V, which the L2 then serves.
+  // keep the concurrent CTAs on fewer heads' K/V, which the L2 then serves (api.cpp
+  // forward_raster: 2 at D = 128 above 256 MiB of K / V, else all).
   int raster_heads = 0;
   int window_left = -1;
   int window_right = -1;
