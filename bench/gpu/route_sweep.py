@@ -8,7 +8,8 @@ timing. Prints one row per config with the tile count (batch x H_q x ceil(N_q / 
 forward kernels' CTA count), own / cudnn, and auto against the faster of the two.
 
 Usage: python3 bench/gpu/route_sweep.py --lib DIR/lib/libsqa.so [--dims 64,128]
-       [--heads 2,4,8,16,32] [--seqs 1024,2048,4096,8192,16384,32768] [--rounds 5] [--json FILE]
+       [--heads 2,4,8,16,32] [--seqs 1024,2048,4096,8192,16384,32768] [--masks causal,none]
+       [--rounds 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> int:
     ap.add_argument("--heads", default="2,4,8,16,32")
     ap.add_argument("--seqs", default="1024,2048,4096,8192,16384,32768")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--masks", default="causal,none", help="causal, none or both (comma list)")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     lib = load_lib(a.lib)
@@ -87,7 +89,7 @@ def main() -> int:
           f"{'x':>6} {'auto/best':>9} | {'fb own':>8} {'cudnn':>8} {'x':>6} {'auto/best':>9} | "
           "max err")
     for d in (int(x) for x in a.dims.split(",")):
-        for causal in (True, False):
+        for causal in (m == "causal" for m in a.masks.split(",")):
             for h in (int(x) for x in a.heads.split(",")):
                 for n in (int(x) for x in a.seqs.split(",")):
                     try:
