@@ -133,7 +133,7 @@ def mode_bench(sqa, work):
 def mode_decode(sqa, work):
     path = os.path.join(work, "decode.json")
     rc, out, err = run(sqa, ["bench", "attention", "--decode", "--seq", "300", "--head-dim", "32",
-                             "--causal", "--dtype", "bf16", "--json", path] + FAST)
+                             "--causal", "--dtype", "bf16", "--rounds", "2", "--json", path] + FAST)
     check(rc == 0, f"decode bench exited {rc}: {err}\n{out}")
     if rc != 0:
         return
@@ -143,6 +143,9 @@ def mode_decode(sqa, work):
     for r in rows:
         check(r.get("seqlen_q") == 1, f"decode row has seqlen_q {r.get('seqlen_q')}")
         check(r.get("dtype") == "bf16", f"decode row has dtype {r.get('dtype')}")
+        # --rounds 2 with --repeat 2: every row timed in both rounds, best over the four runs.
+        check(r.get("rounds") == 2 and r.get("repeats") == 4,
+              f"decode row has rounds {r.get('rounds')} / repeats {r.get('repeats')}, want 2 / 4")
         kv = 2 * 300 * r["hkv"] * 32 * 2  # K and V, bf16
         check(r.get("kv_bytes") == kv, f"decode kv_bytes {r.get('kv_bytes')} != {kv}")
         check(close(r.get("gbps", 0), kv / r["seconds"] * 1e-9, 1e-4), "decode gbps mismatch")
@@ -163,6 +166,7 @@ def mode_errors(sqa, _):
         (["bench", "attention", "--dtype", "f16"], ["--dtype (f16)", "f32 or bf16"]),
         (["bench", "attention", "--window", "0"], ["--window (0)", "at least 1"]),
         (["bench", "attention", "--repeat"], ["--repeat needs a value"]),
+        (["bench", "attention", "--rounds", "0"], ["--rounds (0)", "[1, 1000]"]),
         (["bench", "nope"], ["unknown benchmark 'nope'"]),
     ]
     for args, needles in cases:

@@ -9,13 +9,16 @@
 #   bench/results/<date>-cpu-attention.md     the same as tables
 # Environment overrides (for quick trials; the defaults are the acceptance set):
 #   SQA_BUILD_DIR (build)  SQA_BENCH_SEQ (4096)  SQA_BENCH_DECODE_SEQ (32768)
-#   SQA_BENCH_REPEAT (5)   SQA_BENCH_OUT (bench/results)
+#   SQA_BENCH_REPEAT (2)   SQA_BENCH_ROUNDS (3)   SQA_BENCH_OUT (bench/results)
+# Every row is timed in 3 rounds of 2 runs, the rounds in turn over all rows (--rounds): on a
+# shared VM a slow spell then costs one round of each variant, not every run of one.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${SQA_BUILD_DIR:-$root/build}
 seq=${SQA_BENCH_SEQ:-4096}
 decode_seq=${SQA_BENCH_DECODE_SEQ:-32768}
-repeat=${SQA_BENCH_REPEAT:-5}
+repeat=${SQA_BENCH_REPEAT:-2}
+rounds=${SQA_BENCH_ROUNDS:-3}
 outdir=${SQA_BENCH_OUT:-$root/bench/results}
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -34,7 +37,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$build/sqa" info | tee "$tmp/info.txt"
 echo
 cmd=("$build/sqa" bench attention --heads 16 --head-dim 64 --seq "$seq" --dtype f32
-     --backward --decode-seq "$decode_seq" --repeat "$repeat" --warmup 1 --sgemm-size 4096
+     --backward --decode-seq "$decode_seq" --repeat "$repeat" --rounds "$rounds" --warmup 1 --sgemm-size 4096
      --memcpy-mib 512 --json "$tmp/rows.json")
 echo "+ ${cmd[*]}"
 "${cmd[@]}" | tee "$tmp/table.txt"

@@ -3,7 +3,9 @@
 // run: OpenBLAS sgemm GFLOP/s (compute-bound passes) and multi-threaded memcpy GB/s (decode).
 //
 // Reported time = best (minimum) of --repeat timed runs after --warmup untimed runs; the median
-// is kept in the JSON too. The sgemm ceiling is likewise the best of its runs, so the two sides
+// is kept in the JSON too. --rounds R runs the whole set of rows R times in turn and keeps each
+// row's best over the rounds: on a shared machine a slow spell then hits one round of every
+// variant rather than all the runs of one. The sgemm ceiling is likewise the best of its runs, so the two sides
 // of "% of sgemm" are measured the same way. FLOPs come from sqa::attention_*_flops (the
 // single home of FLOP counting), never re-derived here.
 #include <omp.h>
@@ -53,6 +55,7 @@ struct BenchOptions {
   bool decode_only = false;             // --decode: decode rows against each --seq value
   std::vector<int64_t> decode_seqlens;  // N_k of the decode rows
   int repeat = 3;
+  int rounds = 1;
   int warmup = 1;
   int sgemm_size = 4096;
   int memcpy_mib = 256;
@@ -78,6 +81,7 @@ constexpr const char* kUsage =
     "  --decode           only decode rows: N_q = 1 against N_k = each --seq value\n"
     "  --decode-seq N,..  add decode rows at these N_k after the fwd/bwd rows\n"
     "  --repeat R         timed runs per row, the best is reported (default 3)\n"
+    "  --rounds R         run every row R times in turn, best over the rounds (default 1)\n"
     "  --warmup W         untimed runs before timing (default 1)\n"
     "  --sgemm-size S     square size of the sgemm ceiling (default 4096)\n"
     "  --memcpy-mib M     buffer of the memcpy ceiling in MiB (default 256)\n"
@@ -106,7 +110,7 @@ std::vector<int64_t> seq_option(const Args& args, const std::string& key,
 
 BenchOptions parse_options(const Args& args) {
   args.reject_unknown({"heads", "head-dim", "seq", "variants", "batch", "causal", "window", "dtype",
-                       "backward", "decode", "decode-seq", "repeat", "warmup", "sgemm-size",
+                       "backward", "decode", "decode-seq", "repeat", "rounds", "warmup", "sgemm-size",
                        "memcpy-mib", "json", "help"});
   BenchOptions o;
   o.heads = int_option(args, "heads", o.heads, 1, 4096, "in [1, 4096]");
@@ -144,6 +148,7 @@ BenchOptions parse_options(const Args& args) {
     o.decode_seqlens = seq_option(args, "decode-seq", {});
   }
   o.repeat = int_option(args, "repeat", o.repeat, 1, 100000, "at least 1");
+  o.rounds = int_option(args, "rounds", o.rounds, 1, 1000, "in [1, 1000]");
   o.warmup = int_option(args, "warmup", o.warmup, 0, 100000, "at least 0");
   o.sgemm_size = int_option(args, "sgemm-size", o.sgemm_size, 64, 16384, "in [64, 16384]");
   o.memcpy_mib = int_option(args, "memcpy-mib", o.memcpy_mib, 8, 1 << 16,
@@ -390,7 +395,9 @@ void write_json(const std::string& path, const BenchOptions& o, const Ceilings& 
     j["flops"] = r.flops;
     j["seconds_median"] = r.timing.median;
     j["repeats"] = r.timing.repeats;
-    j["timing"] = "best of repeats after warm-up";
+    j["rounds"] = o.rounds;
+    j["timing"] = o.rounds > 1 ? "best of repeats over rounds (median: of the rounds' medians)"
+                               : "best of repeats after warm-up";
     if (r.pass == "decode") {
       j["kv_bytes"] = r.kv_bytes;
       j["gbps"] = r.gbps;
@@ -447,34 +454,56 @@ int bench_attention(const Args& args) {
   std::printf("time = best of %d after %d warm-up; speed-up = MHA time / time at the same N\n",
               o.repeat, o.warmup);
   std::vector<Row> rows;
-  if (!o.decode_only) {
-    print_header(false);
-    for (int64_t n : o.seqlens) {
-      for (Variant v : o.variants) {
-        for (Row& r : run_case(o, v, n, n, o.backward, nullptr, "fwd")) {
-          finish_row(r, c, rows);  // provisional ceiling; recomputed below with the end one
-          print_row(r);
-          rows.push_back(r);
+  // Round r > 0 times every row again; a row keeps its best time (and the median of its rounds'
+  // medians). Rows are printed as each round finishes them.
+  std::vector<std::vector<double>> medians;
+  size_t slot = 0;
+  auto record = [&](Row r, int round) {
+    if (round == 0) {
+      medians.push_back({r.timing.median});
+      finish_row(r, c, rows);  // provisional ceiling; recomputed below with the end one
+      rows.push_back(r);
+    } else {
+      Row& kept = rows[slot];
+      medians[slot].push_back(r.timing.median);
+      std::vector<double> m = medians[slot];
+      std::sort(m.begin(), m.end());
+      kept.timing.best = std::min(kept.timing.best, r.timing.best);
+      kept.timing.median = m[m.size() / 2];
+      kept.timing.repeats += r.timing.repeats;
+      finish_row(kept, c, rows);
+    }
+    print_row(rows[slot]);
+    ++slot;
+  };
+  std::optional<CacheFlusher> flusher;  // decode rows only (128 MiB)
+  if (show_decode) flusher.emplace();
+  for (int round = 0; round < o.rounds; ++round) {
+    slot = 0;
+    if (o.rounds > 1) std::printf("round %d of %d\n", round + 1, o.rounds);
+    if (!o.decode_only) {
+      print_header(false);
+      for (int64_t n : o.seqlens) {
+        for (Variant v : o.variants) {
+          for (Row& r : run_case(o, v, n, n, o.backward, nullptr, "fwd")) record(r, round);
+        }
+      }
+    }
+    if (show_decode) {
+      // Flush the caches before every decode run so small caches (MQA) are read from memory,
+      // as they would be behind other layers.
+      std::printf("decode: N_q = 1 against N_k = N; GB/s over the K+V bytes read\n");
+      print_header(true);
+      for (int64_t n : o.decode_seqlens) {
+        for (Variant v : o.variants) {
+          for (Row& r : run_case(o, v, 1, n, false, &*flusher, "decode")) record(r, round);
         }
       }
     }
   }
-  if (show_decode) {
-    // Decode reads the whole KV cache once per step. Flush the caches before every run so
-    // small caches (MQA) are read from memory, as they would be behind other layers.
-    CacheFlusher flusher;
-    std::printf("decode: N_q = 1 against N_k = N; GB/s over the K+V bytes read\n");
-    print_header(true);
-    for (int64_t n : o.decode_seqlens) {
-      for (Variant v : o.variants) {
-        for (Row& r : run_case(o, v, 1, n, false, &flusher, "decode")) {
-          finish_row(r, c, rows);
-          print_row(r);
-          rows.push_back(r);
-        }
-      }
-    }
-  }
+  // finish_row's speed-up looks up the MHA row among the rows before it: recompute all now that
+  // every row has its final time.
+  for (Row& r : rows) finish_row(r, c, rows);
 
   // Second measurements after the kernels: each ceiling is the better of its two, so a noisy
   // start cannot flatter the percentages.
