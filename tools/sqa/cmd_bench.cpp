@@ -5,9 +5,9 @@
 // Reported time = best (minimum) of --repeat timed runs after --warmup untimed runs; the median
 // is kept in the JSON too. --rounds R runs the whole set of rows R times in turn and keeps each
 // row's best over the rounds: on a shared machine a slow spell then hits one round of every
-// variant rather than all the runs of one. The sgemm ceiling is likewise the best of its runs, so the two sides
-// of "% of sgemm" are measured the same way. FLOPs come from sqa::attention_*_flops (the
-// single home of FLOP counting), never re-derived here.
+// variant rather than all the runs of one. The sgemm ceiling is likewise the best of its runs, so
+// the two sides of "% of sgemm" are measured the same way. FLOPs come from sqa::attention_*_flops
+// (the single home of FLOP counting), never re-derived here.
 #include <omp.h>
 
 #include <algorithm>
@@ -110,8 +110,8 @@ std::vector<int64_t> seq_option(const Args& args, const std::string& key,
 
 BenchOptions parse_options(const Args& args) {
   args.reject_unknown({"heads", "head-dim", "seq", "variants", "batch", "causal", "window", "dtype",
-                       "backward", "decode", "decode-seq", "repeat", "rounds", "warmup", "sgemm-size",
-                       "memcpy-mib", "json", "help"});
+                       "backward", "decode", "decode-seq", "repeat", "rounds", "warmup",
+                       "sgemm-size", "memcpy-mib", "json", "help"});
   BenchOptions o;
   o.heads = int_option(args, "heads", o.heads, 1, 4096, "in [1, 4096]");
   o.head_dim = int_option(args, "head-dim", o.head_dim, kMinHeadDim, kMaxHeadDim,
