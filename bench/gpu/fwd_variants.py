@@ -48,6 +48,10 @@ CONFIGS = {
     # the two head counts makes d128 MHA slower per FLOP (run 38)?
     "d128-32k-gqa": (32, 8, 128, 32_768, False),
     "d64-32k-xsqa": (4, 4, 64, 32_768, False),
+    # Many KV heads at shorter N (the forward raster's threshold; route sweep of 2026-11-30)
+    "d128-8k-mha32": (32, 32, 128, 8_192, False),
+    "d128-8k-mha64": (64, 64, 128, 8_192, False),
+    "d128-16k-mha32": (32, 32, 128, 16_384, False),
     "d64-32k-sqa": (8, 4, 64, 32_768, False),
     "d128-32k-ssqa": (16, 16, 128, 32_768, False),
 }
