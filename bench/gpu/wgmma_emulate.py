@@ -5,10 +5,12 @@ reference: a check of the kernel's index math, descriptors, fragment hand-over a
 pipeline that needs no GPU. It mirrors the kernel by hand (keep the two in step), in float64
 without bf16 rounding, so every case must match to ~1e-14.
 
-Usage: python3 bench/gpu/wgmma_emulate.py [wgmma] [wgmmapp]   (both by default; prints one
-line per case, then ALL OK). wgmmapp: the ping-pong schedule (emulate_pingpong), the two
-warpgroups as separate programs interleaved by several policies, with PTX named-barrier
-semantics.
+Usage: python3 bench/gpu/wgmma_emulate.py [wgmma] [wgmmapp] [tma] [tma-mutations] [tma3]
+[tma3-mutations]   (wgmma and wgmmapp by default; prints one line per case, then ALL OK).
+wgmmapp: the ping-pong schedule (emulate_pingpong), the two warpgroups as separate programs
+interleaved by several policies, with PTX named-barrier semantics. tma / tma3: the TMA producer
+form with two (wgmmatma) or three (wgmmatma3, round robin of turns) consumer warpgroups
+(emulate_tma); -mutations: its failure modes, each of which must be caught.
 
 Hardware model (PTX ISA / CUTLASS canonical GMMA layouts, 128-byte swizzle):
   swizzle: byte address a -> a ^ (((a >> 7) & 7) << 4)   (Swizzle<3,4,3>)
@@ -332,19 +334,22 @@ def emulate(Q, K, V, D, BN, WG, m_block, left, right, scale, reads_at_wait, raw_
 
 
 class PingPongConsumers:
-    """The two MMA warpgroups' registers and wgmma work of the ping-pong key loop, shared by
-    emulate_pingpong (wgmmapp: cp.async loads) and emulate_tma (wgmmatma: a TMA producer): S, O,
+    """The MMA warpgroups' registers and wgmma work of the ping-pong key loop (WG = 2, or 3 for
+    wgmmatma3's round robin), shared by emulate_pingpong (wgmmapp: cp.async loads) and
+    emulate_tma (wgmmatma / wgmmatma3: a TMA producer): S, O,
     the packed P, the running max and sum per thread; the S and P V wgmmas from the swizzled
     tiles at sQ / sK / sV (descriptors as the kernel builds them); wgmma groups per warpgroup
     (reads_at_wait: a group's shared-memory and A-register reads run at the wait that completes
     it, else at its issue); the masked online softmax; the epilogue."""
 
-    def __init__(self, sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV):
-        T = 256
+    def __init__(self, sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV,
+                 WG=2):
+        T = 128 * WG
+        self.T = T
         self.sm, self.nq, self.nk, self.D, self.BN, self.m0 = sm, nq, nk, D, BN, m0
         self.left, self.right, self.reads_at_wait = left, right, reads_at_wait
         self.sQ, self.sK, self.sV = sQ, sK, sV
-        self.BM, self.kKVB = 128, BN * D * 2
+        self.BM, self.kKVB = 64 * WG, BN * D * 2
         self.scale_log2 = scale * 1.4426950408889634
         self.diag = nk - nq
         self.lo, self.hi = m0, min(nq, m0 + self.BM) - 1
@@ -359,7 +364,7 @@ class PingPongConsumers:
         self.q_of = tids % 4
         local_row0 = (tids // 128) * 64 + self.w_of * 16 + self.g_of
         self.qrow = np.stack([m0 + local_row0, m0 + local_row0 + 8], 1)
-        self.mma_groups = [[], []]  # committed wgmma groups per warpgroup (lists of ops)
+        self.mma_groups = [[] for _ in range(WG)]  # committed wgmma groups per warpgroup (lists of ops)
 
     def gemm_s(self, wg, stage):
         D, BN, BM, sm = self.D, self.BN, self.BM, self.sm
@@ -467,7 +472,7 @@ class PingPongConsumers:
         tot = self.row_sum.copy()
         for r in range(2):
             tot[:, r] = tot[:, r].reshape(-1, 4).sum(1).repeat(4)
-        for tid in range(256):
+        for tid in range(self.T):
             for r in range(2):
                 ssum = tot[tid, r]
                 anyv = ssum > 0
@@ -679,22 +684,33 @@ TMA_MUTATIONS = [
     "k_stage_off",      # the producer writes K(j) into stage (j + 1) % 3
     "v_stage_off",      # consumers read V(i - 1) from stage i % 3
 ]
+# wgmmatma3 (three consumer warpgroups, round robin of turns): the mutations above (box_col needs
+# D = 128, which has no 3-warpgroup kernel) and these.
+TMA3_MUTATIONS = [
+    "skip_turn",        # warpgroup 1 skips its turn waits (bar.sync) in the key loop
+    "next_bar_off",     # warpgroup 1 passes the turn to warpgroup 0's barrier, not warpgroup 2's
+    "empty_count_8",    # the empty mbarriers count 8 arrivals (two warpgroups), 12 warps arrive
+    "last_arrive_wg0",  # after the last P V only warpgroup 0 passes the turn (the 2-wg test)
+]
 
 
 def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scale,
-                reads_at_wait, policy, rng, mut=frozenset(), raw_addr=0x410):
-    """One CTA of flash_fwd_wgmma_tma_kernel<T, D> (attention head h of batch entry b, rows
-    m_block * 128 ..): the producer thread and the two consumer warpgroups as separate programs
+                reads_at_wait, policy, rng, mut=frozenset(), raw_addr=0x410, WG=2):
+    """One CTA of flash_fwd_wgmma_tma_kernel<T, D, WG> (attention head h of batch entry b, rows
+    m_block * 64 WG ..): the producer thread and the WG consumer warpgroups as separate programs
     under an interleaving `policy` (wgmma_bwd_emulate.run_programs: 'random', 'producer',
-    'consumers', 'c0' / 'c1' (greedy for one consumer), 'late'). The TMA boxes (complete_tx on
-    their mbarrier) land whenever the scheduler picks them; wgmma groups per the timing mode.
+    'consumers', 'c0' / 'c1' / 'c2' (greedy for one consumer), 'late', 'c1-late'). The TMA boxes
+    (complete_tx on their mbarrier) land whenever the scheduler picks them; wgmma groups per the
+    timing mode. WG = 3 (wgmmatma3): 192-row tiles, the turns a round robin over the three
+    warpgroups (barrier 1 + w synced by w, arrived on by w - 1 mod 3), 12 arrivals per empty
+    phase; the order of the turns' wgmma issues is checked (0, 1, .., WG - 1 per step).
     q4: [B, N_q, H_q, D], k4 / v4: [B, N_k, H_kv, D], as the tensor maps see them. mut: mutations
     of the kernel (each must be caught). Returns (O, lse) of the head, rows outside the tile NaN,
     or None for a tile past the sequence."""
     from wgmma_bwd_emulate import MBarrier, NamedBarrier, run_programs, tma_box_write
     B, nq, Hq, D = q4.shape
     nk = k4.shape[1]
-    BM, kStages = 128, 3
+    BM, kStages = 64 * WG, 3
     kQB, kKVB = BM * D * 2, BN * D * 2
     kBarBytes = (1 + 4 * kStages) * 8
     smem_bytes = kQB + 2 * kStages * kKVB + kBarBytes + 1024  # WgmmaFwdTile::kSmemBytes
@@ -716,14 +732,17 @@ def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scal
     kb, ke = visible_key_blocks(lo, hi, nk, diag, left, right, BN)
     nblocks = ke - kb
     nb_last = ke - 1
-    C = PingPongConsumers(sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV)
+    C = PingPongConsumers(sm, nq, nk, D, BN, m0, left, right, scale, reads_at_wait, sQ, sK, sV,
+                          WG)
 
     q_full = MBarrier(1)
     k_full = [MBarrier(1) for _ in range(kStages)]
     v_full = [MBarrier(1) for _ in range(kStages)]
-    k_empty = [MBarrier(8) for _ in range(kStages)]
-    v_empty = [MBarrier(8) for _ in range(kStages)]
-    bars = {1: NamedBarrier(2), 2: NamedBarrier(2)}  # kBarWg0 + warpgroup
+    n_empty = 8 if "empty_count_8" in mut else 4 * WG  # lane 0 of each consumer warp
+    k_empty = [MBarrier(n_empty) for _ in range(kStages)]
+    v_empty = [MBarrier(n_empty) for _ in range(kStages)]
+    bars = {1 + w: NamedBarrier(2) for w in range(WG)}  # kBarWg0 + warpgroup
+    issues = []  # (step, warpgroup) of each turn's wgmma issue, in the order they happen
     inflight = []
 
     def box(dst, ten, coords, bar, rows, sw=128):
@@ -767,7 +786,9 @@ def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scal
     def consumer(wg):  # threads 128 wg .. 128 wg + 127
         if nblocks == 0:
             return
-        bar_mine, bar_other = bars[1 + wg], bars[2 - wg]
+        nxt = (wg + 2) % WG if ("next_bar_off" in mut and wg == 1) else (wg + 1) % WG
+        bar_mine, bar_other = bars[1 + wg], bars[1 + nxt]
+        skip_turn = "skip_turn" in mut and wg == 1
 
         def full_wait(bar, j):
             par = ((j // 3) & 1) ^ (1 if "full_parity" in mut else 0)
@@ -785,14 +806,16 @@ def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scal
         C.mma_wait(wg, 0)
         C.rescale_pack(wg, C.softmax(wg, nb_last))
         yield from release(k_empty[0])
-        if wg == 1:
+        if wg == WG - 1:
             bars[1].arrive()  # warpgroup 0's first turn
         for i in range(1, nblocks):
             nb = nb_last - i
             yield full_wait(k_full[i % 3], i)
             if "no_v_full_wait" not in mut:
                 yield full_wait(v_full[(i - 1) % 3], i - 1)
-            yield from bar_mine.sync()
+            if not skip_turn:
+                yield from bar_mine.sync()
+            issues.append((i, wg))
             C.mma_commit(wg, C.gemm_s(wg, i % 3))
             yield None
             C.mma_commit(wg, C.gemm_pv(wg, i % 3 if "v_stage_off" in mut else (i - 1) % 3))
@@ -801,6 +824,18 @@ def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scal
                 yield from release(k_empty[i % 3])
                 yield from release(v_empty[(i - 1) % 3])
             yield None
+            if WG == 3:
+                # wgmmatma3: both groups complete before the softmax (P(i - 1) dead during it, for
+                # the 160-register cap), then both stages released.
+                C.mma_wait(wg, 0)
+                if "early_empty" not in mut:
+                    yield from release(k_empty[i % 3])
+                    if "no_empty_arrive" not in mut:
+                        yield from release(v_empty[(i - 1) % 3])
+                corr = C.softmax(wg, nb)
+                yield None
+                C.rescale_pack(wg, corr)
+                continue
             C.mma_wait(wg, 1)  # S(i) done
             if "early_empty" not in mut:
                 yield from release(k_empty[i % 3])
@@ -813,25 +848,32 @@ def emulate_tma(q4, k4, v4, reverse, group, b, h, BN, m_block, left, right, scal
         if "no_v_full_wait" not in mut:
             yield full_wait(v_full[(nblocks - 1) % 3], nblocks - 1)
         yield from bar_mine.sync()
+        issues.append((nblocks, wg))
         C.mma_commit(wg, C.gemm_pv(wg, (nblocks - 1) % 3))
-        if wg == 0:
+        if (wg == 0) if "last_arrive_wg0" in mut else (wg < WG - 1):
             bar_other.arrive()
         yield None
         C.mma_wait(wg, 0)
 
-    run_programs({"producer": producer(), "c0": consumer(0), "c1": consumer(1)}, inflight, rng,
-                 policy)
+    progs = {"producer": producer()}
+    progs.update({f"c{w}": consumer(w) for w in range(WG)})
+    run_programs(progs, inflight, rng, policy)
     assert not inflight and not any(C.mma_groups)
     assert all(nb.arrived == 0 and nb.gen == nblocks for nb in bars.values()), \
         "named barriers unbalanced"
+    if nblocks > 0:
+        # The turns: warpgroup 0, 1, .., WG - 1 issue their wgmmas of each step in that order.
+        assert issues == [(i, w) for i in range(1, nblocks + 1) for w in range(WG)], \
+            "turns out of order"
     return C.epilogue()
 
 
 def check_tma(B, Hq, Hkv, reverse, nq, nk, D, left, right, seed, reads_at_wait, policy,
-              sched_seed, mut=frozenset(), gain=1.0, quiet=False):
+              sched_seed, mut=frozenset(), gain=1.0, quiet=False, WG=2):
     """Every CTA of a dense batch (all attention heads, batch entries and row blocks) through
-    emulate_tma, against the float64 reference of each head (head_pair semantics: GQA family
-    query head h, KV head h / G; rSQA query head h % H_q, KV head h)."""
+    emulate_tma (WG consumer warpgroups: 2 for wgmmatma, 3 for wgmmatma3), against the float64
+    reference of each head (head_pair semantics: GQA family query head h, KV head h / G; rSQA
+    query head h % H_q, KV head h)."""
     rng = np.random.default_rng(seed)
     q4 = rng.standard_normal((B, nq, Hq, D)) * gain
     k4 = rng.standard_normal((B, nk, Hkv, D))
@@ -839,7 +881,7 @@ def check_tma(B, Hq, Hkv, reverse, nq, nk, D, left, right, seed, reads_at_wait, 
     scale = 1 / math.sqrt(D)
     heads = Hkv if reverse else Hq
     group = 1 if reverse else Hq // Hkv
-    BM = 128
+    BM = 64 * WG
     err = 0.0
     for b in range(B):
         for h in range(heads):
@@ -850,7 +892,8 @@ def check_tma(B, Hq, Hkv, reverse, nq, nk, D, left, right, seed, reads_at_wait, 
             for mb in range((nq + BM - 1) // BM):
                 o_, l_ = emulate_tma(q4, k4, v4, reverse, group, b, h, 128, mb, left, right,
                                      scale, reads_at_wait, policy,
-                                     np.random.default_rng([sched_seed, b, h, mb]), mut)
+                                     np.random.default_rng([sched_seed, b, h, mb]), mut,
+                                     WG=WG)
                 m0 = mb * BM
                 out[m0: m0 + BM] = o_[m0: m0 + BM]
                 lse[m0: m0 + BM] = l_[m0: m0 + BM]
@@ -862,7 +905,7 @@ def check_tma(B, Hq, Hkv, reverse, nq, nk, D, left, right, seed, reads_at_wait, 
             assert lse_ok, f"lse wrong (b={b} h={h})"
     if not quiet:
         layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
-        print(f"wgmmatma B={B} {layout} nq={nq} nk={nk} D={D} window=({left},{right}) "
+        print(f"wgmmatma{'' if WG == 2 else WG} B={B} {layout} nq={nq} nk={nk} D={D} window=({left},{right}) "
               f"reads_at_wait={reads_at_wait} policy={policy}/{sched_seed}: "
               f"max|O-ref|={err:.2e}", flush=True)
     assert err < 1e-9, err
@@ -953,24 +996,21 @@ if __name__ == "__main__":
                     check_tma(B, Hq, Hkv, rev, nq, nk, D, l, r, seed=200 + i, reads_at_wait=mode,
                               policy=pol, sched_seed=ss, gain=2.0 if i % 2 else 1.0)
         print("ALL OK (wgmmatma)")
-    if "tma-mutations" in which:
+    def run_tma_mutations(mutations, mcases, policies, WG):
         # each mutation must fail (wrong or NaN result, a failed assertion, or a deadlock) under
-        # at least one interleaving / timing mode. Cases: rSQA D = 64 with 8 key blocks (KV head
-        # != query head, stages reused twice), GQA D = 128 batch 2 (two atom columns, b = 1).
+        # at least one interleaving / timing mode.
         from wgmma_bwd_emulate import Deadlock
-        mcases = [(1, 1, 2, True, 130, 1000, 64, -1, -1),
-                  (2, 2, 1, False, 140, 900, 128, -1, 7)]
-        for m in TMA_MUTATIONS:
+        for m in mutations:
             caught = None
             for B, Hq, Hkv, rev, nq, nk, D, l, r in mcases:
                 if caught or (m == "box_col" and D == 64) or (m == "box_batch" and B == 1):
                     continue
                 for mode in (True, False):
-                    for pol, ss in tma_policies:
+                    for pol, ss in policies:
                         try:
                             check_tma(B, Hq, Hkv, rev, nq, nk, D, l, r, seed=300,
                                       reads_at_wait=mode, policy=pol, sched_seed=ss,
-                                      mut=frozenset([m]), quiet=True)
+                                      mut=frozenset([m]), quiet=True, WG=WG)
                         except (AssertionError, Deadlock) as e:
                             caught = (f"D={D} reads_at_wait={mode} policy={pol}: "
                                       f"{type(e).__name__} {str(e)[:60]}")
@@ -979,7 +1019,37 @@ if __name__ == "__main__":
                         break
             print(f"mutation {m}: {'CAUGHT ' + caught if caught else 'NOT CAUGHT'}", flush=True)
             assert caught, m
+
+    if "tma-mutations" in which:
+        # Cases: rSQA D = 64 with 8 key blocks (KV head != query head, stages reused twice), GQA
+        # D = 128 batch 2 (two atom columns, b = 1).
+        run_tma_mutations(TMA_MUTATIONS, [(1, 1, 2, True, 130, 1000, 64, -1, -1),
+                                          (2, 2, 1, False, 140, 900, 128, -1, 7)],
+                          tma_policies, 2)
         print("ALL MUTATIONS CAUGHT (wgmmatma)")
+    # wgmmatma3 (flash_fwd_wgmma_tma_kernel<T, 64, 3>): the dense cases above at D = 64 (the only
+    # head dim of the 3-warpgroup kernel; 192-row tiles: 300 = 192 + 108 rows, 140 and 130 in
+    # one partial tile, 129 rows against one key), and one with three tiles; interleavings
+    # greedy for each of the three consumers instead of c0 / c1.
+    tma3_cases = [c[:6] + (64,) + c[7:] for c in tma_cases] + [
+        (2, 2, 1, False, 500, 700, 64, -1, 0),   # GQA causal, batch 2, 3 tiles (the last of 116)
+    ]
+    tma3_policies = [("random", 1), ("random", 2), ("producer", 3), ("consumers", 4),
+                     ("late", 5), ("c0", 6), ("c1", 7), ("c2", 8), ("c1-late", 9)]
+    if "tma3" in which:
+        for i, (B, Hq, Hkv, rev, nq, nk, D, l, r) in enumerate(tma3_cases):
+            for mode in (True, False):
+                for pol, ss in tma3_policies:
+                    check_tma(B, Hq, Hkv, rev, nq, nk, D, l, r, seed=200 + i, reads_at_wait=mode,
+                              policy=pol, sched_seed=ss, gain=2.0 if i % 2 else 1.0, WG=3)
+        print("ALL OK (wgmmatma3)")
+    if "tma3-mutations" in which:
+        # rSQA with 8 key blocks in one tile; GQA batch 2 with 7 key blocks over 3 tiles.
+        run_tma_mutations([m for m in TMA_MUTATIONS if m != "box_col"] + TMA3_MUTATIONS,
+                          [(1, 1, 2, True, 130, 1000, 64, -1, -1),
+                           (2, 2, 1, False, 400, 900, 64, -1, 7)],
+                          tma3_policies, 3)
+        print("ALL MUTATIONS CAUGHT (wgmmatma3)")
     for i, (nq, nk, D, l, r) in enumerate(cases):
         if "wgmma" not in which and "wgmmapp" not in which:
             break

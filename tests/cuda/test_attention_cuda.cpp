@@ -241,6 +241,33 @@ TEST(CudaForward, WgmmaTmaMatchesReference) {
   check_wgmma_kernel({64, 128}, 9229, "wgmmatma");
 }
 
+// D = 64: the TMA form with three consumer warpgroups in a round robin (wgmmatma3, opt-in;
+// 192-row tiles; dense batches, varlen cases of the sweep take the default). The same coverage
+// as above: every layout incl. GQA and rSQA with every mask (causal, sliding windows, N_q !=
+// N_k) in batch 2 at 200 rows (one full and one partial 192-row tile); then query counts that
+// are not a multiple of 192 with 8 key blocks (the stages wrap around twice, a partial last
+// tile whose TMA rows past the sequence arrive as zeros).
+TEST(CudaForward, WgmmaTma3MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  check_wgmma_kernel({64}, 9339, "wgmmatma3");
+  setenv("SQA_CUDA_FWD", "wgmmatma3", 1);
+  uint64_t seed = 400;
+  for (Variant v : {Variant::mha, Variant::gqa, Variant::rsqa}) {
+    for (const Window& w : {Window::none(), Window::causal(), Window{100, 0}}) {
+      testing::HarnessCase c;
+      c.spec = make_spec(v, 4, 64, w);
+      c.dtype = (seed % 2) ? DType::bf16 : DType::f16;
+      c.batch = 2;
+      c.seqlen_q = 500;  // 2 full tiles of 192 rows and one of 116
+      c.seqlen_k = 1000;
+      c.seed = seed++;
+      const testing::CheckResult r = testing::check_forward(c, cuda_forward_via_host);
+      EXPECT_TRUE(r.ok) << "SQA_CUDA_FWD=wgmmatma3 (500 x 1000): " << r.message;
+    }
+  }
+  unsetenv("SQA_CUDA_FWD");
+}
+
 // Small cases for compute-sanitizer (memcheck, racecheck): every head dim, masks, varlen, and
 // the split-KV decode path, each with only a few CTAs so the checkers finish quickly.
 TEST(CudaForward, SanitizerSmoke) {
@@ -271,17 +298,25 @@ TEST(CudaForward, SanitizerSmoke) {
     expect_forward_ok(long_case);
   }
   // The TMA producer form of the wgmma forward (wgmmatma; mbarriers, TMA writes, setmaxnreg):
-  // 5 key blocks, so every K / V stage is refilled; batch 2; rSQA at D = 128.
-  setenv("SQA_CUDA_FWD", "wgmmatma", 1);
-  for (int d : {64, 128}) {
+  // 5 key blocks, so every K / V stage is refilled; batch 2; rSQA at D = 128. wgmmatma3 (three
+  // consumer warpgroups, round robin of turns) at D = 64: the same GQA causal case (200 rows:
+  // one full 192-row tile and one of 8 rows) and an rSQA one without a mask.
+  struct TmaRun {
+    const char* variant;
+    int d;
+    bool rsqa;  // rSQA without a mask, else GQA causal
+  };
+  for (const TmaRun& run : {TmaRun{"wgmmatma", 64, false}, TmaRun{"wgmmatma", 128, true},
+                            TmaRun{"wgmmatma3", 64, false}, TmaRun{"wgmmatma3", 64, true}}) {
+    setenv("SQA_CUDA_FWD", run.variant, 1);
     testing::HarnessCase tc;
-    tc.spec = make_spec(d == 64 ? Variant::gqa : Variant::rsqa, 4, d,
-                        d == 64 ? Window::causal() : Window::none());
+    tc.spec = make_spec(run.rsqa ? Variant::rsqa : Variant::gqa, 4, run.d,
+                        run.rsqa ? Window::none() : Window::causal());
     tc.dtype = DType::bf16;
     tc.batch = 2;
     tc.seqlen_q = 200;
     tc.seqlen_k = 600;
-    tc.seed = 14 + d;
+    tc.seed = 14 + run.d;
     expect_forward_ok(tc);
   }
   unsetenv("SQA_CUDA_FWD");
@@ -797,7 +832,9 @@ TEST(CudaBackward, WgmmaTmaDeterministicMatchesWgmmaAtScale) {
 // blocks per CTA, the stages reused ~21 times, several waves of CTAs per SM), dense bf16; batch
 // 2 in one case (the maps' batch coordinate). Outputs and lse NaN-poisoned before each run; O
 // must agree to a relative Frobenius error below 1e-3 and lse to 1e-3 absolute.
-void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uint64_t seed) {
+void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uint64_t seed,
+                                        const char* ref_variant = "wgmmapp",
+                                        const char* variant = "wgmmatma") {
   using testing::cuda_host::cuda_ok;
   using testing::cuda_host::DeviceBuffer;
   const AttentionSpec spec = scale_case_spec(c);
@@ -835,11 +872,12 @@ void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uin
     cuda_ok(cudaMemcpy(l.data(), lse.get(), l.size() * 4, cudaMemcpyDeviceToHost), "D2H");
     return std::make_pair(o, l);
   };
-  const auto ref = forward("wgmmapp");
-  const auto got = forward("wgmmatma");
+  const auto ref = forward(ref_variant);
+  const auto got = forward(variant);
   unsetenv("SQA_CUDA_FWD");
-  const std::string label = "H_q " + std::to_string(c.hq) + " H_kv " + std::to_string(c.hkv) +
-                            " d " + std::to_string(c.d) + " N " + std::to_string(c.n) + " batch " +
+  const std::string label = std::string(variant) + " vs " + ref_variant + ": H_q " +
+                            std::to_string(c.hq) + " H_kv " + std::to_string(c.hkv) + " d " +
+                            std::to_string(c.d) + " N " + std::to_string(c.n) + " batch " +
                             std::to_string(batch) + (c.causal ? " causal" : "");
   const double err = relative_frobenius(got.first, ref.first);
   EXPECT_LT(err, 1e-3) << "O: " << label << ": relative error " << err;
@@ -857,6 +895,21 @@ TEST(CudaForward, WgmmaTmaMatchesPingPongAtScale) {
   uint64_t seed = 5252;
   for (const DeviceScaleCase& c : kTmaScaleCases) check_fwd_wgmmatma_against_wgmmapp(c, 1, seed++);
   check_fwd_wgmmatma_against_wgmmapp({8, 8, 128, 4096, false}, 2, seed++);
+}
+
+// wgmmatma3 (three consumer warpgroups, 192-row tiles) against wgmmatma at 8k tokens, D = 64
+// MHA with and without the causal mask (64 key blocks per CTA, the stages reused ~21 times;
+// 8192 = 42 x 192 + 128, so the last tile is partial). The row split differs (192 vs 128 rows
+// per CTA) but every row's key blocks, their order and the arithmetic per row are the same, so
+// the outputs should agree bit for bit; the tolerance is that of the test above.
+TEST(CudaForward, WgmmaTma3MatchesTmaAtScale) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 5454;
+  for (const bool causal : {false, true}) {
+    check_fwd_wgmmatma_against_wgmmapp({16, 16, 64, 8192, causal}, 1, seed++, "wgmmatma",
+                                       "wgmmatma3");
+  }
+  check_fwd_wgmmatma_against_wgmmapp({8, 8, 64, 4096, true}, 2, seed++, "wgmmatma", "wgmmatma3");
 }
 
 // SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma). Besides the
@@ -941,13 +994,16 @@ TEST(CudaValidation, ForwardVariantFromTheEnvironment) {
   setenv("SQA_CUDA_FWD", "fastest", 1);
   expect_error([] { cuda::detail::fwd_variant(); },
                {"SQA_CUDA_FWD (fastest)",
-                "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp or wgmmatma"});
+                "base, ilp, occ, pipe, sum2, sum2occ, sum2occq, wgmma, wgmmapp, wgmmatma or "
+                "wgmmatma3"});
   setenv("SQA_CUDA_FWD", "wgmma", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmma);
   setenv("SQA_CUDA_FWD", "wgmmapp", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmmapp);
   setenv("SQA_CUDA_FWD", "wgmmatma", 1);
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmmatma);
+  setenv("SQA_CUDA_FWD", "wgmmatma3", 1);
+  EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::wgmmatma3);
   unsetenv("SQA_CUDA_FWD");
   EXPECT_EQ(cuda::detail::fwd_variant(), cuda::detail::FwdVariant::automatic);
 }

@@ -41,9 +41,10 @@ FwdVariant fwd_variant() {
   if (m == "wgmma") return FwdVariant::wgmma;
   if (m == "wgmmapp") return FwdVariant::wgmmapp;
   if (m == "wgmmatma") return FwdVariant::wgmmatma;
+  if (m == "wgmmatma3") return FwdVariant::wgmmatma3;
   throw Error(sqa::detail::concat("SQA_CUDA_FWD (", m,
                                   ") must be base, ilp, occ, pipe, sum2, sum2occ, sum2occq, "
-                                  "wgmma, wgmmapp or wgmmatma, or unset"));
+                                  "wgmma, wgmmapp, wgmmatma or wgmmatma3, or unset"));
 }
 
 BwdVariant bwd_variant() {

@@ -35,8 +35,8 @@ void run_flash_bwd_hdim64(const BwdKernelParams& g, bool fp16, void* stream);
 void run_flash_bwd_hdim128(const BwdKernelParams& g, bool fp16, void* stream);
 
 // Prefill kernel variant, from the environment SQA_CUDA_FWD (base, ilp, occ, pipe, sum2,
-// sum2occ, sum2occq, wgmma, wgmmapp or wgmmatma; unset: the default per head dim). See
-// flash_fwd_launch.cuh.
+// sum2occ, sum2occq, wgmma, wgmmapp, wgmmatma or wgmmatma3; unset: the default per head dim).
+// See flash_fwd_launch.cuh.
 enum class FwdVariant {
   automatic,
   base,
@@ -48,7 +48,8 @@ enum class FwdVariant {
   sum2occq,
   wgmma,
   wgmmapp,
-  wgmmatma
+  wgmmatma,
+  wgmmatma3
 };
 FwdVariant fwd_variant();
 

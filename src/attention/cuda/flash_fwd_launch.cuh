@@ -57,10 +57,11 @@ void launch_flash_fwd_wgmma(const FwdKernelParams& p, cudaStream_t stream) {
 // SQA_CUDA_FWD=wgmmatma (the default at D = 64 / 128): the ping-pong kernel with a TMA producer
 // warpgroup (flash_fwd_wgmma.cuh, kWgmmaSchedTma), dense batches only (the tensor maps span
 // (head_dim, heads, seqlen, batch)); the maps are encoded per call on the host (a few microseconds)
-// and passed by value.
-template <typename T, int D>
+// and passed by value. kWarpGroups = 3 (SQA_CUDA_FWD=wgmmatma3, D = 64): three consumer
+// warpgroups, 192-row tiles (the Q box has BM rows).
+template <typename T, int D, int kWarpGroups = 2>
 void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
-  using Tile = WgmmaFwdTile<T, D, 128, 2, kWgmmaSchedTma>;
+  using Tile = WgmmaFwdTile<T, D, 128, kWarpGroups, kWgmmaSchedTma>;
   if (p.pack != 1 || p.num_splits != 1 || p.cu_seqlens_q != nullptr) {
     throw std::runtime_error(
         "flash_fwd_wgmma_tma_kernel takes dense prefill only (pack 1, num_splits 1, no "
@@ -74,7 +75,7 @@ void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
                         p.k_row, p.k_batch, 128);
   encode_qdo_tensor_map(&tm_v, p.v, kFp16, D, p.num_kv_heads, p.seqlen_k, p.batch, p.v_head,
                         p.v_row, p.v_batch, 128);
-  auto* kernel = &flash_fwd_wgmma_tma_kernel<T, D>;
+  auto* kernel = &flash_fwd_wgmma_tma_kernel<T, D, kWarpGroups>;
   constexpr int smem = Tile::kSmemBytes;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
              "cudaFuncSetAttribute(flash_fwd_wgmma_tma_kernel, max dynamic shared memory)");
@@ -107,6 +108,10 @@ void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
 //   wgmmatma: wgmmapp with FlashAttention-3's warp specialisation: a producer warpgroup loads
 //         Q, K and V by TMA, full / empty mbarriers per stage, setmaxnreg (the default at D = 64
 //         and 128 since run 35). Dense batches; varlen takes wgmmapp.
+//   wgmmatma3: D = 64 only (opt-in, not yet timed): wgmmatma with three consumer warpgroups in a
+//         round robin of turns, 192 x 128 tiles (FlashAttention-3's shape at D = 64), 512
+//         threads, 160 registers per consumer thread. Dense batches; varlen and the other head
+//         dims take the default.
 // (128-key blocks with a looser register cap, "wide", ran at 55-65% of pipe: removed, run 6.)
 // Tried on the H200 and removed (run 19, bench/results/2026-11-29-h200-wgmma-next/): wgmma
 // kernels for D = 16 and 32 (3 warpgroups with 64- / 32-byte swizzles, row sums by a ones-tile
@@ -142,6 +147,15 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
     // The default there: the ping-pong (run 19: +17-31% over the in-step schedule) fed by the
     // TMA producer warpgroup on dense batches (run 35: +8-11% at D = 128 except MHA without a
     // mask, -3% to +3%; a tie at D = 64), the ping-pong with cp.async on varlen batches.
+    if (v == FwdVariant::wgmmatma3) {
+      if constexpr (D == 64) {
+        if (p.cu_seqlens_q == nullptr) {
+          launch_flash_fwd_wgmma_tma<T, D, 3>(p, stream);
+          return;
+        }
+      }
+      v = FwdVariant::automatic;  // D = 128 or varlen: the default
+    }
     if (v == FwdVariant::automatic) v = FwdVariant::wgmmatma;
     if (v == FwdVariant::wgmmapp) {
       launch_flash_fwd_wgmma<T, D, 128, 2, kWgmmaSchedPingPong>(p, stream);
@@ -161,10 +175,10 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
     }
   }
   if constexpr (D <= 64) {
-    // wgmma / wgmmapp / wgmmatma reach here only at D = 16 and 32, where they have no kernel: the
-    // default.
+    // wgmma / wgmmapp / wgmmatma / wgmmatma3 reach here only at D = 16 and 32, where they have no
+    // kernel: the default.
     if (v == FwdVariant::automatic || v == FwdVariant::wgmma || v == FwdVariant::wgmmapp ||
-        v == FwdVariant::wgmmatma) {
+        v == FwdVariant::wgmmatma || v == FwdVariant::wgmmatma3) {
       v = D == 16 ? FwdVariant::sum2occq : D == 32 ? FwdVariant::sum2 : FwdVariant::base;
     }
     if constexpr (D <= 32) {

@@ -66,6 +66,13 @@
 // mbarriers: 112.1 / 224.1 KB (+ 1 KB alignment). bench/gpu/wgmma_emulate.py tma checks it
 // (producer and consumers as separate programs under 7 interleavings, both timing modes),
 // tma-mutations its failure modes. Not yet run on a GPU.
+// Three consumer warpgroups (SQA_CUDA_FWD=wgmmatma3, D = 64 only, opt-in until an H200 run):
+// the TMA form with BM = 192 (FlashAttention-3's tile at D = 64: the tensor pipe is fed by two
+// warpgroups' products while the third runs its softmax, and each K / V tile serves 192 rows),
+// the turns a round robin 0 -> 1 -> 2 -> 0 over named barriers 1..3 (the epilogue's barrier
+// becomes id 4), 12 arrivals per empty phase, 512 threads with 128 registers each at launch,
+// setmaxnreg 24 / 160. Shared memory: Q 24 KB + 3 x (16 + 16) KB + 104 bytes (+ 1 KB
+// alignment). bench/gpu/wgmma_emulate.py tma3 / tma3-mutations check it.
 // Not done yet (FA3 has these): the intra-warpgroup overlap in SASS at D = 128
 // (two P register buffers would need 32 more registers than the 255 limit leaves), stmatrix /
 // TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and mask
@@ -94,7 +101,8 @@ namespace sqa::cuda::detail {
 //     three K and three V buffers, no CTA-wide barrier in the key loop (see the kernel's key loop).
 //   kWgmmaSchedTma (wgmmatma, opt-in; dense batches): the ping-pong with FlashAttention-3's warp
 //     specialisation: a third, producer warpgroup loads Q, K and V by TMA into the same three
-//     stages, full / empty mbarriers per stage (flash_fwd_wgmma_tma_kernel).
+//     stages, full / empty mbarriers per stage (flash_fwd_wgmma_tma_kernel); with three
+//     consumer warpgroups (wgmmatma3, D = 64) their turns go round robin.
 enum : int { kWgmmaSchedDefault = 0, kWgmmaSchedPingPong = 1, kWgmmaSchedTma = 2 };
 
 template <typename T, int D, int BN, int kWarpGroups, int kSched = kWgmmaSchedDefault>
@@ -118,7 +126,12 @@ struct WgmmaFwdTile {
   static_assert(D == 64 || D == 128, "wgmma wrappers exist for N = 64 and 128 (O += P V)");
   static_assert(BN == 64 || BN == 128, "wgmma wrappers exist for N = 64 and 128 (S = Q K^T)");
   static_assert(kSmemBytes <= 227 * 1024, "the sm_90 limit of dynamic shared memory per CTA");
-  static_assert(kSched == kWgmmaSchedDefault || kWarpGroups == 2, "ping-pong of two warpgroups");
+  // The ping-pong of two warpgroups; the TMA form also as a round robin of three (wgmmatma3, D =
+  // 64: 192-row tiles, FlashAttention-3's shape there; the register budget of 160 per consumer
+  // thread that 512 threads leave does not hold the D = 128 accumulators).
+  static_assert(kSched == kWgmmaSchedDefault || kWarpGroups == 2 ||
+                    (kSched == kWgmmaSchedTma && kWarpGroups == 3 && D == 64),
+                "ping-pong of two warpgroups, or the TMA round robin of three at D = 64");
 };
 
 // Copies kRows rows of D elements (row r at base + r * row_stride, from row0 on) into the swizzled
@@ -184,7 +197,13 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
   const uint32_t sV = sK + Tile::kKStages * Tile::kKVBytes;  // [kVStages][D / 64][BN][64]
 
   const int tid = threadIdx.x;
-  const int warpgroup = tid / 128;
+  // wgmmatma3: broadcast from lane 0 so that ptxas knows the warpgroup (and the named barrier
+  // ids, Q descriptor and row offsets from it) to be warp-uniform and keeps them in uniform
+  // registers: the consumers then peak at 152 of their 160 registers (156 with tid / 128). The
+  // two-warpgroup kernels keep their code as it was.
+  const int warpgroup = kWarpGroups == 3 && kSched == kWgmmaSchedTma
+                            ? __shfl_sync(0xffffffffu, tid / 128, 0)
+                            : tid / 128;
   const int warp_in_group = (tid % 128) / 32;
   const int lane = tid % 32;
   const int g = lane / 4;
@@ -226,8 +245,8 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
       for (int i = 0; i < 3; ++i) {
         mbar_init(k_full(i), 1);
         mbar_init(v_full(i), 1);
-        mbar_init(k_empty(i), 8);  // lane 0 of each consumer warp
-        mbar_init(v_empty(i), 8);
+        mbar_init(k_empty(i), 4 * kWarpGroups);  // lane 0 of each consumer warp
+        mbar_init(v_empty(i), 4 * kWarpGroups);
       }
       mbar_fence_init();
     }
@@ -267,7 +286,10 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
       }
       return;
     }
-    setmaxnreg_inc<240>();
+    // 384 threads: 168 registers each at launch, 240 for the consumers (128 x 24 + 256 x 240 =
+    // 64512 of the 65536); 512 threads (three consumer warpgroups): 128 at launch, 160 for the
+    // consumers (128 x 24 + 384 x 160 = 64512).
+    setmaxnreg_inc<kWarpGroups == 2 ? 240 : 160>();
   }
   const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch + span.q_row0 * p.q_row +
                     static_cast<int64_t>(q_head) * p.q_head;
@@ -275,13 +297,18 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
                     static_cast<int64_t>(kv_head) * p.k_head;
   const T* v_base = static_cast<const T*>(p.v) + b * p.v_batch + span.k_row0 * p.v_row +
                     static_cast<int64_t>(kv_head) * p.v_head;
+  // (kTma: no cp.async copies; the 384 consumer threads of wgmmatma3 would not split a tile.)
   auto load_k = [&](int stage, int nb) {
-    load_tile_sw128<T, D, BN, kThreads>(sK + stage * Tile::kKVBytes, k_base, p.k_row, nb * BN, nk,
-                                        tid);
+    if constexpr (!Tile::kTma) {
+      load_tile_sw128<T, D, BN, kThreads>(sK + stage * Tile::kKVBytes, k_base, p.k_row, nb * BN, nk,
+                                          tid);
+    }
   };
   auto load_v = [&](int stage, int nb) {
-    load_tile_sw128<T, D, BN, kThreads>(sV + stage * Tile::kKVBytes, v_base, p.v_row, nb * BN, nk,
-                                        tid);
+    if constexpr (!Tile::kTma) {
+      load_tile_sw128<T, D, BN, kThreads>(sV + stage * Tile::kKVBytes, v_base, p.v_row, nb * BN, nk,
+                                          tid);
+    }
   };
   // Every thread's copies (all but the kPending most recent groups) have landed and are visible
   // to the wgmma reads (async proxy) of every warpgroup; also, every warpgroup is past its
@@ -563,15 +590,29 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
     // phase before its bar.sync of step i (the completed phase makes the TMA writes visible to
     // this thread and its wgmmas: no proxy fence, no copies of its own). Empty: each consumer
     // warp releases K(i) once S(i) completed (wgmma.wait_group 1) and V(i - 1) once
-    // P(i - 1) V(i - 1) completed (wait_group 0), lane 0 arriving for the warp (8 arrivals per
-    // phase); the producer refills a stage only after that phase. The named barriers now only
-    // order the wgmma issues (the turns), and the consumers issue no loads at all. Deadlock-free:
-    // the producer's loads of block j wait only for the releases of block j - 3 (at steps
-    // j - 3 and j - 2), which need no load past block j - 2.
+    // P(i - 1) V(i - 1) completed (wait_group 0), lane 0 arriving for the warp (4 kWarpGroups
+    // arrivals per phase); the producer refills a stage only after that phase. The named
+    // barriers now only order the wgmma issues (the turns), and the consumers issue no loads at
+    // all. Deadlock-free: the producer's loads of block j wait only for the releases of block
+    // j - 3 (at steps j - 3 and j - 2), which need no load past block j - 2.
+    // Three warpgroups (wgmmatma3): the turns go round robin, warpgroup w bar.syncs on barrier
+    // kBarWg0 + w (its 128 threads and the 128 of warpgroup w - 1 mod 3, which arrive after
+    // their issue) and arrives on barrier kBarWg0 + (w + 1) % 3 after its own, so the issue
+    // order is 0, 1, 2, 0, 1, 2, ... and the tensor pipe holds one or two warpgroups' products
+    // while the third runs its softmax. The last warpgroup opens the first turn (after its
+    // block-0 softmax) and skips the arrive after its last P V (no turn follows); each barrier
+    // then completes num_blocks times. No arrive can reach the next generation of a barrier:
+    // warpgroup w's arrive on barrier w + 1 follows its own bar.sync of that step, which
+    // follows (through the chain of turns, the two other warpgroups' issues in between) the
+    // bar.sync of warpgroup w + 1 that consumed w's previous arrive. The stage logic is
+    // unchanged: every warpgroup releases block j's K and V in its own steps j and j + 1, and
+    // the producer waits for all 12 warps.
     if (num_blocks > 0) {
       constexpr uint32_t kBarWg0 = 1;
       const uint32_t bar_mine = kBarWg0 + warpgroup;
-      const uint32_t bar_other = kBarWg0 + 1 - warpgroup;
+      // (1 - warpgroup with two, as before; the same barrier)
+      const uint32_t bar_other =
+          kWarpGroups == 2 ? kBarWg0 + 1 - warpgroup : kBarWg0 + (warpgroup + 1) % kWarpGroups;
       auto stage3 = [](int j) { return j % 3; };
       auto parity3 = [](int j) { return static_cast<uint32_t>((j / 3) & 1); };
       auto release = [lane](uint32_t empty) {
@@ -583,8 +624,8 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
       float corr[2];
       first_block(corr);
       release(k_empty(0));
-      // Warpgroup 0's first turn (as above, without copies to wait for).
-      if (warpgroup == 1) named_barrier_arrive(kBarWg0, 256);
+      // Warpgroup 0's first turn (as above, without copies to wait for), from the last warpgroup.
+      if (warpgroup == kWarpGroups - 1) named_barrier_arrive(kBarWg0, 256);
       for (int i = 1; i < num_blocks; ++i) {
         const int nb = nb_last - i;
         mbar_wait(k_full(stage3(i)), parity3(i));
@@ -593,23 +634,41 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
         wgmma_fence();  // O was rescaled and P packed by ordinary instructions
         issue_s(stage3(i));
         issue_pv(stage3(i - 1));
-        named_barrier_arrive(bar_other, 256);  // the other warpgroup's turn
-        wgmma_wait_group<1>();                 // S(i) done; P(i - 1) V(i - 1) may still run
-        fence_registers(s);
-        release(k_empty(stage3(i)));
-        softmax(nb, corr);
-        wgmma_wait_group<0>();
-        fence_registers(o);
-        fence_registers(pa);
-        release(v_empty(stage3(i - 1)));
+        named_barrier_arrive(bar_other, 256);  // the next warpgroup's turn
+        if constexpr (kWarpGroups == 3) {
+          // Both groups before the softmax: P(i - 1) (32 registers) is dead during it then, which
+          // keeps S, O and the softmax's temporaries under the 160-register cap without spills
+          // (with P live through the softmax, ptxas spilled ~100 bytes). The two-warpgroup
+          // kernel's SASS waits for P V before the exponentials anyway (see the top), and here
+          // the two other warpgroups' products keep the tensor pipe busy meanwhile. Both stages
+          // are released at once.
+          wgmma_wait_group<0>();
+          fence_registers(s);
+          fence_registers(o);
+          fence_registers(pa);
+          release(k_empty(stage3(i)));
+          release(v_empty(stage3(i - 1)));
+          softmax(nb, corr);
+        } else {
+          wgmma_wait_group<1>();  // S(i) done; P(i - 1) V(i - 1) may still run
+          fence_registers(s);
+          release(k_empty(stage3(i)));
+          softmax(nb, corr);
+          wgmma_wait_group<0>();
+          fence_registers(o);
+          fence_registers(pa);
+          release(v_empty(stage3(i - 1)));
+        }
         rescale_o_pack_p(corr);
       }
-      // The last P V, in turn. V(last) is not released: no load follows it.
+      // The last P V, in turn. V(last) is not released: no load follows it. Every warpgroup but
+      // the last passes the turn on (the test written as before for two warpgroups).
       mbar_wait(v_full(stage3(num_blocks - 1)), parity3(num_blocks - 1));
       named_barrier_sync(bar_mine, 256);
       wgmma_fence();
       issue_pv(stage3(num_blocks - 1));
-      if (warpgroup == 0) named_barrier_arrive(bar_other, 256);
+      const bool turn_follows = kWarpGroups == 2 ? warpgroup == 0 : warpgroup < kWarpGroups - 1;
+      if (turn_follows) named_barrier_arrive(bar_other, 256);
       wgmma_wait_group<0>();
       fence_registers(o);
       fence_registers(pa);
@@ -640,7 +699,8 @@ __device__ __forceinline__ void fwd_wgmma_body(const FwdKernelParams& p,
     }
   }
   if constexpr (Tile::kTma) {
-    named_barrier_sync(3, kThreads);  // the consumers only: the producer warpgroup has exited
+    // The consumers only (the producer warpgroup has exited); the id after the turn barriers.
+    named_barrier_sync(1 + kWarpGroups, kThreads);
   } else {
     __syncthreads();
   }
@@ -671,19 +731,22 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
 
 // SQA_CUDA_FWD=wgmmatma (dense batches): the ping-pong with a TMA producer warpgroup (384
 // threads; setmaxnreg: 24 registers for the producer, 240 for the consumers). tm_q, tm_k, tm_v:
-// 4-D tensor maps (head_dim, heads, seqlen, batch) with 64 x 1 x 128 x 1 boxes and the 128-byte
-// swizzle (encode_qdo_tensor_map, tma_host.cpp), so a box lands as one atom column of the
-// [D / 64][rows][64] swizzled tiles the descriptors read.
-template <typename T, int D>
-__global__ void __launch_bounds__(384, 1)
+// 4-D tensor maps (head_dim, heads, seqlen, batch) with 64 x 1 x BM x 1 (Q) and 64 x 1 x 128 x 1
+// (K, V) boxes and the 128-byte swizzle (encode_qdo_tensor_map, tma_host.cpp), so a box lands as
+// one atom column of the [D / 64][rows][64] swizzled tiles the descriptors read.
+// kWarpGroups = 3 (SQA_CUDA_FWD=wgmmatma3, D = 64): three consumer warpgroups in a round robin,
+// BM = 192, 512 threads (setmaxnreg: 24 for the producer, 160 for the consumers).
+template <typename T, int D, int kWarpGroups = 2>
+__global__ void __launch_bounds__(128 * (kWarpGroups + 1), 1)
     flash_fwd_wgmma_tma_kernel(const FwdKernelParams p, const __grid_constant__ CUtensorMap tm_q,
                                const __grid_constant__ CUtensorMap tm_k,
                                const __grid_constant__ CUtensorMap tm_v) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();
 #else
-  static_assert(WgmmaFwdTile<T, D, 128, 2, kWgmmaSchedTma>::kCtaThreads == 384);
-  fwd_wgmma_body<T, D, 128, 2, kWgmmaSchedTma>(p, &tm_q, &tm_k, &tm_v);
+  static_assert(WgmmaFwdTile<T, D, 128, kWarpGroups, kWgmmaSchedTma>::kCtaThreads ==
+                128 * (kWarpGroups + 1));
+  fwd_wgmma_body<T, D, 128, kWarpGroups, kWgmmaSchedTma>(p, &tm_q, &tm_k, &tm_v);
 #endif
 }
 
