@@ -364,7 +364,8 @@ class PingPongConsumers:
         self.q_of = tids % 4
         local_row0 = (tids // 128) * 64 + self.w_of * 16 + self.g_of
         self.qrow = np.stack([m0 + local_row0, m0 + local_row0 + 8], 1)
-        self.mma_groups = [[] for _ in range(WG)]  # committed wgmma groups per warpgroup (lists of ops)
+        # committed wgmma groups per warpgroup (lists of ops)
+        self.mma_groups = [[] for _ in range(WG)]
 
     def gemm_s(self, wg, stage):
         D, BN, BM, sm = self.D, self.BN, self.BM, self.sm
@@ -905,7 +906,8 @@ def check_tma(B, Hq, Hkv, reverse, nq, nk, D, left, right, seed, reads_at_wait, 
             assert lse_ok, f"lse wrong (b={b} h={h})"
     if not quiet:
         layout = f"Hq={Hq} Hkv={Hkv}{' rSQA' if reverse else ''}"
-        print(f"wgmmatma{'' if WG == 2 else WG} B={B} {layout} nq={nq} nk={nk} D={D} window=({left},{right}) "
+        name = "wgmmatma" if WG == 2 else f"wgmmatma{WG}"
+        print(f"{name} B={B} {layout} nq={nq} nk={nk} D={D} window=({left},{right}) "
               f"reads_at_wait={reads_at_wait} policy={policy}/{sched_seed}: "
               f"max|O-ref|={err:.2e}", flush=True)
     assert err < 1e-9, err

@@ -71,8 +71,11 @@
 // warpgroups' products while the third runs its softmax, and each K / V tile serves 192 rows),
 // the turns a round robin 0 -> 1 -> 2 -> 0 over named barriers 1..3 (the epilogue's barrier
 // becomes id 4), 12 arrivals per empty phase, 512 threads with 128 registers each at launch,
-// setmaxnreg 24 / 160. Shared memory: Q 24 KB + 3 x (16 + 16) KB + 104 bytes (+ 1 KB
-// alignment). bench/gpu/wgmma_emulate.py tma3 / tma3-mutations check it.
+// setmaxnreg 24 / 160; its consumers wait for S(i) and P(i - 1) V(i - 1) together before the
+// softmax (see the key loop). ptxas (CUDA 13): 128 registers at launch, no spills, no stack; in
+// SASS the consumers stay in R0..R151 under 160, the producer in R0..R3 under 24. Shared memory:
+// Q 24 KB + 3 x (16 + 16) KB + 104 bytes = 120.1 KB (+ 1 KB alignment).
+// bench/gpu/wgmma_emulate.py tma3 / tma3-mutations check it. Not yet run on a GPU.
 // Not done yet (FA3 has these): the intra-warpgroup overlap in SASS at D = 128
 // (two P register buffers would need 32 more registers than the 255 limit leaves), stmatrix /
 // TMA stores in the epilogue, a persistent grid, tile shapes tuned per head dim and mask
