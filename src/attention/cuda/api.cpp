@@ -116,18 +116,22 @@ int backward_raster(int units, int head_dim) {
 }
 
 // The forward raster by default (the wgmma kernels' grid, fwd_tile_coords): 2 heads at a time at
-// D = 128 when the K / V of one sequence's heads pass 256 MiB, else all heads interleaved. With
-// all of d128 MHA 32/32's heads interleaved at N = 32k, the four CTAs of a head on the GPU at
-// once do not share their K / V tiles in L2 (Nsight Compute, 2026-11-30 calls 1-3 in
+// D = 128 when the GPU would otherwise hold few CTAs per KV head (32 or more KV heads) with K / V
+// past L2 (above 64 MiB), or when a sequence's K / V pass 256 MiB; else all heads interleaved.
+// With all of d128 MHA 32/32's heads interleaved at N = 32k, the four CTAs of a head on the GPU
+// at once do not share their K / V tiles in L2 (Nsight Compute, 2026-11-30 calls 1-3 in
 // bench/results/2026-11-30-h200-{det-tma,ncu,raster-tma}: 121 GB of DRAM reads and 30% L2 hits
 // for 512 MB of K / V; cuDNN's persistent kernel 0.96 GB); 2 heads at a time read 2.8 GB (96%
-// hits). Timed (rounds interleaved): non-causal forward 571 -> 585 TF/s, fwd+bwd 460 -> 500 (the
-// DRAM-bound forward also slowed the backward after it), causal 630 -> 632. Smaller K / V sets
-// keep the interleaved order: 16/16 (256 MiB) lost 1.4% with 2 at a time, 32/8 (GQA, 128 MiB)
-// 9%, d64 rows did not move.
+// hits). Timed (rounds interleaved): 32/32 32k non-causal forward 559-571 -> 585-681 TF/s,
+// fwd+bwd 460 -> 500 (the DRAM-bound forward also slowed the backward after it), causal 630 ->
+// 632; 32/32 at 8k +7%, 64/64 at 8k +11%, 32/32 at 16k +2% (call 6, 2026-11-30-h200-fwd3).
+// Fewer KV heads keep the interleaved order: 16/16 at 32k (256 MiB) lost 1.4% with 2 at a time,
+// GQA 32/8 (8 KV heads, 128 MiB) 9%; d64 rows did not move.
 int forward_raster(const FwdKernelParams& p, int head_dim) {
+  if (head_dim != 128) return 0;
   const int64_t kv_bytes = int64_t{p.num_kv_heads} * p.seqlen_k * head_dim * 2 * 2;
-  return head_dim == 128 && kv_bytes > (int64_t{256} << 20) ? 2 : 0;
+  const bool many_kv_heads = p.num_kv_heads >= 32 && kv_bytes > (int64_t{64} << 20);
+  return many_kv_heads || kv_bytes > (int64_t{256} << 20) ? 2 : 0;
 }
 
 // dK/dV head splits (flash_params.hpp) for a dense backward: enough CTAs for ~8 waves, at most
