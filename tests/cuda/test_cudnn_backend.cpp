@@ -214,13 +214,12 @@ TEST(CudnnRouting, AutoTakesCudnnWhereItIsFaster) {
     EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, d, 1024, 1024, none), false),
                  "own");
   }
-  // The tile limits per head dim and mask (cudnn_backend.cpp, run 36): 1024 tiles with a mask at
-  // d = 64 and none at d = 128 (ours was never slower there); 128 / 512 without, at d = 64 / 128;
-  // batch counts.
+  // The tile limits per head dim and mask (cudnn_backend.cpp, run 36 and 2026-11-30): none with
+  // a mask (ours was never slower there); 128 / 512 without, at d = 64 / 128; batch counts.
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 8192, 8192, causal), false),
                "own");  // 16 x 64 = 1024
-  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 8320, 8320, causal), false),
-               "cudnn");  // 16 x 65
+  EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 64, 32768, 32768, causal), false),
+               "own");  // 16 x 256 = 4096, d64 masked: any size
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::mha, 128, 32768, 32768, causal), false),
                "own");  // 16 x 256 = 4096, d128 masked: any size
   EXPECT_STREQ(cuda::chosen_backend(routing_params(Variant::xsqa, 64, 4096, 4096, none), false),

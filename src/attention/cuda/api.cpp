@@ -255,6 +255,12 @@ FwdKernelParams kernel_params(const AttentionParams& params) {
   p.pack = 1;
   p.num_head_groups = p.num_attention_heads;
   p.raster_heads = raster_override().value_or(forward_raster(p, spec.head_dim));
+  // 192-row tiles (three consumer warpgroups) need enough of them: the d64 route sweeps of
+  // 2026-11-30 (bench/results/2026-11-30-h200-fwd3-default/route.txt, 2 vs 3 warpgroups) had 3
+  // faster from 1024 tiles of 128 rows (+7-21%: 683 CTAs of 192 rows, 5 waves) and 2 faster up to
+  // 256 (-10 to -25% for 3: too few CTAs); 512 was a tie.
+  const int64_t tiles192 = params.batch * p.num_attention_heads * ((params.seqlen_q + 191) / 192);
+  p.three_warpgroups = tiles192 >= 4LL * multiprocessor_count() ? 1 : 0;
   return p;
 }
 

@@ -62,8 +62,9 @@ namespace {
 // where our kernels pack work) and for decode (split-KV). The forward at 64 and 128 (the wgmma
 // ping-pong fed by a TMA producer warpgroup) depends on the grid: with few query tiles, i.e. few
 // heads or short sequences, ours is faster (1.1-1.8x), and at d128 with a mask it is never
-// slower (1.00-1.79x over 2k-32k tokens and 4-32 heads); with many tiles and no mask cuDNN is
-// as fast or faster (d64 0.90-0.94x, d128 0.94-1.05x). Tiles = batch x H_q x ceil(N_q / 128),
+// slower (1.00-1.79x over 2k-32k tokens and 4-32 heads), nor at d64 with a mask since the
+// 3-warpgroup forward (2026-11-30); with many tiles and no mask cuDNN is as fast or faster
+// (d64 0.90-0.97x, d128 0.91-1.07x: a tie at large grids). Tiles = batch x H_q x ceil(N_q / 128),
 // the CTAs of our kernel.
 constexpr int kAutoMinHeadDim = 64;
 constexpr int64_t kAutoMinQueryRows = 128;
@@ -74,7 +75,10 @@ constexpr int64_t kAutoMinQueryRows = 128;
 // (only those reach cuDNN); windows were not measured separately and go with causal, whose
 // tiles also see only part of the keys.
 [[maybe_unused]] int64_t own_forward_max_tiles(int head_dim, bool masked) {
-  if (masked) return head_dim >= 128 ? std::numeric_limits<int64_t>::max() : 1024;
+  // Masked, both head dims: ours at any size. d64 since the 3-warpgroup forward (2026-11-30,
+  // bench/results/2026-11-30-h200-fwd3-default/route.txt: 1.07-1.22x cuDNN from 256 tiles up;
+  // up to 1024 tiles the 2-warpgroup kernel, 1.00-1.46x in the same sweep).
+  if (masked) return std::numeric_limits<int64_t>::max();
   return head_dim >= 128 ? 512 : 128;
 }
 

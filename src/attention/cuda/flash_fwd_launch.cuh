@@ -147,9 +147,10 @@ void run_flash_fwd_typed(const FwdKernelParams& p, bool decode, cudaStream_t str
     // The default there: the ping-pong (run 19: +17-31% over the in-step schedule) fed by the
     // TMA producer warpgroup on dense batches (run 35: +8-11% at D = 128 except MHA without a
     // mask, -3% to +3%; a tie at D = 64), at D = 64 with three consumer warpgroups (192-row
-    // tiles; session 11 call 6: +7-21% over two at 32k, 457-510 TF/s, 0.98-1.20x cuDNN), the
-    // ping-pong with cp.async on varlen batches.
-    if (v == FwdVariant::automatic && D == 64) v = FwdVariant::wgmmatma3;
+    // tiles; session 11 call 6: +7-21% over two at 32k, 457-510 TF/s, 0.98-1.20x cuDNN) when
+    // the grid is large enough (FwdKernelParams::three_warpgroups), the ping-pong with cp.async
+    // on varlen batches.
+    if (v == FwdVariant::automatic && D == 64 && p.three_warpgroups) v = FwdVariant::wgmmatma3;
     if (v == FwdVariant::wgmmatma3) {
       if constexpr (D == 64) {
         if (p.cu_seqlens_q == nullptr) {

@@ -35,8 +35,11 @@ struct FwdKernelParams {
   // chunks of raster_heads, each chunk's tiles before the next chunk's, heads fastest inside a
   // chunk. raster_heads = num_head_groups (or 0) interleaves all heads. Fewer heads at a time
   // keep the concurrent CTAs on fewer heads' K/V, which the L2 then serves (api.cpp
-  // forward_raster: 2 at D = 128 above 256 MiB of K / V, else all).
+  // forward_raster: 2 at D = 128 with many KV heads or much K / V, else all).
   int raster_heads = 0;
+  // D = 64 default on dense batches: 192-row tiles with three consumer warpgroups (wgmmatma3)
+  // when such tiles fill at least 4 waves of the GPU, else 128-row tiles (api.cpp).
+  int three_warpgroups = 0;
   int window_left = -1;
   int window_right = -1;
   float scale_log2 = 0.0f;  // softmax scale * log2(e): the kernels work in base 2
