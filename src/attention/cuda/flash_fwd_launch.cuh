@@ -108,7 +108,8 @@ void launch_flash_fwd_wgmma_tma(const FwdKernelParams& p, cudaStream_t stream) {
 //   wgmmatma: wgmmapp with FlashAttention-3's warp specialisation: a producer warpgroup loads
 //         Q, K and V by TMA, full / empty mbarriers per stage, setmaxnreg (the default at D = 64
 //         and 128 since run 35). Dense batches; varlen takes wgmmapp.
-//   wgmmatma3: D = 64 only (opt-in, not yet timed): wgmmatma with three consumer warpgroups in a
+//   wgmmatma3: D = 64 only (the default there on large grids since 2026-11-30, +7-21% at 32k;
+//         FwdKernelParams::three_warpgroups): wgmmatma with three consumer warpgroups in a
 //         round robin of turns, 192 x 128 tiles (FlashAttention-3's shape at D = 64), 512
 //         threads, 160 registers per consumer thread. Dense batches; varlen and the other head
 //         dims take the default.
