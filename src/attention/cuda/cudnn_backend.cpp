@@ -69,21 +69,17 @@ namespace {
 constexpr int kAutoMinHeadDim = 64;
 constexpr int64_t kAutoMinQueryRows = 128;
 
-// Whether the automatic forward takes our kernel at head_dim 64 / 128 for a grid of `tiles`
-// (the route sweeps above: run 36, and 2026-11-30 with three warpgroups at d64). Masked means
-// causal or a causal sliding window (only those reach cuDNN); windows were not measured
-// separately and go with causal, whose tiles also see only part of the keys.
-// - Masked, both head dims: ours at any size (d128 1.00-1.79x cuDNN; d64 1.00-1.46x up to 1024
-//   tiles with two warpgroups, 1.07-1.22x beyond with three,
-//   bench/results/2026-11-30-h200-fwd3-default/route.txt).
-// - Unmasked d128: ours up to 512 tiles (at least 0.98x there, faster on most), a tie beyond.
-// - Unmasked d64: ours up to 128 tiles, and from 4096, where the 3-warpgroup kernel ran 1.06-1.09x
-//   cuDNN (runs 45-46: harness, default-path table, route sweep); in between cuDNN (ours 0.94-0.98x
-//   at 512-1024 tiles, 0.99-1.03x at 2048).
-[[maybe_unused]] bool own_forward_preferred(int head_dim, bool masked, int64_t tiles) {
-  if (masked) return true;
-  if (head_dim >= 128) return tiles <= 512;
-  return tiles <= 128 || tiles >= 4096;
+// The largest tile count for which the automatic forward takes our kernel at head_dim 64 / 128
+// (the route sweep above, run 36: up to these counts ours was at least 0.98x cuDNN on every row
+// and faster on most; d128 masked: every row). Masked means causal or a causal sliding window
+// (only those reach cuDNN); windows were not measured separately and go with causal, whose
+// tiles also see only part of the keys.
+[[maybe_unused]] int64_t own_forward_max_tiles(int head_dim, bool masked) {
+  // Masked, both head dims: ours at any size. d64 since the 3-warpgroup forward (2026-11-30,
+  // bench/results/2026-11-30-h200-fwd3-default/route.txt: 1.07-1.22x cuDNN from 256 tiles up;
+  // up to 1024 tiles the 2-warpgroup kernel, 1.00-1.46x in the same sweep).
+  if (masked) return std::numeric_limits<int64_t>::max();
+  return head_dim >= 128 ? 512 : 128;
 }
 
 [[maybe_unused]] bool auto_prefers_cudnn(const AttentionParams& p, bool backward) {
@@ -91,7 +87,7 @@ constexpr int64_t kAutoMinQueryRows = 128;
   // The forward at head_dim 256 is our mma.sync kernel (no wgmma there): cuDNN.
   if (backward || (p.spec.head_dim != 64 && p.spec.head_dim != 128)) return true;
   const int64_t tiles = p.batch * p.spec.heads.num_query_heads * ((p.seqlen_q + 127) / 128);
-  return !own_forward_preferred(p.spec.head_dim, !p.spec.window.is_none(), tiles);
+  return tiles > own_forward_max_tiles(p.spec.head_dim, !p.spec.window.is_none());
 }
 
 [[maybe_unused]] std::string strides_reason(const TensorStrides& s, const char* name) {
