@@ -826,15 +826,16 @@ TEST(CudaBackward, WgmmaTmaDeterministicMatchesWgmmaAtScale) {
   for (const DeviceScaleCase& c : kTmaScaleCases) check_wgmmatma_against_wgmma(c, seed++, true);
 }
 
-// The forward's wgmmatma (TMA producer warpgroup) against wgmmapp (the same kernel with cp.async
-// loads: the same wgmmas and softmax, so the outputs should agree bit for bit) at the sizes where
+// One forward variant against another (default: wgmmatma, the TMA producer warpgroup, against
+// wgmmapp, the same kernel with cp.async loads: the same wgmmas and softmax, so the outputs
+// should agree bit for bit; also wgmmatma3 against wgmmatma) at the sizes where
 // the backward's TMA form first went wrong while its small-scale tests passed (8k tokens: 64 key
 // blocks per CTA, the stages reused ~21 times, several waves of CTAs per SM), dense bf16; batch
 // 2 in one case (the maps' batch coordinate). Outputs and lse NaN-poisoned before each run; O
 // must agree to a relative Frobenius error below 1e-3 and lse to 1e-3 absolute.
-void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uint64_t seed,
-                                        const char* ref_variant = "wgmmapp",
-                                        const char* variant = "wgmmatma") {
+void check_fwd_variant_against(const DeviceScaleCase& c, int batch, uint64_t seed,
+                               const char* ref_variant = "wgmmapp",
+                               const char* variant = "wgmmatma") {
   using testing::cuda_host::cuda_ok;
   using testing::cuda_host::DeviceBuffer;
   const AttentionSpec spec = scale_case_spec(c);
@@ -893,8 +894,8 @@ void check_fwd_wgmmatma_against_wgmmapp(const DeviceScaleCase& c, int batch, uin
 TEST(CudaForward, WgmmaTmaMatchesPingPongAtScale) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 5252;
-  for (const DeviceScaleCase& c : kTmaScaleCases) check_fwd_wgmmatma_against_wgmmapp(c, 1, seed++);
-  check_fwd_wgmmatma_against_wgmmapp({8, 8, 128, 4096, false}, 2, seed++);
+  for (const DeviceScaleCase& c : kTmaScaleCases) check_fwd_variant_against(c, 1, seed++);
+  check_fwd_variant_against({8, 8, 128, 4096, false}, 2, seed++);
 }
 
 // wgmmatma3 (three consumer warpgroups, 192-row tiles) against wgmmatma at 8k tokens, D = 64
@@ -906,10 +907,9 @@ TEST(CudaForward, WgmmaTma3MatchesTmaAtScale) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 5454;
   for (const bool causal : {false, true}) {
-    check_fwd_wgmmatma_against_wgmmapp({16, 16, 64, 8192, causal}, 1, seed++, "wgmmatma",
-                                       "wgmmatma3");
+    check_fwd_variant_against({16, 16, 64, 8192, causal}, 1, seed++, "wgmmatma", "wgmmatma3");
   }
-  check_fwd_wgmmatma_against_wgmmapp({8, 8, 64, 4096, true}, 2, seed++, "wgmmatma", "wgmmatma3");
+  check_fwd_variant_against({8, 8, 64, 4096, true}, 2, seed++, "wgmmatma", "wgmmatma3");
 }
 
 // SQA_CUDA_BWD picks the dK/dV kernel here too (device session: wgmma, wgmmatma). Besides the
