@@ -738,6 +738,25 @@ AttentionSpec scale_case_spec(const DeviceScaleCase& c) {
   return spec;
 }
 
+// Forward parameters of a dense bf16 batch on the device (self-attention, N_q = N_k = n).
+AttentionParams dense_bf16_params(const AttentionSpec& spec, int64_t batch, int64_t n,
+                                  const void* q, const void* k, const void* v, void* out,
+                                  void* lse) {
+  AttentionParams f;
+  f.spec = spec;
+  f.dtype = DType::bf16;
+  f.device = Device::cuda;
+  f.batch = batch;
+  f.seqlen_q = f.seqlen_k = n;
+  f.q = q;
+  f.k = k;
+  f.v = v;
+  f.out = out;
+  f.lse = static_cast<float*>(lse);
+  f.set_contiguous_strides();
+  return f;
+}
+
 void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed,
                                   bool deterministic = false) {
   using testing::cuda_host::cuda_ok;
@@ -757,17 +776,7 @@ void check_wgmmatma_against_wgmma(const DeviceScaleCase& c, uint64_t seed,
 
   AttentionBackwardParams g;
   AttentionParams& f = g.forward;
-  f.spec = spec;
-  f.dtype = DType::bf16;
-  f.device = Device::cuda;
-  f.batch = 1;
-  f.seqlen_q = f.seqlen_k = n;
-  f.q = q.get();
-  f.k = k.get();
-  f.v = v.get();
-  f.out = out.get();
-  f.lse = static_cast<float*>(lse.get());
-  f.set_contiguous_strides();
+  f = dense_bf16_params(spec, 1, n, q.get(), k.get(), v.get(), out.get(), lse.get());
   g.dout = dout.get();
   g.dq = dq.get();
   g.dk = dk.get();
@@ -848,18 +857,8 @@ void check_fwd_variant_against(const DeviceScaleCase& c, int batch, uint64_t see
   DeviceBuffer q(hq_.data(), b * n * c.hq * d * 2), k(hk.data(), b * n * c.hkv * d * 2),
       v(hv.data(), b * n * c.hkv * d * 2);
   DeviceBuffer out(nullptr, b * n * ha * d * 2), lse(nullptr, b * ha * n * 4);
-  AttentionParams f;
-  f.spec = spec;
-  f.dtype = DType::bf16;
-  f.device = Device::cuda;
-  f.batch = batch;
-  f.seqlen_q = f.seqlen_k = n;
-  f.q = q.get();
-  f.k = k.get();
-  f.v = v.get();
-  f.out = out.get();
-  f.lse = static_cast<float*>(lse.get());
-  f.set_contiguous_strides();
+  AttentionParams f =
+      dense_bf16_params(spec, batch, n, q.get(), k.get(), v.get(), out.get(), lse.get());
   auto forward = [&](const char* variant) {
     setenv("SQA_CUDA_FWD", variant, 1);
     // 0xFF bytes: NaN in bf16 and in fp32
